@@ -53,8 +53,19 @@ impl Number<'_> {
 }
 
 pub struct Cursor<'a> {
+    /// Always valid UTF-8 (constructed from `&str`); string slices cut at ASCII quotes and
+    /// backslashes therefore stay valid UTF-8 without re-checking.
     buf: &'a [u8],
     pos: usize,
+}
+
+/// A slice of the payload between ASCII delimiters.
+#[inline(always)]
+fn utf8(b: &[u8]) -> &str {
+    // SAFETY: `Cursor::buf` comes from a `&str` and every slice taken here starts and ends at
+    // an ASCII byte (quote, backslash, control character) or the buffer's ends, which are char
+    // boundaries, so the slice is valid UTF-8.
+    unsafe { std::str::from_utf8_unchecked(b) }
 }
 
 const LO: u64 = 0x0101_0101_0101_0101;
@@ -71,8 +82,11 @@ fn has_less_than(v: u64, n: u8) -> u64 {
 }
 
 impl<'a> Cursor<'a> {
-    pub fn new(buf: &'a [u8]) -> Self {
-        Self { buf, pos: 0 }
+    pub fn new(text: &'a str) -> Self {
+        Self {
+            buf: text.as_bytes(),
+            pos: 0,
+        }
     }
 
     #[inline]
@@ -238,23 +252,12 @@ impl<'a> Cursor<'a> {
             match buf.get(i) {
                 Some(b'"') => {
                     self.pos = i + 1;
-                    // SAFETY-free: the whole payload was validated as UTF-8 and a quote is
-                    // never inside a multi-byte sequence.
-                    let s = std::str::from_utf8(&buf[start..i]).map_err(|_| SyntaxError {
-                        at: start,
-                        what: "invalid UTF-8",
-                    })?;
-                    return Ok(Cow::Borrowed(s));
+                    return Ok(Cow::Borrowed(utf8(&buf[start..i])));
                 }
                 Some(b'\\') => {
                     self.pos = i;
                     scratch.clear();
-                    scratch.push_str(std::str::from_utf8(&buf[start..i]).map_err(|_| {
-                        SyntaxError {
-                            at: start,
-                            what: "invalid UTF-8",
-                        }
-                    })?);
+                    scratch.push_str(utf8(&buf[start..i]));
                     self.unescape_rest(scratch)?;
                     return Ok(Cow::Owned(std::mem::take(scratch)));
                 }
@@ -283,12 +286,7 @@ impl<'a> Cursor<'a> {
                 }
                 self.pos += 1;
             }
-            out.push_str(
-                std::str::from_utf8(&buf[run_start..self.pos]).map_err(|_| SyntaxError {
-                    at: run_start,
-                    what: "invalid UTF-8",
-                })?,
-            );
+            out.push_str(utf8(&buf[run_start..self.pos]));
             match buf.get(self.pos) {
                 Some(b'"') => {
                     self.pos += 1;
@@ -423,7 +421,7 @@ impl<'a> Cursor<'a> {
         }
         self.pos = i;
         // Number tokens are ASCII.
-        let text = std::str::from_utf8(&buf[start..i]).expect("ASCII number token");
+        let text = utf8(&buf[start..i]);
         let int = if is_float || overflow {
             None
         } else if neg {
@@ -489,7 +487,7 @@ mod tests {
     use super::*;
 
     fn s(input: &str) -> Result<String, SyntaxError> {
-        let mut c = Cursor::new(input.as_bytes());
+        let mut c = Cursor::new(input);
         let mut scratch = String::new();
         c.peek()?;
         c.string(&mut scratch).map(|v| v.into_owned())
@@ -510,7 +508,7 @@ mod tests {
     #[test]
     fn numbers() {
         let n = |t: &str| {
-            let mut c = Cursor::new(t.as_bytes());
+            let mut c = Cursor::new(t);
             c.number().map(|n| (n.int, n.is_float, c.pos()))
         };
         assert_eq!(n("123").unwrap(), (Some(123), false, 3));
@@ -529,10 +527,10 @@ mod tests {
     #[test]
     fn skipping_is_depth_limited() {
         let deep = "[".repeat(MAX_DEPTH + 5) + &"]".repeat(MAX_DEPTH + 5);
-        let mut c = Cursor::new(deep.as_bytes());
+        let mut c = Cursor::new(&deep);
         assert!(c.skip_value(0).is_err());
         let ok = r#"{"a":[1,2,{"b":null}],"c":"d","e":true,"f":false}"#;
-        let mut c = Cursor::new(ok.as_bytes());
+        let mut c = Cursor::new(ok);
         c.skip_value(0).unwrap();
         assert!(c.at_end());
     }

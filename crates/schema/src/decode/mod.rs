@@ -329,7 +329,7 @@ fn decode_record(
         }
     };
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut cur = Cursor::new(text.as_bytes());
+    let mut cur = Cursor::new(text);
     if cur.at_end() {
         return Err(DecodeError::new(
             DecodeErrorKind::EmptyPayload,
