@@ -1,1 +1,115 @@
-fn main() {}
+//! The `floe` binary: parses flags, loads config, sets up logging, calls library code.
+
+mod cmd;
+mod config;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use figment::Figment;
+use figment::providers::Serialized;
+
+use config::FloeConfig;
+
+/// floe: stream JSON events from Kafka into Apache Iceberg tables, exactly once.
+#[derive(Parser)]
+#[command(name = "floe", version, about, long_about = None)]
+struct Cli {
+    /// Config file (default: ./floe.toml if present).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Catalog database URI (catalog.uri), e.g. sqlite://floe-data/catalog.db or postgres://…
+    #[arg(long, global = true, value_name = "URI")]
+    catalog_uri: Option<String>,
+    /// Warehouse root (catalog.warehouse): a folder or s3://bucket/prefix.
+    #[arg(long, global = true, value_name = "PATH")]
+    warehouse: Option<String>,
+    /// Log format: plain or json (log.format).
+    #[arg(long, global = true, value_name = "FORMAT")]
+    log_format: Option<String>,
+    /// Print the default configuration and exit.
+    #[arg(long)]
+    print_default_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create, list and inspect tables.
+    #[command(subcommand)]
+    Table(cmd::table::TableCommand),
+    /// Load JSON lines from a file or stdin into a table.
+    Load(cmd::load::LoadArgs),
+    /// Run SQL (DataFusion) over every table of the catalog.
+    Query(cmd::query::QueryArgs),
+}
+
+fn overrides(cli: &Cli) -> Figment {
+    let mut f = Figment::new();
+    if let Some(v) = &cli.catalog_uri {
+        f = f.merge(Serialized::default("catalog.uri", v));
+    }
+    if let Some(v) = &cli.warehouse {
+        f = f.merge(Serialized::default("catalog.warehouse", v));
+    }
+    if let Some(v) = &cli.log_format {
+        f = f.merge(Serialized::default("log.format", v));
+    }
+    f
+}
+
+fn init_logging(cfg: &config::LogConfig) -> Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&cfg.level))
+        .map_err(|e| anyhow::anyhow!("log.level {:?}: {e}", cfg.level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cfg.format.as_str() {
+        "json" => builder.json().init(),
+        "plain" => builder.init(),
+        other => anyhow::bail!("log.format {other:?}: expected plain or json"),
+    }
+    Ok(())
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    if cli.print_default_config {
+        print!("{}", FloeConfig::default_toml());
+        return Ok(());
+    }
+    let cfg = FloeConfig::load(cli.config.as_deref(), overrides(&cli))?;
+    init_logging(&cfg.log)?;
+    match cli.command {
+        None => {
+            use clap::CommandFactory;
+            Cli::command().print_help()?;
+            Ok(())
+        }
+        Some(Command::Table(c)) => cmd::table::run(&cfg, c).await,
+        Some(Command::Load(a)) => cmd::load::run(&cfg, a).await,
+        Some(Command::Query(a)) => cmd::query::run(&cfg, a).await,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,18 @@
-//! lake
+//! floe's lake layer: the SQL catalog, Parquet data files and the one commit protocol every
+//! writer uses (appends with Kafka offsets, replaces, deletes), with compare-and-swap on the
+//! catalog's metadata location.
+#![deny(missing_docs)]
+
+pub mod catalog;
+pub mod commit;
+pub mod config;
+mod error;
+pub mod offsets;
+pub mod writer;
+
+pub use catalog::{Catalog, parse_table_ident};
+pub use commit::{Change, CommitRequest, Committed, Committer, RetryPolicy};
+pub use config::CatalogConfig;
+pub use error::{Error, Result};
+pub use offsets::{OffsetRange, Offsets, committed_offsets};
+pub use writer::DataWriter;

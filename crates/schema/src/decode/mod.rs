@@ -340,6 +340,15 @@ fn decode_record(
     match cur.peek()? {
         Peek::Object => {}
         _ => {
+            // Text that is not JSON at all (`not json`) is malformed, not a non-object.
+            cur.skip_value(0)?;
+            if !cur.at_end() {
+                return Err(SyntaxError {
+                    at: cur.pos(),
+                    what: "trailing characters after the JSON value",
+                }
+                .into());
+            }
             return Err(DecodeError::new(
                 DecodeErrorKind::NotAnObject,
                 format!("expected a JSON object, found {}", describe_value(&mut cur, start)),

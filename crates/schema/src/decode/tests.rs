@@ -125,6 +125,8 @@ fn accepted_values(#[case] json: &str, #[case] col: &str, #[case] expected: &str
 #[case(b"\"just a string\"", DecodeErrorKind::NotAnObject, "", "found string")]
 #[case(b"42", DecodeErrorKind::NotAnObject, "", "found number 42")]
 #[case(b"null", DecodeErrorKind::NotAnObject, "", "found null")]
+#[case(b"not json", DecodeErrorKind::MalformedJson, "", "malformed JSON at byte 0")]
+#[case(b"[1,2] x", DecodeErrorKind::MalformedJson, "", "trailing")]
 #[case(b"{\"id\":1,", DecodeErrorKind::MalformedJson, "", "malformed JSON")]
 #[case(b"{\"id\":1} {\"id\":2}", DecodeErrorKind::MalformedJson, "", "trailing")]
 #[case(b"{\"id\":01}", DecodeErrorKind::MalformedJson, "", "malformed JSON")]

@@ -130,7 +130,10 @@ pub(crate) fn parse_time(s: &str) -> Result<i64, &'static str> {
 /// A timestamp without zone given an offset is normalised to UTC.
 pub(crate) fn parse_timestamp(s: &str, require_offset: bool, nanos: bool) -> Result<i64, &'static str> {
     let mut d = Digits { b: s.as_bytes(), i: 0 };
-    let days = date_part(&mut d)?;
+    let days = date_part(&mut d).map_err(|e| match e {
+        "invalid date" => "not an ISO-8601 timestamp",
+        e => e,
+    })?;
     let mut tod = 0i64;
     if d.eat(b'T') || d.eat(b't') || d.eat(b' ') {
         tod = time_part(&mut d)?;
@@ -286,7 +289,7 @@ mod tests {
     #[case("2023-02-29T00:00:00Z", "no such date")]
     #[case("2025-13-01T00:00:00Z", "no such date")]
     #[case("2025-01-01T24:00:00Z", "time out of range")]
-    #[case("yesterday", "invalid date")]
+    #[case("yesterday", "not an ISO-8601 timestamp")]
     #[case("2025-01-01T00:00:00Zjunk", "trailing characters after timestamp")]
     fn bad_timestamps(#[case] s: &str, #[case] reason: &str) {
         assert_eq!(parse_timestamp(s, true, false), Err(reason));

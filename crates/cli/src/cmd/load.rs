@@ -1,0 +1,120 @@
+//! `floe load`: JSON lines into a table.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use floe_loader::file::{FlushPolicy, LoadReport, load_lines};
+use floe_loader::{SinkOptions, TableSink};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::config::FloeConfig;
+
+#[derive(Args)]
+pub struct LoadArgs {
+    /// Target table (namespace.table).
+    #[arg(long)]
+    table: String,
+    /// JSON-lines file, or - for stdin.
+    #[arg(long, value_name = "FILE|-")]
+    input: PathBuf,
+    /// Commit after this many lines.
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    max_rows: u64,
+    /// Commit after this many input bytes (e.g. 256MiB).
+    #[arg(long, value_name = "SIZE", default_value = "256MiB")]
+    max_bytes: bytesize::ByteSize,
+    /// Dead-letter table (default: <table>_dead_letters, created if missing).
+    #[arg(long, value_name = "NAME")]
+    dead_letter_table: Option<String>,
+    /// Stop at the first rejected line instead of dead-lettering it.
+    #[arg(long, conflicts_with = "dead_letter_table")]
+    no_dead_letters: bool,
+}
+
+pub async fn run(cfg: &FloeConfig, args: LoadArgs) -> Result<()> {
+    let committer = super::committer(cfg).await?;
+    let mut opts = SinkOptions::new(&args.table);
+    if let Some(dl) = &args.dead_letter_table {
+        opts.dead_letter_table = Some(dl.clone());
+    }
+    if args.no_dead_letters {
+        opts.dead_letter_table = None;
+    }
+    let mut sink = TableSink::open(committer, &opts).await?;
+    let (reader, name, total): (Box<dyn BufRead>, String, Option<u64>) = if args.input.as_os_str() == "-" {
+        (Box::new(std::io::BufReader::with_capacity(1 << 20, std::io::stdin())), "stdin".into(), None)
+    } else {
+        let f = std::fs::File::open(&args.input)
+            .with_context(|| format!("opening {}", args.input.display()))?;
+        let len = f.metadata().ok().map(|m| m.len());
+        let abs = std::path::absolute(&args.input).unwrap_or(args.input.clone());
+        (Box::new(std::io::BufReader::with_capacity(1 << 20, f)), abs.display().to_string(), len)
+    };
+    let bar = progress_bar(total);
+    let started = Instant::now();
+    let mut last = Instant::now();
+    let policy = FlushPolicy {
+        max_rows: args.max_rows.max(1),
+        max_bytes: args.max_bytes.as_u64().max(1),
+    };
+    let report = load_lines(&mut sink, reader, &name, policy, |r: &LoadReport| {
+        if last.elapsed() >= Duration::from_millis(100) {
+            last = Instant::now();
+            bar.set_position(r.input_bytes);
+            bar.set_message(format!("{} accepted, {} dead-lettered", r.lines - r.dead_letters_by_kind.values().sum::<u64>(), r.dead_letters_by_kind.values().sum::<u64>()));
+        }
+    })
+    .await?;
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "loaded {} into {}: {} lines, {} accepted, {} dead-lettered{}",
+        name,
+        sink.table_name(),
+        report.lines,
+        report.accepted,
+        report.dead_lettered,
+        match &opts.dead_letter_table {
+            Some(t) if report.dead_lettered > 0 => format!(" (into {t})"),
+            _ => String::new(),
+        }
+    );
+    for (kind, n) in &report.dead_letters_by_kind {
+        println!("  dead letters {kind}: {n}");
+    }
+    println!(
+        "{} data files ({}), {} commit(s), snapshot {}, {:.1}s ({:.0} lines/s){}",
+        report.files,
+        bytesize::ByteSize(report.bytes),
+        report.commits,
+        report.snapshot_id.map(|s| s.to_string()).unwrap_or_else(|| "none".into()),
+        secs,
+        report.lines as f64 / secs.max(1e-9),
+        if report.unknown_fields > 0 {
+            format!(", {} unknown fields ignored", report.unknown_fields)
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
+fn progress_bar(total: Option<u64>) -> ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    match total {
+        Some(n) => ProgressBar::new(n).with_style(
+            ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}")
+                .expect("valid template"),
+        ),
+        None => ProgressBar::new_spinner().with_style(
+            ProgressStyle::with_template("{spinner} {bytes} {binary_bytes_per_sec} {msg}")
+                .expect("valid template"),
+        ),
+    }
+}

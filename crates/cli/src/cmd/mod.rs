@@ -1,0 +1,22 @@
+//! One module per subcommand.
+
+pub mod load;
+pub mod query;
+pub mod table;
+
+use anyhow::{Context, Result};
+use floe_lake::{Catalog, Committer};
+
+use crate::config::FloeConfig;
+
+/// Connects to the configured catalog.
+pub async fn connect(cfg: &FloeConfig) -> Result<Catalog> {
+    Catalog::connect(&cfg.catalog)
+        .await
+        .with_context(|| format!("opening catalog {}", floe_lake::catalog::redact_uri(&cfg.catalog.uri)))
+}
+
+/// A committer on the configured catalog.
+pub async fn committer(cfg: &FloeConfig) -> Result<Committer> {
+    Ok(Committer::new(connect(cfg).await?))
+}

@@ -1,0 +1,219 @@
+//! `floe table create|list|show`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use floe_lake::{Catalog, committed_offsets, offsets::OFFSETS_KEY_PREFIX, parse_table_ident};
+use floe_schema::TableDefinition;
+use iceberg::spec::TableMetadata;
+use serde_json::{Value, json};
+
+use crate::config::FloeConfig;
+
+#[derive(Subcommand)]
+pub enum TableCommand {
+    /// Create tables from definitions in schemas/ (existing tables are left as they are).
+    Create(CreateArgs),
+    /// List the catalog's tables.
+    List,
+    /// Show a table: schema, partitioning, snapshots, files, rows, committed offsets.
+    Show(ShowArgs),
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    /// Create every table defined in the schemas directory.
+    #[arg(long, conflicts_with = "schema")]
+    all: bool,
+    /// A table definition file (repeatable).
+    #[arg(long, value_name = "FILE")]
+    schema: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct ShowArgs {
+    /// Table name (namespace.table).
+    name: String,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(cfg: &FloeConfig, cmd: TableCommand) -> Result<()> {
+    let catalog = super::connect(cfg).await?;
+    match cmd {
+        TableCommand::Create(args) => create(cfg, &catalog, args).await,
+        TableCommand::List => {
+            for t in catalog.list_tables().await? {
+                println!("{t}");
+            }
+            Ok(())
+        }
+        TableCommand::Show(args) => show(&catalog, args).await,
+    }
+}
+
+/// Definition files of the schemas directory, sorted.
+pub fn definition_files(dir: &str) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading schemas directory {dir}"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+async fn create(cfg: &FloeConfig, catalog: &Catalog, args: CreateArgs) -> Result<()> {
+    let files = if args.all {
+        definition_files(&cfg.schemas_dir)?
+    } else if args.schema.is_empty() {
+        bail!("name definition files with --schema FILE, or use --all for every file in {}", cfg.schemas_dir)
+    } else {
+        args.schema
+    };
+    if files.is_empty() {
+        bail!("no table definitions (*.json) in {}", cfg.schemas_dir);
+    }
+    for file in files {
+        let def = TableDefinition::from_file(&file)?;
+        let (table, created) = catalog.create_table_if_missing(&def).await?;
+        if created {
+            println!("created {} at {}", def.full_name(), table.metadata().location());
+        } else {
+            println!("exists  {} (left unchanged)", def.full_name());
+        }
+    }
+    Ok(())
+}
+
+/// Every group's committed offsets, found by walking the current snapshot's ancestry.
+fn all_offsets(meta: &TableMetadata) -> Result<Value> {
+    let mut groups = std::collections::BTreeSet::new();
+    for s in meta.snapshots() {
+        for k in s.summary().additional_properties.keys() {
+            if let Some(g) = k.strip_prefix(OFFSETS_KEY_PREFIX) {
+                groups.insert(g.to_string());
+            }
+        }
+    }
+    let mut out = serde_json::Map::new();
+    for g in groups {
+        out.insert(g.clone(), serde_json::to_value(committed_offsets(meta, &g)?)?);
+    }
+    Ok(Value::Object(out))
+}
+
+pub fn describe(meta: &TableMetadata, name: &str, metadata_location: &str) -> Result<Value> {
+    let schema = meta.current_schema();
+    let columns: Vec<Value> = schema
+        .as_struct()
+        .fields()
+        .iter()
+        .map(|f| {
+            json!({"id": f.id, "name": f.name, "type": f.field_type.to_string(),
+                   "required": f.required, "doc": f.doc})
+        })
+        .collect();
+    let spec = meta.default_partition_spec();
+    let partitioning: Vec<Value> = spec
+        .fields()
+        .iter()
+        .map(|p| {
+            let source = schema.field_by_id(p.source_id).map(|f| f.name.clone()).unwrap_or_default();
+            json!({"name": p.name, "transform": p.transform.to_string(), "source": source})
+        })
+        .collect();
+    let mut snapshots: Vec<&_> = meta.snapshots().collect();
+    snapshots.sort_by_key(|s| (s.sequence_number(), s.timestamp_ms()));
+    let snaps: Vec<Value> = snapshots
+        .iter()
+        .map(|s| {
+            let p = &s.summary().additional_properties;
+            json!({
+                "snapshot_id": s.snapshot_id(),
+                "sequence_number": s.sequence_number(),
+                "timestamp": s.timestamp().map(|t| t.to_rfc3339()).unwrap_or_default(),
+                "operation": s.summary().operation.as_str(),
+                "added_records": p.get("added-records").and_then(|v| v.parse::<u64>().ok()),
+                "total_records": p.get("total-records").and_then(|v| v.parse::<u64>().ok()),
+            })
+        })
+        .collect();
+    let current = meta.current_snapshot().map(|s| &s.summary().additional_properties);
+    let total = |k: &str| current.and_then(|p| p.get(k)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let props: BTreeMap<&String, &String> = meta.properties().iter().collect();
+    Ok(json!({
+        "table": name,
+        "location": meta.location(),
+        "metadata_location": metadata_location,
+        "format_version": meta.format_version() as u8,
+        "schema_id": schema.schema_id(),
+        "columns": columns,
+        "partitioning": partitioning,
+        "properties": props,
+        "current_snapshot_id": meta.current_snapshot_id(),
+        "snapshots": snaps,
+        "data_files": total("total-data-files"),
+        "rows": total("total-records"),
+        "bytes": total("total-files-size"),
+        "committed_offsets": all_offsets(meta)?,
+    }))
+}
+
+async fn show(catalog: &Catalog, args: ShowArgs) -> Result<()> {
+    let ident = parse_table_ident(&args.name)?;
+    let location = catalog
+        .find_metadata_location(&ident)
+        .await?
+        .ok_or_else(|| floe_lake::Error::NoSuchTable(ident.to_string()))?;
+    let (_, meta) = catalog.load_metadata(&ident).await?;
+    let d = describe(&meta, &ident.to_string(), &location)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&d)?);
+        return Ok(());
+    }
+    println!("table     {}", d["table"].as_str().unwrap_or_default());
+    println!("location  {}", d["location"].as_str().unwrap_or_default());
+    println!("metadata  {}", d["metadata_location"].as_str().unwrap_or_default());
+    println!("rows      {}   data files {}   bytes {}", d["rows"], d["data_files"], d["bytes"]);
+    println!("\nschema (id {})", d["schema_id"]);
+    for c in d["columns"].as_array().into_iter().flatten() {
+        println!(
+            "  {:>4}  {:<24} {:<16} {}",
+            c["id"],
+            c["name"].as_str().unwrap_or_default(),
+            c["type"].as_str().unwrap_or_default(),
+            if c["required"].as_bool() == Some(true) { "required" } else { "optional" }
+        );
+    }
+    println!("\npartitioned by");
+    for p in d["partitioning"].as_array().into_iter().flatten() {
+        println!("  {}({}) as {}", p["transform"].as_str().unwrap_or_default(),
+            p["source"].as_str().unwrap_or_default(), p["name"].as_str().unwrap_or_default());
+    }
+    println!("\nproperties");
+    for (k, v) in d["properties"].as_object().into_iter().flatten() {
+        println!("  {k} = {}", v.as_str().unwrap_or_default());
+    }
+    let snaps = d["snapshots"].as_array().cloned().unwrap_or_default();
+    println!("\nsnapshots ({}; last 10)", snaps.len());
+    for s in snaps.iter().rev().take(10).rev() {
+        println!(
+            "  {:>20}  {}  {:<9} +{} rows → {}",
+            s["snapshot_id"], s["timestamp"].as_str().unwrap_or_default(),
+            s["operation"].as_str().unwrap_or_default(), s["added_records"], s["total_records"]
+        );
+    }
+    println!("\ncommitted offsets");
+    let offsets = d["committed_offsets"].as_object().cloned().unwrap_or_default();
+    if offsets.is_empty() {
+        println!("  (none)");
+    }
+    for (group, topics) in offsets {
+        println!("  group {group}: {topics}");
+    }
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! floe's one config model: built-in defaults → `floe.toml` → `FLOE__SECTION__KEY` environment
+//! variables → command-line flags. Unknown keys are errors, so typos fail loudly.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use floe_lake::CatalogConfig;
+use serde::{Deserialize, Serialize};
+
+/// Everything floe can be configured with.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FloeConfig {
+    /// Catalog database and warehouse.
+    pub catalog: CatalogConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Where table definitions live (`floe table create --all`).
+    pub schemas_dir: String,
+}
+
+/// Log output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `plain` or `json`.
+    pub format: String,
+    /// A tracing filter, e.g. `info` or `floe=debug,warn`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: "plain".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+impl FloeConfig {
+    /// Loads the layered config. `file` is `--config`; without it `./floe.toml` is read if
+    /// present. `overrides` are flag values as a partial config.
+    pub fn load(file: Option<&Path>, overrides: Figment) -> Result<Self> {
+        let mut fig = Figment::from(Serialized::defaults(FloeConfig::with_defaults()));
+        match file {
+            Some(path) => {
+                if !path.exists() {
+                    anyhow::bail!("config file {} does not exist", path.display());
+                }
+                fig = fig.merge(Toml::file(path));
+            }
+            None => {
+                let default = PathBuf::from("floe.toml");
+                if default.exists() {
+                    fig = fig.merge(Toml::file(default));
+                }
+            }
+        }
+        fig = fig.merge(Env::prefixed("FLOE__").split("__")).merge(overrides);
+        fig.extract().context("invalid configuration")
+    }
+
+    fn with_defaults() -> Self {
+        Self {
+            schemas_dir: "schemas".into(),
+            ..Default::default()
+        }
+    }
+
+    /// The documented default config (`floe --print-default-config`).
+    pub fn default_toml() -> String {
+        let body = toml::to_string_pretty(&Self::with_defaults()).expect("config serializes");
+        format!(
+            "# floe configuration. Every key can also be set as an environment variable\n\
+             # FLOE__SECTION__KEY (e.g. FLOE__CATALOG__URI) and most by a flag.\n\n{body}"
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order_and_typos_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("floe.toml");
+        std::fs::write(&file, "[catalog]\nuri = \"sqlite://x.db\"\nname = \"from_file\"\n").unwrap();
+        let flags = Figment::new().merge(Serialized::default("catalog.name", "from_flag"));
+        let cfg = FloeConfig::load(Some(&file), flags).unwrap();
+        assert_eq!(cfg.catalog.uri, "sqlite://x.db");
+        assert_eq!(cfg.catalog.name, "from_flag");
+        assert_eq!(cfg.catalog.warehouse, "floe-data/warehouse");
+
+        std::fs::write(&file, "[catalog]\nurl = \"typo\"\n").unwrap();
+        let err = FloeConfig::load(Some(&file), Figment::new()).unwrap_err();
+        assert!(format!("{err:#}").contains("url"), "{err:#}");
+    }
+
+    #[test]
+    fn default_config_round_trips() {
+        let text = FloeConfig::default_toml();
+        let parsed: FloeConfig = toml::from_str(&text).unwrap();
+        assert_eq!(parsed, FloeConfig::with_defaults());
+    }
+}

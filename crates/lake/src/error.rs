@@ -1,0 +1,99 @@
+//! Errors of the lake layer, classified by what the caller should do next.
+
+/// A lake-layer error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Configuration is unusable (bad URI, unsupported scheme): fix the config and restart.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The catalog database failed (connection, query).
+    #[error("catalog database: {context}: {source}")]
+    Catalog {
+        /// What floe was doing.
+        context: String,
+        /// The driver error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The named table does not exist.
+    #[error("table {0} does not exist (create it with `floe table create`)")]
+    NoSuchTable(String),
+    /// The table already exists.
+    #[error("table {0} already exists")]
+    TableExists(String),
+    /// Another writer kept winning the compare-and-swap; the commit gave up after retrying.
+    #[error("commit to {table} lost the race {attempts} times in a row; giving up")]
+    CommitConflict {
+        /// Table name.
+        table: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The batch covers Kafka offsets the table already holds (another writer committed them):
+    /// drop the batch and resume from the table's committed offsets.
+    #[error(
+        "offsets already committed to {table}: {topic}[{partition}] is committed up to {committed}, \
+         batch starts at {batch_first}"
+    )]
+    OffsetsAlreadyCommitted {
+        /// Table name.
+        table: String,
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// The table's next offset for that partition.
+        committed: i64,
+        /// First offset of the rejected batch.
+        batch_first: i64,
+    },
+    /// Files a replace or delete wanted to remove are no longer live in the table.
+    #[error("{table}: {count} file(s) to be replaced are no longer in the table (e.g. {example})")]
+    FilesGone {
+        /// Table name.
+        table: String,
+        /// How many.
+        count: usize,
+        /// One of them.
+        example: String,
+    },
+    /// A data-layer problem (schema, decoder set-up).
+    #[error(transparent)]
+    Schema(#[from] floe_schema::Error),
+    /// iceberg-rust reported an error (I/O on data or metadata files, invalid metadata).
+    #[error("iceberg: {0}")]
+    Iceberg(#[from] iceberg::Error),
+    /// Local I/O.
+    #[error("{context}: {source}")]
+    Io {
+        /// What floe was doing.
+        context: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Whether retrying the same operation later may succeed (transient failures and races).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::CommitConflict { .. } => true,
+            Error::Catalog { source, .. } => !matches!(
+                source,
+                sqlx::Error::Configuration(_) | sqlx::Error::ColumnNotFound(_)
+            ),
+            Error::Iceberg(e) => e.retryable(),
+            Error::Io { .. } => true,
+            _ => false,
+        }
+    }
+
+    pub(crate) fn catalog(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Catalog { context, source }
+    }
+}
+
+/// Result with [`Error`] as the default error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

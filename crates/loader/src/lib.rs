@@ -1,0 +1,41 @@
+//! Loading messages into tables: a [`sink::TableSink`] decodes each message against the table's
+//! current schema, streams accepted rows into Parquet as they arrive, collects dead letters
+//! with their reasons, and on flush commits rows and dead letters exactly once.
+#![deny(missing_docs)]
+
+pub mod file;
+pub mod sink;
+
+pub use sink::{FlushReport, SinkOptions, TableSink};
+
+/// Errors of the loader.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Lake-layer failure (catalog, files, commit).
+    #[error(transparent)]
+    Lake(#[from] floe_lake::Error),
+    /// Schema-layer failure (decoder set-up, dead-letter schema).
+    #[error(transparent)]
+    Schema(#[from] floe_schema::Error),
+    /// A message was rejected and no dead-letter destination is configured: loading stops
+    /// rather than drop data.
+    #[error("{source_name}: message rejected and no dead-letter table is configured: {reason}")]
+    Rejected {
+        /// Where the message came from (`file:… line N`, `topic[p]@offset`).
+        source_name: String,
+        /// Why.
+        reason: String,
+    },
+    /// Reading input failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What floe was doing.
+        context: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Result with [`Error`] as the default error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

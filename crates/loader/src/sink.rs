@@ -1,0 +1,312 @@
+//! A table sink: one target table and its dead-letter table.
+//!
+//! Accepted rows are decoded into Arrow and handed to the Parquet writer every
+//! `encode_rows` rows, so memory holds at most one chunk of decoded rows plus the open row
+//! groups, whatever the flush size. [`TableSink::flush`] closes the files and commits them,
+//! then commits the dead letters to the dead-letter table; each commit carries the offsets it
+//! covers, so a retried flush never lands twice.
+
+use std::time::{Duration, Instant};
+
+use floe_lake::commit::{CommitRequest, OffsetsUpdate};
+use floe_lake::{Committer, DataWriter, parse_table_ident};
+use floe_schema::dead_letter::{DeadLetter, dead_letter_batch};
+use floe_schema::{DecodeError, Decoder, DecoderOptions, RecordMeta, TableDefinition};
+use iceberg::TableIdent;
+use iceberg::spec::TableMetadata;
+
+use crate::Result;
+
+/// Sink settings.
+#[derive(Debug, Clone)]
+pub struct SinkOptions {
+    /// Target table (`lake.events`).
+    pub table: String,
+    /// Dead-letter table; `None` means a rejected message stops loading.
+    pub dead_letter_table: Option<String>,
+    /// Create the dead-letter table from the template if missing.
+    pub create_dead_letter_table: bool,
+    /// Decoded rows handed to the Parquet encoder at a time.
+    pub encode_rows: usize,
+}
+
+impl SinkOptions {
+    /// Options for `table` with dead letters in `<table>_dead_letters`.
+    pub fn new(table: impl Into<String>) -> Self {
+        let table = table.into();
+        Self {
+            dead_letter_table: Some(format!("{table}_dead_letters")),
+            table,
+            create_dead_letter_table: true,
+            encode_rows: 65_536,
+        }
+    }
+}
+
+/// What a flush committed.
+#[derive(Debug, Clone, Default)]
+pub struct FlushReport {
+    /// Rows committed to the table.
+    pub rows: u64,
+    /// Dead letters committed to the dead-letter table.
+    pub dead_letters: u64,
+    /// Data files added to the table.
+    pub files: usize,
+    /// Bytes of those files.
+    pub bytes: u64,
+    /// The table's new snapshot, if a commit happened.
+    pub snapshot_id: Option<i64>,
+    /// The dead-letter table's new snapshot, if one happened.
+    pub dead_letter_snapshot_id: Option<i64>,
+    /// Commit attempts beyond the first (races lost).
+    pub conflicts: u32,
+    /// Time spent committing.
+    pub commit_time: Duration,
+}
+
+struct DeadLetterTable {
+    ident: TableIdent,
+    name: String,
+    metadata: TableMetadata,
+}
+
+/// Decodes messages for one table and commits them with their dead letters.
+pub struct TableSink {
+    committer: Committer,
+    ident: TableIdent,
+    name: String,
+    metadata: TableMetadata,
+    decoder: Decoder,
+    writer: Option<DataWriter>,
+    dead: Option<DeadLetterTable>,
+    pending_dead: Vec<DeadLetter>,
+    encode_rows: usize,
+    batch_rows: u64,
+    batch_bytes: u64,
+    batch_started: Option<Instant>,
+}
+
+impl TableSink {
+    /// Opens the sink: loads the table (it must exist) and the dead-letter table (created from
+    /// the template when missing and allowed).
+    pub async fn open(committer: Committer, opts: &SinkOptions) -> Result<Self> {
+        let catalog = committer.catalog().clone();
+        let ident = parse_table_ident(&opts.table)?;
+        let (_, metadata) = catalog.load_metadata(&ident).await?;
+        let decoder = Decoder::new(
+            metadata.current_schema(),
+            &DecoderOptions::from_table_properties(metadata.properties()),
+        )?;
+        let dead = match &opts.dead_letter_table {
+            None => None,
+            Some(name) => {
+                let dl_ident = parse_table_ident(name)?;
+                let metadata = if opts.create_dead_letter_table {
+                    let def = TableDefinition::dead_letter(name)?;
+                    catalog.create_table_if_missing(&def).await?.0.metadata().clone()
+                } else {
+                    catalog.load_metadata(&dl_ident).await?.1
+                };
+                Some(DeadLetterTable {
+                    ident: dl_ident,
+                    name: name.clone(),
+                    metadata,
+                })
+            }
+        };
+        Ok(Self {
+            committer,
+            name: ident.to_string(),
+            ident,
+            metadata,
+            decoder,
+            writer: None,
+            dead,
+            pending_dead: Vec::new(),
+            encode_rows: opts.encode_rows.max(1),
+            batch_rows: 0,
+            batch_bytes: 0,
+            batch_started: None,
+        })
+    }
+
+    /// The target table's name.
+    pub fn table_name(&self) -> &str {
+        &self.name
+    }
+
+    /// Rows accepted since the last flush.
+    pub fn pending_rows(&self) -> u64 {
+        self.batch_rows
+    }
+
+    /// Dead letters since the last flush.
+    pub fn pending_dead_letters(&self) -> usize {
+        self.pending_dead.len()
+    }
+
+    /// Payload bytes (accepted and rejected) since the last flush.
+    pub fn pending_bytes(&self) -> u64 {
+        self.batch_bytes
+    }
+
+    /// When the first message of the current batch arrived.
+    pub fn batch_started(&self) -> Option<Instant> {
+        self.batch_started
+    }
+
+    /// Decodes one message. `Ok(None)` = accepted, `Ok(Some(err))` = dead-lettered, `Err` =
+    /// rejected with no dead-letter table (stop), or a write failure.
+    pub async fn push(
+        &mut self,
+        payload: &[u8],
+        meta: &RecordMeta<'_>,
+    ) -> Result<Option<DecodeError>> {
+        self.batch_started.get_or_insert_with(Instant::now);
+        self.batch_bytes += payload.len() as u64;
+        match self.decoder.decode(payload, meta) {
+            Ok(()) => {
+                self.batch_rows += 1;
+                if self.decoder.len() >= self.encode_rows {
+                    self.encode().await?;
+                }
+                Ok(None)
+            }
+            Err(err) => {
+                if self.dead.is_none() {
+                    return Err(crate::Error::Rejected {
+                        source_name: describe_source(meta),
+                        reason: err.to_string(),
+                    });
+                }
+                let mut dl = DeadLetter::from_decode_error(
+                    &err,
+                    &self.name,
+                    meta.topic,
+                    payload,
+                    meta.ingested_at_us,
+                );
+                dl.source_partition = meta.partition;
+                dl.source_offset = meta.offset;
+                dl.source_key = meta.key.map(<[u8]>::to_vec);
+                dl.source_timestamp_ms = meta.timestamp_ms;
+                self.pending_dead.push(dl);
+                Ok(Some(err))
+            }
+        }
+    }
+
+    /// Unknown JSON fields skipped since the last call.
+    pub fn take_unknown_fields(&mut self) -> u64 {
+        self.decoder.take_unknown_fields()
+    }
+
+    /// Hands decoded rows to the Parquet writer.
+    async fn encode(&mut self) -> Result<()> {
+        if self.decoder.is_empty() {
+            return Ok(());
+        }
+        let batch = self.decoder.finish();
+        if self.writer.is_none() {
+            self.writer = Some(DataWriter::new(self.committer.catalog().file_io(), &self.metadata)?);
+        }
+        let writer = self.writer.as_mut().expect("just set");
+        if let Err(e) = writer.write(&batch).await {
+            if let Some(w) = self.writer.take() {
+                w.abort().await;
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Commits what was pushed since the last flush: rows to the table, then dead letters to
+    /// the dead-letter table, each with `offsets` (if any) so the commit is exactly-once.
+    pub async fn flush(&mut self, offsets: Option<OffsetsUpdate>) -> Result<FlushReport> {
+        let mut report = FlushReport::default();
+        self.encode().await?;
+        let files = match self.writer.take() {
+            Some(w) => w.close().await?,
+            None => Vec::new(),
+        };
+        report.rows = self.batch_rows;
+        report.files = files.len();
+        report.bytes = files.iter().map(|f| f.file_size_in_bytes()).sum();
+        if !files.is_empty() || offsets.is_some() {
+            let mut req = CommitRequest::append(files);
+            req.offsets = offsets.clone();
+            let done = self.committer.commit(&self.ident, req).await?;
+            report.snapshot_id = Some(done.snapshot_id);
+            report.conflicts += done.attempts - 1;
+            report.commit_time += done.elapsed;
+            self.refresh_from(done.metadata)?;
+        }
+        if let Some(dead) = &mut self.dead
+            && (!self.pending_dead.is_empty() || offsets.is_some())
+        {
+            let schema = std::sync::Arc::new(iceberg::arrow::schema_to_arrow_schema(
+                dead.metadata.current_schema(),
+            )
+            .map_err(floe_lake::Error::from)?);
+            let batch = dead_letter_batch(&schema, &self.pending_dead)?;
+            let mut writer = DataWriter::new(self.committer.catalog().file_io(), &dead.metadata)?;
+            if let Err(e) = writer.write(&batch).await {
+                writer.abort().await;
+                return Err(e.into());
+            }
+            let files = writer.close().await?;
+            let mut req = CommitRequest::append(files);
+            req.offsets = offsets;
+            let done = self.committer.commit(&dead.ident, req).await?;
+            report.dead_letters = self.pending_dead.len() as u64;
+            report.dead_letter_snapshot_id = Some(done.snapshot_id);
+            report.conflicts += done.attempts - 1;
+            report.commit_time += done.elapsed;
+            dead.metadata = done.metadata;
+            tracing::debug!(table = %dead.name, rows = report.dead_letters, "dead letters committed");
+        }
+        self.pending_dead.clear();
+        self.batch_rows = 0;
+        self.batch_bytes = 0;
+        self.batch_started = None;
+        Ok(report)
+    }
+
+    /// Drops everything pushed since the last flush (files written for it are deleted).
+    pub async fn discard(&mut self) {
+        let _ = self.decoder.finish();
+        if let Some(w) = self.writer.take() {
+            w.abort().await;
+        }
+        self.pending_dead.clear();
+        self.batch_rows = 0;
+        self.batch_bytes = 0;
+        self.batch_started = None;
+    }
+
+    /// Adopts newer table metadata; rebuilds the decoder when the schema changed.
+    fn refresh_from(&mut self, metadata: TableMetadata) -> Result<()> {
+        if metadata.current_schema_id() != self.decoder.schema_id() {
+            tracing::info!(
+                table = %self.name,
+                old = self.decoder.schema_id(),
+                new = metadata.current_schema_id(),
+                "table schema changed; decoding against the new schema"
+            );
+            self.decoder = Decoder::new(
+                metadata.current_schema(),
+                &DecoderOptions::from_table_properties(metadata.properties()),
+            )?;
+        }
+        self.metadata = metadata;
+        Ok(())
+    }
+}
+
+fn describe_source(meta: &RecordMeta<'_>) -> String {
+    match (meta.partition, meta.offset) {
+        (Some(p), Some(o)) => format!("{}[{p}]@{o}", meta.topic),
+        (None, Some(line)) => format!("{} line {line}", meta.topic),
+        _ => meta.topic.to_string(),
+    }
+}
