@@ -203,7 +203,8 @@ impl Committer {
             && !matches!(e, Error::Catalog { .. })
         {
             let file_io = self.catalog.file_io();
-            delete_files(file_io, req.change.added().iter().map(|f| f.file_path())).await;
+            let added = req.change.added().iter().map(|f| f.file_path().to_string()).collect();
+            delete_files(file_io, added).await;
         }
         result
     }
@@ -216,11 +217,21 @@ impl Committer {
         for attempt in 1..=self.retry.max_attempts {
             let (base_location, base) = self.catalog.load_metadata(table).await?;
             let mut files = AttemptFiles::default();
-            let staged = stage(&file_io, table, &base, req, attempt, commit_id, &mut files).await;
-            let (snapshot_id, metadata) = match staged {
+            let staged = stage(
+                &file_io,
+                table,
+                &base,
+                &base_location,
+                req,
+                attempt,
+                commit_id,
+                &mut files,
+            )
+            .await;
+            let (snapshot_id, metadata, expired_logs) = match staged {
                 Ok(s) => s,
                 Err(e) => {
-                    delete_files(&file_io, files.0.iter().map(String::as_str)).await;
+                    delete_files(&file_io, std::mem::take(&mut files.0)).await;
                     return Err(e);
                 }
             };
@@ -230,7 +241,7 @@ impl Committer {
                 .to_string();
             if let Err(e) = metadata.write_to(&file_io, &MetadataLocation::from_str(&new_location)?).await {
                 files.0.push(new_location.clone());
-                delete_files(&file_io, files.0.iter().map(String::as_str)).await;
+                delete_files(&file_io, std::mem::take(&mut files.0)).await;
                 return Err(e.into());
             }
             files.0.push(new_location.clone());
@@ -246,7 +257,7 @@ impl Committer {
                         Ok(Some(loc)) if loc == new_location => true,
                         Ok(_) => {
                             tracing::warn!(%table, error = %e, "catalog error during commit; the commit did not land, retrying");
-                            delete_files(&file_io, files.0.iter().map(String::as_str)).await;
+                            delete_files(&file_io, std::mem::take(&mut files.0)).await;
                             tokio::time::sleep(jitter(backoff)).await;
                             backoff = (backoff * 2).min(self.retry.max_backoff);
                             continue;
@@ -256,6 +267,9 @@ impl Committer {
                 }
             };
             if swapped {
+                if delete_old_metadata(&metadata) {
+                    delete_files(&file_io, expired_logs).await;
+                }
                 let snapshot = metadata
                     .snapshot_by_id(snapshot_id)
                     .expect("committed snapshot is in its metadata");
@@ -269,7 +283,7 @@ impl Committer {
                 });
             }
             tracing::debug!(%table, attempt, "commit lost the race; retrying");
-            delete_files(&file_io, files.0.iter().map(String::as_str)).await;
+            delete_files(&file_io, std::mem::take(&mut files.0)).await;
             tokio::time::sleep(jitter(backoff)).await;
             backoff = (backoff * 2).min(self.retry.max_backoff);
         }
@@ -295,16 +309,28 @@ fn new_snapshot_id(base: &TableMetadata) -> i64 {
     }
 }
 
-/// Builds the new snapshot on top of `base` and returns it in new metadata (not yet written).
+/// `write.metadata.delete-after-commit.enabled`: delete metadata files that fall out of the
+/// metadata log (`write.metadata.previous-versions-max`, default 100).
+fn delete_old_metadata(metadata: &TableMetadata) -> bool {
+    metadata
+        .properties()
+        .get("write.metadata.delete-after-commit.enabled")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
+/// Builds the new snapshot on top of `base` and returns it in new metadata (not yet written),
+/// with the metadata files that fell out of the metadata log.
+#[allow(clippy::too_many_arguments)]
 async fn stage(
     file_io: &FileIO,
     table: &TableIdent,
     base: &TableMetadata,
+    base_location: &str,
     req: &CommitRequest,
     attempt: u32,
     commit_id: uuid::Uuid,
     files: &mut AttemptFiles,
-) -> Result<(i64, TableMetadata)> {
+) -> Result<(i64, TableMetadata, Vec<String>)> {
     if base.format_version() == FormatVersion::V1 {
         return Err(Error::Config(format!(
             "{table} is an Iceberg v1 table; floe writes v2 tables (upgrade it with ALTER TABLE … SET PROPERTIES format_version = 2)"
@@ -336,7 +362,8 @@ async fn stage(
     if let Some(parent) = parent {
         let list_bytes = file_io.new_input(parent.manifest_list())?.read().await?;
         let list = ManifestList::parse_with_version(&list_bytes, base.format_version())?;
-        for (n, manifest_file) in list.consume_entries().into_iter().enumerate() {
+        let entries: Vec<ManifestFile> = list.consume_entries().into_iter().collect();
+        for (n, manifest_file) in entries.into_iter().enumerate() {
             if removed.is_empty() || manifest_file.content != ManifestContentType::Data {
                 manifests.push(manifest_file);
                 continue;
@@ -447,13 +474,17 @@ async fn stage(
         })
         .with_schema_id(schema.schema_id())
         .build();
-    let metadata = base
+    let built = base
         .clone()
-        .into_builder(None)
+        .into_builder(Some(base_location.to_string()))
         .set_branch_snapshot(snapshot, MAIN_BRANCH)?
-        .build()?
-        .metadata;
-    Ok((snapshot_id, metadata))
+        .build()?;
+    let expired = built
+        .expired_metadata_logs
+        .into_iter()
+        .map(|l| l.metadata_file)
+        .collect();
+    Ok((snapshot_id, built.metadata, expired))
 }
 
 /// Sets the `total-*` summary properties from the parent's totals plus this snapshot's

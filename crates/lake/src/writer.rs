@@ -202,7 +202,8 @@ impl DataWriter {
             match w.close().await {
                 Ok(mut f) => files.append(&mut f),
                 Err(e) => {
-                    self.delete_all().await;
+                    drop(self.writers);
+                    delete_recorded(&self.file_io, &self.paths).await;
                     return Err(e.into());
                 }
             }
@@ -211,22 +212,23 @@ impl DataWriter {
     }
 
     /// Drops the batch: deletes every file this writer created.
-    pub async fn abort(mut self) {
-        self.writers.clear();
-        self.unpartitioned = None;
-        self.delete_all().await;
+    pub async fn abort(self) {
+        let Self { file_io, paths, .. } = self;
+        delete_recorded(&file_io, &paths).await;
     }
+}
 
-    async fn delete_all(&self) {
-        let paths = std::mem::take(&mut *self.paths.lock().expect("paths lock"));
-        delete_files(&self.file_io, paths.iter().map(String::as_str)).await;
-    }
+/// Deletes every path a writer recorded. Takes the parts, not the writer: the writer holds
+/// non-`Sync` Parquet state that must not be borrowed across an await.
+async fn delete_recorded(file_io: &FileIO, paths: &Mutex<Vec<String>>) {
+    let paths = std::mem::take(&mut *paths.lock().expect("paths lock"));
+    delete_files(file_io, paths).await;
 }
 
 /// Deletes files, ignoring those already gone; failures are logged (the files become orphans
 /// for `floe maintain` to collect).
-pub async fn delete_files<'a>(file_io: &FileIO, paths: impl IntoIterator<Item = &'a str>) {
-    for path in paths {
+pub async fn delete_files(file_io: &FileIO, paths: Vec<String>) {
+    for path in &paths {
         if let Err(e) = file_io.delete(path).await
             && file_io.exists(path).await.unwrap_or(true)
         {
