@@ -59,7 +59,9 @@ impl FloeConfig {
                 }
             }
         }
-        fig = fig.merge(Env::prefixed("FLOE__").split("__")).merge(overrides);
+        fig = fig
+            .merge(Env::prefixed("FLOE__").split("__"))
+            .merge(overrides);
         fig.extract().context("invalid configuration")
     }
 
@@ -88,7 +90,11 @@ mod tests {
     fn layers_apply_in_order_and_typos_fail() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("floe.toml");
-        std::fs::write(&file, "[catalog]\nuri = \"sqlite://x.db\"\nname = \"from_file\"\n").unwrap();
+        std::fs::write(
+            &file,
+            "[catalog]\nuri = \"sqlite://x.db\"\nname = \"from_file\"\n",
+        )
+        .unwrap();
         let flags = Figment::new().merge(Serialized::default("catalog.name", "from_flag"));
         let cfg = FloeConfig::load(Some(&file), flags).unwrap();
         assert_eq!(cfg.catalog.uri, "sqlite://x.db");

@@ -38,6 +38,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the whole pipeline on the embedded default: tables, seed events, loading, a report.
+    Quickstart(cmd::quickstart::QuickstartArgs),
+    /// Generate seed e-commerce events (JSON lines).
+    Generate(cmd::generate::GenerateArgs),
     /// Create, list and inspect tables.
     #[command(subcommand)]
     Table(cmd::table::TableCommand),
@@ -66,8 +70,10 @@ fn init_logging(cfg: &config::LogConfig) -> Result<()> {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&cfg.level))
         .map_err(|e| anyhow::anyhow!("log.level {:?}: {e}", cfg.level))?;
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match cfg.format.as_str() {
         "json" => builder.json().init(),
@@ -90,6 +96,8 @@ async fn run(cli: Cli) -> Result<()> {
             Cli::command().print_help()?;
             Ok(())
         }
+        Some(Command::Quickstart(a)) => cmd::quickstart::run(&cfg, a).await,
+        Some(Command::Generate(a)) => cmd::generate::run(a).await,
         Some(Command::Table(c)) => cmd::table::run(&cfg, c).await,
         Some(Command::Load(a)) => cmd::load::run(&cfg, a).await,
         Some(Command::Query(a)) => cmd::query::run(&cfg, a).await,
@@ -98,7 +106,10 @@ async fn run(cli: Cli) -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the async runtime: {e}");

@@ -87,7 +87,10 @@ impl Catalog {
                 })?;
             }
             let query = if query.is_empty() { "mode=rwc" } else { query };
-            (Dialect::Sqlite, format!("sqlite://{}?{query}", abs.display()))
+            (
+                Dialect::Sqlite,
+                format!("sqlite://{}?{query}", abs.display()),
+            )
         } else if cfg.uri.starts_with("postgres://") || cfg.uri.starts_with("postgresql://") {
             (Dialect::Postgres, cfg.uri.clone())
         } else {
@@ -110,7 +113,9 @@ impl Catalog {
                 context: format!("creating warehouse {}", abs.display()),
                 source,
             })?;
-            format!("file://{}", abs.display()).trim_end_matches('/').to_string()
+            format!("file://{}", abs.display())
+                .trim_end_matches('/')
+                .to_string()
         };
         let file_io = FileIOBuilder::new(Arc::new(LocalFsStorageFactory)).build();
 
@@ -282,7 +287,9 @@ impl Catalog {
         .map_err(Error::catalog(format!("looking up table {ident}")))?;
         row.map(|r| r.try_get::<String, _>(0))
             .transpose()
-            .map_err(Error::catalog(format!("reading metadata location of {ident}")))
+            .map_err(Error::catalog(format!(
+                "reading metadata location of {ident}"
+            )))
     }
 
     /// The table's current metadata location and metadata.
@@ -318,7 +325,10 @@ impl Catalog {
 
     /// Creates a table from its definition (and its namespace if needed).
     pub async fn create_table(&self, def: &TableDefinition) -> Result<Table> {
-        let ident = TableIdent::new(NamespaceIdent::from_vec(def.namespace.clone())?, def.name.clone());
+        let ident = TableIdent::new(
+            NamespaceIdent::from_vec(def.namespace.clone())?,
+            def.name.clone(),
+        );
         if self.find_metadata_location(&ident).await?.is_some() {
             return Err(Error::TableExists(ident.to_string()));
         }
@@ -342,7 +352,9 @@ impl Catalog {
             .build()?
             .metadata;
         let metadata_location = MetadataLocation::new_with_metadata(location, &metadata);
-        metadata.write_to(self.file_io(), &metadata_location).await?;
+        metadata
+            .write_to(self.file_io(), &metadata_location)
+            .await?;
         let metadata_location = metadata_location.to_string();
         let (cols, vals) = if self.inner.has_type_column {
             (", iceberg_type", ", 'TABLE'")
@@ -376,7 +388,10 @@ impl Catalog {
 
     /// Creates the table unless it exists; returns the table either way.
     pub async fn create_table_if_missing(&self, def: &TableDefinition) -> Result<(Table, bool)> {
-        let ident = TableIdent::new(NamespaceIdent::from_vec(def.namespace.clone())?, def.name.clone());
+        let ident = TableIdent::new(
+            NamespaceIdent::from_vec(def.namespace.clone())?,
+            def.name.clone(),
+        );
         match self.create_table(def).await {
             Ok(t) => Ok((t, true)),
             Err(Error::TableExists(_)) => Ok((self.load_table(&ident).await?, false)),

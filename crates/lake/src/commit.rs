@@ -71,7 +71,9 @@ impl Change {
 
     fn added(&self) -> &[DataFile] {
         match self {
-            Change::Append(a) | Change::Replace { added: a, .. } | Change::Overwrite { added: a, .. } => a,
+            Change::Append(a)
+            | Change::Replace { added: a, .. }
+            | Change::Overwrite { added: a, .. } => a,
             Change::Delete(_) => &[],
         }
     }
@@ -203,7 +205,12 @@ impl Committer {
             && !matches!(e, Error::Catalog { .. })
         {
             let file_io = self.catalog.file_io();
-            let added = req.change.added().iter().map(|f| f.file_path().to_string()).collect();
+            let added = req
+                .change
+                .added()
+                .iter()
+                .map(|f| f.file_path().to_string())
+                .collect();
             delete_files(file_io, added).await;
         }
         result
@@ -239,7 +246,10 @@ impl Committer {
                 .with_next_version()
                 .with_new_metadata(&metadata)
                 .to_string();
-            if let Err(e) = metadata.write_to(&file_io, &MetadataLocation::from_str(&new_location)?).await {
+            if let Err(e) = metadata
+                .write_to(&file_io, &MetadataLocation::from_str(&new_location)?)
+                .await
+            {
                 files.0.push(new_location.clone());
                 delete_files(&file_io, std::mem::take(&mut files.0)).await;
                 return Err(e.into());
@@ -378,10 +388,11 @@ async fn stage(
                 continue;
             }
             let spec_id = manifest_file.partition_spec_id;
-            let manifest_spec = base
-                .partition_spec_by_id(spec_id)
-                .cloned()
-                .ok_or_else(|| Error::Config(format!("{table}: manifest uses unknown partition spec {spec_id}")))?;
+            let manifest_spec = base.partition_spec_by_id(spec_id).cloned().ok_or_else(|| {
+                Error::Config(format!(
+                    "{table}: manifest uses unknown partition spec {spec_id}"
+                ))
+            })?;
             let path = format!("{metadata_dir}/{commit_id}-r{attempt}-{n}.avro");
             files.0.push(path.clone());
             let mut writer = ManifestWriterBuilder::new(
@@ -400,9 +411,15 @@ async fn stage(
                 if removed.contains(entry.file_path()) {
                     found.insert(entry.file_path().to_string());
                     collector.remove_file(entry.data_file(), schema.clone(), manifest_spec.clone());
-                    writer.add_delete_file(entry.data_file().clone(), seq, file_seq.or(Some(seq)))?;
+                    writer.add_delete_file(
+                        entry.data_file().clone(),
+                        seq,
+                        file_seq.or(Some(seq)),
+                    )?;
                 } else {
-                    let added_by = entry.snapshot_id().unwrap_or(manifest_file.added_snapshot_id);
+                    let added_by = entry
+                        .snapshot_id()
+                        .unwrap_or(manifest_file.added_snapshot_id);
                     debug_assert!(entry.status() != ManifestStatus::Deleted);
                     writer.add_existing_file(
                         entry.data_file().clone(),
@@ -455,13 +472,15 @@ async fn stage(
     list_writer.close().await?;
 
     let mut summary = collector.build();
-    add_totals(&mut summary, parent.map(|p| &p.summary().additional_properties));
-    summary.extend(summary_props);
-    summary.insert(
-        "floe.version".into(),
-        env!("CARGO_PKG_VERSION").to_string(),
+    add_totals(
+        &mut summary,
+        parent.map(|p| &p.summary().additional_properties),
     );
-    let now_ms = chrono::Utc::now().timestamp_millis().max(base.last_updated_ms());
+    summary.extend(summary_props);
+    summary.insert("floe.version".into(), env!("CARGO_PKG_VERSION").to_string());
+    let now_ms = chrono::Utc::now()
+        .timestamp_millis()
+        .max(base.last_updated_ms());
     let snapshot = Snapshot::builder()
         .with_snapshot_id(snapshot_id)
         .with_parent_snapshot_id(parent.map(|p| p.snapshot_id()))
@@ -494,9 +513,21 @@ fn add_totals(summary: &mut HashMap<String, String>, parent: Option<&HashMap<Str
         ("total-records", "added-records", "deleted-records"),
         ("total-data-files", "added-data-files", "deleted-data-files"),
         ("total-files-size", "added-files-size", "removed-files-size"),
-        ("total-delete-files", "added-delete-files", "removed-delete-files"),
-        ("total-position-deletes", "added-position-deletes", "removed-position-deletes"),
-        ("total-equality-deletes", "added-equality-deletes", "removed-equality-deletes"),
+        (
+            "total-delete-files",
+            "added-delete-files",
+            "removed-delete-files",
+        ),
+        (
+            "total-position-deletes",
+            "added-position-deletes",
+            "removed-position-deletes",
+        ),
+        (
+            "total-equality-deletes",
+            "added-equality-deletes",
+            "removed-equality-deletes",
+        ),
     ];
     let get = |m: &HashMap<String, String>, k: &str| m.get(k).and_then(|v| v.parse::<i64>().ok());
     for (total, added, removed) in TOTALS {

@@ -64,14 +64,14 @@ pub fn committed_offsets(metadata: &TableMetadata, group: &str) -> Result<Offset
 
 /// Merges `ranges` into `committed`, refusing a range that overlaps what is committed (a
 /// message committed twice) — the fence against writers that lost a partition.
-pub fn merge_offsets(
-    table: &str,
-    committed: &Offsets,
-    ranges: &[OffsetRange],
-) -> Result<Offsets> {
+pub fn merge_offsets(table: &str, committed: &Offsets, ranges: &[OffsetRange]) -> Result<Offsets> {
     let mut merged = committed.clone();
     for r in ranges {
-        let next = merged.entry(r.topic.clone()).or_default().entry(r.partition).or_insert(r.next);
+        let next = merged
+            .entry(r.topic.clone())
+            .or_default()
+            .entry(r.partition)
+            .or_insert(r.next);
         if let Some(c) = committed.get(&r.topic).and_then(|p| p.get(&r.partition))
             && r.first < *c
         {
@@ -103,9 +103,13 @@ mod tests {
 
     #[test]
     fn merging_is_per_partition_and_monotone() {
-        let committed: Offsets = serde_json::from_str(r#"{"t":{"0":10,"1":5},"u":{"0":3}}"#).unwrap();
+        let committed: Offsets =
+            serde_json::from_str(r#"{"t":{"0":10,"1":5},"u":{"0":3}}"#).unwrap();
         let merged = merge_offsets("x", &committed, &[range(0, 10, 20), range(2, 0, 7)]).unwrap();
-        assert_eq!(serde_json::to_string(&merged).unwrap(), r#"{"t":{"0":20,"1":5,"2":7},"u":{"0":3}}"#);
+        assert_eq!(
+            serde_json::to_string(&merged).unwrap(),
+            r#"{"t":{"0":20,"1":5,"2":7},"u":{"0":3}}"#
+        );
         // Gaps (compacted topics, retention) are allowed; overlaps are not.
         assert!(merge_offsets("x", &committed, &[range(1, 4, 12)]).is_err());
         assert!(merge_offsets("x", &committed, &[range(1, 5, 12)]).is_ok());

@@ -65,12 +65,16 @@ pub fn writer_properties(props: &HashMap<String, String>) -> Result<WriterProper
         .unwrap_or_else(|| "zstd".into());
     let level: Option<i32> = match props.get("write.parquet.compression-level") {
         Some(l) => Some(l.trim().parse().map_err(|_| {
-            Error::Config(format!("table property write.parquet.compression-level = {l:?} is not a number"))
+            Error::Config(format!(
+                "table property write.parquet.compression-level = {l:?} is not a number"
+            ))
         })?),
         None => None,
     };
     let bad = |e: parquet::errors::ParquetError| {
-        Error::Config(format!("table property write.parquet.compression-level: {e}"))
+        Error::Config(format!(
+            "table property write.parquet.compression-level: {e}"
+        ))
     };
     let compression = match codec.as_str() {
         "zstd" => Compression::ZSTD(ZstdLevel::try_new(level.unwrap_or(1)).map_err(bad)?),
@@ -88,14 +92,18 @@ pub fn writer_properties(props: &HashMap<String, String>) -> Result<WriterProper
         .set_created_by(format!("floe version {}", env!("CARGO_PKG_VERSION")));
     let group_bytes: usize = match props.get("write.parquet.row-group-size-bytes") {
         Some(v) => v.trim().parse().map_err(|_| {
-            Error::Config(format!("table property write.parquet.row-group-size-bytes = {v:?} is not a number"))
+            Error::Config(format!(
+                "table property write.parquet.row-group-size-bytes = {v:?} is not a number"
+            ))
         })?,
         None => 128 * 1024 * 1024,
     };
     b = b.set_max_row_group_bytes(Some(group_bytes.max(1024)));
     if let Some(rows) = props.get("write.parquet.row-group-limit") {
         let rows: usize = rows.parse().map_err(|_| {
-            Error::Config(format!("table property write.parquet.row-group-limit = {rows:?} is not a number"))
+            Error::Config(format!(
+                "table property write.parquet.row-group-limit = {rows:?} is not a number"
+            ))
         })?;
         b = b.set_max_row_group_row_count(Some(rows.max(1)));
     }
@@ -117,7 +125,11 @@ impl DataWriter {
     }
 
     /// A writer for a given schema of the table (a batch keeps the schema it started with).
-    pub fn with_schema(file_io: &FileIO, metadata: &TableMetadata, schema: SchemaRef) -> Result<Self> {
+    pub fn with_schema(
+        file_io: &FileIO,
+        metadata: &TableMetadata,
+        schema: SchemaRef,
+    ) -> Result<Self> {
         let props = metadata.properties();
         let spec = metadata.default_partition_spec().clone();
         let paths = Arc::new(Mutex::new(Vec::new()));

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use arrow_array::{Array, Int64Array};
 use floe_lake::commit::{Change, CommitRequest};
-use floe_lake::{Catalog, CatalogConfig, Committer, DataWriter, Error, OffsetRange, committed_offsets};
+use floe_lake::{
+    Catalog, CatalogConfig, Committer, DataWriter, Error, OffsetRange, committed_offsets,
+};
 use floe_schema::{Decoder, DecoderOptions, RecordMeta, TableDefinition};
 use futures::TryStreamExt;
 use iceberg::TableIdent;
@@ -52,7 +54,10 @@ async fn files(lake: &Lake, p: i32, ids: impl Iterator<Item = i64>) -> Vec<DataF
     let (_, meta) = catalog.load_metadata(&lake.ident).await.unwrap();
     let mut dec = Decoder::new(meta.current_schema(), &DecoderOptions::default()).unwrap();
     for id in ids {
-        let json = format!(r#"{{"id":{id},"p":{p},"ts":{}}}"#, 1_700_000_000_000i64 + id);
+        let json = format!(
+            r#"{{"id":{id},"p":{p},"ts":{}}}"#,
+            1_700_000_000_000i64 + id
+        );
         dec.decode(json.as_bytes(), &RecordMeta::default()).unwrap();
     }
     let mut w = DataWriter::new(catalog.file_io(), &meta).unwrap();
@@ -61,7 +66,12 @@ async fn files(lake: &Lake, p: i32, ids: impl Iterator<Item = i64>) -> Vec<DataF
 }
 
 async fn ids(lake: &Lake) -> Vec<i64> {
-    let table = lake.committer.catalog().load_table(&lake.ident).await.unwrap();
+    let table = lake
+        .committer
+        .catalog()
+        .load_table(&lake.ident)
+        .await
+        .unwrap();
     if table.metadata().current_snapshot().is_none() {
         return vec![];
     }
@@ -129,7 +139,10 @@ async fn assert_no_orphans(lake: &Lake) {
     }
     let mut on_disk = Vec::new();
     walk(&lake.root.join("warehouse/lake/t"), &mut on_disk);
-    let orphans: Vec<_> = on_disk.iter().filter(|p| !referenced.contains(*p)).collect();
+    let orphans: Vec<_> = on_disk
+        .iter()
+        .filter(|p| !referenced.contains(*p))
+        .collect();
     assert!(orphans.is_empty(), "unreferenced files: {orphans:#?}");
 }
 
@@ -164,7 +177,12 @@ async fn concurrent_appends_land_exactly_once_with_merged_offsets() {
         .flat_map(|w| (0..commits as i64 * rows).map(move |i| w as i64 * 1_000_000 + i))
         .collect();
     assert_eq!(got, expected, "every row exactly once");
-    let (_, meta) = lake.committer.catalog().load_metadata(&lake.ident).await.unwrap();
+    let (_, meta) = lake
+        .committer
+        .catalog()
+        .load_metadata(&lake.ident)
+        .await
+        .unwrap();
     let offsets = committed_offsets(&meta, "g").unwrap();
     for w in 0..writers {
         assert_eq!(offsets["events"][&w], commits as i64 * rows);
@@ -182,7 +200,9 @@ async fn concurrent_appends_land_exactly_once_with_merged_offsets() {
             }
         }
         last = Some(cur);
-        snap = s.parent_snapshot_id().and_then(|id| meta.snapshot_by_id(id).cloned());
+        snap = s
+            .parent_snapshot_id()
+            .and_then(|id| meta.snapshot_by_id(id).cloned());
     }
     assert_eq!(meta.snapshots().len(), writers as usize * commits);
     eprintln!("lost races retried: {retries}");
@@ -194,7 +214,10 @@ async fn overlapping_offsets_are_refused_and_their_files_deleted() {
     let lake = lake().await;
     let f = files(&lake, 0, 0..5).await;
     lake.committer
-        .commit(&lake.ident, CommitRequest::append(f).with_offsets("g", vec![range(0, 0, 5)]))
+        .commit(
+            &lake.ident,
+            CommitRequest::append(f).with_offsets("g", vec![range(0, 0, 5)]),
+        )
         .await
         .unwrap();
     // A writer that lost the partition replays offsets 3..8: refused, files gone.
@@ -202,22 +225,44 @@ async fn overlapping_offsets_are_refused_and_their_files_deleted() {
     let paths: Vec<String> = stale.iter().map(|f| f.file_path().to_string()).collect();
     let err = lake
         .committer
-        .commit(&lake.ident, CommitRequest::append(stale).with_offsets("g", vec![range(0, 3, 8)]))
+        .commit(
+            &lake.ident,
+            CommitRequest::append(stale).with_offsets("g", vec![range(0, 3, 8)]),
+        )
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::OffsetsAlreadyCommitted { committed: 5, batch_first: 3, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::OffsetsAlreadyCommitted {
+                committed: 5,
+                batch_first: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
     for p in paths {
-        assert!(!std::path::Path::new(p.trim_start_matches("file://")).exists(), "{p} left behind");
+        assert!(
+            !std::path::Path::new(p.trim_start_matches("file://")).exists(),
+            "{p} left behind"
+        );
     }
     // Another group's offsets are independent; a gap after the committed offset is allowed.
     let f = files(&lake, 0, 100..101).await;
     lake.committer
-        .commit(&lake.ident, CommitRequest::append(f).with_offsets("other", vec![range(0, 0, 1)]))
+        .commit(
+            &lake.ident,
+            CommitRequest::append(f).with_offsets("other", vec![range(0, 0, 1)]),
+        )
         .await
         .unwrap();
     let f = files(&lake, 0, 200..201).await;
     lake.committer
-        .commit(&lake.ident, CommitRequest::append(f).with_offsets("g", vec![range(0, 9, 10)]))
+        .commit(
+            &lake.ident,
+            CommitRequest::append(f).with_offsets("g", vec![range(0, 9, 10)]),
+        )
         .await
         .unwrap();
     assert_eq!(ids(&lake).await, vec![0, 1, 2, 3, 4, 100, 200]);
@@ -229,14 +274,25 @@ async fn offsets_are_found_past_snapshots_that_carry_none() {
     let lake = lake().await;
     let f = files(&lake, 1, 0..3).await;
     lake.committer
-        .commit(&lake.ident, CommitRequest::append(f).with_offsets("g", vec![range(1, 0, 3)]))
+        .commit(
+            &lake.ident,
+            CommitRequest::append(f).with_offsets("g", vec![range(1, 0, 3)]),
+        )
         .await
         .unwrap();
     for i in 0..3 {
         let f = files(&lake, 2, 10 + i..11 + i).await;
-        lake.committer.commit(&lake.ident, CommitRequest::append(f)).await.unwrap();
+        lake.committer
+            .commit(&lake.ident, CommitRequest::append(f))
+            .await
+            .unwrap();
     }
-    let (_, meta) = lake.committer.catalog().load_metadata(&lake.ident).await.unwrap();
+    let (_, meta) = lake
+        .committer
+        .catalog()
+        .load_metadata(&lake.ident)
+        .await
+        .unwrap();
     assert_eq!(committed_offsets(&meta, "g").unwrap()["events"][&1], 3);
     assert!(committed_offsets(&meta, "nobody").unwrap().is_empty());
 }
@@ -249,7 +305,10 @@ async fn replace_swaps_files_and_refuses_sources_that_vanished() {
         let f = files(&lake, 0, i * 10..i * 10 + 10).await;
         old.extend(f.clone());
         lake.committer
-            .commit(&lake.ident, CommitRequest::append(f).with_offsets("g", vec![range(0, i * 10, i * 10 + 10)]))
+            .commit(
+                &lake.ident,
+                CommitRequest::append(f).with_offsets("g", vec![range(0, i * 10, i * 10 + 10)]),
+            )
             .await
             .unwrap();
     }
@@ -260,7 +319,10 @@ async fn replace_swaps_files_and_refuses_sources_that_vanished() {
         .commit(
             &lake.ident,
             CommitRequest {
-                change: Change::Replace { removed: old.clone(), added: compacted },
+                change: Change::Replace {
+                    removed: old.clone(),
+                    added: compacted,
+                },
                 offsets: None,
                 properties: Default::default(),
             },
@@ -273,7 +335,10 @@ async fn replace_swaps_files_and_refuses_sources_that_vanished() {
     assert_eq!(summary.additional_properties["total-data-files"], "1");
     assert_eq!(summary.additional_properties["total-records"], "30");
     // Offsets are still found through the replace snapshot.
-    assert_eq!(committed_offsets(&done.metadata, "g").unwrap()["events"][&0], 30);
+    assert_eq!(
+        committed_offsets(&done.metadata, "g").unwrap()["events"][&0],
+        30
+    );
 
     // A second compaction of the same (now removed) files fails and cleans up after itself.
     let again = files(&lake, 0, 0..30).await;
@@ -283,7 +348,10 @@ async fn replace_swaps_files_and_refuses_sources_that_vanished() {
         .commit(
             &lake.ident,
             CommitRequest {
-                change: Change::Replace { removed: old[..1].to_vec(), added: again },
+                change: Change::Replace {
+                    removed: old[..1].to_vec(),
+                    added: again,
+                },
                 offsets: None,
                 properties: Default::default(),
             },
@@ -310,12 +378,21 @@ async fn delete_removes_whole_files_and_keeps_the_rest() {
         .committer
         .commit(
             &lake.ident,
-            CommitRequest { change: Change::Delete(a), offsets: None, properties: Default::default() },
+            CommitRequest {
+                change: Change::Delete(a),
+                offsets: None,
+                properties: Default::default(),
+            },
         )
         .await
         .unwrap();
     assert_eq!(ids(&lake).await, (5..10).collect::<Vec<_>>());
-    let props = &done.metadata.current_snapshot().unwrap().summary().additional_properties;
+    let props = &done
+        .metadata
+        .current_snapshot()
+        .unwrap()
+        .summary()
+        .additional_properties;
     assert_eq!(props["total-records"], "5");
     assert_eq!(props["deleted-records"], "5");
     let remaining: BTreeSet<_> = ids(&lake).await.into_iter().collect();

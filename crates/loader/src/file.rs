@@ -82,10 +82,12 @@ pub async fn load_lines(
     let mut in_batch: u64 = 0;
     loop {
         line.clear();
-        let n = input.read_until(b'\n', &mut line).map_err(|source| Error::Io {
-            context: format!("reading {source_name}"),
-            source,
-        })?;
+        let n = input
+            .read_until(b'\n', &mut line)
+            .map_err(|source| Error::Io {
+                context: format!("reading {source_name}"),
+                source,
+            })?;
         if n == 0 {
             break;
         }

@@ -4,6 +4,7 @@
 #![deny(missing_docs)]
 
 pub mod file;
+pub mod generate;
 pub mod sink;
 
 pub use sink::{FlushReport, SinkOptions, TableSink};

@@ -103,7 +103,12 @@ impl TableSink {
                 let dl_ident = parse_table_ident(name)?;
                 let metadata = if opts.create_dead_letter_table {
                     let def = TableDefinition::dead_letter(name)?;
-                    catalog.create_table_if_missing(&def).await?.0.metadata().clone()
+                    catalog
+                        .create_table_if_missing(&def)
+                        .await?
+                        .0
+                        .metadata()
+                        .clone()
                 } else {
                     catalog.load_metadata(&dl_ident).await?.1
                 };
@@ -208,7 +213,10 @@ impl TableSink {
         }
         let batch = self.decoder.finish();
         if self.writer.is_none() {
-            self.writer = Some(DataWriter::new(self.committer.catalog().file_io(), &self.metadata)?);
+            self.writer = Some(DataWriter::new(
+                self.committer.catalog().file_io(),
+                &self.metadata,
+            )?);
         }
         let writer = self.writer.as_mut().expect("just set");
         if let Err(e) = writer.write(&batch).await {
@@ -244,10 +252,10 @@ impl TableSink {
         if let Some(dead) = &mut self.dead
             && (!self.pending_dead.is_empty() || offsets.is_some())
         {
-            let schema = std::sync::Arc::new(iceberg::arrow::schema_to_arrow_schema(
-                dead.metadata.current_schema(),
-            )
-            .map_err(floe_lake::Error::from)?);
+            let schema = std::sync::Arc::new(
+                iceberg::arrow::schema_to_arrow_schema(dead.metadata.current_schema())
+                    .map_err(floe_lake::Error::from)?,
+            );
             let batch = dead_letter_batch(&schema, &self.pending_dead)?;
             let mut writer = DataWriter::new(self.committer.catalog().file_io(), &dead.metadata)?;
             if let Err(e) = writer.write(&batch).await {

@@ -79,7 +79,8 @@ pub fn dead_letter_batch(schema: &SchemaRef, rows: &[DeadLetter]) -> Result<Reco
             ("error_message", DataType::Utf8) => strings(rows, |r| Some(&r.error_message)),
             ("source_partition", DataType::Int32) => {
                 let mut b = Int32Builder::with_capacity(rows.len());
-                rows.iter().for_each(|r| b.append_option(r.source_partition));
+                rows.iter()
+                    .for_each(|r| b.append_option(r.source_partition));
                 Arc::new(b.finish())
             }
             ("source_offset", DataType::Int64) => {
@@ -113,7 +114,9 @@ pub fn dead_letter_batch(schema: &SchemaRef, rows: &[DeadLetter]) -> Result<Reco
         columns.push(array);
     }
     RecordBatch::try_new(schema.clone(), columns).map_err(|e| {
-        Error::Unsupported(format!("dead-letter table schema does not fit dead letters: {e}"))
+        Error::Unsupported(format!(
+            "dead-letter table schema does not fit dead letters: {e}"
+        ))
     })
 }
 
@@ -156,10 +159,16 @@ mod tests {
             .unwrap()
             .value(0)
             .to_string();
-        assert_eq!(msg, "field \"value\": expected double, found string \"abc\"");
+        assert_eq!(
+            msg,
+            "field \"value\": expected double, found string \"abc\""
+        );
         let kind = batch.column_by_name("error_kind").unwrap();
         assert_eq!(
-            kind.as_any().downcast_ref::<arrow_array::StringArray>().unwrap().value(0),
+            kind.as_any()
+                .downcast_ref::<arrow_array::StringArray>()
+                .unwrap()
+                .value(0),
             "wrong_type"
         );
     }

@@ -53,6 +53,16 @@ pub struct TableDefinition {
     pub properties: HashMap<String, String>,
 }
 
+/// The table definitions shipped in `schemas/`, built into the binary: (file stem, JSON).
+/// Used when no schemas directory is at hand (e.g. `floe quickstart` run from anywhere).
+pub const BUILTIN: [(&str, &str); 2] = [
+    ("lake.events", include_str!("../../../schemas/lake.events.json")),
+    (
+        "lake.events_dead_letters",
+        include_str!("../../../schemas/lake.events_dead_letters.json"),
+    ),
+];
+
 /// The definition every dead-letter table is created from (`schemas/lake.events_dead_letters.json`).
 pub const DEAD_LETTER_TEMPLATE: &str =
     include_str!("../../../schemas/lake.events_dead_letters.json");
@@ -78,18 +88,22 @@ impl TableDefinition {
             source_name: source_name.to_string(),
             message,
         };
-        let file: DefinitionFile = serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
-        let full_name = file
-            .name
-            .as_deref()
-            .or(default_name)
-            .ok_or_else(|| invalid("no table name (add \"name\": \"namespace.table\")".into()))?;
+        let file: DefinitionFile =
+            serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let full_name =
+            file.name.as_deref().or(default_name).ok_or_else(|| {
+                invalid("no table name (add \"name\": \"namespace.table\")".into())
+            })?;
         let (namespace, name) = split_table_name(full_name).map_err(invalid)?;
         let format_version = match file.format_version {
             1 => FormatVersion::V1,
             2 => FormatVersion::V2,
             3 => FormatVersion::V3,
-            v => return Err(invalid(format!("format-version {v} is not an Iceberg version"))),
+            v => {
+                return Err(invalid(format!(
+                    "format-version {v} is not an Iceberg version"
+                )));
+            }
         };
         Ok(Self {
             namespace,
@@ -104,13 +118,25 @@ impl TableDefinition {
 
     /// The standard dead-letter table definition, named `full_name`.
     pub fn dead_letter(full_name: &str) -> Result<Self> {
-        Self::from_json(DEAD_LETTER_TEMPLATE, Some(full_name), "dead-letter template")
-            .map(|mut d| {
-                let (namespace, name) = split_table_name(full_name).expect("validated above");
-                d.namespace = namespace;
-                d.name = name;
-                d
-            })
+        Self::from_json(
+            DEAD_LETTER_TEMPLATE,
+            Some(full_name),
+            "dead-letter template",
+        )
+        .map(|mut d| {
+            let (namespace, name) = split_table_name(full_name).expect("validated above");
+            d.namespace = namespace;
+            d.name = name;
+            d
+        })
+    }
+
+    /// The built-in definitions (see [`BUILTIN`]).
+    pub fn builtin() -> Result<Vec<Self>> {
+        BUILTIN
+            .iter()
+            .map(|(name, json)| Self::from_json(json, Some(name), &format!("built-in {name}")))
+            .collect()
     }
 
     /// `namespace.table`.
@@ -146,10 +172,7 @@ mod tests {
             let path = entry.unwrap().path();
             if path.extension().and_then(|e| e.to_str()) == Some("json") {
                 let def = TableDefinition::from_file(&path).unwrap();
-                assert_eq!(
-                    def.full_name(),
-                    path.file_stem().unwrap().to_str().unwrap()
-                );
+                assert_eq!(def.full_name(), path.file_stem().unwrap().to_str().unwrap());
                 n += 1;
             }
         }
@@ -167,9 +190,20 @@ mod tests {
             .map(|f| f.name.clone())
             .collect();
         for col in [
-            "event_guid", "event_ts", "country", "is_returning", "user_id", "action",
-            "device_type", "page", "category", "value", "session_duration",
-            "_kafka_partition", "_kafka_offset", "_ingested_at",
+            "event_guid",
+            "event_ts",
+            "country",
+            "is_returning",
+            "user_id",
+            "action",
+            "device_type",
+            "page",
+            "category",
+            "value",
+            "session_duration",
+            "_kafka_partition",
+            "_kafka_offset",
+            "_ingested_at",
         ] {
             assert!(names.iter().any(|n| n == col), "missing {col}");
         }

@@ -44,15 +44,24 @@ pub async fn run(cfg: &FloeConfig, args: LoadArgs) -> Result<()> {
         opts.dead_letter_table = None;
     }
     let mut sink = TableSink::open(committer, &opts).await?;
-    let (reader, name, total): (Box<dyn BufRead>, String, Option<u64>) = if args.input.as_os_str() == "-" {
-        (Box::new(std::io::BufReader::with_capacity(1 << 20, std::io::stdin())), "stdin".into(), None)
-    } else {
-        let f = std::fs::File::open(&args.input)
-            .with_context(|| format!("opening {}", args.input.display()))?;
-        let len = f.metadata().ok().map(|m| m.len());
-        let abs = std::path::absolute(&args.input).unwrap_or(args.input.clone());
-        (Box::new(std::io::BufReader::with_capacity(1 << 20, f)), abs.display().to_string(), len)
-    };
+    let (reader, name, total): (Box<dyn BufRead>, String, Option<u64>) =
+        if args.input.as_os_str() == "-" {
+            (
+                Box::new(std::io::BufReader::with_capacity(1 << 20, std::io::stdin())),
+                "stdin".into(),
+                None,
+            )
+        } else {
+            let f = std::fs::File::open(&args.input)
+                .with_context(|| format!("opening {}", args.input.display()))?;
+            let len = f.metadata().ok().map(|m| m.len());
+            let abs = std::path::absolute(&args.input).unwrap_or(args.input.clone());
+            (
+                Box::new(std::io::BufReader::with_capacity(1 << 20, f)),
+                abs.display().to_string(),
+                len,
+            )
+        };
     let bar = progress_bar(total);
     let started = Instant::now();
     let mut last = Instant::now();
@@ -64,7 +73,11 @@ pub async fn run(cfg: &FloeConfig, args: LoadArgs) -> Result<()> {
         if last.elapsed() >= Duration::from_millis(100) {
             last = Instant::now();
             bar.set_position(r.input_bytes);
-            bar.set_message(format!("{} accepted, {} dead-lettered", r.lines - r.dead_letters_by_kind.values().sum::<u64>(), r.dead_letters_by_kind.values().sum::<u64>()));
+            bar.set_message(format!(
+                "{} accepted, {} dead-lettered",
+                r.lines - r.dead_letters_by_kind.values().sum::<u64>(),
+                r.dead_letters_by_kind.values().sum::<u64>()
+            ));
         }
     })
     .await?;
@@ -90,7 +103,10 @@ pub async fn run(cfg: &FloeConfig, args: LoadArgs) -> Result<()> {
         report.files,
         bytesize::ByteSize(report.bytes),
         report.commits,
-        report.snapshot_id.map(|s| s.to_string()).unwrap_or_else(|| "none".into()),
+        report
+            .snapshot_id
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "none".into()),
         secs,
         report.lines as f64 / secs.max(1e-9),
         if report.unknown_fields > 0 {
@@ -109,8 +125,10 @@ fn progress_bar(total: Option<u64>) -> ProgressBar {
     }
     match total {
         Some(n) => ProgressBar::new(n).with_style(
-            ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}")
-                .expect("valid template"),
+            ProgressStyle::with_template(
+                "{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}",
+            )
+            .expect("valid template"),
         ),
         None => ProgressBar::new_spinner().with_style(
             ProgressStyle::with_template("{spinner} {bytes} {binary_bytes_per_sec} {msg}")

@@ -1,7 +1,10 @@
 //! One module per subcommand.
 
+pub mod generate;
 pub mod load;
 pub mod query;
+pub mod quickstart;
+pub mod report;
 pub mod table;
 
 use anyhow::{Context, Result};
@@ -11,9 +14,12 @@ use crate::config::FloeConfig;
 
 /// Connects to the configured catalog.
 pub async fn connect(cfg: &FloeConfig) -> Result<Catalog> {
-    Catalog::connect(&cfg.catalog)
-        .await
-        .with_context(|| format!("opening catalog {}", floe_lake::catalog::redact_uri(&cfg.catalog.uri)))
+    Catalog::connect(&cfg.catalog).await.with_context(|| {
+        format!(
+            "opening catalog {}",
+            floe_lake::catalog::redact_uri(&cfg.catalog.uri)
+        )
+    })
 }
 
 /// A committer on the configured catalog.

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use arrow::array::RecordBatch;
 use clap::{Args, ValueEnum};
-use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider};
+use datafusion::catalog::{
+    CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider,
+};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use floe_lake::Catalog;
 use iceberg_datafusion::IcebergStaticTableProvider;
@@ -41,7 +43,11 @@ pub async fn session(catalog: &Catalog) -> Result<SessionContext> {
     let default_schema = if by_ns.contains_key("lake") {
         "lake".to_string()
     } else {
-        by_ns.keys().next().cloned().unwrap_or_else(|| "public".into())
+        by_ns
+            .keys()
+            .next()
+            .cloned()
+            .unwrap_or_else(|| "public".into())
     };
     let config = SessionConfig::new()
         .with_default_catalog_and_schema(catalog.name(), &default_schema)
@@ -80,13 +86,23 @@ pub async fn run(cfg: &FloeConfig, args: QueryArgs) -> Result<()> {
     print_batches(&mut out, &batches, args.format)
 }
 
-pub fn print_batches(out: &mut impl std::io::Write, batches: &[RecordBatch], format: OutputFormat) -> Result<()> {
+pub fn print_batches(
+    out: &mut impl std::io::Write,
+    batches: &[RecordBatch],
+    format: OutputFormat,
+) -> Result<()> {
     match format {
         OutputFormat::Table => {
-            writeln!(out, "{}", arrow::util::pretty::pretty_format_batches(batches)?)?;
+            writeln!(
+                out,
+                "{}",
+                arrow::util::pretty::pretty_format_batches(batches)?
+            )?;
         }
         OutputFormat::Csv => {
-            let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(&mut *out);
+            let mut w = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(&mut *out);
             for b in batches {
                 w.write(b)?;
             }

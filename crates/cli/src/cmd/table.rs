@@ -67,19 +67,45 @@ pub fn definition_files(dir: &str) -> Result<Vec<PathBuf>> {
 }
 
 async fn create(cfg: &FloeConfig, catalog: &Catalog, args: CreateArgs) -> Result<()> {
-    let files = if args.all {
-        definition_files(&cfg.schemas_dir)?
-    } else if args.schema.is_empty() {
-        bail!("name definition files with --schema FILE, or use --all for every file in {}", cfg.schemas_dir)
-    } else {
-        args.schema
-    };
-    if files.is_empty() {
-        bail!("no table definitions (*.json) in {}", cfg.schemas_dir);
+    if args.all {
+        return create_definitions(cfg, catalog).await;
     }
-    for file in files {
-        let def = TableDefinition::from_file(&file)?;
-        let (table, created) = catalog.create_table_if_missing(&def).await?;
+    if args.schema.is_empty() {
+        bail!(
+            "name definition files with --schema FILE, or use --all for every file in {}",
+            cfg.schemas_dir
+        )
+    }
+    let defs = args
+        .schema
+        .iter()
+        .map(|f| TableDefinition::from_file(f))
+        .collect::<Result<Vec<_>, _>>()?;
+    create_all(catalog, &defs).await
+}
+
+/// Creates every table of the schemas directory, or the built-in definitions when there is no
+/// such directory.
+pub async fn create_definitions(cfg: &FloeConfig, catalog: &Catalog) -> Result<()> {
+    let defs = if std::path::Path::new(&cfg.schemas_dir).is_dir() {
+        let files = definition_files(&cfg.schemas_dir)?;
+        if files.is_empty() {
+            bail!("no table definitions (*.json) in {}", cfg.schemas_dir);
+        }
+        files
+            .iter()
+            .map(|f| TableDefinition::from_file(f))
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        tracing::info!(dir = %cfg.schemas_dir, "no schemas directory; using the built-in table definitions");
+        TableDefinition::builtin()?
+    };
+    create_all(catalog, &defs).await
+}
+
+async fn create_all(catalog: &Catalog, defs: &[TableDefinition]) -> Result<()> {
+    for def in defs {
+        let (table, created) = catalog.create_table_if_missing(def).await?;
         if created {
             println!("created {} at {}", def.full_name(), table.metadata().location());
         } else {
@@ -101,7 +127,10 @@ fn all_offsets(meta: &TableMetadata) -> Result<Value> {
     }
     let mut out = serde_json::Map::new();
     for g in groups {
-        out.insert(g.clone(), serde_json::to_value(committed_offsets(meta, &g)?)?);
+        out.insert(
+            g.clone(),
+            serde_json::to_value(committed_offsets(meta, &g)?)?,
+        );
     }
     Ok(Value::Object(out))
 }
@@ -122,7 +151,10 @@ pub fn describe(meta: &TableMetadata, name: &str, metadata_location: &str) -> Re
         .fields()
         .iter()
         .map(|p| {
-            let source = schema.field_by_id(p.source_id).map(|f| f.name.clone()).unwrap_or_default();
+            let source = schema
+                .field_by_id(p.source_id)
+                .map(|f| f.name.clone())
+                .unwrap_or_default();
             json!({"name": p.name, "transform": p.transform.to_string(), "source": source})
         })
         .collect();
@@ -142,8 +174,15 @@ pub fn describe(meta: &TableMetadata, name: &str, metadata_location: &str) -> Re
             })
         })
         .collect();
-    let current = meta.current_snapshot().map(|s| &s.summary().additional_properties);
-    let total = |k: &str| current.and_then(|p| p.get(k)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let current = meta
+        .current_snapshot()
+        .map(|s| &s.summary().additional_properties);
+    let total = |k: &str| {
+        current
+            .and_then(|p| p.get(k))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     let props: BTreeMap<&String, &String> = meta.properties().iter().collect();
     Ok(json!({
         "table": name,
@@ -177,8 +216,14 @@ async fn show(catalog: &Catalog, args: ShowArgs) -> Result<()> {
     }
     println!("table     {}", d["table"].as_str().unwrap_or_default());
     println!("location  {}", d["location"].as_str().unwrap_or_default());
-    println!("metadata  {}", d["metadata_location"].as_str().unwrap_or_default());
-    println!("rows      {}   data files {}   bytes {}", d["rows"], d["data_files"], d["bytes"]);
+    println!(
+        "metadata  {}",
+        d["metadata_location"].as_str().unwrap_or_default()
+    );
+    println!(
+        "rows      {}   data files {}   bytes {}",
+        d["rows"], d["data_files"], d["bytes"]
+    );
     println!("\nschema (id {})", d["schema_id"]);
     for c in d["columns"].as_array().into_iter().flatten() {
         println!(
@@ -186,13 +231,21 @@ async fn show(catalog: &Catalog, args: ShowArgs) -> Result<()> {
             c["id"],
             c["name"].as_str().unwrap_or_default(),
             c["type"].as_str().unwrap_or_default(),
-            if c["required"].as_bool() == Some(true) { "required" } else { "optional" }
+            if c["required"].as_bool() == Some(true) {
+                "required"
+            } else {
+                "optional"
+            }
         );
     }
     println!("\npartitioned by");
     for p in d["partitioning"].as_array().into_iter().flatten() {
-        println!("  {}({}) as {}", p["transform"].as_str().unwrap_or_default(),
-            p["source"].as_str().unwrap_or_default(), p["name"].as_str().unwrap_or_default());
+        println!(
+            "  {}({}) as {}",
+            p["transform"].as_str().unwrap_or_default(),
+            p["source"].as_str().unwrap_or_default(),
+            p["name"].as_str().unwrap_or_default()
+        );
     }
     println!("\nproperties");
     for (k, v) in d["properties"].as_object().into_iter().flatten() {
@@ -203,12 +256,18 @@ async fn show(catalog: &Catalog, args: ShowArgs) -> Result<()> {
     for s in snaps.iter().rev().take(10).rev() {
         println!(
             "  {:>20}  {}  {:<9} +{} rows → {}",
-            s["snapshot_id"], s["timestamp"].as_str().unwrap_or_default(),
-            s["operation"].as_str().unwrap_or_default(), s["added_records"], s["total_records"]
+            s["snapshot_id"],
+            s["timestamp"].as_str().unwrap_or_default(),
+            s["operation"].as_str().unwrap_or_default(),
+            s["added_records"],
+            s["total_records"]
         );
     }
     println!("\ncommitted offsets");
-    let offsets = d["committed_offsets"].as_object().cloned().unwrap_or_default();
+    let offsets = d["committed_offsets"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
     if offsets.is_empty() {
         println!("  (none)");
     }

@@ -105,11 +105,24 @@ pub(crate) enum Store {
     F64(Vec<f64>),
     I128(Vec<i128>),
     /// Utf8 (i32 offsets) or LargeBinary (i64 offsets, narrowed at finish): kept as i64 here.
-    Bytes { offsets: Vec<i64>, data: Vec<u8> },
-    Fixed { width: usize, data: Vec<u8> },
-    Struct(StructCols),
-    List { offsets: Vec<i32>, child: Box<Column> },
-    Map { offsets: Vec<i32>, key: Box<Column>, value: Box<Column> },
+    Bytes {
+        offsets: Vec<i64>,
+        data: Vec<u8>,
+    },
+    Fixed {
+        width: usize,
+        data: Vec<u8>,
+    },
+    Struct(Box<StructCols>),
+    List {
+        offsets: Vec<i32>,
+        child: Box<Column>,
+    },
+    Map {
+        offsets: Vec<i32>,
+        key: Box<Column>,
+        value: Box<Column>,
+    },
 }
 
 /// The fields of a struct (or of the record itself) and how JSON keys reach them.
@@ -167,10 +180,22 @@ impl Column {
                     },
                     PrimitiveType::Date => Kind::Date,
                     PrimitiveType::Time => Kind::Time,
-                    PrimitiveType::Timestamp => Kind::Timestamp { tz: false, nanos: false },
-                    PrimitiveType::Timestamptz => Kind::Timestamp { tz: true, nanos: false },
-                    PrimitiveType::TimestampNs => Kind::Timestamp { tz: false, nanos: true },
-                    PrimitiveType::TimestamptzNs => Kind::Timestamp { tz: true, nanos: true },
+                    PrimitiveType::Timestamp => Kind::Timestamp {
+                        tz: false,
+                        nanos: false,
+                    },
+                    PrimitiveType::Timestamptz => Kind::Timestamp {
+                        tz: true,
+                        nanos: false,
+                    },
+                    PrimitiveType::TimestampNs => Kind::Timestamp {
+                        tz: false,
+                        nanos: true,
+                    },
+                    PrimitiveType::TimestamptzNs => Kind::Timestamp {
+                        tz: true,
+                        nanos: true,
+                    },
                     PrimitiveType::String => Kind::String,
                     PrimitiveType::Uuid => Kind::Uuid,
                     PrimitiveType::Fixed(n) => Kind::Fixed(*n as usize),
@@ -204,21 +229,27 @@ impl Column {
             }
             (Type::Struct(st), DataType::Struct(fields)) => (
                 Kind::Struct,
-                Store::Struct(StructCols::new(fields, st, false, aliases)?),
+                Store::Struct(Box::new(StructCols::new(fields, st, false, aliases)?)),
             ),
-            (Type::List(lt), DataType::List(child)) => (Kind::List, Store::List {
-                offsets: vec![0],
-                child: Box::new(Column::new(child, &lt.element_field, false, aliases)?),
-            }),
+            (Type::List(lt), DataType::List(child)) => (
+                Kind::List,
+                Store::List {
+                    offsets: vec![0],
+                    child: Box::new(Column::new(child, &lt.element_field, false, aliases)?),
+                },
+            ),
             (Type::Map(mt), DataType::Map(entries, _)) => {
                 let DataType::Struct(kv) = entries.data_type() else {
                     return Err(unsupported());
                 };
-                (Kind::Map, Store::Map {
-                    offsets: vec![0],
-                    key: Box::new(Column::new(&kv[0], &mt.key_field, false, aliases)?),
-                    value: Box::new(Column::new(&kv[1], &mt.value_field, false, aliases)?),
-                })
+                (
+                    Kind::Map,
+                    Store::Map {
+                        offsets: vec![0],
+                        key: Box::new(Column::new(&kv[0], &mt.key_field, false, aliases)?),
+                        value: Box::new(Column::new(&kv[1], &mt.value_field, false, aliases)?),
+                    },
+                )
             }
             _ => return Err(unsupported()),
         };
@@ -258,7 +289,9 @@ impl Column {
             Store::F32(v) => v.push(0.0),
             Store::F64(v) => v.push(0.0),
             Store::I128(v) => v.push(0),
-            Store::Bytes { offsets, .. } => offsets.push(*offsets.last().expect("offsets start at 0")),
+            Store::Bytes { offsets, .. } => {
+                offsets.push(*offsets.last().expect("offsets start at 0"))
+            }
             Store::Fixed { width, data } => data.resize(data.len() + *width, 0),
             Store::Struct(s) => {
                 for f in &mut s.fields {
@@ -297,7 +330,11 @@ impl Column {
                 offsets.truncate(len + 1);
                 child.truncate(offsets[len] as usize);
             }
-            Store::Map { offsets, key, value } => {
+            Store::Map {
+                offsets,
+                key,
+                value,
+            } => {
                 offsets.truncate(len + 1);
                 key.truncate(offsets[len] as usize);
                 value.truncate(offsets[len] as usize);
@@ -318,9 +355,11 @@ impl Column {
             Store::Fixed { data, .. } => data.len(),
             Store::Struct(s) => s.fields.iter().map(Column::buffered_bytes).sum(),
             Store::List { offsets, child } => offsets.len() * 4 + child.buffered_bytes(),
-            Store::Map { offsets, key, value } => {
-                offsets.len() * 4 + key.buffered_bytes() + value.buffered_bytes()
-            }
+            Store::Map {
+                offsets,
+                key,
+                value,
+            } => offsets.len() * 4 + key.buffered_bytes() + value.buffered_bytes(),
         };
         values + self.len() / 8
     }
@@ -419,10 +458,8 @@ impl Column {
                 let DataType::List(child_field) = field.data_type() else {
                     unreachable!("list store has a list field")
                 };
-                let offsets = OffsetBuffer::new(ScalarBuffer::from(std::mem::replace(
-                    offsets,
-                    vec![0],
-                )));
+                let offsets =
+                    OffsetBuffer::new(ScalarBuffer::from(std::mem::replace(offsets, vec![0])));
                 Arc::new(ListArray::new(
                     child_field.clone(),
                     offsets,
@@ -430,17 +467,19 @@ impl Column {
                     nulls,
                 ))
             }
-            Store::Map { offsets, key, value } => {
+            Store::Map {
+                offsets,
+                key,
+                value,
+            } => {
                 let DataType::Map(entries_field, ordered) = field.data_type() else {
                     unreachable!("map store has a map field")
                 };
                 let DataType::Struct(kv_fields) = entries_field.data_type() else {
                     unreachable!("map entries are a struct")
                 };
-                let offsets = OffsetBuffer::new(ScalarBuffer::from(std::mem::replace(
-                    offsets,
-                    vec![0],
-                )));
+                let offsets =
+                    OffsetBuffer::new(ScalarBuffer::from(std::mem::replace(offsets, vec![0])));
                 let entries =
                     StructArray::new(kv_fields.clone(), vec![key.finish(), value.finish()], None);
                 Arc::new(MapArray::new(

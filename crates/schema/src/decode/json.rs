@@ -378,7 +378,10 @@ impl<'a> Cursor<'a> {
                     if !d.is_ascii_digit() {
                         break;
                     }
-                    match acc.checked_mul(10).and_then(|a| a.checked_add((d - b'0') as u64)) {
+                    match acc
+                        .checked_mul(10)
+                        .and_then(|a| a.checked_add((d - b'0') as u64))
+                    {
                         Some(a) => acc = a,
                         None => overflow = true,
                     }
@@ -433,7 +436,11 @@ impl<'a> Cursor<'a> {
         } else {
             i64::try_from(acc).ok()
         };
-        Ok(Number { text, int, is_float })
+        Ok(Number {
+            text,
+            int,
+            is_float,
+        })
     }
 
     /// Skips one value of any kind, validating it.
@@ -466,9 +473,7 @@ impl<'a> Cursor<'a> {
                 }
                 Ok(())
             }
-            Peek::String => {
-                self.skip_string()
-            }
+            Peek::String => self.skip_string(),
             Peek::Number => self.number().map(|_| ()),
             Peek::True => self.literal(b"true"),
             Peek::False => self.literal(b"false"),
@@ -495,7 +500,10 @@ mod tests {
 
     #[test]
     fn strings_with_and_without_escapes() {
-        assert_eq!(s(r#""plain text here, long enough""#).unwrap(), "plain text here, long enough");
+        assert_eq!(
+            s(r#""plain text here, long enough""#).unwrap(),
+            "plain text here, long enough"
+        );
         assert_eq!(s(r#""a\"b\\c\/d\n""#).unwrap(), "a\"b\\c/d\n");
         assert_eq!(s(r#""\u00e9\ud83d\ude00""#).unwrap(), "é😀");
         assert_eq!(s("\"héllo wörld ünïcode\"").unwrap(), "héllo wörld ünïcode");

@@ -351,7 +351,10 @@ fn decode_record(
             }
             return Err(DecodeError::new(
                 DecodeErrorKind::NotAnObject,
-                format!("expected a JSON object, found {}", describe_value(&mut cur, start)),
+                format!(
+                    "expected a JSON object, found {}",
+                    describe_value(&mut cur, start)
+                ),
             ));
         }
     }
@@ -405,7 +408,10 @@ fn decode_object(
     meta: Option<&RecordMeta<'_>>,
 ) -> Result<(), DecodeError> {
     if depth > json::MAX_DEPTH {
-        return Err(DecodeError::new(DecodeErrorKind::TooDeep, "nesting too deep"));
+        return Err(DecodeError::new(
+            DecodeErrorKind::TooDeep,
+            "nesting too deep",
+        ));
     }
     ctx.stamp += 1;
     let stamp = ctx.stamp;
@@ -425,11 +431,13 @@ fn decode_object(
                         let msg = if *key == col.name {
                             format!("duplicate key \"{key}\"")
                         } else {
-                            format!("duplicate key: \"{key}\" sets column {} a second time", col.name)
+                            format!(
+                                "duplicate key: \"{key}\" sets column {} a second time",
+                                col.name
+                            )
                         };
-                        return Err(
-                            DecodeError::new(DecodeErrorKind::DuplicateKey, msg).in_field(&col.name)
-                        );
+                        return Err(DecodeError::new(DecodeErrorKind::DuplicateKey, msg)
+                            .in_field(&col.name));
                     }
                     drop(key);
                     cols.stamps[i] = stamp;
@@ -455,7 +463,10 @@ fn decode_object(
         } else {
             return Err(DecodeError::new(
                 DecodeErrorKind::MissingField,
-                format!("required field is missing (expected {})", col.kind.describe()),
+                format!(
+                    "required field is missing (expected {})",
+                    col.kind.describe()
+                ),
             )
             .in_field(&col.name));
         }
@@ -712,7 +723,10 @@ fn decode_value(
         }
         (Kind::List, Peek::Array) => {
             if depth > json::MAX_DEPTH {
-                return Err(DecodeError::new(DecodeErrorKind::TooDeep, "nesting too deep"));
+                return Err(DecodeError::new(
+                    DecodeErrorKind::TooDeep,
+                    "nesting too deep",
+                ));
             }
             let Store::List { offsets, child } = &mut col.store else {
                 unreachable!("list kind has a list store")
@@ -732,9 +746,17 @@ fn decode_value(
         }
         (Kind::Map, Peek::Object) => {
             if depth > json::MAX_DEPTH {
-                return Err(DecodeError::new(DecodeErrorKind::TooDeep, "nesting too deep"));
+                return Err(DecodeError::new(
+                    DecodeErrorKind::TooDeep,
+                    "nesting too deep",
+                ));
             }
-            let Store::Map { offsets, key, value } = &mut col.store else {
+            let Store::Map {
+                offsets,
+                key,
+                value,
+            } = &mut col.store
+            else {
                 unreachable!("map kind has a map store")
             };
             if !cur.begin_object()? {
@@ -748,8 +770,7 @@ fn decode_value(
                         return Err(DecodeError::new(InvalidValue, msg));
                     }
                     drop(k);
-                    decode_value(value, cur, ctx, depth + 1)
-                        .map_err(|e| e.in_field("value"))?;
+                    decode_value(value, cur, ctx, depth + 1).map_err(|e| e.in_field("value"))?;
                     if !cur.next_member(b'}')? {
                         break;
                     }
@@ -792,7 +813,9 @@ fn push_from_str(col: &mut Column, s: &str, lenient: bool) -> Result<(), &'stati
         Kind::Timestamp { tz, nanos } => {
             let t = s.trim();
             let v = if !t.is_empty()
-                && t.bytes().enumerate().all(|(i, c)| c.is_ascii_digit() || (i == 0 && c == b'-'))
+                && t.bytes()
+                    .enumerate()
+                    .all(|(i, c)| c.is_ascii_digit() || (i == 0 && c == b'-'))
             {
                 let ms: i64 = t.parse().map_err(|_| "epoch millis out of range")?;
                 ms.checked_mul(if nanos { 1_000_000 } else { 1000 })

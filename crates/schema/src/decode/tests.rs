@@ -89,12 +89,28 @@ fn accept(json: &str, col: &str) -> String {
 #[case(r#"{"id":1,"dt":"2024-02-29"}"#, "dt", "2024-02-29")]
 #[case(r#"{"id":1,"dt":19782}"#, "dt", "2024-02-29")]
 #[case(r#"{"id":1,"t":"12:34:56.789"}"#, "t", "12:34:56.789")]
-#[case(r#"{"id":1,"ts":"2025-03-17T08:20:57.865"}"#, "ts", "2025-03-17T08:20:57.865")]
+#[case(
+    r#"{"id":1,"ts":"2025-03-17T08:20:57.865"}"#,
+    "ts",
+    "2025-03-17T08:20:57.865"
+)]
 #[case(r#"{"id":1,"tstz":1742199657865}"#, "tstz", "2025-03-17T08:20:57.865Z")]
-#[case(r#"{"id":1,"tstz":"2025-03-17T10:20:57.865+02:00"}"#, "tstz", "2025-03-17T08:20:57.865Z")]
-#[case(r#"{"id":1,"tstz":"1742199657865"}"#, "tstz", "2025-03-17T08:20:57.865Z")]
+#[case(
+    r#"{"id":1,"tstz":"2025-03-17T10:20:57.865+02:00"}"#,
+    "tstz",
+    "2025-03-17T08:20:57.865Z"
+)]
+#[case(
+    r#"{"id":1,"tstz":"1742199657865"}"#,
+    "tstz",
+    "2025-03-17T08:20:57.865Z"
+)]
 #[case(r#"{"id":1,"s":"héllo \"q\" \u00e9"}"#, "s", "héllo \"q\" é")]
-#[case(r#"{"id":1,"u":"67f4dfdd-c4db-4f8d-aa90-24da30f760ac"}"#, "u", "67f4dfddc4db4f8daa9024da30f760ac")]
+#[case(
+    r#"{"id":1,"u":"67f4dfdd-c4db-4f8d-aa90-24da30f760ac"}"#,
+    "u",
+    "67f4dfddc4db4f8daa9024da30f760ac"
+)]
 #[case(r#"{"id":1,"bin":"AAEC"}"#, "bin", "000102")]
 #[case(r#"{"id":1,"fx":"AAECAw=="}"#, "fx", "00010203")]
 #[case(r#"{"id":1,"st":{"a":"x","n":2}}"#, "st", "{a: x, n: 2}")]
@@ -109,7 +125,11 @@ fn accept(json: &str, col: &str) -> String {
 #[case(r#"{"id":1,"userName":"ann"}"#, "user_name", "ann")]
 #[case(r#"{"id":1,"USER_NAME":"ann"}"#, "user_name", "ann")]
 #[case(r#"{"id":1,"when":0}"#, "tstz", "1970-01-01T00:00:00Z")]
-#[case(r#"{"id":1,"extra":{"deep":[1,2,{"x":null}]},"s":"after"}"#, "s", "after")]
+#[case(
+    r#"{"id":1,"extra":{"deep":[1,2,{"x":null}]},"s":"after"}"#,
+    "s",
+    "after"
+)]
 #[case(r#"{"id":1,"_kafka_offset":999}"#, "_kafka_offset", "42")]
 #[case(r#"{"id":1}"#, "_ingested_at", "2023-11-14T22:13:20Z")]
 #[case("\u{feff} {\"id\":1} \n", "id", "1")]
@@ -120,48 +140,218 @@ fn accepted_values(#[case] json: &str, #[case] col: &str, #[case] expected: &str
 #[rstest]
 #[case(b"" as &[u8], DecodeErrorKind::EmptyPayload, "", "empty")]
 #[case(b"  \n", DecodeErrorKind::EmptyPayload, "", "empty")]
-#[case(b"{\"id\":1,\"s\":\"\xff\"}", DecodeErrorKind::InvalidUtf8, "", "UTF-8")]
+#[case(
+    b"{\"id\":1,\"s\":\"\xff\"}",
+    DecodeErrorKind::InvalidUtf8,
+    "",
+    "UTF-8"
+)]
 #[case(b"[1,2]", DecodeErrorKind::NotAnObject, "", "found array")]
 #[case(b"\"just a string\"", DecodeErrorKind::NotAnObject, "", "found string")]
 #[case(b"42", DecodeErrorKind::NotAnObject, "", "found number 42")]
 #[case(b"null", DecodeErrorKind::NotAnObject, "", "found null")]
-#[case(b"not json", DecodeErrorKind::MalformedJson, "", "malformed JSON at byte 0")]
+#[case(
+    b"not json",
+    DecodeErrorKind::MalformedJson,
+    "",
+    "malformed JSON at byte 0"
+)]
 #[case(b"[1,2] x", DecodeErrorKind::MalformedJson, "", "trailing")]
 #[case(b"{\"id\":1,", DecodeErrorKind::MalformedJson, "", "malformed JSON")]
-#[case(b"{\"id\":1} {\"id\":2}", DecodeErrorKind::MalformedJson, "", "trailing")]
+#[case(
+    b"{\"id\":1} {\"id\":2}",
+    DecodeErrorKind::MalformedJson,
+    "",
+    "trailing"
+)]
 #[case(b"{\"id\":01}", DecodeErrorKind::MalformedJson, "", "malformed JSON")]
 #[case(b"{id:1}", DecodeErrorKind::MalformedJson, "", "expected a string key")]
-#[case(b"{\"s\":\"x\"}", DecodeErrorKind::MissingField, "id", "required field is missing (expected long)")]
-#[case(b"{\"id\":null}", DecodeErrorKind::MissingField, "id", "required field is null")]
-#[case(b"{\"id\":\"7\"}", DecodeErrorKind::WrongType, "id", "expected long, found string \"7\"")]
-#[case(b"{\"id\":1,\"d\":\"abc\"}", DecodeErrorKind::WrongType, "d", "expected double, found string \"abc\"")]
-#[case(b"{\"id\":1,\"b\":1}", DecodeErrorKind::WrongType, "b", "expected boolean, found number 1")]
-#[case(b"{\"id\":1,\"s\":5}", DecodeErrorKind::WrongType, "s", "expected string, found number 5")]
-#[case(b"{\"id\":1,\"s\":{\"a\":1}}", DecodeErrorKind::WrongType, "s", "found object")]
-#[case(b"{\"id\":1,\"i\":1.5}", DecodeErrorKind::WrongType, "i", "expected int, found number 1.5")]
-#[case(b"{\"id\":1,\"i\":3000000000}", DecodeErrorKind::OutOfRange, "i", "out of range")]
-#[case(b"{\"id\":99999999999999999999}", DecodeErrorKind::OutOfRange, "id", "out of range")]
-#[case(b"{\"id\":1,\"f\":1e39}", DecodeErrorKind::OutOfRange, "f", "out of range")]
-#[case(b"{\"id\":1,\"d\":1e400}", DecodeErrorKind::OutOfRange, "d", "out of range")]
-#[case(b"{\"id\":1,\"dec\":1.234}", DecodeErrorKind::OutOfRange, "dec", "fractional digits")]
-#[case(b"{\"id\":1,\"dec\":123456789}", DecodeErrorKind::OutOfRange, "dec", "precision")]
-#[case(b"{\"id\":1,\"tstz\":\"yesterday\"}", DecodeErrorKind::InvalidValue, "tstz", "found string \"yesterday\"")]
-#[case(b"{\"id\":1,\"tstz\":\"2025-03-17T08:20:57\"}", DecodeErrorKind::InvalidValue, "tstz", "missing UTC offset")]
-#[case(b"{\"id\":1,\"tstz\":true}", DecodeErrorKind::WrongType, "tstz", "expected timestamptz")]
-#[case(b"{\"id\":1,\"tstz\":1e300}", DecodeErrorKind::OutOfRange, "tstz", "out of range")]
-#[case(b"{\"id\":1,\"dt\":\"2023-02-29\"}", DecodeErrorKind::InvalidValue, "dt", "no such date")]
-#[case(b"{\"id\":1,\"u\":\"not-a-uuid\"}", DecodeErrorKind::InvalidValue, "u", "not a UUID")]
-#[case(b"{\"id\":1,\"bin\":\"***\"}", DecodeErrorKind::InvalidValue, "bin", "not base64")]
-#[case(b"{\"id\":1,\"fx\":\"AAE=\"}", DecodeErrorKind::InvalidValue, "fx", "wrong length")]
-#[case(b"{\"id\":1,\"st\":{\"n\":1}}", DecodeErrorKind::MissingField, "st.a", "required field is missing")]
-#[case(b"{\"id\":1,\"st\":{\"a\":\"x\",\"n\":\"y\"}}", DecodeErrorKind::WrongType, "st.n", "expected int")]
-#[case(b"{\"id\":1,\"lst\":[1,\"two\"]}", DecodeErrorKind::WrongType, "lst[1]", "expected long, found string \"two\"")]
-#[case(b"{\"id\":1,\"rlst\":[{\"x\":1},{}]}", DecodeErrorKind::MissingField, "rlst[1].x", "required field is missing")]
-#[case(b"{\"id\":1,\"rlst\":[null]}", DecodeErrorKind::MissingField, "rlst[0]", "required field is null")]
-#[case(b"{\"id\":1,\"m\":{\"a\":\"x\"}}", DecodeErrorKind::WrongType, "m.value", "expected double")]
-#[case(b"{\"id\":1,\"m\":[1]}", DecodeErrorKind::WrongType, "m", "found array")]
-#[case(b"{\"id\":1,\"id\":2}", DecodeErrorKind::DuplicateKey, "id", "duplicate key \"id\"")]
-#[case(b"{\"id\":1,\"user_name\":\"a\",\"userName\":\"b\"}", DecodeErrorKind::DuplicateKey, "user_name", "\"userName\" sets column user_name a second time")]
+#[case(
+    b"{\"s\":\"x\"}",
+    DecodeErrorKind::MissingField,
+    "id",
+    "required field is missing (expected long)"
+)]
+#[case(
+    b"{\"id\":null}",
+    DecodeErrorKind::MissingField,
+    "id",
+    "required field is null"
+)]
+#[case(
+    b"{\"id\":\"7\"}",
+    DecodeErrorKind::WrongType,
+    "id",
+    "expected long, found string \"7\""
+)]
+#[case(
+    b"{\"id\":1,\"d\":\"abc\"}",
+    DecodeErrorKind::WrongType,
+    "d",
+    "expected double, found string \"abc\""
+)]
+#[case(
+    b"{\"id\":1,\"b\":1}",
+    DecodeErrorKind::WrongType,
+    "b",
+    "expected boolean, found number 1"
+)]
+#[case(
+    b"{\"id\":1,\"s\":5}",
+    DecodeErrorKind::WrongType,
+    "s",
+    "expected string, found number 5"
+)]
+#[case(
+    b"{\"id\":1,\"s\":{\"a\":1}}",
+    DecodeErrorKind::WrongType,
+    "s",
+    "found object"
+)]
+#[case(
+    b"{\"id\":1,\"i\":1.5}",
+    DecodeErrorKind::WrongType,
+    "i",
+    "expected int, found number 1.5"
+)]
+#[case(
+    b"{\"id\":1,\"i\":3000000000}",
+    DecodeErrorKind::OutOfRange,
+    "i",
+    "out of range"
+)]
+#[case(
+    b"{\"id\":99999999999999999999}",
+    DecodeErrorKind::OutOfRange,
+    "id",
+    "out of range"
+)]
+#[case(
+    b"{\"id\":1,\"f\":1e39}",
+    DecodeErrorKind::OutOfRange,
+    "f",
+    "out of range"
+)]
+#[case(
+    b"{\"id\":1,\"d\":1e400}",
+    DecodeErrorKind::OutOfRange,
+    "d",
+    "out of range"
+)]
+#[case(
+    b"{\"id\":1,\"dec\":1.234}",
+    DecodeErrorKind::OutOfRange,
+    "dec",
+    "fractional digits"
+)]
+#[case(
+    b"{\"id\":1,\"dec\":123456789}",
+    DecodeErrorKind::OutOfRange,
+    "dec",
+    "precision"
+)]
+#[case(
+    b"{\"id\":1,\"tstz\":\"yesterday\"}",
+    DecodeErrorKind::InvalidValue,
+    "tstz",
+    "found string \"yesterday\""
+)]
+#[case(
+    b"{\"id\":1,\"tstz\":\"2025-03-17T08:20:57\"}",
+    DecodeErrorKind::InvalidValue,
+    "tstz",
+    "missing UTC offset"
+)]
+#[case(
+    b"{\"id\":1,\"tstz\":true}",
+    DecodeErrorKind::WrongType,
+    "tstz",
+    "expected timestamptz"
+)]
+#[case(
+    b"{\"id\":1,\"tstz\":1e300}",
+    DecodeErrorKind::OutOfRange,
+    "tstz",
+    "out of range"
+)]
+#[case(
+    b"{\"id\":1,\"dt\":\"2023-02-29\"}",
+    DecodeErrorKind::InvalidValue,
+    "dt",
+    "no such date"
+)]
+#[case(
+    b"{\"id\":1,\"u\":\"not-a-uuid\"}",
+    DecodeErrorKind::InvalidValue,
+    "u",
+    "not a UUID"
+)]
+#[case(
+    b"{\"id\":1,\"bin\":\"***\"}",
+    DecodeErrorKind::InvalidValue,
+    "bin",
+    "not base64"
+)]
+#[case(
+    b"{\"id\":1,\"fx\":\"AAE=\"}",
+    DecodeErrorKind::InvalidValue,
+    "fx",
+    "wrong length"
+)]
+#[case(
+    b"{\"id\":1,\"st\":{\"n\":1}}",
+    DecodeErrorKind::MissingField,
+    "st.a",
+    "required field is missing"
+)]
+#[case(
+    b"{\"id\":1,\"st\":{\"a\":\"x\",\"n\":\"y\"}}",
+    DecodeErrorKind::WrongType,
+    "st.n",
+    "expected int"
+)]
+#[case(
+    b"{\"id\":1,\"lst\":[1,\"two\"]}",
+    DecodeErrorKind::WrongType,
+    "lst[1]",
+    "expected long, found string \"two\""
+)]
+#[case(
+    b"{\"id\":1,\"rlst\":[{\"x\":1},{}]}",
+    DecodeErrorKind::MissingField,
+    "rlst[1].x",
+    "required field is missing"
+)]
+#[case(
+    b"{\"id\":1,\"rlst\":[null]}",
+    DecodeErrorKind::MissingField,
+    "rlst[0]",
+    "required field is null"
+)]
+#[case(
+    b"{\"id\":1,\"m\":{\"a\":\"x\"}}",
+    DecodeErrorKind::WrongType,
+    "m.value",
+    "expected double"
+)]
+#[case(
+    b"{\"id\":1,\"m\":[1]}",
+    DecodeErrorKind::WrongType,
+    "m",
+    "found array"
+)]
+#[case(
+    b"{\"id\":1,\"id\":2}",
+    DecodeErrorKind::DuplicateKey,
+    "id",
+    "duplicate key \"id\""
+)]
+#[case(
+    b"{\"id\":1,\"user_name\":\"a\",\"userName\":\"b\"}",
+    DecodeErrorKind::DuplicateKey,
+    "user_name",
+    "\"userName\" sets column user_name a second time"
+)]
 fn rejected_records(
     #[case] payload: &[u8],
     #[case] kind: DecodeErrorKind,
@@ -169,8 +359,11 @@ fn rejected_records(
     #[case] message_part: &str,
 ) {
     let mut d = decoder();
-    d.decode(br#"{"id":0,"s":"kept","lst":[1],"st":{"a":"k"},"m":{"k":1}}"#, &META)
-        .unwrap();
+    d.decode(
+        br#"{"id":0,"s":"kept","lst":[1],"st":{"a":"k"},"m":{"k":1}}"#,
+        &META,
+    )
+    .unwrap();
     let err = d.decode(payload, &META).unwrap_err();
     assert_eq!(err.kind, kind, "{err}");
     assert_eq!(err.field, field, "{err}");
@@ -179,8 +372,11 @@ fn rejected_records(
         "{err:?} should mention {message_part:?}"
     );
     // The failed record left nothing behind: one more good row lines up with the first.
-    d.decode(br#"{"id":2,"s":"next","lst":[7,8],"st":{"a":"z"},"m":{"q":2}}"#, &META)
-        .unwrap();
+    d.decode(
+        br#"{"id":2,"s":"next","lst":[7,8],"st":{"a":"z"},"m":{"q":2}}"#,
+        &META,
+    )
+    .unwrap();
     let batch = d.finish();
     assert_eq!(batch.num_rows(), 2);
     assert_eq!(cell(&batch, "id", 1), "2");
@@ -194,7 +390,10 @@ fn rejected_records(
 fn error_message_names_field_expected_type_and_found_value() {
     let mut d = decoder();
     let err = d.decode(br#"{"id":1,"d":"abc"}"#, &META).unwrap_err();
-    assert_eq!(err.to_string(), r#"field "d": expected double, found string "abc""#);
+    assert_eq!(
+        err.to_string(),
+        r#"field "d": expected double, found string "abc""#
+    );
 }
 
 #[test]
@@ -224,10 +423,16 @@ fn batches_carry_field_ids_and_utc_micros() {
     let batch = d.finish();
     let schema = batch.schema();
     let f = schema.field_with_name("tstz").unwrap();
-    assert_eq!(f.metadata().get("PARQUET:field_id").map(String::as_str), Some("11"));
+    assert_eq!(
+        f.metadata().get("PARQUET:field_id").map(String::as_str),
+        Some("11")
+    );
     assert_eq!(
         f.data_type(),
-        &arrow_schema::DataType::Timestamp(arrow_schema::TimeUnit::Microsecond, Some("+00:00".into()))
+        &arrow_schema::DataType::Timestamp(
+            arrow_schema::TimeUnit::Microsecond,
+            Some("+00:00".into())
+        )
     );
     let ts = batch
         .column_by_name("tstz")
@@ -287,7 +492,12 @@ fn a_column_added_to_the_table_is_decoded_by_a_decoder_for_the_new_schema() {
     let batch = new.finish();
     assert_eq!(cell(&batch, "discount", 0), "0.5");
     assert_eq!(cell(&batch, "discount", 1), "NULL");
-    let id = batch.schema().field_with_name("discount").unwrap().metadata()["PARQUET:field_id"].clone();
+    let id = batch
+        .schema()
+        .field_with_name("discount")
+        .unwrap()
+        .metadata()["PARQUET:field_id"]
+        .clone();
     assert_eq!(id, next_id.to_string());
 }
 
@@ -297,7 +507,11 @@ fn seed_event_decodes_with_alias_and_snake_case() {
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/lake.events.json"),
     )
     .unwrap();
-    let mut d = Decoder::new(&def.schema, &DecoderOptions::from_table_properties(&def.properties)).unwrap();
+    let mut d = Decoder::new(
+        &def.schema,
+        &DecoderOptions::from_table_properties(&def.properties),
+    )
+    .unwrap();
     let event = br#"{
         "eventGuid": "67f4dfdd-c4db-4f8d-aa90-24da30f760ac",
         "timestamp": 1742199657865,
@@ -314,7 +528,10 @@ fn seed_event_decodes_with_alias_and_snake_case() {
     d.decode(event, &META).unwrap();
     assert_eq!(d.take_unknown_fields(), 0);
     let batch = d.finish();
-    assert_eq!(cell(&batch, "event_guid", 0), "67f4dfdd-c4db-4f8d-aa90-24da30f760ac");
+    assert_eq!(
+        cell(&batch, "event_guid", 0),
+        "67f4dfdd-c4db-4f8d-aa90-24da30f760ac"
+    );
     assert_eq!(cell(&batch, "event_ts", 0), "2025-03-17T08:20:57.865Z");
     assert_eq!(cell(&batch, "session_duration", 0), "243");
     assert_eq!(cell(&batch, "_kafka_partition", 0), "3");
@@ -330,12 +547,15 @@ mod properties {
             Just("null".to_string()),
             any::<bool>().prop_map(|b| b.to_string()),
             any::<i64>().prop_map(|i| i.to_string()),
-            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| f.to_string()),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| f.to_string()),
             "[a-zA-Z0-9 é\\\\\"]{0,12}".prop_map(|s| serde_json::to_string(&s).unwrap()),
         ];
         leaf.prop_recursive(4, 32, 6, |inner| {
             prop_oneof![
-                prop::collection::vec(inner.clone(), 0..4).prop_map(|v| format!("[{}]", v.join(","))),
+                prop::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|v| format!("[{}]", v.join(","))),
                 prop::collection::vec(("[a-z_A-Z]{1,8}", inner), 0..5).prop_map(|kv| {
                     let members: Vec<String> = kv
                         .into_iter()
@@ -349,11 +569,21 @@ mod properties {
 
     fn field_name() -> impl Strategy<Value = String> {
         prop_oneof![
-            Just("id".to_string()), Just("b".to_string()), Just("i".to_string()),
-            Just("d".to_string()), Just("dec".to_string()), Just("tstz".to_string()),
-            Just("s".to_string()), Just("u".to_string()), Just("st".to_string()),
-            Just("lst".to_string()), Just("m".to_string()), Just("rlst".to_string()),
-            Just("dt".to_string()), Just("fx".to_string()), "[a-z]{1,4}",
+            Just("id".to_string()),
+            Just("b".to_string()),
+            Just("i".to_string()),
+            Just("d".to_string()),
+            Just("dec".to_string()),
+            Just("tstz".to_string()),
+            Just("s".to_string()),
+            Just("u".to_string()),
+            Just("st".to_string()),
+            Just("lst".to_string()),
+            Just("m".to_string()),
+            Just("rlst".to_string()),
+            Just("dt".to_string()),
+            Just("fx".to_string()),
+            "[a-z]{1,4}",
         ]
     }
 

@@ -107,7 +107,10 @@ fn time_part(d: &mut Digits) -> Result<i64, &'static str> {
 
 /// `YYYY-MM-DD` → days since epoch.
 pub(crate) fn parse_date(s: &str) -> Result<i32, &'static str> {
-    let mut d = Digits { b: s.as_bytes(), i: 0 };
+    let mut d = Digits {
+        b: s.as_bytes(),
+        i: 0,
+    };
     let days = date_part(&mut d)?;
     if !d.done() {
         return Err("trailing characters after date");
@@ -117,7 +120,10 @@ pub(crate) fn parse_date(s: &str) -> Result<i32, &'static str> {
 
 /// `HH:MM[:SS[.ffffff]]` → microseconds of day.
 pub(crate) fn parse_time(s: &str) -> Result<i64, &'static str> {
-    let mut d = Digits { b: s.as_bytes(), i: 0 };
+    let mut d = Digits {
+        b: s.as_bytes(),
+        i: 0,
+    };
     let n = time_part(&mut d)?;
     if !d.done() {
         return Err("trailing characters after time");
@@ -128,8 +134,15 @@ pub(crate) fn parse_time(s: &str) -> Result<i64, &'static str> {
 /// ISO-8601 / RFC 3339 timestamp → micro- or nanoseconds since epoch (UTC).
 /// `require_offset`: timestamptz values must say their offset (`Z`, `+02:00`, `+0200`, `+02`).
 /// A timestamp without zone given an offset is normalised to UTC.
-pub(crate) fn parse_timestamp(s: &str, require_offset: bool, nanos: bool) -> Result<i64, &'static str> {
-    let mut d = Digits { b: s.as_bytes(), i: 0 };
+pub(crate) fn parse_timestamp(
+    s: &str,
+    require_offset: bool,
+    nanos: bool,
+) -> Result<i64, &'static str> {
+    let mut d = Digits {
+        b: s.as_bytes(),
+        i: 0,
+    };
     let days = date_part(&mut d).map_err(|e| match e {
         "invalid date" => "not an ISO-8601 timestamp",
         e => e,
@@ -297,8 +310,14 @@ mod tests {
 
     #[test]
     fn timestamp_without_zone_accepts_missing_offset() {
-        assert_eq!(parse_timestamp("1970-01-02", false, false), Ok(86_400_000_000));
-        assert_eq!(parse_timestamp("1970-01-01T00:00:00.000000001", false, true), Ok(1));
+        assert_eq!(
+            parse_timestamp("1970-01-02", false, false),
+            Ok(86_400_000_000)
+        );
+        assert_eq!(
+            parse_timestamp("1970-01-01T00:00:00.000000001", false, true),
+            Ok(1)
+        );
     }
 
     #[test]
@@ -321,7 +340,12 @@ mod tests {
     #[case("1.234", 10, 2, Err("more fractional digits than the scale allows"))]
     #[case("123456789.1", 10, 2, Err("out of range for the precision"))]
     #[case("abc", 10, 2, Err("not a decimal number"))]
-    #[case("99999999999999999999999999999999999999", 38, 0, Ok(99999999999999999999999999999999999999))]
+    #[case(
+        "99999999999999999999999999999999999999",
+        38,
+        0,
+        Ok(99999999999999999999999999999999999999)
+    )]
     fn decimals(
         #[case] s: &str,
         #[case] p: u8,
@@ -333,7 +357,13 @@ mod tests {
 
     #[test]
     fn civil_days_match_chrono() {
-        for (y, m, d) in [(1970, 1, 1), (2024, 2, 29), (1600, 3, 1), (-44, 3, 15), (9999, 12, 31)] {
+        for (y, m, d) in [
+            (1970, 1, 1),
+            (2024, 2, 29),
+            (1600, 3, 1),
+            (-44, 3, 15),
+            (9999, 12, 31),
+        ] {
             let c = chrono::NaiveDate::from_ymd_opt(y, m, d).unwrap();
             let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
             assert_eq!(days_from_civil(y as i64, m, d), (c - epoch).num_days());

@@ -1,0 +1,77 @@
+"""Shared fixtures for floe's end-to-end tests: the floe binary, a scratch working directory,
+a throwaway PostgreSQL server, and independent Iceberg readers (PyIceberg, DuckDB)."""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from readers import Lake
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _build_floe() -> Path:
+    if os.environ.get("FLOE_BIN"):
+        return Path(os.environ["FLOE_BIN"])
+    out = subprocess.run(
+        ["cargo", "build", "-p", "floe-cli", "--message-format=json-render-diagnostics"],
+        cwd=ROOT, check=True, stdout=subprocess.PIPE, text=True,
+    ).stdout
+    for line in out.splitlines():
+        msg = json.loads(line)
+        if msg.get("reason") == "compiler-artifact" and msg.get("executable") and \
+                msg["target"]["name"] == "floe":
+            return Path(msg["executable"])
+    raise RuntimeError("cargo build did not produce the floe binary")
+
+
+@pytest.fixture(scope="session")
+def floe_bin() -> Path:
+    return _build_floe()
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A PostgreSQL server on 127.0.0.1 for the whole session (scripts/postgres)."""
+    port = str(55000 + os.getpid() % 1000)
+    data = Path(f"/tmp/floe-pg-{os.getuid()}-{port}")
+    shutil.rmtree(data, ignore_errors=True)
+    uri = subprocess.run([ROOT / "scripts" / "postgres", "start", str(data), port],
+                         check=True, stdout=subprocess.PIPE, text=True).stdout.strip()
+    yield uri
+    subprocess.run([ROOT / "scripts" / "postgres", "stop", str(data)], check=False)
+    shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_database(pg_server):
+    """A fresh database per test on the session's server."""
+    import uuid
+    import psycopg2
+    name = "t_" + uuid.uuid4().hex[:12]
+    base = pg_server.rsplit("/", 1)[0]
+    conn = psycopg2.connect(base + "/postgres")
+    conn.autocommit = True
+    conn.cursor().execute(f"CREATE DATABASE {name}")
+    conn.close()
+    yield f"{base}/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def lake(request, tmp_path, floe_bin):
+    """A floe working directory with its catalog on SQLite or PostgreSQL."""
+    if request.param == "postgres":
+        uri = request.getfixturevalue("pg_database")
+    else:
+        uri = f"sqlite://{tmp_path}/floe-data/catalog.db"
+    return Lake(floe_bin, tmp_path, uri, f"{tmp_path}/floe-data/warehouse")
+
+
+@pytest.fixture
+def sqlite_lake(tmp_path, floe_bin):
+    return Lake(floe_bin, tmp_path, f"sqlite://{tmp_path}/floe-data/catalog.db",
+                f"{tmp_path}/floe-data/warehouse")
