@@ -133,7 +133,9 @@ impl Generator {
 
     fn event(&mut self) -> (String, Vec<u8>) {
         let r = &mut self.rng;
-        let guid = uuid::Builder::from_random_bytes(r.random()).into_uuid().to_string();
+        let guid = uuid::Builder::from_random_bytes(r.random())
+            .into_uuid()
+            .to_string();
         let ts = self.opts.start_ms + self.n * self.opts.step_ms + r.random_range(0..1000);
         let c = |r: &mut StdRng, i: usize| r.random_range(0..CARDINALITIES[i].1);
         let json = format!(
@@ -168,9 +170,7 @@ impl Generator {
             let payload = match kind {
                 MessageKind::NotJson => b"this is not json".to_vec(),
                 MessageKind::Truncated => text.as_bytes()[..text.len() / 2].to_vec(),
-                MessageKind::WrongType => {
-                    replace_field(&text, "value", "\"abc\"").into_bytes()
-                }
+                MessageKind::WrongType => replace_field(&text, "value", "\"abc\"").into_bytes(),
                 MessageKind::BadTimestamp => {
                     replace_field(&text, "timestamp", "\"yesterday\"").into_bytes()
                 }
@@ -241,17 +241,30 @@ mod tests {
             start_ms: 0,
             step_ms: 1,
         };
-        let a: Vec<_> = (0..100).map({
-            let mut g = Generator::new(opts.clone());
-            move |_| g.next_message().payload
-        }).collect();
+        let a: Vec<_> = (0..100)
+            .map({
+                let mut g = Generator::new(opts.clone());
+                move |_| g.next_message().payload
+            })
+            .collect();
         let mut g = Generator::new(opts);
         let b: Vec<_> = (0..100).map(|_| g.next_message().payload).collect();
         assert_eq!(a, b);
-        let mut g = Generator::new(GeneratorOptions { seed: 1, ..GeneratorOptions { malformed: 0.1, duplicates: 0.05, ..Default::default() } });
+        let mut g = Generator::new(GeneratorOptions {
+            seed: 1,
+            ..GeneratorOptions {
+                malformed: 0.1,
+                duplicates: 0.05,
+                ..Default::default()
+            }
+        });
         let kinds: Vec<_> = (0..20_000).map(|_| g.next_message().kind).collect();
         let bad = kinds.iter().filter(|k| k.is_malformed()).count() as f64 / 20_000.0;
-        let dup = kinds.iter().filter(|k| **k == MessageKind::Duplicate).count() as f64 / 20_000.0;
+        let dup = kinds
+            .iter()
+            .filter(|k| **k == MessageKind::Duplicate)
+            .count() as f64
+            / 20_000.0;
         assert!((0.08..0.12).contains(&bad), "{bad}");
         assert!((0.03..0.07).contains(&dup), "{dup}");
     }
@@ -259,7 +272,8 @@ mod tests {
     #[test]
     fn every_malformed_kind_is_rejected_and_valid_ones_accepted() {
         let def = floe_schema::TableDefinition::from_file(
-            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/lake.events.json"),
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../schemas/lake.events.json"),
         )
         .unwrap();
         let mut dec = floe_schema::Decoder::new(
@@ -275,8 +289,16 @@ mod tests {
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..5000 {
             let m = g.next_message();
-            let ok = dec.decode(&m.payload, &floe_schema::RecordMeta::default()).is_ok();
-            assert_eq!(ok, !m.kind.is_malformed(), "{:?}: {}", m.kind, String::from_utf8_lossy(&m.payload));
+            let ok = dec
+                .decode(&m.payload, &floe_schema::RecordMeta::default())
+                .is_ok();
+            assert_eq!(
+                ok,
+                !m.kind.is_malformed(),
+                "{:?}: {}",
+                m.kind,
+                String::from_utf8_lossy(&m.payload)
+            );
             seen.insert(m.kind);
         }
         assert_eq!(seen.len(), MALFORMED.len() + 2);

@@ -56,7 +56,10 @@ pub struct TableDefinition {
 /// The table definitions shipped in `schemas/`, built into the binary: (file stem, JSON).
 /// Used when no schemas directory is at hand (e.g. `floe quickstart` run from anywhere).
 pub const BUILTIN: [(&str, &str); 2] = [
-    ("lake.events", include_str!("../../../schemas/lake.events.json")),
+    (
+        "lake.events",
+        include_str!("../../../schemas/lake.events.json"),
+    ),
     (
         "lake.events_dead_letters",
         include_str!("../../../schemas/lake.events_dead_letters.json"),

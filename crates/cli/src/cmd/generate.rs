@@ -26,10 +26,19 @@ pub struct GenArgs {
 
 impl GenArgs {
     pub fn generator(&self) -> Result<Generator> {
-        for (name, v) in [("--malformed", self.malformed), ("--duplicates", self.duplicates)] {
-            anyhow::ensure!((0.0..=1.0).contains(&v), "{name} {v}: expected a ratio between 0 and 1");
+        for (name, v) in [
+            ("--malformed", self.malformed),
+            ("--duplicates", self.duplicates),
+        ] {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&v),
+                "{name} {v}: expected a ratio between 0 and 1"
+            );
         }
-        anyhow::ensure!(self.malformed + self.duplicates <= 1.0, "--malformed + --duplicates exceed 1");
+        anyhow::ensure!(
+            self.malformed + self.duplicates <= 1.0,
+            "--malformed + --duplicates exceed 1"
+        );
         Ok(Generator::new(GeneratorOptions {
             malformed: self.malformed,
             duplicates: self.duplicates,
@@ -66,17 +75,26 @@ pub fn write_lines(
 }
 
 pub fn print_counts(counts: &std::collections::BTreeMap<MessageKind, u64>) {
-    let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{} {n}", k.label())).collect();
+    let parts: Vec<String> = counts
+        .iter()
+        .map(|(k, n)| format!("{} {n}", k.label()))
+        .collect();
     eprintln!("generated: {}", parts.join(", "));
 }
 
 pub async fn run(args: GenerateArgs) -> Result<()> {
     let counts = if args.output.as_os_str() == "-" {
-        write_lines(&args.gen_args, &mut std::io::BufWriter::new(std::io::stdout().lock()))?
+        write_lines(
+            &args.gen_args,
+            &mut std::io::BufWriter::new(std::io::stdout().lock()),
+        )?
     } else {
         let f = std::fs::File::create(&args.output)
             .with_context(|| format!("creating {}", args.output.display()))?;
-        write_lines(&args.gen_args, &mut std::io::BufWriter::with_capacity(1 << 20, f))?
+        write_lines(
+            &args.gen_args,
+            &mut std::io::BufWriter::with_capacity(1 << 20, f),
+        )?
     };
     print_counts(&counts);
     Ok(())

@@ -29,12 +29,29 @@ pub async fn run(cfg: &FloeConfig, mut args: QuickstartArgs) -> Result<()> {
         .unwrap_or_else(|| ".".into());
     std::fs::create_dir_all(&data_dir)?;
     let input = data_dir.join("quickstart-events.jsonl");
-    let counts = write_lines(&args.gen_args, &mut std::io::BufWriter::new(std::fs::File::create(&input)?))?;
+    let counts = write_lines(
+        &args.gen_args,
+        &mut std::io::BufWriter::new(std::fs::File::create(&input)?),
+    )?;
     print_counts(&counts);
 
-    let mut sink = TableSink::open(floe_lake::Committer::new(catalog.clone()), &SinkOptions::new("lake.events")).await?;
-    let policy = FlushPolicy { max_rows: 50_000, ..Default::default() };
-    let report = load_lines(&mut sink, std::io::BufReader::new(std::fs::File::open(&input)?), &input.display().to_string(), policy, |_| {}).await?;
+    let mut sink = TableSink::open(
+        floe_lake::Committer::new(catalog.clone()),
+        &SinkOptions::new("lake.events"),
+    )
+    .await?;
+    let policy = FlushPolicy {
+        max_rows: 50_000,
+        ..Default::default()
+    };
+    let report = load_lines(
+        &mut sink,
+        std::io::BufReader::new(std::fs::File::open(&input)?),
+        &input.display().to_string(),
+        policy,
+        |_| {},
+    )
+    .await?;
     println!(
         "loaded {} messages: {} rows into lake.events, {} dead letters into lake.events_dead_letters ({} commits, {:.1}s)",
         report.lines,

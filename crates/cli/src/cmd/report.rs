@@ -9,7 +9,10 @@ pub async fn print_report(catalog: &Catalog) -> Result<()> {
     let mut out = std::io::stdout().lock();
     for ident in catalog.list_tables().await? {
         let (_, meta) = catalog.load_metadata(&ident).await?;
-        let p = meta.current_snapshot().map(|s| s.summary().additional_properties.clone()).unwrap_or_default();
+        let p = meta
+            .current_snapshot()
+            .map(|s| s.summary().additional_properties.clone())
+            .unwrap_or_default();
         let get = |k: &str| p.get(k).cloned().unwrap_or_else(|| "0".into());
         println!(
             "{ident}: {} rows, {} data files, {} bytes, {} snapshots",

@@ -107,7 +107,11 @@ async fn create_all(catalog: &Catalog, defs: &[TableDefinition]) -> Result<()> {
     for def in defs {
         let (table, created) = catalog.create_table_if_missing(def).await?;
         if created {
-            println!("created {} at {}", def.full_name(), table.metadata().location());
+            println!(
+                "created {} at {}",
+                def.full_name(),
+                table.metadata().location()
+            );
         } else {
             println!("exists  {} (left unchanged)", def.full_name());
         }
