@@ -100,3 +100,20 @@ def test_a_rejected_line_without_dead_letters_stops_the_load(sqlite_lake, tmp_pa
     assert p.returncode != 0
     assert "line 2" in p.stderr and 'field "event_ts"' in p.stderr, p.stderr
     assert sqlite_lake.read_pyiceberg("lake.events").num_rows == 0
+
+
+def test_data_files_are_zstd_parquet_with_field_ids(sqlite_lake, tmp_path):
+    import pyarrow.parquet as pq
+    mixed_file(tmp_path / "e.jsonl", n_good=500, bad_every=10**9, seed=5)
+    sqlite_lake.run("table", "create", "--all")
+    sqlite_lake.run("load", "--table", "lake.events", "--input", tmp_path / "e.jsonl")
+    files = sqlite_lake.data_files_on_disk("lake.events")
+    assert files
+    for f in files:
+        meta = pq.ParquetFile(f).metadata
+        for rg in range(meta.num_row_groups):
+            for c in range(meta.num_columns):
+                assert meta.row_group(rg).column(c).compression == "ZSTD"
+        schema = pq.read_schema(f)
+        assert schema.field("event_guid").metadata[b"PARQUET:field_id"] == b"1"
+        assert schema.field("event_ts").type.unit == "us"

@@ -28,6 +28,9 @@ pub struct SinkOptions {
     pub create_dead_letter_table: bool,
     /// Decoded rows handed to the Parquet encoder at a time.
     pub encode_rows: usize,
+    /// Re-read the table's metadata at the start of a batch when it is older than this, so
+    /// schema changes made by other tools apply from the next batch on.
+    pub refresh_interval: Duration,
 }
 
 impl SinkOptions {
@@ -39,6 +42,7 @@ impl SinkOptions {
             table,
             create_dead_letter_table: true,
             encode_rows: 65_536,
+            refresh_interval: Duration::from_secs(5),
         }
     }
 }
@@ -84,6 +88,8 @@ pub struct TableSink {
     batch_rows: u64,
     batch_bytes: u64,
     batch_started: Option<Instant>,
+    refresh_interval: Duration,
+    refreshed_at: Instant,
 }
 
 impl TableSink {
@@ -132,7 +138,21 @@ impl TableSink {
             batch_rows: 0,
             batch_bytes: 0,
             batch_started: None,
+            refresh_interval: opts.refresh_interval,
+            refreshed_at: Instant::now(),
         })
+    }
+
+    /// Re-reads the table's metadata (between batches only) and rebuilds the decoder if the
+    /// schema changed. Returns whether the schema changed.
+    pub async fn refresh(&mut self) -> Result<bool> {
+        if self.batch_started.is_some() {
+            return Ok(false);
+        }
+        let (_, metadata) = self.committer.catalog().load_metadata(&self.ident).await?;
+        let changed = metadata.current_schema_id() != self.decoder.schema_id();
+        self.refresh_from(metadata)?;
+        Ok(changed)
     }
 
     /// The target table's name.
@@ -167,7 +187,12 @@ impl TableSink {
         payload: &[u8],
         meta: &RecordMeta<'_>,
     ) -> Result<Option<DecodeError>> {
-        self.batch_started.get_or_insert_with(Instant::now);
+        if self.batch_started.is_none() {
+            if self.refreshed_at.elapsed() >= self.refresh_interval {
+                self.refresh().await?;
+            }
+            self.batch_started = Some(Instant::now());
+        }
         self.batch_bytes += payload.len() as u64;
         match self.decoder.decode(payload, meta) {
             Ok(()) => {
@@ -307,6 +332,7 @@ impl TableSink {
             )?;
         }
         self.metadata = metadata;
+        self.refreshed_at = Instant::now();
         Ok(())
     }
 }

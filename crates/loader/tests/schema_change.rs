@@ -1,0 +1,139 @@
+//! A column added to the table by another tool is decoded from the next batch on, without
+//! restarting the sink.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use floe_lake::{Catalog, CatalogConfig, Committer, parse_table_ident};
+use floe_loader::{SinkOptions, TableSink};
+use floe_schema::{RecordMeta, TableDefinition};
+use futures::TryStreamExt;
+use iceberg::MetadataLocation;
+use iceberg::spec::{NestedField, PrimitiveType, Schema, Type};
+
+const DEF: &str = r#"{
+  "schema": {"type": "struct", "schema-id": 0, "fields": [
+    {"id": 1, "name": "id", "required": true, "type": "long"}]}
+}"#;
+
+/// Adds an optional double column the way any Iceberg tool would: new metadata with a new
+/// current schema, swapped in the catalog.
+async fn add_column(catalog: &Catalog, table: &str, name: &str) {
+    let ident = parse_table_ident(table).unwrap();
+    let (location, meta) = catalog.load_metadata(&ident).await.unwrap();
+    let mut fields: Vec<_> = meta.current_schema().as_struct().fields().to_vec();
+    fields.push(Arc::new(NestedField::optional(
+        meta.last_column_id() + 1,
+        name,
+        Type::Primitive(PrimitiveType::Double),
+    )));
+    let schema = Schema::builder()
+        .with_schema_id(meta.current_schema_id() + 1)
+        .with_fields(fields)
+        .build()
+        .unwrap();
+    let new = meta
+        .into_builder(Some(location.clone()))
+        .add_current_schema(schema)
+        .unwrap()
+        .build()
+        .unwrap()
+        .metadata;
+    let new_location = MetadataLocation::from_str(&location)
+        .unwrap()
+        .with_next_version();
+    new.write_to(catalog.file_io(), &new_location)
+        .await
+        .unwrap();
+    assert!(
+        catalog
+            .swap_metadata_location(&ident, &location, &new_location.to_string())
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_column_added_in_the_catalog_is_filled_from_the_next_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::connect(&CatalogConfig {
+        uri: format!("sqlite://{}/c.db", dir.path().display()),
+        warehouse: format!("{}/wh", dir.path().display()),
+        name: "floe".into(),
+    })
+    .await
+    .unwrap();
+    catalog
+        .create_table(&TableDefinition::from_json(DEF, Some("lake.t"), "test").unwrap())
+        .await
+        .unwrap();
+    let mut opts = SinkOptions::new("lake.t");
+    opts.refresh_interval = std::time::Duration::ZERO;
+    let mut sink = TableSink::open(Committer::new(catalog.clone()), &opts)
+        .await
+        .unwrap();
+    let meta = RecordMeta::default();
+
+    assert!(
+        sink.push(br#"{"id":1,"discount":0.5}"#, &meta)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    sink.flush(None).await.unwrap();
+    assert_eq!(
+        sink.take_unknown_fields(),
+        1,
+        "discount is not a column yet"
+    );
+
+    add_column(&catalog, "lake.t", "discount").await;
+
+    assert!(
+        sink.push(br#"{"id":2,"discount":0.25}"#, &meta)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(sink.push(br#"{"id":3}"#, &meta).await.unwrap().is_none());
+    sink.flush(None).await.unwrap();
+    assert_eq!(sink.take_unknown_fields(), 0);
+
+    let table = catalog
+        .load_table(&parse_table_ident("lake.t").unwrap())
+        .await
+        .unwrap();
+    let batches: Vec<_> = table
+        .scan()
+        .build()
+        .unwrap()
+        .to_arrow()
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let mut rows: Vec<(i64, Option<f64>)> = Vec::new();
+    for b in batches {
+        let ids = b
+            .column_by_name("id")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow_array::Int64Array>()
+            .unwrap()
+            .clone();
+        let d = b
+            .column_by_name("discount")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow_array::Float64Array>()
+            .unwrap()
+            .clone();
+        for i in 0..b.num_rows() {
+            use arrow_array::Array;
+            rows.push((ids.value(i), (!d.is_null(i)).then(|| d.value(i))));
+        }
+    }
+    rows.sort_by_key(|r| r.0);
+    assert_eq!(rows, vec![(1, None), (2, Some(0.25)), (3, None)]);
+}
