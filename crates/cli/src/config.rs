@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use floe_lake::CatalogConfig;
+use floe_loader::config::{KafkaConfig, MetricsConfig, PipelineConfig};
 use serde::{Deserialize, Serialize};
 
 /// Everything floe can be configured with.
@@ -19,6 +20,12 @@ pub struct FloeConfig {
     pub log: LogConfig,
     /// Where table definitions live (`floe table create --all`).
     pub schemas_dir: String,
+    /// Kafka connection and consumer group.
+    pub kafka: KafkaConfig,
+    /// Topic → table pipelines run by `floe run`.
+    pub pipelines: Vec<PipelineConfig>,
+    /// Prometheus `/metrics` and `/health`.
+    pub metrics: MetricsConfig,
 }
 
 /// Log output.
@@ -74,7 +81,13 @@ impl FloeConfig {
 
     /// The documented default config (`floe --print-default-config`).
     pub fn default_toml() -> String {
-        let body = toml::to_string_pretty(&Self::with_defaults()).expect("config serializes");
+        let mut example = Self::with_defaults();
+        example.pipelines.push(PipelineConfig {
+            topics: vec!["events".into()],
+            table: "lake.events".into(),
+            ..Default::default()
+        });
+        let body = toml::to_string_pretty(&example).expect("config serializes");
         format!(
             "# floe configuration. Every key can also be set as an environment variable\n\
              # FLOE__SECTION__KEY (e.g. FLOE__CATALOG__URI) and most by a flag.\n\n{body}"
@@ -110,6 +123,11 @@ mod tests {
     fn default_config_round_trips() {
         let text = FloeConfig::default_toml();
         let parsed: FloeConfig = toml::from_str(&text).unwrap();
-        assert_eq!(parsed, FloeConfig::with_defaults());
+        assert_eq!(parsed.catalog, FloeConfig::with_defaults().catalog);
+        assert_eq!(parsed.pipelines.len(), 1);
+        assert_eq!(
+            parsed.pipelines[0].flush.interval,
+            std::time::Duration::from_secs(60)
+        );
     }
 }

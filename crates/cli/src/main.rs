@@ -2,6 +2,7 @@
 
 mod cmd;
 mod config;
+mod telemetry;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,8 +41,12 @@ struct Cli {
 enum Command {
     /// Run the whole pipeline on the embedded default: tables, seed events, loading, a report.
     Quickstart(cmd::quickstart::QuickstartArgs),
-    /// Generate seed e-commerce events (JSON lines).
+    /// Load Kafka topics into tables continuously, exactly once.
+    Run(cmd::run::RunArgs),
+    /// Produce seed e-commerce events to a topic (or write them as JSON lines).
     Generate(cmd::generate::GenerateArgs),
+    /// A Kafka-protocol broker for local use (librdkafka's mock cluster).
+    DevBroker(cmd::dev_broker::DevBrokerArgs),
     /// Create, list and inspect tables.
     #[command(subcommand)]
     Table(cmd::table::TableCommand),
@@ -96,8 +101,10 @@ async fn run(cli: Cli) -> Result<()> {
             Cli::command().print_help()?;
             Ok(())
         }
-        Some(Command::Quickstart(a)) => cmd::quickstart::run(&cfg, a).await,
-        Some(Command::Generate(a)) => cmd::generate::run(a).await,
+        Some(Command::Quickstart(a)) => cmd::quickstart::run_quickstart(&cfg, a).await,
+        Some(Command::Run(a)) => cmd::run::execute(&cfg, a).await,
+        Some(Command::Generate(a)) => cmd::generate::run(&cfg, a).await,
+        Some(Command::DevBroker(a)) => cmd::dev_broker::run(a).await,
         Some(Command::Table(c)) => cmd::table::run(&cfg, c).await,
         Some(Command::Load(a)) => cmd::load::run(&cfg, a).await,
         Some(Command::Query(a)) => cmd::query::run(&cfg, a).await,

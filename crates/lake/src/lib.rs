@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod commit;
 pub mod config;
 mod error;
+pub mod fail;
 pub mod offsets;
 pub mod writer;
 

@@ -3,8 +3,13 @@
 //! with their reasons, and on flush commits rows and dead letters exactly once.
 #![deny(missing_docs)]
 
+pub mod config;
 pub mod file;
 pub mod generate;
+pub mod kafka;
+pub mod metrics;
+pub mod produce;
+pub mod run;
 pub mod sink;
 
 pub use sink::{FlushReport, SinkOptions, TableSink};
@@ -27,6 +32,12 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// Configuration is unusable; the message names the setting.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Kafka client failure.
+    #[error("kafka: {0}")]
+    Kafka(String),
     /// Reading input failed.
     #[error("{context}: {source}")]
     Io {

@@ -39,6 +39,9 @@ pub struct DeadLetter {
     pub error_message: String,
     /// When floe rejected it (epoch micros).
     pub failed_at_us: i64,
+    /// The message's headers, forwarded with the dead-letter topic copy (not stored in the
+    /// table).
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
 impl DeadLetter {
@@ -62,6 +65,7 @@ impl DeadLetter {
             error_field: (!err.field.is_empty()).then(|| err.field.clone()),
             error_message: err.to_string(),
             failed_at_us,
+            headers: Vec::new(),
         }
     }
 }

@@ -52,9 +52,18 @@ impl GenArgs {
 pub struct GenerateArgs {
     #[command(flatten)]
     gen_args: GenArgs,
-    /// Write JSON lines to this file (- for stdout).
-    #[arg(long, value_name = "FILE|-")]
-    output: PathBuf,
+    /// Write JSON lines to this file (- for stdout) instead of producing to Kafka.
+    #[arg(long, value_name = "FILE|-", conflicts_with_all = ["topic", "brokers"])]
+    output: Option<PathBuf>,
+    /// Topic to produce to.
+    #[arg(long, required_unless_present = "output")]
+    topic: Option<String>,
+    /// Kafka bootstrap servers (kafka.brokers).
+    #[arg(long, value_name = "HOST:PORT")]
+    brokers: Option<String>,
+    /// Messages per second (default: as fast as possible).
+    #[arg(long)]
+    rate: Option<f64>,
 }
 
 /// Writes `args.events` messages as JSON lines; returns counts per kind.
@@ -82,15 +91,36 @@ pub fn print_counts(counts: &std::collections::BTreeMap<MessageKind, u64>) {
     eprintln!("generated: {}", parts.join(", "));
 }
 
-pub async fn run(args: GenerateArgs) -> Result<()> {
-    let counts = if args.output.as_os_str() == "-" {
+pub async fn run(cfg: &crate::config::FloeConfig, args: GenerateArgs) -> Result<()> {
+    let Some(output) = &args.output else {
+        let mut kafka = cfg.kafka.clone();
+        if let Some(b) = &args.brokers {
+            kafka.brokers = b.clone();
+        }
+        let topic = args
+            .topic
+            .clone()
+            .expect("clap requires --topic without --output");
+        let report =
+            produce_to_kafka(kafka, topic.clone(), args.gen_args.clone(), args.rate).await?;
+        print_counts(&report.by_kind);
+        println!(
+            "produced {} messages ({}) to {topic} in {:.1}s ({:.0} msg/s)",
+            report.delivered,
+            bytesize::ByteSize(report.bytes),
+            report.elapsed.as_secs_f64(),
+            report.delivered as f64 / report.elapsed.as_secs_f64().max(1e-9)
+        );
+        return Ok(());
+    };
+    let counts = if output.as_os_str() == "-" {
         write_lines(
             &args.gen_args,
             &mut std::io::BufWriter::new(std::io::stdout().lock()),
         )?
     } else {
-        let f = std::fs::File::create(&args.output)
-            .with_context(|| format!("creating {}", args.output.display()))?;
+        let f = std::fs::File::create(output)
+            .with_context(|| format!("creating {}", output.display()))?;
         write_lines(
             &args.gen_args,
             &mut std::io::BufWriter::with_capacity(1 << 20, f),
@@ -98,4 +128,33 @@ pub async fn run(args: GenerateArgs) -> Result<()> {
     };
     print_counts(&counts);
     Ok(())
+}
+
+/// Produces generated events to Kafka with a progress bar (on a terminal).
+pub async fn produce_to_kafka(
+    kafka: floe_loader::config::KafkaConfig,
+    topic: String,
+    gen_args: GenArgs,
+    rate: Option<f64>,
+) -> Result<floe_loader::produce::ProduceReport> {
+    let mut generator = gen_args.generator()?;
+    let events = gen_args.events;
+    tokio::task::spawn_blocking(move || {
+        use std::io::IsTerminal;
+        let bar = if std::io::stderr().is_terminal() {
+            indicatif::ProgressBar::new(events).with_style(
+                indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {per_sec} produced")
+                    .expect("valid template"),
+            )
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        let r = floe_loader::produce::produce(&kafka, &topic, &mut generator, events, rate, |n| {
+            bar.set_position(n)
+        });
+        bar.finish_and_clear();
+        r
+    })
+    .await?
+    .map_err(anyhow::Error::from)
 }

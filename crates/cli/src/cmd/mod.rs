@@ -1,10 +1,12 @@
 //! One module per subcommand.
 
+pub mod dev_broker;
 pub mod generate;
 pub mod load;
 pub mod query;
 pub mod quickstart;
 pub mod report;
+pub mod run;
 pub mod table;
 
 use anyhow::{Context, Result};

@@ -1,21 +1,31 @@
-//! `floe quickstart`: the whole pipeline on the embedded default in one command — tables,
-//! seed events with malformed ones mixed in, loading, and a report.
+//! `floe quickstart`: the whole pipeline on the embedded default in one command — an
+//! in-process Kafka-compatible broker, the tables, seed events with malformed ones mixed in,
+//! the loader until the topic is drained, and a report.
 
-use anyhow::Result;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
 use clap::Args;
-use floe_loader::file::{FlushPolicy, load_lines};
-use floe_loader::{SinkOptions, TableSink};
+use floe_loader::config::{FlushConfig, KafkaConfig, PipelineConfig};
+use floe_loader::kafka::DevBroker;
+use floe_loader::metrics::Health;
+use floe_loader::run::{RunOptions, run};
 
-use super::generate::{GenArgs, print_counts, write_lines};
+use super::generate::{GenArgs, print_counts, produce_to_kafka};
 use crate::config::FloeConfig;
 
 #[derive(Args)]
 pub struct QuickstartArgs {
     #[command(flatten)]
     gen_args: GenArgs,
+    /// Partitions of the quickstart topic (the in-process broker keeps ~5 MB per partition).
+    #[arg(long, default_value_t = 16)]
+    partitions: i32,
 }
 
-pub async fn run(cfg: &FloeConfig, mut args: QuickstartArgs) -> Result<()> {
+pub async fn run_quickstart(cfg: &FloeConfig, mut args: QuickstartArgs) -> Result<()> {
     if args.gen_args.malformed == 0.0 {
         args.gen_args.malformed = 0.01;
     }
@@ -23,47 +33,75 @@ pub async fn run(cfg: &FloeConfig, mut args: QuickstartArgs) -> Result<()> {
     let catalog = super::connect(cfg).await?;
     super::table::create_definitions(cfg, &catalog).await?;
 
-    let data_dir = std::path::Path::new(&cfg.catalog.warehouse)
-        .parent()
-        .map(|p| p.to_path_buf())
-        .unwrap_or_else(|| ".".into());
-    std::fs::create_dir_all(&data_dir)?;
-    let input = data_dir.join("quickstart-events.jsonl");
-    let counts = write_lines(
-        &args.gen_args,
-        &mut std::io::BufWriter::new(std::fs::File::create(&input)?),
-    )?;
-    print_counts(&counts);
-
-    let mut sink = TableSink::open(
-        floe_lake::Committer::new(catalog.clone()),
-        &SinkOptions::new("lake.events"),
-    )
-    .await?;
-    let policy = FlushPolicy {
-        max_rows: 50_000,
+    let topic = "events";
+    let broker = DevBroker::start(args.partitions).map_err(anyhow::Error::msg)?;
+    broker.create_topic(topic).map_err(anyhow::Error::msg)?;
+    let kafka = KafkaConfig {
+        brokers: broker.bootstrap_servers(),
+        group_id: "floe-quickstart".into(),
         ..Default::default()
     };
-    let report = load_lines(
-        &mut sink,
-        std::io::BufReader::new(std::fs::File::open(&input)?),
-        &input.display().to_string(),
-        policy,
-        |_| {},
-    )
-    .await?;
     println!(
-        "loaded {} messages: {} rows into lake.events, {} dead letters into lake.events_dead_letters ({} commits, {:.1}s)",
-        report.lines,
-        report.accepted,
-        report.dead_lettered,
-        report.commits,
-        started.elapsed().as_secs_f64()
+        "in-process broker at {} (topic {topic}, {} partitions)",
+        kafka.brokers, args.partitions
     );
-    super::report::print_report(&catalog).await?;
+    let produced =
+        produce_to_kafka(kafka.clone(), topic.into(), args.gen_args.clone(), None).await?;
+    print_counts(&produced.by_kind);
     println!(
-        "\nThe data stays in {}: try `floe query \"SELECT country, count(*) FROM events GROUP BY 1\"`.",
-        data_dir.display()
+        "produced {} messages in {:.1}s; loading…",
+        produced.delivered,
+        produced.elapsed.as_secs_f64()
+    );
+
+    let opts = RunOptions {
+        kafka,
+        pipelines: vec![PipelineConfig {
+            topics: vec![topic.into()],
+            table: "lake.events".into(),
+            flush: FlushConfig {
+                interval: Duration::from_secs(2),
+                ..Default::default()
+            },
+            ..Default::default()
+        }],
+        until_drained: true,
+        static_assignment: true,
+    };
+    let committer = floe_lake::Committer::new(catalog.clone());
+    let rt = tokio::runtime::Handle::current();
+    let load_started = std::time::Instant::now();
+    let health = Arc::new(Health::new(Duration::from_secs(60)));
+    let totals = tokio::task::spawn_blocking(move || {
+        run(
+            committer,
+            rt,
+            opts,
+            Arc::new(AtomicBool::new(false)),
+            health,
+        )
+    })
+    .await
+    .context("loader thread")??;
+    for (table, t) in &totals {
+        println!(
+            "loaded {} messages into {table} in {:.1}s: {} rows, {} dead letters ({} commits)",
+            t.received,
+            load_started.elapsed().as_secs_f64(),
+            t.accepted,
+            t.dead_lettered,
+            t.commits
+        );
+    }
+    super::report::print_report(&catalog).await?;
+    drop(broker);
+    println!(
+        "\nDone in {:.1}s. The data stays in {}: try `floe query \"SELECT country, count(*) FROM events GROUP BY 1\"`,\nor read it with PyIceberg / DuckDB (see README).",
+        started.elapsed().as_secs_f64(),
+        std::path::Path::new(&cfg.catalog.warehouse)
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
     );
     Ok(())
 }

@@ -299,6 +299,17 @@ impl Decoder {
         }
     }
 
+    /// Checks that a message would decode, without keeping it (for a message a table already
+    /// holds whose dead-letter status is still needed).
+    pub fn check(&mut self, payload: &[u8], meta: &RecordMeta<'_>) -> Result<(), DecodeError> {
+        let rows = self.rows;
+        let result = decode_record(&mut self.root, &mut self.ctx, payload, meta);
+        for col in &mut self.root.fields {
+            col.truncate(rows);
+        }
+        result
+    }
+
     /// Hands over the buffered rows as a record batch and starts a new one.
     pub fn finish(&mut self) -> RecordBatch {
         let columns = self.root.finish_children();

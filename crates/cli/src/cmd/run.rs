@@ -1,0 +1,148 @@
+//! `floe run`: the loader service.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use floe_loader::config::PipelineConfig;
+use floe_loader::metrics::Health;
+use floe_loader::run::{RunOptions, run};
+
+use crate::config::FloeConfig;
+
+#[derive(Args, Default)]
+pub struct RunArgs {
+    /// Kafka bootstrap servers (kafka.brokers).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub brokers: Option<String>,
+    /// Consumer group (kafka.group_id).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Topic to load (with --table: one pipeline instead of the configured ones).
+    #[arg(long, requires = "table")]
+    pub topic: Vec<String>,
+    /// Target table for --topic.
+    #[arg(long, requires = "topic")]
+    pub table: Option<String>,
+    /// Commit at least this often (e.g. 5s).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub flush_interval: Option<Duration>,
+    /// Commit after this many messages.
+    #[arg(long, value_name = "N")]
+    pub max_rows: Option<u64>,
+    /// Commit after this many payload bytes (e.g. 256MiB).
+    #[arg(long, value_name = "SIZE")]
+    pub max_bytes: Option<bytesize::ByteSize>,
+    /// Dead-letter table for --topic (default <table>_dead_letters).
+    #[arg(long)]
+    pub dead_letter_table: Option<String>,
+    /// Dead-letter topic for --topic (default <topic>.dead-letters; "" for none).
+    #[arg(long)]
+    pub dead_letter_topic: Option<String>,
+    /// Stop at the first rejected message instead of dead-lettering it.
+    #[arg(long)]
+    pub no_dead_letters: bool,
+    /// Exit (after committing) once every assigned partition is read to its end.
+    #[arg(long)]
+    pub until_drained: bool,
+}
+
+pub fn pipelines(cfg: &FloeConfig, args: &RunArgs) -> Vec<PipelineConfig> {
+    let mut pipelines = if let Some(table) = &args.table {
+        vec![PipelineConfig {
+            topics: args.topic.clone(),
+            table: table.clone(),
+            dead_letter_table: args.dead_letter_table.clone(),
+            dead_letter_topic: args.dead_letter_topic.clone(),
+            ..Default::default()
+        }]
+    } else {
+        cfg.pipelines.clone()
+    };
+    for p in &mut pipelines {
+        if let Some(d) = args.flush_interval {
+            p.flush.interval = d;
+        }
+        if let Some(n) = args.max_rows {
+            p.flush.max_rows = n;
+        }
+        if let Some(b) = args.max_bytes {
+            p.flush.max_bytes = b;
+        }
+        if args.no_dead_letters {
+            p.dead_letters = false;
+        }
+    }
+    pipelines
+}
+
+/// Sets the flag on SIGTERM or ctrl-c.
+pub fn shutdown_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutdown requested");
+        f.store(true, Ordering::Relaxed);
+    });
+    flag
+}
+
+pub async fn execute(cfg: &FloeConfig, args: RunArgs) -> Result<()> {
+    let mut kafka = cfg.kafka.clone();
+    if let Some(b) = &args.brokers {
+        kafka.brokers = b.clone();
+    }
+    if let Some(g) = &args.group {
+        kafka.group_id = g.clone();
+    }
+    let pipelines = pipelines(cfg, &args);
+    anyhow::ensure!(
+        !pipelines.is_empty(),
+        "nothing to load: give --topic and --table, or [[pipelines]] in floe.toml"
+    );
+    let interval = pipelines
+        .iter()
+        .map(|p| p.flush.interval)
+        .max()
+        .unwrap_or_default();
+    let health = Arc::new(Health::new(
+        interval * cfg.metrics.stale_after_intervals.max(1),
+    ));
+    if !cfg.metrics.listen.is_empty() {
+        let handle = crate::telemetry::install()?;
+        crate::telemetry::serve(&cfg.metrics.listen, handle, health.clone()).await?;
+    }
+    let committer = super::committer(cfg).await?;
+    let shutdown = shutdown_flag();
+    let rt = tokio::runtime::Handle::current();
+    let opts = RunOptions {
+        kafka,
+        pipelines,
+        until_drained: args.until_drained,
+        static_assignment: false,
+    };
+    let totals = tokio::task::spawn_blocking(move || run(committer, rt, opts, shutdown, health))
+        .await
+        .context("loader thread")??;
+    for (table, t) in totals {
+        println!(
+            "{table}: {} messages, {} rows, {} dead letters, {} tombstones, {} already committed, {} commits, {} rewinds",
+            t.received,
+            t.accepted,
+            t.dead_lettered,
+            t.tombstones,
+            t.already_committed,
+            t.commits,
+            t.rewinds
+        );
+    }
+    Ok(())
+}

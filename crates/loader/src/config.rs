@@ -1,0 +1,147 @@
+//! The loader's part of floe's config model: `[kafka]`, `[[pipelines]]`, `[metrics]`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Kafka connection; any librdkafka property passes through `properties`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port]`.
+    pub brokers: String,
+    /// Consumer group; also names the offsets key in snapshot summaries.
+    pub group_id: String,
+    /// librdkafka properties (SASL, SSL, tuning); they override floe's defaults.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            group_id: "floe".into(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// When a batch is committed: the first limit reached.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlushConfig {
+    /// Messages per batch.
+    pub max_rows: u64,
+    /// Payload bytes per batch.
+    pub max_bytes: bytesize::ByteSize,
+    /// Longest time a message waits before its batch is committed.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for FlushConfig {
+    fn default() -> Self {
+        Self {
+            max_rows: 1_000_000,
+            max_bytes: bytesize::ByteSize::mib(256),
+            interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One topic (or several) → one table, with its dead letters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Source topic(s).
+    pub topics: Vec<String>,
+    /// Target table (`lake.events`).
+    pub table: String,
+    /// Send rejected messages to a dead-letter table and topic; when false the loader stops
+    /// at the first rejected message.
+    pub dead_letters: bool,
+    /// Dead-letter table (default `<table>_dead_letters`).
+    pub dead_letter_table: Option<String>,
+    /// Dead-letter topic (default `<first topic>.dead-letters`); empty string: table only.
+    pub dead_letter_topic: Option<String>,
+    /// Flush policy.
+    pub flush: FlushConfig,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            topics: Vec::new(),
+            table: String::new(),
+            dead_letters: true,
+            dead_letter_table: None,
+            dead_letter_topic: None,
+            flush: FlushConfig::default(),
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// The dead-letter table, if dead letters are on.
+    pub fn dead_letter_table(&self) -> Option<String> {
+        self.dead_letters.then(|| {
+            self.dead_letter_table
+                .clone()
+                .unwrap_or_else(|| format!("{}_dead_letters", self.table))
+        })
+    }
+
+    /// The dead-letter topic, if any.
+    pub fn dead_letter_topic(&self) -> Option<String> {
+        if !self.dead_letters {
+            return None;
+        }
+        match &self.dead_letter_topic {
+            Some(t) if t.is_empty() => None,
+            Some(t) => Some(t.clone()),
+            None => self.topics.first().map(|t| format!("{t}.dead-letters")),
+        }
+    }
+
+    /// Checks the pipeline makes sense; the message names the setting.
+    pub fn validate(&self, index: usize) -> Result<(), String> {
+        if self.topics.is_empty() {
+            return Err(format!(
+                "pipelines[{index}].topics: name at least one topic"
+            ));
+        }
+        if self.table.is_empty() {
+            return Err(format!("pipelines[{index}].table: name the target table"));
+        }
+        if self.flush.max_rows == 0 || self.flush.max_bytes.as_u64() == 0 {
+            return Err(format!(
+                "pipelines[{index}].flush: max_rows and max_bytes must be > 0"
+            ));
+        }
+        if self.flush.interval.is_zero() {
+            return Err(format!("pipelines[{index}].flush.interval must be > 0"));
+        }
+        Ok(())
+    }
+}
+
+/// Prometheus endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address serving `/metrics` and `/health`; empty to disable.
+    pub listen: String,
+    /// `/health` turns unhealthy when no commit happened for this many flush intervals while
+    /// messages are waiting.
+    pub stale_after_intervals: u32,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".into(),
+            stale_after_intervals: 3,
+        }
+    }
+}

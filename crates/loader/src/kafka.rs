@@ -1,0 +1,138 @@
+//! Kafka clients with floe's defaults, and the development broker.
+//!
+//! Defaults favour throughput and exactly-once: no auto-commit (offsets live in Iceberg; the
+//! group's offsets are committed afterwards for lag monitoring only), a low
+//! `fetch.queue.backoff.ms` (librdkafka's 1 s default stalls consumers) and deep fetch queues.
+//! Every librdkafka property can be overridden from `kafka.properties`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use rdkafka::ClientConfig;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+
+use crate::config::KafkaConfig;
+
+/// Property keys whose values are secrets (never logged or printed).
+pub fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    k.contains("password") || k.contains("secret") || k.ends_with(".key") || k.contains("token")
+}
+
+/// `properties` with secret values replaced by `***`.
+pub fn redacted(properties: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    properties
+        .iter()
+        .map(|(k, v)| {
+            let v = if is_secret_key(k) {
+                "***".to_string()
+            } else {
+                v.clone()
+            };
+            (k.clone(), v)
+        })
+        .collect()
+}
+
+fn base(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers);
+    c
+}
+
+fn apply_user(c: &mut ClientConfig, cfg: &KafkaConfig) {
+    for (k, v) in &cfg.properties {
+        c.set(k, v);
+    }
+}
+
+/// Consumer settings.
+pub fn consumer_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = base(cfg);
+    c.set("group.id", &cfg.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "true")
+        .set("fetch.queue.backoff.ms", "10")
+        .set("queued.min.messages", "500000")
+        .set("queued.max.messages.kbytes", "262144")
+        .set("fetch.max.bytes", "104857600")
+        .set("max.partition.fetch.bytes", "10485760")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("statistics.interval.ms", "5000");
+    apply_user(&mut c, cfg);
+    c
+}
+
+/// Producer settings (dead-letter topic, `floe generate`).
+pub fn producer_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = base(cfg);
+    c.set("enable.idempotence", "true")
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .set("compression.type", "lz4");
+    for (k, v) in &cfg.properties {
+        // Consumer-only keys would make the producer refuse to start.
+        if !matches!(
+            k.as_str(),
+            "group.id" | "auto.offset.reset" | "enable.auto.commit" | "session.timeout.ms"
+        ) {
+            c.set(k, v);
+        }
+    }
+    c
+}
+
+/// An in-process Kafka-protocol broker (librdkafka's mock cluster) for local use and tests.
+///
+/// The mock cluster binds random loopback ports; [`DevBroker::serve_bootstrap`] forwards a
+/// fixed port to it so clients can be pointed at a known address (they then talk to the
+/// broker address it advertises). It keeps about 5 MB per partition (librdkafka's limit):
+/// spread large topics over enough partitions.
+pub struct DevBroker {
+    cluster: MockCluster<'static, DefaultProducerContext>,
+    partitions: i32,
+}
+
+impl DevBroker {
+    /// Starts a one-broker mock cluster; `partitions` is used by [`Self::create_topic`].
+    pub fn start(partitions: i32) -> Result<Self, String> {
+        let cluster = MockCluster::new(1).map_err(|e| format!("starting the mock cluster: {e}"))?;
+        Ok(Self {
+            cluster,
+            partitions,
+        })
+    }
+
+    /// The broker's own bootstrap address.
+    pub fn bootstrap_servers(&self) -> String {
+        self.cluster.bootstrap_servers()
+    }
+
+    /// Creates a topic with the broker's partition count (no-op if it exists).
+    pub fn create_topic(&self, topic: &str) -> Result<(), String> {
+        self.cluster
+            .create_topic(topic, self.partitions, 1)
+            .map_err(|e| format!("creating topic {topic}: {e}"))
+    }
+
+    /// Forwards connections on `listen` to the mock broker, until the process exits.
+    pub async fn serve_bootstrap(&self, listen: SocketAddr) -> std::io::Result<()> {
+        let target = self.bootstrap_servers();
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        loop {
+            let (mut inbound, _) = listener.accept().await?;
+            let target = target.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    }
+}

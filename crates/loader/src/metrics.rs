@@ -1,0 +1,90 @@
+//! Metric names (Prometheus), one place for all of them. Names follow kafka-delta-ingest's
+//! where they mean the same thing.
+
+/// Messages received from Kafka (label `table`).
+pub const MESSAGES_RECEIVED: &str = "floe_messages_received_total";
+/// Messages decoded into rows (label `table`).
+pub const MESSAGES_ACCEPTED: &str = "floe_messages_accepted_total";
+/// Messages rejected (labels `table`, `kind`).
+pub const MESSAGES_DEAD_LETTERED: &str = "floe_messages_dead_lettered_total";
+/// Messages skipped because the tables already hold them (label `table`).
+pub const MESSAGES_SKIPPED: &str = "floe_messages_skipped_total";
+/// Tombstones (null values) skipped (label `table`).
+pub const TOMBSTONES: &str = "floe_tombstones_total";
+/// Payload bytes received (label `table`).
+pub const MESSAGE_BYTES: &str = "floe_message_bytes_total";
+/// Rows committed (label `table`).
+pub const ROWS_COMMITTED: &str = "floe_rows_committed_total";
+/// Dead letters committed (label `table`).
+pub const DEAD_LETTERS_COMMITTED: &str = "floe_dead_letters_committed_total";
+/// Batches committed (label `table`).
+pub const BATCHES: &str = "floe_batches_total";
+/// Data files written (label `table`).
+pub const FILES_WRITTEN: &str = "floe_data_files_written_total";
+/// Data bytes written (label `table`).
+pub const BYTES_WRITTEN: &str = "floe_data_bytes_written_total";
+/// Commit latency in seconds (histogram, label `table`).
+pub const COMMIT_SECONDS: &str = "floe_commit_duration_seconds";
+/// Commit attempts lost to concurrent writers (label `table`).
+pub const COMMIT_CONFLICTS: &str = "floe_commit_conflicts_total";
+/// Failed or fenced flushes rewound to the committed offsets (label `table`).
+pub const REWINDS: &str = "floe_rewinds_total";
+/// Unix time of the last commit (label `table`).
+pub const LAST_COMMIT: &str = "floe_last_commit_timestamp_seconds";
+/// Consumer lag per partition (labels `topic`, `partition`).
+pub const CONSUMER_LAG: &str = "floe_consumer_lag_messages";
+/// Offsets found missing from Kafka (retention or compaction) (label `topic`).
+pub const OFFSETS_SKIPPED: &str = "floe_kafka_offsets_skipped_total";
+/// Consumer errors reported by librdkafka.
+pub const CONSUMER_ERRORS: &str = "floe_consumer_errors_total";
+/// Event-time freshness: seconds between now and the newest event committed (label `table`).
+pub const FRESHNESS: &str = "floe_event_time_freshness_seconds";
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+/// What `/health` looks at: the last commit and whether messages are waiting.
+#[derive(Debug)]
+pub struct Health {
+    last_commit_ms: AtomicI64,
+    lag: AtomicI64,
+    stale_after: Duration,
+}
+
+impl Health {
+    /// Unhealthy when no commit happened for `stale_after` while messages wait.
+    pub fn new(stale_after: Duration) -> Self {
+        Self {
+            last_commit_ms: AtomicI64::new(chrono::Utc::now().timestamp_millis()),
+            lag: AtomicI64::new(0),
+            stale_after,
+        }
+    }
+
+    /// Records a commit.
+    pub fn committed(&self) {
+        self.last_commit_ms
+            .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
+    }
+
+    /// Records the total consumer lag.
+    pub fn set_lag(&self, lag: i64) {
+        self.lag.store(lag, Ordering::Relaxed);
+    }
+
+    /// `Ok(text)` when healthy, `Err(reason)` otherwise.
+    pub fn check(&self) -> Result<String, String> {
+        let age_ms =
+            chrono::Utc::now().timestamp_millis() - self.last_commit_ms.load(Ordering::Relaxed);
+        let lag = self.lag.load(Ordering::Relaxed);
+        let age = Duration::from_millis(age_ms.max(0) as u64);
+        if lag > 0 && age > self.stale_after {
+            Err(format!(
+                "unhealthy: no commit for {}s while {lag} messages wait",
+                age.as_secs()
+            ))
+        } else {
+            Ok(format!("ok: last commit {}s ago, lag {lag}", age.as_secs()))
+        }
+    }
+}

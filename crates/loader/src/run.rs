@@ -1,0 +1,1193 @@
+//! `floe run`: Kafka → Iceberg, exactly once.
+//!
+//! Threads: one consumer thread polls librdkafka and decodes each message straight from the
+//! fetched buffer into the pipeline's Arrow builders; every `CHUNK_ROWS` rows the decoded
+//! chunk goes over a bounded channel to the pipeline's writer task (on the tokio runtime),
+//! which encodes Parquet as chunks arrive and commits on flush. The bounded channel gives
+//! back-pressure: memory holds at most a few chunks per pipeline whatever the backlog.
+//!
+//! Exactly once, per table (raw and dead-letter table each):
+//! - On assignment, each table's committed offsets are read from its snapshots; consumption
+//!   starts at the smallest and a message already committed to a table is skipped for it.
+//! - A flush commits rows with the offset ranges they came from; the commit refuses ranges
+//!   that overlap what the table holds (another writer got there first). Any failed flush
+//!   rewinds the pipeline to the tables' committed offsets.
+//! - At most one flush per pipeline is in flight, so a later batch can never commit over a
+//!   gap left by a failed one.
+//! - Kafka group offsets are committed after the Iceberg commit, for lag monitoring only.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use arrow_array::RecordBatch;
+use floe_lake::commit::{CommitRequest, OffsetsUpdate};
+use floe_lake::{Committer, DataWriter, OffsetRange, committed_offsets, parse_table_ident};
+use floe_schema::dead_letter::{DeadLetter, dead_letter_batch};
+use floe_schema::{DecodeError, Decoder, DecoderOptions, RecordMeta, TableDefinition};
+use iceberg::TableIdent;
+use iceberg::spec::TableMetadata;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
+use tokio::runtime::Handle;
+
+use crate::config::{KafkaConfig, PipelineConfig};
+use crate::metrics as m;
+use crate::{Error, Result};
+
+/// Decoded rows handed to the Parquet encoder at a time.
+const CHUNK_ROWS: usize = 65_536;
+/// Chunks queued per pipeline before the consumer waits (back-pressure).
+const CHANNEL_CHUNKS: usize = 4;
+
+/// What `floe run` does.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Kafka connection and group.
+    pub kafka: KafkaConfig,
+    /// Topic → table pipelines.
+    pub pipelines: Vec<PipelineConfig>,
+    /// Stop (after a final commit) once every assigned partition is read to its end.
+    pub until_drained: bool,
+    /// Read every partition of the topics without joining the consumer group (a single
+    /// loader, e.g. quickstart and benchmarks; no group-join delay).
+    pub static_assignment: bool,
+}
+
+/// Totals of a run, per pipeline (table).
+#[derive(Debug, Clone, Default)]
+pub struct PipelineTotals {
+    /// Messages received from Kafka for this pipeline.
+    pub received: u64,
+    /// Rows committed to the table.
+    pub accepted: u64,
+    /// Dead letters committed.
+    pub dead_lettered: u64,
+    /// Tombstones (null values) skipped.
+    pub tombstones: u64,
+    /// Messages skipped because the tables already held them.
+    pub already_committed: u64,
+    /// Commits of the target table.
+    pub commits: u64,
+    /// Flushes that failed and were rewound.
+    pub rewinds: u64,
+}
+
+enum ToWriter {
+    Chunk {
+        batch: u64,
+        rows: RecordBatch,
+        metadata: Arc<TableMetadata>,
+    },
+    Flush(Box<FlushJob>),
+    Discard {
+        batch: u64,
+    },
+}
+
+struct FlushJob {
+    batch: u64,
+    metadata: Arc<TableMetadata>,
+    last: Option<RecordBatch>,
+    dead: Vec<DeadLetter>,
+    raw_ranges: Vec<OffsetRange>,
+    dlq_ranges: Vec<OffsetRange>,
+}
+
+struct Flushed {
+    metadata: TableMetadata,
+    rows: u64,
+    dead_letters: u64,
+    files: usize,
+    bytes: u64,
+}
+
+enum FlushFailure {
+    /// Another writer committed these offsets: rewind now.
+    Fenced(String),
+    /// Anything else (storage, catalog): rewind after a pause.
+    Failed(String),
+}
+
+struct Outcome {
+    batch: u64,
+    result: std::result::Result<Flushed, FlushFailure>,
+}
+
+type Tp = (String, i32);
+
+#[derive(Default)]
+struct Batch {
+    id: u64,
+    messages: u64,
+    bytes: u64,
+    started: Option<Instant>,
+    raw_ranges: BTreeMap<Tp, (i64, i64)>,
+    dlq_ranges: BTreeMap<Tp, (i64, i64)>,
+    dead: Vec<DeadLetter>,
+    chunks_sent: bool,
+}
+
+struct Pipe {
+    cfg: PipelineConfig,
+    name: String,
+    raw: TableIdent,
+    dlq: Option<TableIdent>,
+    metadata: Arc<TableMetadata>,
+    newer_metadata: Option<TableMetadata>,
+    decoder: Decoder,
+    batch: Batch,
+    in_flight: Option<(u64, BTreeMap<Tp, i64>)>,
+    to_writer: tokio::sync::mpsc::Sender<ToWriter>,
+    outcomes: mpsc::Receiver<Outcome>,
+    /// Per table, the offset from which messages are still to be committed.
+    raw_from: HashMap<Tp, i64>,
+    dlq_from: HashMap<Tp, i64>,
+    failures: u32,
+    totals: PipelineTotals,
+}
+
+struct State {
+    pipes: Vec<Pipe>,
+    by_topic: HashMap<String, usize>,
+    assigned: Vec<Tp>,
+    next_offset: HashMap<Tp, i64>,
+    fatal: Option<Error>,
+    ingested_at_us: i64,
+    last_commit: Instant,
+}
+
+struct Env {
+    rt: Handle,
+    committer: Committer,
+    group: String,
+    health: Arc<m::Health>,
+}
+
+/// The consumer context: rebalances start partitions at the offsets committed in Iceberg.
+struct Ctx {
+    state: Arc<Mutex<State>>,
+    env: Arc<Env>,
+}
+
+impl ClientContext for Ctx {
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error {
+            KafkaError::PartitionEOF(_)
+            | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF) => {}
+            e => tracing::warn!(error = %e, reason, "kafka client error"),
+        }
+    }
+
+    fn stats(&self, stats: Statistics) {
+        let mut total = 0i64;
+        for (topic, t) in &stats.topics {
+            for (p, part) in &t.partitions {
+                if *p >= 0 && part.consumer_lag >= 0 {
+                    total += part.consumer_lag;
+                    metrics::gauge!(m::CONSUMER_LAG, "topic" => topic.clone(), "partition" => p.to_string())
+                        .set(part.consumer_lag as f64);
+                }
+            }
+        }
+        self.env.health.set_lag(total);
+    }
+}
+
+impl ConsumerContext for Ctx {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let mut st = self.state.lock().expect("state lock");
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let tps: Vec<Tp> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect();
+                match st.start_offsets(&self.env, &tps) {
+                    Ok(starts) => {
+                        for (tp, start) in &starts {
+                            let offset = match start {
+                                Some(o) => Offset::Offset(*o),
+                                None => Offset::Beginning,
+                            };
+                            let _ = tpl.set_partition_offset(&tp.0, tp.1, offset);
+                        }
+                        tracing::info!(
+                            partitions = tps.len(),
+                            "partitions assigned; starting at the offsets committed in Iceberg"
+                        );
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading committed offsets failed");
+                        st.fatal.get_or_insert(e);
+                    }
+                }
+                st.assigned.extend(tps);
+                let r = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = r {
+                    st.fatal
+                        .get_or_insert(Error::Kafka(format!("assigning partitions: {e}")));
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                tracing::info!(
+                    partitions = tpl.count(),
+                    "partitions revoked; committing what was consumed"
+                );
+                st.flush_all_and_wait(consumer, &self.env);
+                let revoked: HashSet<Tp> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect();
+                st.forget(&revoked);
+                let r = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = r {
+                    st.fatal
+                        .get_or_insert(Error::Kafka(format!("unassigning partitions: {e}")));
+                }
+            }
+            other => tracing::error!(error = ?other, "rebalance error"),
+        }
+    }
+}
+
+impl State {
+    /// Reads each table's committed offsets for `tps`, records where each table resumes and
+    /// returns where consumption starts (the smallest; `None` = from the beginning).
+    fn start_offsets(&mut self, env: &Env, tps: &[Tp]) -> Result<Vec<(Tp, Option<i64>)>> {
+        let mut starts: HashMap<Tp, Option<i64>> = HashMap::new();
+        for pipe in &mut self.pipes {
+            let mine: Vec<&Tp> = tps
+                .iter()
+                .filter(|tp| pipe.cfg.topics.contains(&tp.0))
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let (raw, dlq) = env.rt.block_on(pipe.read_committed(env))?;
+            for tp in mine {
+                let r = raw.get(&tp.0).and_then(|m| m.get(&tp.1)).copied();
+                let d = dlq
+                    .as_ref()
+                    .map(|o| o.get(&tp.0).and_then(|m| m.get(&tp.1)).copied());
+                pipe.raw_from.insert(tp.clone(), r.unwrap_or(i64::MIN));
+                match d {
+                    Some(d) => {
+                        pipe.dlq_from.insert(tp.clone(), d.unwrap_or(i64::MIN));
+                    }
+                    None => {
+                        pipe.dlq_from.insert(tp.clone(), i64::MAX);
+                    }
+                }
+                let start = match d {
+                    Some(d) => r.zip(d).map(|(r, d)| r.min(d)),
+                    None => r,
+                };
+                starts.insert(tp.clone(), start);
+                if let Some(s) = start {
+                    self.next_offset.insert(tp.clone(), s);
+                }
+            }
+        }
+        Ok(starts.into_iter().collect())
+    }
+
+    fn forget(&mut self, tps: &HashSet<Tp>) {
+        self.assigned.retain(|tp| !tps.contains(tp));
+        for tp in tps {
+            self.next_offset.remove(tp);
+            for p in &mut self.pipes {
+                p.raw_from.remove(tp);
+                p.dlq_from.remove(tp);
+            }
+        }
+    }
+
+    /// Flushes every pipeline and waits for the commits (revocation, shutdown, drained).
+    fn flush_all_and_wait<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, env: &Env) {
+        for i in 0..self.pipes.len() {
+            self.wait_in_flight(i, consumer, env);
+            if self.pipes[i].start_flush() {
+                self.wait_in_flight(i, consumer, env);
+            }
+        }
+    }
+
+    fn wait_in_flight<C: ConsumerContext>(
+        &mut self,
+        i: usize,
+        consumer: &BaseConsumer<C>,
+        env: &Env,
+    ) {
+        if self.pipes[i].in_flight.is_none() {
+            return;
+        }
+        match self.pipes[i].outcomes.recv() {
+            Ok(o) => self.on_outcome(i, o, consumer, env),
+            Err(_) => {
+                self.fatal
+                    .get_or_insert(Error::Kafka("writer task stopped".into()));
+            }
+        }
+    }
+
+    fn drain_outcomes<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, env: &Env) {
+        for i in 0..self.pipes.len() {
+            while let Ok(o) = self.pipes[i].outcomes.try_recv() {
+                self.on_outcome(i, o, consumer, env);
+            }
+        }
+    }
+
+    fn on_outcome<C: ConsumerContext>(
+        &mut self,
+        i: usize,
+        o: Outcome,
+        consumer: &BaseConsumer<C>,
+        env: &Env,
+    ) {
+        let pipe = &mut self.pipes[i];
+        let Some((batch, positions)) = pipe.in_flight.take() else {
+            return;
+        };
+        debug_assert_eq!(batch, o.batch);
+        match o.result {
+            Ok(f) => {
+                pipe.failures = 0;
+                pipe.totals.accepted += f.rows;
+                pipe.totals.dead_lettered += f.dead_letters;
+                pipe.totals.commits += 1;
+                let labels = [("table", pipe.name.clone())];
+                metrics::counter!(m::ROWS_COMMITTED, &labels).increment(f.rows);
+                metrics::counter!(m::DEAD_LETTERS_COMMITTED, &labels).increment(f.dead_letters);
+                metrics::counter!(m::FILES_WRITTEN, &labels).increment(f.files as u64);
+                metrics::counter!(m::BYTES_WRITTEN, &labels).increment(f.bytes);
+                metrics::counter!(m::BATCHES, &labels).increment(1);
+                metrics::gauge!(m::LAST_COMMIT, &labels).set(chrono::Utc::now().timestamp() as f64);
+                self.last_commit = Instant::now();
+                env.health.committed();
+                pipe.newer_metadata = Some(f.metadata);
+                floe_lake::fail::point("before-kafka-commit");
+                // Lag monitoring only: the truth is in the table.
+                let mut tpl = TopicPartitionList::new();
+                for ((t, p), next) in &positions {
+                    let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*next));
+                }
+                if tpl.count() > 0
+                    && let Err(e) = consumer.commit(&tpl, CommitMode::Async)
+                {
+                    tracing::debug!(error = %e, "committing group offsets (for lag only) failed");
+                }
+            }
+            Err(failure) => {
+                pipe.totals.rewinds += 1;
+                let pause = match &failure {
+                    FlushFailure::Fenced(why) => {
+                        tracing::warn!(table = %pipe.name, reason = %why, "batch already committed by another writer; rewinding");
+                        Duration::ZERO
+                    }
+                    FlushFailure::Failed(why) => {
+                        pipe.failures += 1;
+                        let pause = Duration::from_millis(250 * 2u64.pow(pipe.failures.min(7)));
+                        tracing::error!(table = %pipe.name, error = %why, retry_in = ?pause, "commit failed; rewinding to the committed offsets and retrying");
+                        pause
+                    }
+                };
+                metrics::counter!(m::REWINDS, "table" => pipe.name.clone()).increment(1);
+                std::thread::sleep(pause);
+                if let Err(e) = self.rewind(i, consumer, env) {
+                    self.fatal.get_or_insert(e);
+                }
+            }
+        }
+    }
+
+    /// Drops the pipeline's unflushed batch and seeks its partitions back to what the tables
+    /// hold.
+    fn rewind<C: ConsumerContext>(
+        &mut self,
+        i: usize,
+        consumer: &BaseConsumer<C>,
+        env: &Env,
+    ) -> Result<()> {
+        let tps: Vec<Tp> = self
+            .assigned
+            .iter()
+            .filter(|tp| self.pipes[i].cfg.topics.contains(&tp.0))
+            .cloned()
+            .collect();
+        self.pipes[i].discard();
+        let starts = self.start_offsets(env, &tps)?;
+        for (tp, start) in starts {
+            let offset = start.map(Offset::Offset).unwrap_or(Offset::Beginning);
+            consumer
+                .seek(&tp.0, tp.1, offset, Duration::from_secs(10))
+                .map_err(|e| Error::Kafka(format!("seeking {}[{}]: {e}", tp.0, tp.1)))?;
+        }
+        Ok(())
+    }
+}
+
+impl Pipe {
+    async fn read_committed(
+        &self,
+        env: &Env,
+    ) -> Result<(floe_lake::Offsets, Option<floe_lake::Offsets>)> {
+        let catalog = env.committer.catalog();
+        let (_, raw) = catalog.load_metadata(&self.raw).await?;
+        let raw = committed_offsets(&raw, &env.group)?;
+        let dlq = match &self.dlq {
+            Some(ident) => {
+                let (_, meta) = catalog.load_metadata(ident).await?;
+                Some(committed_offsets(&meta, &env.group)?)
+            }
+            None => None,
+        };
+        Ok((raw, dlq))
+    }
+
+    fn discard(&mut self) {
+        let _ = self.decoder.finish();
+        let id = self.batch.id;
+        if self.batch.chunks_sent {
+            let _ = self
+                .to_writer
+                .blocking_send(ToWriter::Discard { batch: id });
+        }
+        self.batch = Batch {
+            id: id + 1,
+            ..Default::default()
+        };
+    }
+
+    /// Sends the batch to be committed; `false` when nothing to do or a flush is in flight.
+    fn start_flush(&mut self) -> bool {
+        if self.in_flight.is_some() || self.batch.messages == 0 {
+            return false;
+        }
+        let last = (!self.decoder.is_empty()).then(|| self.decoder.finish());
+        let b = std::mem::take(&mut self.batch);
+        let ranges = |r: &BTreeMap<Tp, (i64, i64)>| -> Vec<OffsetRange> {
+            r.iter()
+                .map(|((t, p), (first, next))| OffsetRange {
+                    topic: t.clone(),
+                    partition: *p,
+                    first: *first,
+                    next: *next,
+                })
+                .collect()
+        };
+        let mut positions: BTreeMap<Tp, i64> = BTreeMap::new();
+        for (tp, (_, next)) in b.raw_ranges.iter().chain(b.dlq_ranges.iter()) {
+            let e = positions.entry(tp.clone()).or_insert(*next);
+            *e = (*e).max(*next);
+        }
+        let job = FlushJob {
+            batch: b.id,
+            metadata: self.metadata.clone(),
+            last,
+            dead: b.dead,
+            raw_ranges: ranges(&b.raw_ranges),
+            dlq_ranges: ranges(&b.dlq_ranges),
+        };
+        self.in_flight = Some((b.id, positions));
+        self.batch = Batch {
+            id: b.id + 1,
+            ..Default::default()
+        };
+        let _ = self.to_writer.blocking_send(ToWriter::Flush(Box::new(job)));
+        // A new batch starts: adopt a newer schema now (the decoder is empty).
+        if let Some(meta) = self.newer_metadata.take() {
+            self.adopt(meta);
+        }
+        true
+    }
+
+    fn adopt(&mut self, meta: TableMetadata) {
+        if meta.current_schema_id() != self.decoder.schema_id() {
+            match Decoder::new(
+                meta.current_schema(),
+                &DecoderOptions::from_table_properties(meta.properties()),
+            ) {
+                Ok(d) => {
+                    tracing::info!(table = %self.name, old = self.decoder.schema_id(), new = meta.current_schema_id(), "table schema changed; decoding against the new schema");
+                    self.decoder = d;
+                }
+                Err(e) => {
+                    tracing::error!(table = %self.name, error = %e, "cannot decode against the new schema; keeping the old one");
+                    return;
+                }
+            }
+        }
+        self.metadata = Arc::new(meta);
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        self.batch.messages >= self.cfg.flush.max_rows
+            || self.batch.bytes >= self.cfg.flush.max_bytes.as_u64()
+            || self
+                .batch
+                .started
+                .is_some_and(|s| now.duration_since(s) >= self.cfg.flush.interval)
+    }
+}
+
+fn update_range(ranges: &mut BTreeMap<Tp, (i64, i64)>, tp: &Tp, offset: i64) {
+    match ranges.get_mut(tp) {
+        Some(r) => r.1 = offset + 1,
+        None => {
+            ranges.insert(tp.clone(), (offset, offset + 1));
+        }
+    }
+}
+
+/// Runs the loader until shutdown (or until drained). Blocking: call from a thread that is not
+/// a tokio worker; `rt` runs the writer tasks and catalog I/O.
+pub fn run(
+    committer: Committer,
+    rt: Handle,
+    opts: RunOptions,
+    shutdown: Arc<AtomicBool>,
+    health: Arc<m::Health>,
+) -> Result<Vec<(String, PipelineTotals)>> {
+    let env = Arc::new(Env {
+        rt: rt.clone(),
+        committer: committer.clone(),
+        group: opts.kafka.group_id.clone(),
+        health,
+    });
+    let dlq_producer: Option<FutureProducer> = if opts
+        .pipelines
+        .iter()
+        .any(|p| p.dead_letter_topic().is_some())
+    {
+        Some(
+            crate::kafka::producer_config(&opts.kafka)
+                .create()
+                .map_err(|e| Error::Kafka(format!("creating the dead-letter producer: {e}")))?,
+        )
+    } else {
+        None
+    };
+    let mut pipes = Vec::new();
+    let mut by_topic = HashMap::new();
+    for (i, cfg) in opts.pipelines.iter().enumerate() {
+        cfg.validate(i).map_err(Error::Config)?;
+        let raw = parse_table_ident(&cfg.table)?;
+        let catalog = committer.catalog().clone();
+        let (_, metadata) = rt.block_on(catalog.load_metadata(&raw))?;
+        let dlq = match cfg.dead_letter_table() {
+            Some(name) => {
+                let def = TableDefinition::dead_letter(&name)?;
+                rt.block_on(catalog.create_table_if_missing(&def))?;
+                Some(parse_table_ident(&name)?)
+            }
+            None => None,
+        };
+        let decoder = Decoder::new(
+            metadata.current_schema(),
+            &DecoderOptions::from_table_properties(metadata.properties()),
+        )?;
+        let (to_writer, from_consumer) = tokio::sync::mpsc::channel(CHANNEL_CHUNKS);
+        let (outcome_tx, outcomes) = mpsc::channel();
+        let writer = Writer {
+            committer: committer.clone(),
+            group: opts.kafka.group_id.clone(),
+            table: raw.clone(),
+            name: raw.to_string(),
+            dlq: dlq.clone(),
+            dlq_topic: cfg.dead_letter_topic(),
+            producer: dlq_producer.clone(),
+        };
+        rt.spawn(writer.run(from_consumer, outcome_tx));
+        for t in &cfg.topics {
+            if by_topic.insert(t.clone(), i).is_some() {
+                return Err(Error::Config(format!(
+                    "topic {t} feeds two pipelines; give each topic one table"
+                )));
+            }
+        }
+        pipes.push(Pipe {
+            cfg: cfg.clone(),
+            name: raw.to_string(),
+            raw,
+            dlq,
+            metadata: Arc::new(metadata),
+            newer_metadata: None,
+            decoder,
+            batch: Batch::default(),
+            in_flight: None,
+            to_writer,
+            outcomes,
+            raw_from: HashMap::new(),
+            dlq_from: HashMap::new(),
+            failures: 0,
+            totals: PipelineTotals::default(),
+        });
+    }
+    let state = Arc::new(Mutex::new(State {
+        pipes,
+        by_topic,
+        assigned: Vec::new(),
+        next_offset: HashMap::new(),
+        fatal: None,
+        ingested_at_us: chrono::Utc::now().timestamp_micros(),
+        last_commit: Instant::now(),
+    }));
+    let ctx = Ctx {
+        state: state.clone(),
+        env: env.clone(),
+    };
+    let consumer: BaseConsumer<Ctx> = crate::kafka::consumer_config(&opts.kafka)
+        .create_with_context(ctx)
+        .map_err(|e| Error::Kafka(format!("creating the consumer: {e}")))?;
+    let topics: Vec<&str> = opts
+        .pipelines
+        .iter()
+        .flat_map(|p| p.topics.iter().map(String::as_str))
+        .collect();
+    if opts.static_assignment {
+        assign_all(&consumer, &state, &env, &topics)?;
+    } else {
+        consumer
+            .subscribe(&topics)
+            .map_err(|e| Error::Kafka(format!("subscribing to {topics:?}: {e}")))?;
+    }
+    tracing::info!(topics = ?topics, group = %opts.kafka.group_id, brokers = %opts.kafka.brokers, "consuming");
+
+    let result = consume_loop(&consumer, &state, &env, &opts, &shutdown);
+    {
+        let mut st = state.lock().expect("state lock");
+        st.flush_all_and_wait(&consumer, &env);
+        if result.is_ok()
+            && let Some(e) = st.fatal.take()
+        {
+            return Err(e);
+        }
+    }
+    result?;
+    if !opts.static_assignment {
+        consumer.unsubscribe();
+    }
+    let st = state.lock().expect("state lock");
+    Ok(st
+        .pipes
+        .iter()
+        .map(|p| (p.name.clone(), p.totals.clone()))
+        .collect())
+}
+
+/// Assigns every partition of `topics` to this consumer, starting at the committed offsets.
+fn assign_all(
+    consumer: &BaseConsumer<Ctx>,
+    state: &Arc<Mutex<State>>,
+    env: &Env,
+    topics: &[&str],
+) -> Result<()> {
+    let mut tps: Vec<Tp> = Vec::new();
+    for t in topics {
+        let md = consumer
+            .fetch_metadata(Some(t), Duration::from_secs(30))
+            .map_err(|e| Error::Kafka(format!("reading metadata of {t}: {e}")))?;
+        for topic in md.topics() {
+            for p in topic.partitions() {
+                tps.push((topic.name().to_string(), p.id()));
+            }
+        }
+    }
+    let mut st = state.lock().expect("state lock");
+    let starts = st.start_offsets(env, &tps)?;
+    let mut tpl = TopicPartitionList::new();
+    for (tp, start) in starts {
+        tpl.add_partition_offset(
+            &tp.0,
+            tp.1,
+            start.map(Offset::Offset).unwrap_or(Offset::Beginning),
+        )
+        .map_err(|e| Error::Kafka(e.to_string()))?;
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|e| Error::Kafka(format!("assigning partitions: {e}")))?;
+    st.assigned = tps;
+    Ok(())
+}
+
+fn consume_loop(
+    consumer: &BaseConsumer<Ctx>,
+    state: &Arc<Mutex<State>>,
+    env: &Arc<Env>,
+    opts: &RunOptions,
+    shutdown: &AtomicBool,
+) -> Result<()> {
+    let mut since_clock = 0u32;
+    let mut last_drain_check = Instant::now();
+    loop {
+        if shutdown.load(Ordering::Relaxed) {
+            tracing::info!("shutting down: committing what was consumed");
+            return Ok(());
+        }
+        let polled = consumer.poll(Duration::from_millis(100));
+        let mut st = state.lock().expect("state lock");
+        if let Some(e) = st.fatal.take() {
+            return Err(e);
+        }
+        since_clock += 1;
+        if since_clock >= 512 {
+            since_clock = 0;
+            st.ingested_at_us = chrono::Utc::now().timestamp_micros();
+        }
+        let mut idle = false;
+        match polled {
+            None => idle = true,
+            Some(Err(KafkaError::PartitionEOF(_))) => idle = true,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "consumer error");
+                metrics::counter!(m::CONSUMER_ERRORS).increment(1);
+            }
+            Some(Ok(msg)) => {
+                let tp: Tp = (msg.topic().to_string(), msg.partition());
+                let offset = msg.offset();
+                if let Some(expected) = st.next_offset.get(&tp).copied()
+                    && offset > expected
+                    && st.pipes.iter().any(|p| p.batch.messages == 0)
+                {
+                    // Fine for compacted or transactional topics; data loss otherwise.
+                    tracing::warn!(topic = %tp.0, partition = tp.1, expected, got = offset, "offsets skipped: messages before {offset} are gone from Kafka (retention or compaction)");
+                    metrics::counter!(m::OFFSETS_SKIPPED, "topic" => tp.0.clone())
+                        .increment((offset - expected) as u64);
+                }
+                st.next_offset.insert(tp.clone(), offset + 1);
+                let Some(&i) = st.by_topic.get(&tp.0) else {
+                    continue;
+                };
+                let ingested = st.ingested_at_us;
+                let meta = RecordMeta {
+                    topic: &tp.0,
+                    partition: Some(tp.1),
+                    offset: Some(offset),
+                    timestamp_ms: msg.timestamp().to_millis(),
+                    key: msg.key(),
+                    ingested_at_us: ingested,
+                };
+                let headers = msg.headers();
+                if let Err(e) = process(&mut st, i, &tp, offset, msg.payload(), &meta, headers) {
+                    // No dead-letter table: commit what came before, then stop.
+                    st.flush_all_and_wait(consumer, env);
+                    return Err(e);
+                }
+                let now = Instant::now();
+                if st.pipes[i].due(now) {
+                    st.wait_in_flight(i, consumer, env);
+                    st.pipes[i].start_flush();
+                }
+            }
+        }
+        st.drain_outcomes(consumer, env);
+        let now = Instant::now();
+        for i in 0..st.pipes.len() {
+            if st.pipes[i].due(now) && st.pipes[i].in_flight.is_none() {
+                st.pipes[i].start_flush();
+            }
+        }
+        if opts.until_drained && idle && last_drain_check.elapsed() >= Duration::from_millis(200) {
+            last_drain_check = Instant::now();
+            let t = Instant::now();
+            let done = drained(consumer, &st);
+            tracing::debug!(took = ?t.elapsed(), done, "drain check");
+            if done {
+                tracing::info!("every assigned partition is read to its end");
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The partition's watermarks as of the last fetch response (no network round trip).
+fn cached_watermarks(
+    consumer: &BaseConsumer<Ctx>,
+    topic: &str,
+    partition: i32,
+) -> Option<(i64, i64)> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer is valid for the consumer's lifetime; the topic is a valid C
+    // string and the out-pointers point to live locals.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some((low, high))
+}
+
+/// Whether every assigned partition has been read to its high watermark.
+fn drained(consumer: &BaseConsumer<Ctx>, st: &State) -> bool {
+    if st.assigned.is_empty() {
+        return false;
+    }
+    st.assigned.iter().all(|tp| {
+        // Cached from the last fetch response: no network round trip.
+        let marks = match cached_watermarks(consumer, &tp.0, tp.1) {
+            Some(m) => Ok(m),
+            None => consumer.fetch_watermarks(&tp.0, tp.1, Duration::from_secs(1)),
+        };
+        match marks {
+            Ok((low, high)) => {
+                let next = st.next_offset.get(tp).copied().unwrap_or(low);
+                next >= high
+            }
+            Err(_) => false,
+        }
+    })
+}
+
+fn process(
+    st: &mut State,
+    i: usize,
+    tp: &Tp,
+    offset: i64,
+    payload: Option<&[u8]>,
+    meta: &RecordMeta<'_>,
+    headers: Option<&rdkafka::message::BorrowedHeaders>,
+) -> Result<()> {
+    let pipe = &mut st.pipes[i];
+    let raw_from = pipe.raw_from.get(tp).copied().unwrap_or(i64::MIN);
+    let dlq_from = pipe.dlq_from.get(tp).copied().unwrap_or(i64::MAX);
+    let labels = [("table", pipe.name.clone())];
+    metrics::counter!(m::MESSAGES_RECEIVED, &labels).increment(1);
+    pipe.totals.received += 1;
+    floe_lake::fail::point("decode");
+    let to_raw = offset >= raw_from;
+    let to_dlq = pipe.dlq.is_some() && offset >= dlq_from;
+    if !to_raw && !to_dlq {
+        pipe.totals.already_committed += 1;
+        metrics::counter!(m::MESSAGES_SKIPPED, &labels).increment(1);
+        return Ok(());
+    }
+    pipe.batch.started.get_or_insert_with(Instant::now);
+    pipe.batch.messages += 1;
+    let mut rejected: Option<DecodeError> = None;
+    match payload {
+        None => {
+            pipe.totals.tombstones += 1;
+            metrics::counter!(m::TOMBSTONES, &labels).increment(1);
+        }
+        Some(bytes) => {
+            pipe.batch.bytes += bytes.len() as u64;
+            metrics::counter!(m::MESSAGE_BYTES, &labels).increment(bytes.len() as u64);
+            let result = if to_raw {
+                pipe.decoder.decode(bytes, meta)
+            } else {
+                pipe.decoder.check(bytes, meta)
+            };
+            if let Err(e) = result {
+                rejected = Some(e);
+            }
+        }
+    }
+    if let Some(err) = rejected {
+        if pipe.dlq.is_none() {
+            pipe.batch.messages -= 1;
+            return Err(Error::Rejected {
+                source_name: format!("{}[{}]@{offset}", tp.0, tp.1),
+                reason: err.to_string(),
+            });
+        }
+        metrics::counter!(m::MESSAGES_DEAD_LETTERED, "table" => pipe.name.clone(), "kind" => err.kind.as_str()).increment(1);
+        if to_dlq {
+            let mut dl = DeadLetter::from_decode_error(
+                &err,
+                &pipe.name,
+                &tp.0,
+                payload.unwrap_or_default(),
+                meta.ingested_at_us,
+            );
+            dl.source_partition = Some(tp.1);
+            dl.source_offset = Some(offset);
+            dl.source_key = meta.key.map(<[u8]>::to_vec);
+            dl.source_timestamp_ms = meta.timestamp_ms;
+            if let Some(h) = headers {
+                dl.headers = h
+                    .iter()
+                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                    .collect();
+            }
+            pipe.batch.dead.push(dl);
+        }
+    } else if payload.is_some() && to_raw {
+        metrics::counter!(m::MESSAGES_ACCEPTED, &labels).increment(1);
+    }
+    if to_raw {
+        update_range(&mut pipe.batch.raw_ranges, tp, offset);
+    }
+    if to_dlq {
+        update_range(&mut pipe.batch.dlq_ranges, tp, offset);
+    }
+    if pipe.decoder.len() >= CHUNK_ROWS && pipe.in_flight.is_none() {
+        let rows = pipe.decoder.finish();
+        pipe.batch.chunks_sent = true;
+        let _ = pipe.to_writer.blocking_send(ToWriter::Chunk {
+            batch: pipe.batch.id,
+            rows,
+            metadata: pipe.metadata.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// The writer task of one pipeline: encodes chunks, commits on flush.
+struct Writer {
+    committer: Committer,
+    group: String,
+    table: TableIdent,
+    name: String,
+    dlq: Option<TableIdent>,
+    dlq_topic: Option<String>,
+    producer: Option<FutureProducer>,
+}
+
+impl Writer {
+    async fn run(
+        self,
+        mut rx: tokio::sync::mpsc::Receiver<ToWriter>,
+        outcomes: mpsc::Sender<Outcome>,
+    ) {
+        let mut current: Option<(u64, DataWriter)> = None;
+        let mut failed: Option<(u64, String)> = None;
+        while let Some(msg) = rx.recv().await {
+            match msg {
+                ToWriter::Chunk {
+                    batch,
+                    rows,
+                    metadata,
+                } => {
+                    if failed.as_ref().is_some_and(|f| f.0 == batch) {
+                        continue;
+                    }
+                    if let Err(e) = self.write(&mut current, batch, &rows, &metadata).await {
+                        failed = Some((batch, e.to_string()));
+                    }
+                }
+                ToWriter::Discard { batch } => {
+                    if let Some((b, w)) = current.take() {
+                        if b == batch {
+                            w.abort().await;
+                        } else {
+                            current = Some((b, w));
+                        }
+                    }
+                }
+                ToWriter::Flush(job) => {
+                    let batch = job.batch;
+                    let result = match failed.take() {
+                        Some((b, e)) if b == batch => {
+                            if let Some((_, w)) = current.take() {
+                                w.abort().await;
+                            }
+                            Err(FlushFailure::Failed(e))
+                        }
+                        _ => self.flush(&mut current, *job).await,
+                    };
+                    let _ = outcomes.send(Outcome { batch, result });
+                }
+            }
+        }
+    }
+
+    async fn write(
+        &self,
+        current: &mut Option<(u64, DataWriter)>,
+        batch: u64,
+        rows: &RecordBatch,
+        metadata: &TableMetadata,
+    ) -> floe_lake::Result<()> {
+        if current.as_ref().is_some_and(|(b, _)| *b != batch)
+            && let Some((_, w)) = current.take()
+        {
+            w.abort().await;
+        }
+        if current.is_none() {
+            *current = Some((
+                batch,
+                DataWriter::new(self.committer.catalog().file_io(), metadata)?,
+            ));
+        }
+        let (_, w) = current.as_mut().expect("just set");
+        w.write(rows).await
+    }
+
+    async fn flush(
+        &self,
+        current: &mut Option<(u64, DataWriter)>,
+        job: FlushJob,
+    ) -> std::result::Result<Flushed, FlushFailure> {
+        let failed = |e: floe_lake::Error| match e {
+            floe_lake::Error::OffsetsAlreadyCommitted { .. } => FlushFailure::Fenced(e.to_string()),
+            e => FlushFailure::Failed(e.to_string()),
+        };
+        if let Some(last) = &job.last
+            && let Err(e) = self.write(current, job.batch, last, &job.metadata).await
+        {
+            if let Some((_, w)) = current.take() {
+                w.abort().await;
+            }
+            return Err(failed(e));
+        }
+        let files = match current.take() {
+            Some((b, w)) if b == job.batch => w.close().await.map_err(failed)?,
+            Some((_, w)) => {
+                w.abort().await;
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        floe_lake::fail::point("after-data-files");
+        let rows: u64 = files.iter().map(|f| f.record_count()).sum();
+        let bytes: u64 = files.iter().map(|f| f.file_size_in_bytes()).sum();
+        let n_files = files.len();
+        let started = Instant::now();
+        let metadata = if !job.raw_ranges.is_empty() || !files.is_empty() {
+            let mut req = CommitRequest::append(files);
+            req.offsets = Some(OffsetsUpdate {
+                group: self.group.clone(),
+                ranges: job.raw_ranges.clone(),
+            });
+            let done = self
+                .committer
+                .commit(&self.table, req)
+                .await
+                .map_err(failed)?;
+            metrics::histogram!(m::COMMIT_SECONDS, "table" => self.name.clone())
+                .record(started.elapsed().as_secs_f64());
+            metrics::counter!(m::COMMIT_CONFLICTS, "table" => self.name.clone())
+                .increment(u64::from(done.attempts - 1));
+            done.metadata
+        } else {
+            self.committer
+                .catalog()
+                .load_metadata(&self.table)
+                .await
+                .map_err(failed)?
+                .1
+        };
+        floe_lake::fail::point("after-table-commit");
+        let mut dead_letters = 0;
+        if let Some(dlq) = &self.dlq
+            && (!job.dlq_ranges.is_empty() || !job.dead.is_empty())
+        {
+            // The topic copy first (at least once), then the table (exactly once).
+            self.produce_dead_letters(&job.dead)
+                .await
+                .map_err(FlushFailure::Failed)?;
+            let catalog = self.committer.catalog();
+            let (_, meta) = catalog.load_metadata(dlq).await.map_err(failed)?;
+            let schema = Arc::new(
+                iceberg::arrow::schema_to_arrow_schema(meta.current_schema())
+                    .map_err(|e| FlushFailure::Failed(e.to_string()))?,
+            );
+            let batch = dead_letter_batch(&schema, &job.dead)
+                .map_err(|e| FlushFailure::Failed(e.to_string()))?;
+            let mut w = DataWriter::new(catalog.file_io(), &meta).map_err(failed)?;
+            if let Err(e) = w.write(&batch).await {
+                w.abort().await;
+                return Err(failed(e));
+            }
+            let files = w.close().await.map_err(failed)?;
+            let mut req = CommitRequest::append(files);
+            req.offsets = Some(OffsetsUpdate {
+                group: self.group.clone(),
+                ranges: job.dlq_ranges.clone(),
+            });
+            self.committer.commit(dlq, req).await.map_err(failed)?;
+            dead_letters = job.dead.len() as u64;
+        }
+        tracing::debug!(table = %self.name, rows, dead_letters, files = n_files, "batch committed");
+        Ok(Flushed {
+            metadata,
+            rows,
+            dead_letters,
+            files: n_files,
+            bytes,
+        })
+    }
+
+    async fn produce_dead_letters(&self, dead: &[DeadLetter]) -> std::result::Result<(), String> {
+        let (Some(topic), Some(producer)) = (&self.dlq_topic, &self.producer) else {
+            return Ok(());
+        };
+        let sends = dead.iter().map(|d| {
+            let partition = d.source_partition.unwrap_or(-1).to_string();
+            let offset = d.source_offset.unwrap_or(-1).to_string();
+            let mut headers = OwnedHeaders::new();
+            for (k, v) in &d.headers {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: v.as_deref(),
+                });
+            }
+            let headers = headers
+                .insert(Header {
+                    key: "floe.error.kind",
+                    value: Some(d.error_kind.as_bytes()),
+                })
+                .insert(Header {
+                    key: "floe.error.message",
+                    value: Some(d.error_message.as_bytes()),
+                })
+                .insert(Header {
+                    key: "floe.source.topic",
+                    value: Some(d.source_topic.as_bytes()),
+                })
+                .insert(Header {
+                    key: "floe.source.partition",
+                    value: Some(partition.as_bytes()),
+                })
+                .insert(Header {
+                    key: "floe.source.offset",
+                    value: Some(offset.as_bytes()),
+                });
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
+            if let Some(k) = &d.source_key {
+                record = record.key(k.as_slice());
+            }
+            if let Some(p) = &d.payload {
+                record = record.payload(p.as_slice());
+            }
+            producer.send(record, Duration::from_secs(30))
+        });
+        for r in futures::future::join_all(sends).await {
+            r.map_err(|(e, _)| format!("producing to dead-letter topic {topic}: {e}"))?;
+        }
+        Ok(())
+    }
+}
