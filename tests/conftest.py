@@ -75,3 +75,33 @@ def lake(request, tmp_path, floe_bin):
 def sqlite_lake(tmp_path, floe_bin):
     return Lake(floe_bin, tmp_path, f"sqlite://{tmp_path}/floe-data/catalog.db",
                 f"{tmp_path}/floe-data/warehouse")
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def dev_broker(floe_bin, tmp_path):
+    """`floe dev-broker` in its own process (6 partitions per topic); yields its bootstrap."""
+    import time
+    port = free_port()
+    p = subprocess.Popen([str(floe_bin), "dev-broker", "--port", str(port), "--partitions", "6",
+                          "--topic", "events", "--topic", "events.dead-letters"],
+                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    line = p.stdout.readline()
+    assert "dev broker up" in line, line
+    deadline = time.time() + 10
+    import socket
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield f"127.0.0.1:{port}"
+    p.kill()
+    p.wait()

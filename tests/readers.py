@@ -18,6 +18,7 @@ class Lake:
         self.catalog_uri = catalog_uri
         self.warehouse = warehouse
         self.name = name
+        self.extra_env = {}
         shutil.copytree(ROOT / "schemas", self.dir / "schemas", dirs_exist_ok=True)
 
     def env(self):
@@ -26,6 +27,8 @@ class Lake:
         env["FLOE__CATALOG__WAREHOUSE"] = self.warehouse
         env["FLOE__CATALOG__NAME"] = self.name
         env.setdefault("RUST_LOG", "warn")
+        env.setdefault("FLOE__METRICS__LISTEN", "127.0.0.1:0")
+        env.update(self.extra_env)
         return env
 
     def run(self, *args, check=True, timeout=300, **kw):
@@ -37,8 +40,10 @@ class Lake:
                                  f"{p.stdout}\n{p.stderr}")
         return p
 
-    def popen(self, *args, **kw):
-        return subprocess.Popen([str(self.bin), *map(str, args)], cwd=self.dir, env=self.env(),
+    def popen(self, *args, env=None, **kw):
+        e = self.env()
+        e.update(env or {})
+        return subprocess.Popen([str(self.bin), *map(str, args)], cwd=self.dir, env=e,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
     # --- PyIceberg -------------------------------------------------------------------------

@@ -304,6 +304,17 @@ impl Committer {
     }
 }
 
+/// Identifies this process in snapshot summaries (`floe.writer`): host and pid.
+pub fn writer_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "host".into());
+        format!("{host}-{}", std::process::id())
+    })
+}
+
 fn jitter(d: Duration) -> Duration {
     let ms = d.as_millis() as u64;
     Duration::from_millis(ms / 2 + rand::rng().random_range(0..=ms.max(1)))
@@ -478,6 +489,7 @@ async fn stage(
     );
     summary.extend(summary_props);
     summary.insert("floe.version".into(), env!("CARGO_PKG_VERSION").to_string());
+    summary.insert("floe.writer".into(), writer_id().to_string());
     let now_ms = chrono::Utc::now()
         .timestamp_millis()
         .max(base.last_updated_ms());

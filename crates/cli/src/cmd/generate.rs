@@ -19,9 +19,12 @@ pub struct GenArgs {
     /// Fraction of duplicates (an earlier event sent again).
     #[arg(long, default_value_t = 0.0, value_name = "RATIO")]
     pub duplicates: f64,
-    /// Random seed.
+    /// Random seed (with --start-ms, the same seed produces the same messages).
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Event time of the first event, epoch millis (default: six hours ago).
+    #[arg(long, value_name = "EPOCH_MS")]
+    pub start_ms: Option<i64>,
 }
 
 impl GenArgs {
@@ -39,11 +42,13 @@ impl GenArgs {
             self.malformed + self.duplicates <= 1.0,
             "--malformed + --duplicates exceed 1"
         );
+        let defaults = GeneratorOptions::default();
         Ok(Generator::new(GeneratorOptions {
             malformed: self.malformed,
             duplicates: self.duplicates,
             seed: self.seed,
-            ..Default::default()
+            start_ms: self.start_ms.unwrap_or(defaults.start_ms),
+            ..defaults
         }))
     }
 }
