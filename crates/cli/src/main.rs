@@ -45,6 +45,8 @@ enum Command {
     Run(cmd::run::RunArgs),
     /// Produce seed e-commerce events to a topic (or write them as JSON lines).
     Generate(cmd::generate::GenerateArgs),
+    /// Measure consume-only versus full loader throughput on an in-process broker.
+    Bench(cmd::bench::BenchArgs),
     /// A Kafka-protocol broker for local use (librdkafka's mock cluster).
     DevBroker(cmd::dev_broker::DevBrokerArgs),
     /// Create, list and inspect tables.
@@ -104,6 +106,7 @@ async fn run(cli: Cli) -> Result<()> {
         Some(Command::Quickstart(a)) => cmd::quickstart::run_quickstart(&cfg, a).await,
         Some(Command::Run(a)) => cmd::run::execute(&cfg, a).await,
         Some(Command::Generate(a)) => cmd::generate::run(&cfg, a).await,
+        Some(Command::Bench(a)) => cmd::bench::run_bench(a).await,
         Some(Command::DevBroker(a)) => cmd::dev_broker::run(a).await,
         Some(Command::Table(c)) => cmd::table::run(&cfg, c).await,
         Some(Command::Load(a)) => cmd::load::run(&cfg, a).await,

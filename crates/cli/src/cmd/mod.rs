@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod bench;
 pub mod dev_broker;
 pub mod generate;
 pub mod load;

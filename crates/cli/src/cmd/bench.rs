@@ -1,0 +1,166 @@
+//! `floe bench`: in one run on one broker, consume-only throughput versus the full loader
+//! (decode, Parquet, commits) on the same topic, with peak memory of each phase.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use floe_lake::{Catalog, CatalogConfig, Committer};
+use floe_loader::config::{FlushConfig, KafkaConfig, PipelineConfig};
+use floe_loader::kafka::DevBroker;
+use floe_loader::metrics::Health;
+use floe_loader::run::{RunOptions, run};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use super::generate::{GenArgs, produce_to_kafka};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    gen_args: GenArgs,
+    /// Partitions (default: enough to keep each under the mock broker's ~5 MB per partition).
+    #[arg(long)]
+    partitions: Option<i32>,
+    /// Messages per commit in the loader phase.
+    #[arg(long, default_value_t = 1_000_000)]
+    max_rows: u64,
+}
+
+/// Peak resident memory since the last reset (VmHWM), in bytes.
+fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+pub async fn run_bench(args: BenchArgs) -> Result<()> {
+    let events = args.gen_args.events;
+    let partitions = args
+        .partitions
+        .unwrap_or_else(|| ((events / 12_000) as i32 + 1).max(4));
+    let broker = DevBroker::start(partitions).map_err(anyhow::Error::msg)?;
+    broker.create_topic("bench").map_err(anyhow::Error::msg)?;
+    let kafka = KafkaConfig {
+        brokers: broker.bootstrap_servers(),
+        group_id: "floe-bench".into(),
+        ..Default::default()
+    };
+    println!("producing {events} seed events into {partitions} partitions…");
+    let produced =
+        produce_to_kafka(kafka.clone(), "bench".into(), args.gen_args.clone(), None).await?;
+    let mb = produced.bytes as f64 / 1e6;
+    println!(
+        "produced {} messages ({mb:.0} MB) in {:.1}s",
+        produced.delivered,
+        produced.elapsed.as_secs_f64()
+    );
+
+    // Phase 1: consume only, same client settings as the loader.
+    reset_peak_rss();
+    let k = kafka.clone();
+    let (consumed, secs) = tokio::task::spawn_blocking(move || -> Result<(u64, f64)> {
+        let consumer: BaseConsumer = floe_loader::kafka::consumer_config(&k).create()?;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset("bench", p, Offset::Beginning)?;
+        }
+        consumer.assign(&tpl)?;
+        let started = Instant::now();
+        let mut n = 0u64;
+        let mut bytes = 0u64;
+        while n < events {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                n += 1;
+                bytes += m.payload().map_or(0, <[u8]>::len) as u64;
+            }
+        }
+        std::hint::black_box(bytes);
+        Ok((n, started.elapsed().as_secs_f64()))
+    })
+    .await??;
+    let consume_rss = peak_rss();
+    let consume_rate = consumed as f64 / secs;
+
+    // Phase 2: the full loader into a fresh lake.
+    let dir = tempfile::tempdir()?;
+    let catalog = Catalog::connect(&CatalogConfig {
+        uri: format!("sqlite://{}/catalog.db", dir.path().display()),
+        warehouse: format!("{}/warehouse", dir.path().display()),
+        name: "floe".into(),
+    })
+    .await?;
+    for def in floe_schema::TableDefinition::builtin()? {
+        catalog.create_table(&def).await?;
+    }
+    let opts = RunOptions {
+        kafka,
+        pipelines: vec![PipelineConfig {
+            topics: vec!["bench".into()],
+            table: "lake.events".into(),
+            dead_letter_topic: Some(String::new()),
+            flush: FlushConfig {
+                max_rows: args.max_rows,
+                interval: Duration::from_secs(30),
+                ..Default::default()
+            },
+            ..Default::default()
+        }],
+        until_drained: true,
+        static_assignment: true,
+    };
+    reset_peak_rss();
+    let committer = Committer::new(catalog.clone());
+    let rt = tokio::runtime::Handle::current();
+    let started = Instant::now();
+    let health = Arc::new(Health::new(Duration::from_secs(600)));
+    let totals = tokio::task::spawn_blocking(move || {
+        run(
+            committer,
+            rt,
+            opts,
+            Arc::new(AtomicBool::new(false)),
+            health,
+        )
+    })
+    .await
+    .context("loader thread")??;
+    let load_secs = started.elapsed().as_secs_f64();
+    let load_rss = peak_rss();
+    let loaded: u64 = totals
+        .iter()
+        .map(|(_, t)| t.accepted + t.dead_lettered)
+        .sum();
+    anyhow::ensure!(loaded == events, "loaded {loaded} of {events} messages");
+    let load_rate = loaded as f64 / load_secs;
+
+    println!("\n| phase | events | seconds | events/s | MB/s | peak RSS |");
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| consume only | {consumed} | {secs:.2} | {consume_rate:.0} | {:.0} | {} |",
+        mb / secs,
+        bytesize::ByteSize(consume_rss)
+    );
+    println!(
+        "| floe run (decode + Parquet + commit) | {loaded} | {load_secs:.2} | {load_rate:.0} | {:.0} | {} |",
+        mb / load_secs,
+        bytesize::ByteSize(load_rss)
+    );
+    println!(
+        "\nloader / consume-only = {:.2}  (peak RSS includes the in-process broker's copy of the topic)",
+        load_rate / consume_rate
+    );
+    Ok(())
+}
