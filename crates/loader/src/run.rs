@@ -150,6 +150,41 @@ struct Pipe {
     dlq_from: HashMap<Tp, i64>,
     failures: u32,
     totals: PipelineTotals,
+    meters: Meters,
+}
+
+/// Metric handles registered once per pipeline (the hot path only adds to atomics).
+struct Meters {
+    received: metrics::Counter,
+    accepted: metrics::Counter,
+    skipped: metrics::Counter,
+    tombstones: metrics::Counter,
+    bytes: metrics::Counter,
+    dead: HashMap<&'static str, metrics::Counter>,
+    table: String,
+}
+
+impl Meters {
+    fn new(table: &str) -> Self {
+        let t = table.to_string();
+        Self {
+            received: metrics::counter!(m::MESSAGES_RECEIVED, "table" => t.clone()),
+            accepted: metrics::counter!(m::MESSAGES_ACCEPTED, "table" => t.clone()),
+            skipped: metrics::counter!(m::MESSAGES_SKIPPED, "table" => t.clone()),
+            tombstones: metrics::counter!(m::TOMBSTONES, "table" => t.clone()),
+            bytes: metrics::counter!(m::MESSAGE_BYTES, "table" => t.clone()),
+            dead: HashMap::new(),
+            table: t,
+        }
+    }
+
+    fn dead_lettered(&mut self, kind: &'static str) {
+        let table = &self.table;
+        self.dead
+            .entry(kind)
+            .or_insert_with(|| metrics::counter!(m::MESSAGES_DEAD_LETTERED, "table" => table.clone(), "kind" => kind))
+            .increment(1);
+    }
 }
 
 struct State {
@@ -546,9 +581,14 @@ impl Pipe {
         self.metadata = Arc::new(meta);
     }
 
-    fn due(&self, now: Instant) -> bool {
+    /// The batch reached its row or byte limit.
+    fn full(&self) -> bool {
         self.batch.messages >= self.cfg.flush.max_rows
             || self.batch.bytes >= self.cfg.flush.max_bytes.as_u64()
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        self.full()
             || self
                 .batch
                 .started
@@ -631,6 +671,7 @@ pub fn run(
                 )));
             }
         }
+        let raw_name = raw.to_string();
         pipes.push(Pipe {
             cfg: cfg.clone(),
             name: raw.to_string(),
@@ -646,6 +687,7 @@ pub fn run(
             raw_from: HashMap::new(),
             dlq_from: HashMap::new(),
             failures: 0,
+            meters: Meters::new(&raw_name),
             totals: PipelineTotals::default(),
         });
     }
@@ -800,12 +842,14 @@ fn consume_loop(
                     st.flush_all_and_wait(consumer, env);
                     return Err(e);
                 }
-                let now = Instant::now();
-                if st.pipes[i].due(now) {
+                if st.pipes[i].full() {
                     st.wait_in_flight(i, consumer, env);
                     st.pipes[i].start_flush();
                 }
             }
+        }
+        if !idle && since_clock % 64 != 0 {
+            continue;
         }
         st.drain_outcomes(consumer, env);
         let now = Instant::now();
@@ -883,15 +927,14 @@ fn process(
     let pipe = &mut st.pipes[i];
     let raw_from = pipe.raw_from.get(tp).copied().unwrap_or(i64::MIN);
     let dlq_from = pipe.dlq_from.get(tp).copied().unwrap_or(i64::MAX);
-    let labels = [("table", pipe.name.clone())];
-    metrics::counter!(m::MESSAGES_RECEIVED, &labels).increment(1);
+    pipe.meters.received.increment(1);
     pipe.totals.received += 1;
     floe_lake::fail::point("decode");
     let to_raw = offset >= raw_from;
     let to_dlq = pipe.dlq.is_some() && offset >= dlq_from;
     if !to_raw && !to_dlq {
         pipe.totals.already_committed += 1;
-        metrics::counter!(m::MESSAGES_SKIPPED, &labels).increment(1);
+        pipe.meters.skipped.increment(1);
         return Ok(());
     }
     pipe.batch.started.get_or_insert_with(Instant::now);
@@ -900,11 +943,11 @@ fn process(
     match payload {
         None => {
             pipe.totals.tombstones += 1;
-            metrics::counter!(m::TOMBSTONES, &labels).increment(1);
+            pipe.meters.tombstones.increment(1);
         }
         Some(bytes) => {
             pipe.batch.bytes += bytes.len() as u64;
-            metrics::counter!(m::MESSAGE_BYTES, &labels).increment(bytes.len() as u64);
+            pipe.meters.bytes.increment(bytes.len() as u64);
             let result = if to_raw {
                 pipe.decoder.decode(bytes, meta)
             } else {
@@ -923,7 +966,7 @@ fn process(
                 reason: err.to_string(),
             });
         }
-        metrics::counter!(m::MESSAGES_DEAD_LETTERED, "table" => pipe.name.clone(), "kind" => err.kind.as_str()).increment(1);
+        pipe.meters.dead_lettered(err.kind.as_str());
         if to_dlq {
             let mut dl = DeadLetter::from_decode_error(
                 &err,
@@ -945,7 +988,7 @@ fn process(
             pipe.batch.dead.push(dl);
         }
     } else if payload.is_some() && to_raw {
-        metrics::counter!(m::MESSAGES_ACCEPTED, &labels).increment(1);
+        pipe.meters.accepted.increment(1);
     }
     if to_raw {
         update_range(&mut pipe.batch.raw_ranges, tp, offset);

@@ -72,7 +72,9 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
     reset_peak_rss();
     let k = kafka.clone();
     let (consumed, secs) = tokio::task::spawn_blocking(move || -> Result<(u64, f64)> {
-        let consumer: BaseConsumer = floe_loader::kafka::consumer_config(&k).create()?;
+        let consumer: BaseConsumer = floe_loader::kafka::consumer_config(&k)
+            .set("enable.partition.eof", "false")
+            .create()?;
         let mut tpl = TopicPartitionList::new();
         for p in 0..partitions {
             tpl.add_partition_offset("bench", p, Offset::Beginning)?;
