@@ -848,7 +848,7 @@ fn consume_loop(
                 }
             }
         }
-        if !idle && since_clock % 64 != 0 {
+        if !idle && !since_clock.is_multiple_of(64) {
             continue;
         }
         st.drain_outcomes(consumer, env);
