@@ -43,7 +43,7 @@ use crate::{Error, Result};
 /// Decoded rows handed to the Parquet encoder at a time.
 const CHUNK_ROWS: usize = 65_536;
 /// Chunks queued per pipeline before the consumer waits (back-pressure).
-const CHANNEL_CHUNKS: usize = 4;
+const CHANNEL_CHUNKS: usize = 8;
 
 /// What `floe run` does.
 #[derive(Debug, Clone)]
@@ -996,7 +996,9 @@ fn process(
     if to_dlq {
         update_range(&mut pipe.batch.dlq_ranges, tp, offset);
     }
-    if pipe.decoder.len() >= CHUNK_ROWS && pipe.in_flight.is_none() {
+    // Chunks of the next batch may go while a flush is in flight: the writer handles them
+    // in order, and a rewind discards them by batch id.
+    if pipe.decoder.len() >= CHUNK_ROWS {
         let rows = pipe.decoder.finish();
         pipe.batch.chunks_sent = true;
         let _ = pipe.to_writer.blocking_send(ToWriter::Chunk {
