@@ -17,9 +17,16 @@ def rows_by_guid(table: pa.Table):
     return {r["event_guid"]: r for r in table.select(COLUMNS).to_pylist()}
 
 
-def normalize_ts(v):
-    # DuckDB returns tz-aware datetimes in the session zone; compare in UTC.
-    return v.astimezone(timezone.utc)
+def assert_rows(table: pa.Table, good: dict):
+    """Every expected row, identical, and nothing else (timestamps compared in UTC: DuckDB
+    returns tz-aware datetimes in the session zone)."""
+    assert table.num_rows == len(good)
+    got = rows_by_guid(table)
+    assert got.keys() == good.keys()
+    for guid, exp in good.items():
+        row = dict(got[guid])
+        row["event_ts"] = row["event_ts"].astimezone(timezone.utc)
+        assert row == exp, guid
 
 
 def test_load_reads_back_identically_in_pyiceberg_and_duckdb(lake, tmp_path):
@@ -34,31 +41,19 @@ def test_load_reads_back_identically_in_pyiceberg_and_duckdb(lake, tmp_path):
 
     # PyIceberg: exact rows, values and types.
     t = lake.read_pyiceberg("lake.events")
-    assert t.num_rows == len(good)
+    assert_rows(t, good)
     assert t.schema.field("event_ts").type == pa.timestamp("us", tz="UTC") or \
         t.schema.field("event_ts").type == pa.timestamp("us", tz="+00:00")
     assert t.schema.field("value").type == pa.float64()
     assert t.schema.field("session_duration").type == pa.int32()
     assert t.schema.field("is_returning").type == pa.bool_()
-    got = rows_by_guid(t)
-    assert got.keys() == good.keys()
-    for guid, exp in good.items():
-        row = dict(got[guid])
-        row["event_ts"] = normalize_ts(row["event_ts"])
-        assert row == exp, guid
     # Ingestion columns are filled for file loads: partition/offset NULL, _ingested_at set.
     assert t.column("_ingested_at").null_count == 0
 
     # DuckDB iceberg_scan over the same metadata.
     d = lake.read_duckdb("lake.events")
-    assert d.num_rows == len(good)
     assert d.schema.field("event_ts").type.unit == "us"
-    got = rows_by_guid(d)
-    assert got.keys() == good.keys()
-    for guid, exp in good.items():
-        row = dict(got[guid])
-        row["event_ts"] = normalize_ts(row["event_ts"])
-        assert row == exp, guid
+    assert_rows(d, good)
 
     # Dead letters: exactly the rejected lines, each with its reason.
     dl = lake.read_pyiceberg("lake.events_dead_letters").to_pylist()

@@ -95,6 +95,14 @@ async fn ids(lake: &Lake) -> Vec<i64> {
     out
 }
 
+fn request(change: Change) -> CommitRequest {
+    CommitRequest {
+        change,
+        offsets: None,
+        properties: Default::default(),
+    }
+}
+
 fn range(p: i32, first: i64, next: i64) -> OffsetRange {
     OffsetRange {
         topic: "events".into(),
@@ -318,14 +326,10 @@ async fn replace_swaps_files_and_refuses_sources_that_vanished() {
         .committer
         .commit(
             &lake.ident,
-            CommitRequest {
-                change: Change::Replace {
-                    removed: old.clone(),
-                    added: compacted,
-                },
-                offsets: None,
-                properties: Default::default(),
-            },
+            request(Change::Replace {
+                removed: old.clone(),
+                added: compacted,
+            }),
         )
         .await
         .unwrap();
@@ -347,14 +351,10 @@ async fn replace_swaps_files_and_refuses_sources_that_vanished() {
         .committer
         .commit(
             &lake.ident,
-            CommitRequest {
-                change: Change::Replace {
-                    removed: old[..1].to_vec(),
-                    added: again,
-                },
-                offsets: None,
-                properties: Default::default(),
-            },
+            request(Change::Replace {
+                removed: old[..1].to_vec(),
+                added: again,
+            }),
         )
         .await
         .unwrap_err();
@@ -376,14 +376,7 @@ async fn delete_removes_whole_files_and_keeps_the_rest() {
         .unwrap();
     let done = lake
         .committer
-        .commit(
-            &lake.ident,
-            CommitRequest {
-                change: Change::Delete(a),
-                offsets: None,
-                properties: Default::default(),
-            },
-        )
+        .commit(&lake.ident, request(Change::Delete(a)))
         .await
         .unwrap();
     assert_eq!(ids(&lake).await, (5..10).collect::<Vec<_>>());

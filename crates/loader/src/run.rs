@@ -743,6 +743,28 @@ pub fn run(
         .collect())
 }
 
+/// Runs the loader in this process until every partition is read to its end (quickstart,
+/// benchmarks): the blocking loop on a blocking thread, no signal handling, no health checks.
+pub async fn run_to_end(
+    committer: Committer,
+    mut opts: RunOptions,
+) -> Result<Vec<(String, PipelineTotals)>> {
+    opts.until_drained = true;
+    let rt = Handle::current();
+    let health = Arc::new(m::Health::new(Duration::from_secs(3600)));
+    tokio::task::spawn_blocking(move || {
+        run(
+            committer,
+            rt,
+            opts,
+            Arc::new(AtomicBool::new(false)),
+            health,
+        )
+    })
+    .await
+    .map_err(|e| Error::Kafka(format!("loader thread: {e}")))?
+}
+
 /// Assigns every partition of `topics` to this consumer, starting at the committed offsets.
 fn assign_all(
     consumer: &BaseConsumer<Ctx>,

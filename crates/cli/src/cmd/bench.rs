@@ -1,17 +1,14 @@
 //! `floe bench`: in one run on one broker, consume-only throughput versus the full loader
 //! (decode, Parquet, commits) on the same topic, with peak memory of each phase.
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
-use floe_lake::{Catalog, CatalogConfig, Committer};
+use floe_lake::{Catalog, CatalogConfig};
 use floe_loader::config::{FlushConfig, KafkaConfig, PipelineConfig};
 use floe_loader::kafka::DevBroker;
-use floe_loader::metrics::Health;
-use floe_loader::run::{RunOptions, run};
+use floe_loader::run::{RunOptions, run_to_end};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
@@ -124,21 +121,8 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
         static_assignment: true,
     };
     reset_peak_rss();
-    let committer = Committer::new(catalog.clone());
-    let rt = tokio::runtime::Handle::current();
     let started = Instant::now();
-    let health = Arc::new(Health::new(Duration::from_secs(600)));
-    let totals = tokio::task::spawn_blocking(move || {
-        run(
-            committer,
-            rt,
-            opts,
-            Arc::new(AtomicBool::new(false)),
-            health,
-        )
-    })
-    .await
-    .context("loader thread")??;
+    let totals = run_to_end(floe_lake::Committer::new(catalog.clone()), opts).await?;
     let load_secs = started.elapsed().as_secs_f64();
     let load_rss = peak_rss();
     let loaded: u64 = totals

@@ -2,16 +2,13 @@
 //! in-process Kafka-compatible broker, the tables, seed events with malformed ones mixed in,
 //! the loader until the topic is drained, and a report.
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use floe_loader::config::{FlushConfig, KafkaConfig, PipelineConfig};
 use floe_loader::kafka::DevBroker;
-use floe_loader::metrics::Health;
-use floe_loader::run::{RunOptions, run};
+use floe_loader::run::{RunOptions, run_to_end};
 
 use super::generate::{GenArgs, print_counts, produce_to_kafka};
 use crate::config::FloeConfig;
@@ -68,21 +65,8 @@ pub async fn run_quickstart(cfg: &FloeConfig, mut args: QuickstartArgs) -> Resul
         until_drained: true,
         static_assignment: true,
     };
-    let committer = floe_lake::Committer::new(catalog.clone());
-    let rt = tokio::runtime::Handle::current();
     let load_started = std::time::Instant::now();
-    let health = Arc::new(Health::new(Duration::from_secs(60)));
-    let totals = tokio::task::spawn_blocking(move || {
-        run(
-            committer,
-            rt,
-            opts,
-            Arc::new(AtomicBool::new(false)),
-            health,
-        )
-    })
-    .await
-    .context("loader thread")??;
+    let totals = run_to_end(floe_lake::Committer::new(catalog.clone()), opts).await?;
     for (table, t) in &totals {
         println!(
             "loaded {} messages into {table} in {:.1}s: {} rows, {} dead letters ({} commits)",
