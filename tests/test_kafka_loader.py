@@ -32,6 +32,14 @@ def produce(lake, brokers, n, seed, malformed=0.0, duplicates=0.0, topic="events
              "--malformed", malformed, "--duplicates", duplicates, "--start-ms", START_MS)
 
 
+def prepared(lake, brokers, tmp_path, n, seed, malformed=0.0):
+    """Tables created and `n` generated messages produced; returns the exact messages sent."""
+    payloads = generated(lake, tmp_path, n, seed=seed, malformed=malformed)
+    lake.run("table", "create", "--all")
+    produce(lake, brokers, n, seed=seed, malformed=malformed)
+    return payloads
+
+
 def split(payloads):
     good = [expected_row(p) for p in payloads]
     return [g for g in good if g], [p for p, g in zip(payloads, good) if g is None]
@@ -67,9 +75,7 @@ def run_args(brokers, *extra):
 
 def test_events_load_exactly_once_with_dead_letters_in_table_and_topic(sqlite_lake, dev_broker, tmp_path):
     lake = sqlite_lake
-    payloads = generated(lake, tmp_path, 20_000, seed=11, malformed=0.03)
-    lake.run("table", "create", "--all")
-    produce(lake, dev_broker, 20_000, seed=11, malformed=0.03)
+    payloads = prepared(lake, dev_broker, tmp_path, 20_000, seed=11, malformed=0.03)
     out = lake.run(*run_args(dev_broker, "--flush-interval", "1s", "--until-drained"), timeout=120).stdout
     assert "20000 messages" in out, out
     good, bad = assert_exactly(lake, payloads)
@@ -104,9 +110,7 @@ def test_events_load_exactly_once_with_dead_letters_in_table_and_topic(sqlite_la
                                        "after-table-commit@2", "before-kafka-commit@2"])
 def test_a_crash_at_any_point_then_restart_loses_and_duplicates_nothing(sqlite_lake, dev_broker, tmp_path, failpoint):
     lake = sqlite_lake
-    payloads = generated(lake, tmp_path, 15_000, seed=21, malformed=0.02)
-    lake.run("table", "create", "--all")
-    produce(lake, dev_broker, 15_000, seed=21, malformed=0.02)
+    payloads = prepared(lake, dev_broker, tmp_path, 15_000, seed=21, malformed=0.02)
     args = run_args(dev_broker, "--max-rows", "1500", "--flush-interval", "500ms", "--until-drained")
     crashed = lake.popen(*args, env={"FLOE_FAILPOINTS": failpoint})
     _, err = crashed.communicate(timeout=120)
@@ -117,9 +121,7 @@ def test_a_crash_at_any_point_then_restart_loses_and_duplicates_nothing(sqlite_l
 
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(sqlite_lake, dev_broker, tmp_path):
     lake = sqlite_lake
-    payloads = generated(lake, tmp_path, 30_000, seed=31, malformed=0.01)
-    lake.run("table", "create", "--all")
-    produce(lake, dev_broker, 30_000, seed=31, malformed=0.01)
+    payloads = prepared(lake, dev_broker, tmp_path, 30_000, seed=31, malformed=0.01)
     args = run_args(dev_broker, "--max-rows", "700", "--flush-interval", "200ms")
     rng = random.Random(5)
     for _ in range(4):
@@ -133,9 +135,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(sqlite_lake, dev
 
 def test_loaders_in_one_group_share_partitions_and_survive_one_leaving(sqlite_lake, dev_broker, tmp_path):
     lake = sqlite_lake
-    payloads = generated(lake, tmp_path, 40_000, seed=41, malformed=0.01)
-    lake.run("table", "create", "--all")
-    produce(lake, dev_broker, 40_000, seed=41, malformed=0.01)
+    payloads = prepared(lake, dev_broker, tmp_path, 40_000, seed=41, malformed=0.01)
     args = run_args(dev_broker, "--max-rows", "2000", "--flush-interval", "300ms")
     procs = [lake.popen(*args) for _ in range(3)]
     time.sleep(6)
@@ -163,9 +163,7 @@ def test_loaders_in_one_group_share_partitions_and_survive_one_leaving(sqlite_la
 
 def test_sigterm_commits_what_was_consumed_and_exits_zero(sqlite_lake, dev_broker, tmp_path):
     lake = sqlite_lake
-    payloads = generated(lake, tmp_path, 5_000, seed=51)
-    lake.run("table", "create", "--all")
-    produce(lake, dev_broker, 5_000, seed=51)
+    payloads = prepared(lake, dev_broker, tmp_path, 5_000, seed=51)
     port = free_port()
     p = lake.popen(*run_args(dev_broker, "--flush-interval", "1h"),
                    env={"FLOE__METRICS__LISTEN": f"127.0.0.1:{port}"})

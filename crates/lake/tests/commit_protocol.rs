@@ -95,6 +95,17 @@ async fn ids(lake: &Lake) -> Vec<i64> {
     out
 }
 
+/// Commits `files` as an append covering `range(p, first, next)` for group `g`.
+async fn append_with_offsets(lake: &Lake, files: Vec<DataFile>, range: OffsetRange) {
+    lake.committer
+        .commit(
+            &lake.ident,
+            CommitRequest::append(files).with_offsets("g", vec![range]),
+        )
+        .await
+        .unwrap();
+}
+
 fn request(change: Change) -> CommitRequest {
     CommitRequest {
         change,
@@ -221,13 +232,7 @@ async fn concurrent_appends_land_exactly_once_with_merged_offsets() {
 async fn overlapping_offsets_are_refused_and_their_files_deleted() {
     let lake = lake().await;
     let f = files(&lake, 0, 0..5).await;
-    lake.committer
-        .commit(
-            &lake.ident,
-            CommitRequest::append(f).with_offsets("g", vec![range(0, 0, 5)]),
-        )
-        .await
-        .unwrap();
+    append_with_offsets(&lake, f, range(0, 0, 5)).await;
     // A writer that lost the partition replays offsets 3..8: refused, files gone.
     let stale = files(&lake, 0, 3..8).await;
     let paths: Vec<String> = stale.iter().map(|f| f.file_path().to_string()).collect();
@@ -266,13 +271,7 @@ async fn overlapping_offsets_are_refused_and_their_files_deleted() {
         .await
         .unwrap();
     let f = files(&lake, 0, 200..201).await;
-    lake.committer
-        .commit(
-            &lake.ident,
-            CommitRequest::append(f).with_offsets("g", vec![range(0, 9, 10)]),
-        )
-        .await
-        .unwrap();
+    append_with_offsets(&lake, f, range(0, 9, 10)).await;
     assert_eq!(ids(&lake).await, vec![0, 1, 2, 3, 4, 100, 200]);
     assert_no_orphans(&lake).await;
 }
@@ -281,13 +280,7 @@ async fn overlapping_offsets_are_refused_and_their_files_deleted() {
 async fn offsets_are_found_past_snapshots_that_carry_none() {
     let lake = lake().await;
     let f = files(&lake, 1, 0..3).await;
-    lake.committer
-        .commit(
-            &lake.ident,
-            CommitRequest::append(f).with_offsets("g", vec![range(1, 0, 3)]),
-        )
-        .await
-        .unwrap();
+    append_with_offsets(&lake, f, range(1, 0, 3)).await;
     for i in 0..3 {
         let f = files(&lake, 2, 10 + i..11 + i).await;
         lake.committer
