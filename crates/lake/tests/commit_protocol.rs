@@ -305,13 +305,7 @@ async fn replace_swaps_files_and_refuses_sources_that_vanished() {
     for i in 0..3 {
         let f = files(&lake, 0, i * 10..i * 10 + 10).await;
         old.extend(f.clone());
-        lake.committer
-            .commit(
-                &lake.ident,
-                CommitRequest::append(f).with_offsets("g", vec![range(0, i * 10, i * 10 + 10)]),
-            )
-            .await
-            .unwrap();
+        append_with_offsets(&lake, f, range(0, i * 10, i * 10 + 10)).await;
     }
     let before = ids(&lake).await;
     let compacted = files(&lake, 0, 0..30).await;

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use arrow_array::RecordBatch;
 use floe_lake::commit::{CommitRequest, OffsetsUpdate};
 use floe_lake::{Committer, DataWriter, OffsetRange, committed_offsets, parse_table_ident};
-use floe_schema::dead_letter::{DeadLetter, dead_letter_batch};
+use floe_schema::dead_letter::DeadLetter;
 use floe_schema::{DecodeError, Decoder, DecoderOptions, RecordMeta, TableDefinition};
 use iceberg::TableIdent;
 use iceberg::spec::TableMetadata;
@@ -1176,26 +1176,22 @@ impl Writer {
             self.produce_dead_letters(&job.dead)
                 .await
                 .map_err(FlushFailure::Failed)?;
-            let catalog = self.committer.catalog();
-            let (_, meta) = catalog.load_metadata(dlq).await.map_err(failed)?;
-            let schema = Arc::new(
-                iceberg::arrow::schema_to_arrow_schema(meta.current_schema())
-                    .map_err(|e| FlushFailure::Failed(e.to_string()))?,
-            );
-            let batch = dead_letter_batch(&schema, &job.dead)
-                .map_err(|e| FlushFailure::Failed(e.to_string()))?;
-            let mut w = DataWriter::new(catalog.file_io(), &meta).map_err(failed)?;
-            if let Err(e) = w.write(&batch).await {
-                w.abort().await;
-                return Err(failed(e));
-            }
-            let files = w.close().await.map_err(failed)?;
-            let mut req = CommitRequest::append(files);
-            req.offsets = Some(OffsetsUpdate {
+            let (_, meta) = self
+                .committer
+                .catalog()
+                .load_metadata(dlq)
+                .await
+                .map_err(failed)?;
+            let offsets = OffsetsUpdate {
                 group: self.group.clone(),
                 ranges: job.dlq_ranges.clone(),
-            });
-            self.committer.commit(dlq, req).await.map_err(failed)?;
+            };
+            crate::sink::commit_dead_letters(&self.committer, dlq, &meta, &job.dead, Some(offsets))
+                .await
+                .map_err(|e| match e {
+                    Error::Lake(e) => failed(e),
+                    e => FlushFailure::Failed(e.to_string()),
+                })?;
             dead_letters = job.dead.len() as u64;
         }
         tracing::debug!(table = %self.name, rows, dead_letters, files = n_files, "batch committed");

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use floe_lake::commit::{CommitRequest, OffsetsUpdate};
-use floe_lake::{Committer, DataWriter, parse_table_ident};
+use floe_lake::{Committed, Committer, DataWriter, parse_table_ident};
 use floe_schema::dead_letter::{DeadLetter, dead_letter_batch};
 use floe_schema::{DecodeError, Decoder, DecoderOptions, RecordMeta, TableDefinition};
 use iceberg::TableIdent;
@@ -277,20 +277,14 @@ impl TableSink {
         if let Some(dead) = &mut self.dead
             && (!self.pending_dead.is_empty() || offsets.is_some())
         {
-            let schema = std::sync::Arc::new(
-                iceberg::arrow::schema_to_arrow_schema(dead.metadata.current_schema())
-                    .map_err(floe_lake::Error::from)?,
-            );
-            let batch = dead_letter_batch(&schema, &self.pending_dead)?;
-            let mut writer = DataWriter::new(self.committer.catalog().file_io(), &dead.metadata)?;
-            if let Err(e) = writer.write(&batch).await {
-                writer.abort().await;
-                return Err(e.into());
-            }
-            let files = writer.close().await?;
-            let mut req = CommitRequest::append(files);
-            req.offsets = offsets;
-            let done = self.committer.commit(&dead.ident, req).await?;
+            let done = commit_dead_letters(
+                &self.committer,
+                &dead.ident,
+                &dead.metadata,
+                &self.pending_dead,
+                offsets,
+            )
+            .await?;
             report.dead_letters = self.pending_dead.len() as u64;
             report.dead_letter_snapshot_id = Some(done.snapshot_id);
             report.conflicts += done.attempts - 1;
@@ -335,6 +329,30 @@ impl TableSink {
         self.refreshed_at = Instant::now();
         Ok(())
     }
+}
+
+/// Writes `dead` letters as a data file of the dead-letter table (schema of `metadata`) and
+/// commits them with `offsets`; the file is deleted if the commit definitely fails.
+pub(crate) async fn commit_dead_letters(
+    committer: &Committer,
+    table: &TableIdent,
+    metadata: &TableMetadata,
+    dead: &[DeadLetter],
+    offsets: Option<OffsetsUpdate>,
+) -> Result<Committed> {
+    let schema = std::sync::Arc::new(
+        iceberg::arrow::schema_to_arrow_schema(metadata.current_schema())
+            .map_err(floe_lake::Error::from)?,
+    );
+    let batch = dead_letter_batch(&schema, dead)?;
+    let mut writer = DataWriter::new(committer.catalog().file_io(), metadata)?;
+    if let Err(e) = writer.write(&batch).await {
+        writer.abort().await;
+        return Err(e.into());
+    }
+    let mut req = CommitRequest::append(writer.close().await?);
+    req.offsets = offsets;
+    Ok(committer.commit(table, req).await?)
 }
 
 fn describe_source(meta: &RecordMeta<'_>) -> String {
