@@ -56,6 +56,9 @@ enum Command {
     Load(cmd::load::LoadArgs),
     /// Run SQL (DataFusion) over every table of the catalog.
     Query(cmd::query::QueryArgs),
+    /// Dead letters: replay them after a fix.
+    #[command(subcommand)]
+    Dlq(cmd::dlq::DlqCommand),
 }
 
 fn overrides(cli: &Cli) -> Figment {
@@ -111,6 +114,7 @@ async fn run(cli: Cli) -> Result<()> {
         Some(Command::Table(c)) => cmd::table::run(&cfg, c).await,
         Some(Command::Load(a)) => cmd::load::run(&cfg, a).await,
         Some(Command::Query(a)) => cmd::query::run(&cfg, a).await,
+        Some(Command::Dlq(c)) => cmd::dlq::run(&cfg, c).await,
     }
 }
 

@@ -32,6 +32,7 @@ use iceberg::{MetadataLocation, TableIdent};
 use rand::Rng;
 
 use crate::catalog::Catalog;
+use crate::marks::{PositionSet, applied_key, applied_positions};
 use crate::offsets::{OffsetRange, committed_offsets, merge_offsets, offsets_key};
 use crate::writer::delete_files;
 use crate::{Error, Result};
@@ -104,8 +105,19 @@ pub struct CommitRequest {
     pub change: Change,
     /// Offsets to record (and to check against what is committed).
     pub offsets: Option<OffsetsUpdate>,
+    /// Source positions to record as applied (and to check against what is applied).
+    pub applied: Option<AppliedUpdate>,
     /// Extra snapshot summary properties.
     pub properties: HashMap<String, String>,
+}
+
+/// Positions a commit applies (see [`crate::marks`]).
+#[derive(Debug, Clone)]
+pub struct AppliedUpdate {
+    /// Names the summary key (`floe.applied.<name>`).
+    pub name: String,
+    /// The positions.
+    pub positions: PositionSet,
 }
 
 impl CommitRequest {
@@ -114,6 +126,7 @@ impl CommitRequest {
         Self {
             change: Change::Append(files),
             offsets: None,
+            applied: None,
             properties: HashMap::new(),
         }
     }
@@ -123,6 +136,17 @@ impl CommitRequest {
         self.offsets = Some(OffsetsUpdate {
             group: group.into(),
             ranges,
+        });
+        self
+    }
+}
+
+impl CommitRequest {
+    /// Records `positions` as applied under `name`.
+    pub fn with_applied(mut self, name: impl Into<String>, positions: PositionSet) -> Self {
+        self.applied = Some(AppliedUpdate {
+            name: name.into(),
+            positions,
         });
         self
     }
@@ -365,6 +389,21 @@ async fn stage(
         summary_props.insert(
             offsets_key(&update.group),
             serde_json::to_string(&merged).expect("offsets serialize"),
+        );
+    }
+    if let Some(update) = &req.applied {
+        let mut applied = applied_positions(base, &update.name)?;
+        if let Some((source, partition, offset)) = applied.first_overlap(&update.positions) {
+            return Err(Error::AlreadyApplied {
+                table: table_name,
+                name: update.name.clone(),
+                example: format!("{source}[{partition}]@{offset}"),
+            });
+        }
+        applied.extend(&update.positions);
+        summary_props.insert(
+            applied_key(&update.name),
+            serde_json::to_string(&applied).expect("positions serialize"),
         );
     }
 

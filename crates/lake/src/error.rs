@@ -47,6 +47,17 @@ pub enum Error {
         /// First offset of the rejected batch.
         batch_first: i64,
     },
+    /// Positions the commit applies were already applied by another commit (e.g. two replays
+    /// of the same dead letters raced).
+    #[error("{table}: {example} was already applied under floe.applied.{name} by another commit")]
+    AlreadyApplied {
+        /// Table name.
+        table: String,
+        /// The marks' name.
+        name: String,
+        /// One position applied twice.
+        example: String,
+    },
     /// Files a replace or delete wanted to remove are no longer live in the table.
     #[error("{table}: {count} file(s) to be replaced are no longer in the table (e.g. {example})")]
     FilesGone {

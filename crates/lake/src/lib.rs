@@ -8,12 +8,15 @@ pub mod commit;
 pub mod config;
 mod error;
 pub mod fail;
+pub mod marks;
 pub mod offsets;
+pub mod scan;
 pub mod writer;
 
 pub use catalog::{Catalog, parse_table_ident};
 pub use commit::{Change, CommitRequest, Committed, Committer, RetryPolicy};
 pub use config::CatalogConfig;
 pub use error::{Error, Result};
+pub use marks::{PositionSet, applied_positions};
 pub use offsets::{OffsetRange, Offsets, committed_offsets};
 pub use writer::DataWriter;

@@ -40,16 +40,24 @@ pub struct OffsetRange {
 /// snapshot's ancestry that carries them (empty if none does).
 pub fn committed_offsets(metadata: &TableMetadata, group: &str) -> Result<Offsets> {
     let key = offsets_key(group);
-    let mut snapshot = metadata.current_snapshot().cloned();
+    match newest_summary_value(metadata, &key) {
+        None => Ok(Offsets::new()),
+        Some((snapshot_id, json)) => serde_json::from_str(json).map_err(|e| {
+            Error::Config(format!(
+                "snapshot {snapshot_id} of the table has an unreadable {key}: {e}"
+            ))
+        }),
+    }
+}
+
+/// The value of summary property `key` in the newest snapshot of the current snapshot's
+/// ancestry that carries it, with that snapshot's id.
+pub fn newest_summary_value<'a>(metadata: &'a TableMetadata, key: &str) -> Option<(i64, &'a str)> {
+    let mut snapshot = metadata.current_snapshot();
     let mut steps = 0usize;
     while let Some(s) = snapshot {
-        if let Some(json) = s.summary().additional_properties.get(&key) {
-            return serde_json::from_str(json).map_err(|e| {
-                Error::Config(format!(
-                    "snapshot {} of the table has an unreadable {key}: {e}",
-                    s.snapshot_id()
-                ))
-            });
+        if let Some(v) = s.summary().additional_properties.get(key) {
+            return Some((s.snapshot_id(), v.as_str()));
         }
         steps += 1;
         if steps > metadata.snapshots().len() {
@@ -57,9 +65,9 @@ pub fn committed_offsets(metadata: &TableMetadata, group: &str) -> Result<Offset
         }
         snapshot = s
             .parent_snapshot_id()
-            .and_then(|id| metadata.snapshot_by_id(id).cloned());
+            .and_then(|id| metadata.snapshot_by_id(id));
     }
-    Ok(Offsets::new())
+    None
 }
 
 /// Merges `ranges` into `committed`, refusing a range that overlaps what is committed (a

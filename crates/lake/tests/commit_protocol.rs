@@ -108,6 +108,7 @@ async fn append_with_offsets(lake: &Lake, files: Vec<DataFile>, range: OffsetRan
 
 fn request(change: Change) -> CommitRequest {
     CommitRequest {
+        applied: None,
         change,
         offsets: None,
         properties: Default::default(),

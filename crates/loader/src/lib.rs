@@ -9,6 +9,7 @@ pub mod generate;
 pub mod kafka;
 pub mod metrics;
 pub mod produce;
+pub mod replay;
 pub mod run;
 pub mod sink;
 

@@ -1,57 +1,18 @@
 //! A column added to the table by another tool is decoded from the next batch on, without
 //! restarting the sink.
 
-use std::str::FromStr;
-use std::sync::Arc;
+mod common;
 
+use common::add_column;
 use floe_lake::{Catalog, CatalogConfig, Committer, parse_table_ident};
 use floe_loader::{SinkOptions, TableSink};
 use floe_schema::{RecordMeta, TableDefinition};
 use futures::TryStreamExt;
-use iceberg::MetadataLocation;
-use iceberg::spec::{NestedField, PrimitiveType, Schema, Type};
 
 const DEF: &str = r#"{
   "schema": {"type": "struct", "schema-id": 0, "fields": [
     {"id": 1, "name": "id", "required": true, "type": "long"}]}
 }"#;
-
-/// Adds an optional double column the way any Iceberg tool would: new metadata with a new
-/// current schema, swapped in the catalog.
-async fn add_column(catalog: &Catalog, table: &str, name: &str) {
-    let ident = parse_table_ident(table).unwrap();
-    let (location, meta) = catalog.load_metadata(&ident).await.unwrap();
-    let mut fields: Vec<_> = meta.current_schema().as_struct().fields().to_vec();
-    fields.push(Arc::new(NestedField::optional(
-        meta.last_column_id() + 1,
-        name,
-        Type::Primitive(PrimitiveType::Double),
-    )));
-    let schema = Schema::builder()
-        .with_schema_id(meta.current_schema_id() + 1)
-        .with_fields(fields)
-        .build()
-        .unwrap();
-    let new = meta
-        .into_builder(Some(location.clone()))
-        .add_current_schema(schema)
-        .unwrap()
-        .build()
-        .unwrap()
-        .metadata;
-    let new_location = MetadataLocation::from_str(&location)
-        .unwrap()
-        .with_next_version();
-    new.write_to(catalog.file_io(), &new_location)
-        .await
-        .unwrap();
-    assert!(
-        catalog
-            .swap_metadata_location(&ident, &location, &new_location.to_string())
-            .await
-            .unwrap()
-    );
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_column_added_in_the_catalog_is_filled_from_the_next_batch() {

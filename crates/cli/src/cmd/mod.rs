@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod dev_broker;
+pub mod dlq;
 pub mod generate;
 pub mod load;
 pub mod query;

@@ -24,6 +24,9 @@ pub enum TableCommand {
 
 #[derive(Args)]
 pub struct CreateArgs {
+    /// Tables to create (namespace.table), each defined in the schemas directory (or built in).
+    #[arg(value_name = "NAME", conflicts_with = "all")]
+    names: Vec<String>,
     /// Create every table defined in the schemas directory.
     #[arg(long, conflicts_with = "schema")]
     all: bool,
@@ -70,36 +73,57 @@ async fn create(cfg: &FloeConfig, catalog: &Catalog, args: CreateArgs) -> Result
     if args.all {
         return create_definitions(cfg, catalog).await;
     }
-    if args.schema.is_empty() {
+    if args.schema.is_empty() && args.names.is_empty() {
         bail!(
-            "name definition files with --schema FILE, or use --all for every file in {}",
+            "name tables (floe table create lake.events), definition files with --schema FILE, \
+             or use --all for every file in {}",
             cfg.schemas_dir
         )
     }
-    let defs = args
+    let mut defs = args
         .schema
         .iter()
         .map(|f| TableDefinition::from_file(f))
         .collect::<Result<Vec<_>, _>>()?;
+    if !args.names.is_empty() {
+        let known = known_definitions(cfg)?;
+        for name in &args.names {
+            let def = known.iter().find(|d| d.full_name() == *name).with_context(|| {
+                format!(
+                    "no definition of {name} in {} (known: {}); write {}/{name}.json or pass --schema FILE",
+                    cfg.schemas_dir,
+                    known.iter().map(|d| d.full_name()).collect::<Vec<_>>().join(", "),
+                    cfg.schemas_dir
+                )
+            })?;
+            defs.push(def.clone());
+        }
+    }
     create_all(catalog, &defs).await
+}
+
+/// The definitions of the schemas directory, or the built-in ones when there is none.
+fn known_definitions(cfg: &FloeConfig) -> Result<Vec<TableDefinition>> {
+    if std::path::Path::new(&cfg.schemas_dir).is_dir() {
+        Ok(definition_files(&cfg.schemas_dir)?
+            .iter()
+            .map(|f| TableDefinition::from_file(f))
+            .collect::<Result<Vec<_>, _>>()?)
+    } else {
+        Ok(TableDefinition::builtin()?)
+    }
 }
 
 /// Creates every table of the schemas directory, or the built-in definitions when there is no
 /// such directory.
 pub async fn create_definitions(cfg: &FloeConfig, catalog: &Catalog) -> Result<()> {
-    let defs = if std::path::Path::new(&cfg.schemas_dir).is_dir() {
-        let files = definition_files(&cfg.schemas_dir)?;
-        if files.is_empty() {
-            bail!("no table definitions (*.json) in {}", cfg.schemas_dir);
-        }
-        files
-            .iter()
-            .map(|f| TableDefinition::from_file(f))
-            .collect::<Result<Vec<_>, _>>()?
-    } else {
+    if !std::path::Path::new(&cfg.schemas_dir).is_dir() {
         tracing::info!(dir = %cfg.schemas_dir, "no schemas directory; using the built-in table definitions");
-        TableDefinition::builtin()?
-    };
+    }
+    let defs = known_definitions(cfg)?;
+    if defs.is_empty() {
+        bail!("no table definitions (*.json) in {}", cfg.schemas_dir);
+    }
     create_all(catalog, &defs).await
 }
 

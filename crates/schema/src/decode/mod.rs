@@ -52,6 +52,9 @@ pub enum DecodeErrorKind {
     DuplicateKey,
     /// Nesting deeper than the decoder accepts.
     TooDeep,
+    /// A key matches no column and the table rejects unknown fields
+    /// (`floe.unknown-fields = reject`).
+    UnknownField,
 }
 
 impl DecodeErrorKind {
@@ -68,11 +71,12 @@ impl DecodeErrorKind {
             Self::InvalidValue => "invalid_value",
             Self::DuplicateKey => "duplicate_key",
             Self::TooDeep => "too_deep",
+            Self::UnknownField => "unknown_field",
         }
     }
 
     /// Every kind, for metrics and reports.
-    pub const ALL: [DecodeErrorKind; 10] = [
+    pub const ALL: [DecodeErrorKind; 11] = [
         Self::EmptyPayload,
         Self::InvalidUtf8,
         Self::MalformedJson,
@@ -83,6 +87,7 @@ impl DecodeErrorKind {
         Self::InvalidValue,
         Self::DuplicateKey,
         Self::TooDeep,
+        Self::UnknownField,
     ];
 }
 
@@ -180,13 +185,23 @@ pub struct RecordMeta<'a> {
 pub struct DecoderOptions {
     /// JSON key → column name aliases (`floe.alias.*` table properties).
     pub aliases: HashMap<String, String>,
+    /// Reject a message with a key that matches no column, instead of ignoring the key
+    /// (table property `floe.unknown-fields = reject`; default `ignore`). Rejected messages
+    /// can be replayed once the column is added.
+    pub reject_unknown_fields: bool,
 }
+
+/// Table property choosing what happens to JSON keys that match no column.
+pub const UNKNOWN_FIELDS_PROPERTY: &str = "floe.unknown-fields";
 
 impl DecoderOptions {
     /// Options read from table properties.
     pub fn from_table_properties(props: &HashMap<String, String>) -> Self {
         Self {
             aliases: aliases_from_properties(props),
+            reject_unknown_fields: props
+                .get(UNKNOWN_FIELDS_PROPERTY)
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("reject")),
         }
     }
 }
@@ -205,6 +220,7 @@ struct Ctx {
     stamp: u64,
     scratch: String,
     unknown_fields: u64,
+    reject_unknown: bool,
 }
 
 impl Decoder {
@@ -242,6 +258,7 @@ impl Decoder {
                 stamp: 0,
                 scratch: String::new(),
                 unknown_fields: 0,
+                reject_unknown: options.reject_unknown_fields,
             },
         })
     }
@@ -432,6 +449,13 @@ fn decode_object(
             let key = cur.key(&mut ctx.scratch)?;
             match cols.resolver.resolve(&key, pos) {
                 None => {
+                    if ctx.reject_unknown {
+                        return Err(DecodeError::new(
+                            DecodeErrorKind::UnknownField,
+                            "no column matches this key (the table rejects unknown fields)",
+                        )
+                        .in_field(&key));
+                    }
                     drop(key);
                     ctx.unknown_fields += 1;
                     cur.skip_value(depth + 1)?;

@@ -40,6 +40,7 @@ fn schema() -> Schema {
 fn decoder() -> Decoder {
     let opts = DecoderOptions {
         aliases: HashMap::from([("when".to_string(), "tstz".to_string())]),
+        ..Default::default()
     };
     Decoder::new(&schema(), &opts).unwrap()
 }
@@ -414,6 +415,20 @@ fn unknown_fields_are_counted() {
     d.decode(br#"{"id":2,"x":1}"#, &META).unwrap();
     assert_eq!(d.take_unknown_fields(), 3);
     assert_eq!(d.take_unknown_fields(), 0);
+}
+
+#[test]
+fn unknown_fields_are_rejected_when_the_table_says_so() {
+    let props = HashMap::from([("floe.unknown-fields".to_string(), "Reject".to_string())]);
+    let opts = DecoderOptions::from_table_properties(&props);
+    assert!(opts.reject_unknown_fields);
+    let mut d = Decoder::new(&schema(), &opts).unwrap();
+    d.decode(br#"{"id":1}"#, &META).unwrap();
+    let err = d.decode(br#"{"id":2,"x":1}"#, &META).unwrap_err();
+    assert_eq!(err.kind, DecodeErrorKind::UnknownField);
+    assert_eq!(err.field, "x");
+    assert_eq!(d.len(), 1, "the rejected row left nothing behind");
+    assert!(!DecoderOptions::from_table_properties(&HashMap::new()).reject_unknown_fields);
 }
 
 #[test]

@@ -1,0 +1,445 @@
+//! `floe dlq replay`: re-feed dead letters to their table after a fix (a column added, an
+//! alias set), exactly once.
+//!
+//! 1. The dead letters of the table (optionally filtered by a SQL `WHERE` over the dead-letter
+//!    table's columns) are decoded again against the table's *current* schema.
+//! 2. Those that now decode are appended to the table in one commit that also records their
+//!    source positions (topic, partition, offset) as applied under
+//!    `floe.applied.<dead-letter table>` ([`floe_lake::marks`]). The commit is refused if any
+//!    of them was applied before, so two replays racing cannot both land a message.
+//! 3. The replayed rows are then removed from the dead-letter table (its files holding them are
+//!    rewritten without them). If floe dies between 2 and 3, the next replay finds the rows
+//!    already applied, does not load them again, and finishes the clean-up.
+//!
+//! Messages that still fail stay in the dead-letter table, untouched.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int32Type, Int64Type, TimestampMicrosecondType};
+use arrow_array::{Array, BooleanArray, RecordBatch};
+use datafusion::prelude::SessionContext;
+use floe_lake::commit::{Change, CommitRequest};
+use floe_lake::scan::{FileReader, live_data_files};
+use floe_lake::{Committer, DataWriter, PositionSet, applied_positions, parse_table_ident};
+use floe_schema::{Decoder, DecoderOptions, RecordMeta};
+use futures::TryStreamExt;
+use iceberg_datafusion::IcebergStaticTableProvider;
+
+use crate::{Error, Result};
+
+/// What to replay.
+#[derive(Debug, Clone)]
+pub struct ReplayOptions {
+    /// The table the dead letters were meant for (`lake.events`).
+    pub table: String,
+    /// The dead-letter table (default `<table>_dead_letters`).
+    pub dead_letter_table: String,
+    /// A SQL boolean expression over the dead-letter table's columns (`error_kind =
+    /// 'unknown_field'`); all of the table's dead letters when `None`.
+    pub filter: Option<String>,
+    /// Decode and count, change nothing.
+    pub dry_run: bool,
+}
+
+impl ReplayOptions {
+    /// Replays every dead letter of `table` from `<table>_dead_letters`.
+    pub fn new(table: impl Into<String>) -> Self {
+        let table = table.into();
+        Self {
+            dead_letter_table: format!("{table}_dead_letters"),
+            table,
+            filter: None,
+            dry_run: false,
+        }
+    }
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReplayReport {
+    /// Dead letters of the table that matched the filter.
+    pub selected: u64,
+    /// Of those, rows now appended to the table.
+    pub replayed: u64,
+    /// Of those, messages that still fail, by error kind (they stay dead letters).
+    pub still_failing: BTreeMap<String, u64>,
+    /// Of those, messages an earlier replay already loaded (only cleaned up now).
+    pub already_replayed: u64,
+    /// Of those, dead letters without a source offset, which cannot be tracked and are left.
+    pub untracked: u64,
+    /// Rows removed from the dead-letter table.
+    pub removed_dead_letters: u64,
+    /// The table's new snapshot.
+    pub snapshot_id: Option<i64>,
+    /// The dead-letter table's new snapshot.
+    pub dead_letter_snapshot_id: Option<i64>,
+    /// Nothing was changed.
+    pub dry_run: bool,
+}
+
+const ENCODE_ROWS: usize = 65_536;
+
+/// Replays dead letters as described in the module docs.
+pub async fn replay(committer: &Committer, opts: &ReplayOptions) -> Result<ReplayReport> {
+    let catalog = committer.catalog();
+    let ident = parse_table_ident(&opts.table)?;
+    let dl_ident = parse_table_ident(&opts.dead_letter_table)?;
+    let (_, metadata) = catalog.load_metadata(&ident).await?;
+    let dl_table = catalog.load_table(&dl_ident).await?;
+    let applied = applied_positions(&metadata, &opts.dead_letter_table)?;
+    let mut report = ReplayReport {
+        dry_run: opts.dry_run,
+        ..Default::default()
+    };
+
+    let ctx = SessionContext::new();
+    let provider = IcebergStaticTableProvider::try_new_from_table(dl_table.clone())
+        .await
+        .map_err(|e| Error::Config(format!("opening {}: {e}", opts.dead_letter_table)))?;
+    ctx.register_table("dead_letters", Arc::new(provider))
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let filter = opts
+        .filter
+        .as_deref()
+        .map(|f| format!(" AND ({f})"))
+        .unwrap_or_default();
+    let sql = format!(
+        "SELECT source_topic, source_partition, source_offset, source_key, source_timestamp, payload, \
+         target_table FROM dead_letters WHERE target_table = '{}'{filter}",
+        opts.table.replace('\'', "''")
+    );
+    let bad_filter = |e: datafusion::error::DataFusionError| match &opts.filter {
+        Some(f) => Error::Config(format!(
+            "--where {f:?} over {} (columns source_topic, source_partition, source_offset, \
+             source_key, source_timestamp, payload, target_table, error_kind, error_field, \
+             error_message, failed_at): {e}",
+            opts.dead_letter_table
+        )),
+        None => Error::Config(format!("reading {}: {e}", opts.dead_letter_table)),
+    };
+    let mut stream = ctx
+        .sql(&sql)
+        .await
+        .map_err(bad_filter)?
+        .execute_stream()
+        .await
+        .map_err(bad_filter)?;
+
+    let mut decoder = Decoder::new(
+        metadata.current_schema(),
+        &DecoderOptions::from_table_properties(metadata.properties()),
+    )?;
+    let mut writer = (!opts.dry_run)
+        .then(|| DataWriter::new(catalog.file_io(), &metadata))
+        .transpose()?;
+    let mut positions = PositionSet::new();
+    let ingested_at_us = chrono::Utc::now().timestamp_micros();
+    let outcome: Result<()> = async {
+        while let Some(batch) = stream
+            .try_next()
+            .await
+            .map_err(|e| Error::Config(format!("reading {}: {e}", opts.dead_letter_table)))?
+        {
+            let batch = normalize(&batch)?;
+            let rows = DeadLetterRows::new(&batch)?;
+            let targets = column(&batch, "target_table")?.as_string::<i32>();
+            for i in 0..batch.num_rows() {
+                if targets.value(i) != opts.table {
+                    continue; // a filter that escaped its parentheses
+                }
+                report.selected += 1;
+                let (source, partition, offset) = rows.position(i);
+                let Some(offset) = offset else {
+                    report.untracked += 1;
+                    continue;
+                };
+                let slot = partition.unwrap_or(-1);
+                if applied.contains(source, slot, offset) {
+                    report.already_replayed += 1;
+                    continue;
+                }
+                if positions.contains(source, slot, offset) {
+                    continue; // the same message dead-lettered twice: load it once
+                }
+                let Some(payload) = rows.payload(i) else {
+                    *report.still_failing.entry("tombstone".into()).or_default() += 1;
+                    continue;
+                };
+                let meta = RecordMeta {
+                    topic: source,
+                    partition,
+                    offset: Some(offset),
+                    timestamp_ms: rows.timestamp_ms(i),
+                    key: rows.key(i),
+                    ingested_at_us,
+                };
+                let decoded = if opts.dry_run {
+                    decoder.check(payload, &meta)
+                } else {
+                    decoder.decode(payload, &meta)
+                };
+                match decoded {
+                    Ok(()) => {
+                        positions.insert(source, slot, offset);
+                        report.replayed += 1;
+                    }
+                    Err(e) => {
+                        *report
+                            .still_failing
+                            .entry(e.kind.as_str().to_string())
+                            .or_default() += 1;
+                    }
+                }
+                if decoder.len() >= ENCODE_ROWS
+                    && let Some(w) = writer.as_mut()
+                {
+                    w.write(&decoder.finish()).await?;
+                }
+            }
+        }
+        if let Some(w) = writer.as_mut()
+            && !decoder.is_empty()
+        {
+            w.write(&decoder.finish()).await?;
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = outcome {
+        if let Some(w) = writer {
+            w.abort().await;
+        }
+        return Err(e);
+    }
+    let Some(writer) = writer else {
+        return Ok(report); // dry run
+    };
+
+    let mut all_applied = applied;
+    if positions.is_empty() {
+        writer.abort().await;
+    } else {
+        let files = writer.close().await?;
+        let mut req = CommitRequest::append(files).with_applied(&opts.dead_letter_table, positions);
+        req.properties
+            .insert("floe.operation".into(), "dlq-replay".into());
+        let committed = committer.commit(&ident, req).await.map_err(|e| match e {
+            floe_lake::Error::AlreadyApplied { .. } => Error::Config(format!(
+                "{e}; another replay of these dead letters ran at the same time — run the replay again \
+                 (nothing was loaded twice)"
+            )),
+            e => e.into(),
+        })?;
+        report.snapshot_id = Some(committed.snapshot_id);
+        all_applied = applied_positions(&committed.metadata, &opts.dead_letter_table)?;
+    }
+    if !all_applied.is_empty() {
+        let (removed, snapshot) = remove_applied(
+            committer,
+            &opts.table,
+            &opts.dead_letter_table,
+            &all_applied,
+        )
+        .await?;
+        report.removed_dead_letters = removed;
+        report.dead_letter_snapshot_id = snapshot;
+    }
+    Ok(report)
+}
+
+/// Rewrites the dead-letter table without the rows of `table` whose positions are in
+/// `applied`. Retries if a file it rewrites was replaced meanwhile (e.g. by compaction).
+async fn remove_applied(
+    committer: &Committer,
+    table: &str,
+    dead_letter_table: &str,
+    applied: &PositionSet,
+) -> Result<(u64, Option<i64>)> {
+    let catalog = committer.catalog();
+    let ident = parse_table_ident(dead_letter_table)?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let dl = catalog.load_table(&ident).await?;
+        let reader = FileReader::new(&dl).await?;
+        let mut removed_files = Vec::new();
+        let mut removed_rows = 0u64;
+        let mut writer = DataWriter::new(catalog.file_io(), dl.metadata())?;
+        let rewrite: Result<()> = async {
+            for live in live_data_files(catalog.file_io(), dl.metadata()).await? {
+                let path = live.data_file.file_path().to_string();
+                let batches: Vec<RecordBatch> = reader
+                    .read(&path)?
+                    .try_collect()
+                    .await
+                    .map_err(floe_lake::Error::from)?;
+                let mut keeps = Vec::with_capacity(batches.len());
+                let mut dropped = 0u64;
+                for batch in &batches {
+                    let normalized = normalize(batch)?;
+                    let rows = DeadLetterRows::new(&normalized)?;
+                    let targets = column(&normalized, "target_table")?.as_string::<i32>();
+                    let keep: BooleanArray = (0..batch.num_rows())
+                        .map(|i| {
+                            let (source, partition, offset) = rows.position(i);
+                            let hit = targets.value(i) == table
+                                && offset.is_some_and(|o| {
+                                    applied.contains(source, partition.unwrap_or(-1), o)
+                                });
+                            Some(!hit)
+                        })
+                        .collect();
+                    dropped += keep.false_count() as u64;
+                    keeps.push(keep);
+                }
+                if dropped == 0 {
+                    continue;
+                }
+                for (batch, keep) in batches.iter().zip(&keeps) {
+                    let kept = arrow_select::filter::filter_record_batch(batch, keep)
+                        .map_err(|e| Error::Config(format!("filtering {path}: {e}")))?;
+                    writer.write(&kept).await?;
+                }
+                removed_rows += dropped;
+                removed_files.push(live.data_file);
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = rewrite {
+            writer.abort().await;
+            return Err(e);
+        }
+        if removed_files.is_empty() {
+            writer.abort().await;
+            return Ok((0, None));
+        }
+        let added = writer.close().await?;
+        let change = if added.is_empty() {
+            Change::Delete(removed_files)
+        } else {
+            Change::Overwrite {
+                removed: removed_files,
+                added,
+            }
+        };
+        let mut req = CommitRequest::append(Vec::new());
+        req.change = change;
+        req.properties
+            .insert("floe.operation".into(), "dlq-replay-cleanup".into());
+        match committer.commit(&ident, req).await {
+            Ok(c) => return Ok((removed_rows, Some(c.snapshot_id))),
+            Err(floe_lake::Error::FilesGone { .. }) if attempt < 5 => {
+                tracing::info!(
+                    table = dead_letter_table,
+                    "dead-letter files changed meanwhile; cleaning up again"
+                );
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Typed access to a dead-letter batch's source columns.
+struct DeadLetterRows<'a> {
+    topic: &'a arrow_array::StringArray,
+    partition: &'a arrow_array::PrimitiveArray<Int32Type>,
+    offset: &'a arrow_array::PrimitiveArray<Int64Type>,
+    key: &'a arrow_array::BinaryArray,
+    timestamp: &'a arrow_array::PrimitiveArray<TimestampMicrosecondType>,
+    payload: &'a arrow_array::BinaryArray,
+}
+
+impl<'a> DeadLetterRows<'a> {
+    fn new(batch: &'a RecordBatch) -> Result<Self> {
+        let typed = |name: &str| -> Result<&'a dyn Array> { column(batch, name) };
+        let wrong = |name: &str| {
+            Error::Config(format!(
+                "dead-letter column {name} has an unexpected type (is this a floe dead-letter table?)"
+            ))
+        };
+        Ok(Self {
+            topic: typed("source_topic")?
+                .as_string_opt::<i32>()
+                .ok_or_else(|| wrong("source_topic"))?,
+            partition: typed("source_partition")?
+                .as_primitive_opt()
+                .ok_or_else(|| wrong("source_partition"))?,
+            offset: typed("source_offset")?
+                .as_primitive_opt()
+                .ok_or_else(|| wrong("source_offset"))?,
+            key: typed("source_key")?
+                .as_binary_opt::<i32>()
+                .ok_or_else(|| wrong("source_key"))?,
+            timestamp: typed("source_timestamp")?
+                .as_primitive_opt()
+                .ok_or_else(|| wrong("source_timestamp"))?,
+            payload: typed("payload")?
+                .as_binary_opt::<i32>()
+                .ok_or_else(|| wrong("payload"))?,
+        })
+    }
+
+    fn position(&self, i: usize) -> (&'a str, Option<i32>, Option<i64>) {
+        (
+            self.topic.value(i),
+            self.partition.is_valid(i).then(|| self.partition.value(i)),
+            self.offset.is_valid(i).then(|| self.offset.value(i)),
+        )
+    }
+
+    fn payload(&self, i: usize) -> Option<&'a [u8]> {
+        self.payload.is_valid(i).then(|| self.payload.value(i))
+    }
+
+    fn key(&self, i: usize) -> Option<&'a [u8]> {
+        self.key.is_valid(i).then(|| self.key.value(i))
+    }
+
+    fn timestamp_ms(&self, i: usize) -> Option<i64> {
+        self.timestamp
+            .is_valid(i)
+            .then(|| self.timestamp.value(i).div_euclid(1000))
+    }
+}
+
+/// Casts view-typed string/binary columns (DataFusion may produce them) to the plain types.
+fn normalize(batch: &RecordBatch) -> Result<RecordBatch> {
+    use arrow_schema::{DataType, Field, Schema};
+    let mut fields = Vec::with_capacity(batch.num_columns());
+    let mut columns = Vec::with_capacity(batch.num_columns());
+    for (field, col) in batch.schema().fields().iter().zip(batch.columns()) {
+        let target = match field.data_type() {
+            DataType::Utf8View | DataType::LargeUtf8 => Some(DataType::Utf8),
+            DataType::BinaryView | DataType::LargeBinary => Some(DataType::Binary),
+            _ => None,
+        };
+        match target {
+            Some(t) => {
+                let cast = datafusion::arrow::compute::cast(col, &t)
+                    .map_err(|e| Error::Config(format!("reading {}: {e}", field.name())))?;
+                fields.push(Field::new(field.name(), t, field.is_nullable()));
+                columns.push(cast);
+            }
+            None => {
+                fields.push(field.as_ref().clone());
+                columns.push(col.clone());
+            }
+        }
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+        .map_err(|e| Error::Config(format!("reading dead letters: {e}")))
+}
+
+fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a dyn Array> {
+    batch
+        .column_by_name(name)
+        .map(|c| c.as_ref())
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "the dead-letter table has no column {name} (is this a floe dead-letter table?)"
+            ))
+        })
+}
