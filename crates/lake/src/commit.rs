@@ -266,60 +266,137 @@ impl Committer {
                     return Err(e);
                 }
             };
-            let new_location = MetadataLocation::from_str(&base_location)?
-                .with_next_version()
-                .with_new_metadata(&metadata)
-                .to_string();
-            if let Err(e) = metadata
-                .write_to(&file_io, &MetadataLocation::from_str(&new_location)?)
-                .await
+            match self
+                .publish(table, &base_location, &metadata, &mut files)
+                .await?
             {
-                files.0.push(new_location.clone());
-                delete_files(&file_io, std::mem::take(&mut files.0)).await;
-                return Err(e.into());
-            }
-            files.0.push(new_location.clone());
-            let swapped = match self
-                .catalog
-                .swap_metadata_location(table, &base_location, &new_location)
-                .await
-            {
-                Ok(s) => s,
-                Err(e) => {
-                    // Unknown outcome: the update may have been applied before the error.
-                    match self.catalog.find_metadata_location(table).await {
-                        Ok(Some(loc)) if loc == new_location => true,
-                        Ok(_) => {
-                            tracing::warn!(%table, error = %e, "catalog error during commit; the commit did not land, retrying");
-                            delete_files(&file_io, std::mem::take(&mut files.0)).await;
-                            tokio::time::sleep(jitter(backoff)).await;
-                            backoff = (backoff * 2).min(self.retry.max_backoff);
-                            continue;
-                        }
-                        Err(_) => return Err(e),
+                Published::Swapped(new_location) => {
+                    if delete_old_metadata(&metadata) {
+                        delete_files(&file_io, expired_logs).await;
                     }
+                    let snapshot = metadata
+                        .snapshot_by_id(snapshot_id)
+                        .expect("committed snapshot is in its metadata");
+                    return Ok(Committed {
+                        snapshot_id,
+                        sequence_number: snapshot.sequence_number(),
+                        metadata_location: new_location,
+                        metadata,
+                        attempts: attempt,
+                        elapsed: started.elapsed(),
+                    });
                 }
-            };
-            if swapped {
-                if delete_old_metadata(&metadata) {
-                    delete_files(&file_io, expired_logs).await;
-                }
-                let snapshot = metadata
-                    .snapshot_by_id(snapshot_id)
-                    .expect("committed snapshot is in its metadata");
-                return Ok(Committed {
-                    snapshot_id,
-                    sequence_number: snapshot.sequence_number(),
-                    metadata_location: new_location,
-                    metadata,
-                    attempts: attempt,
-                    elapsed: started.elapsed(),
-                });
+                Published::Lost => {}
             }
             tracing::debug!(%table, attempt, "commit lost the race; retrying");
             delete_files(&file_io, std::mem::take(&mut files.0)).await;
             tokio::time::sleep(jitter(backoff)).await;
             backoff = (backoff * 2).min(self.retry.max_backoff);
+        }
+        Err(Error::CommitConflict {
+            table: table.to_string(),
+            attempts: self.retry.max_attempts,
+        })
+    }
+}
+
+/// The outcome of one compare-and-swap.
+enum Published {
+    /// The table now points at the new metadata file.
+    Swapped(String),
+    /// Another writer got there first; the attempt's files are deleted.
+    Lost,
+}
+
+impl Committer {
+    /// Writes `metadata` next to `base_location` and swaps it in. On a lost race, or a catalog
+    /// error after which the swap is known not to have happened, the attempt's files are
+    /// deleted and `Lost` is returned.
+    async fn publish(
+        &self,
+        table: &TableIdent,
+        base_location: &str,
+        metadata: &TableMetadata,
+        files: &mut AttemptFiles,
+    ) -> Result<Published> {
+        let file_io = self.catalog.file_io();
+        let new_location = MetadataLocation::from_str(base_location)?
+            .with_next_version()
+            .with_new_metadata(metadata)
+            .to_string();
+        files.0.push(new_location.clone());
+        if let Err(e) = metadata
+            .write_to(file_io, &MetadataLocation::from_str(&new_location)?)
+            .await
+        {
+            delete_files(file_io, std::mem::take(&mut files.0)).await;
+            return Err(e.into());
+        }
+        let swapped = match self
+            .catalog
+            .swap_metadata_location(table, base_location, &new_location)
+            .await
+        {
+            Ok(s) => s,
+            // Unknown outcome: the update may have been applied before the error.
+            Err(e) => match self.catalog.find_metadata_location(table).await {
+                Ok(Some(loc)) if loc == new_location => true,
+                Ok(_) => {
+                    tracing::warn!(%table, error = %e, "catalog error during commit; the commit did not land, retrying");
+                    false
+                }
+                Err(_) => return Err(e),
+            },
+        };
+        if swapped {
+            Ok(Published::Swapped(new_location))
+        } else {
+            delete_files(file_io, std::mem::take(&mut files.0)).await;
+            Ok(Published::Lost)
+        }
+    }
+
+    /// Commits a change that adds no snapshot (expiring snapshots, a schema or property
+    /// update): `change` derives the new metadata from the current metadata and its location,
+    /// or returns `None` when there is nothing to do. Published with the same compare-and-swap
+    /// and retries as [`Self::commit`]; `change` runs again on fresh metadata after a lost race.
+    pub async fn update_metadata<F>(
+        &self,
+        table: &TableIdent,
+        mut change: F,
+    ) -> Result<Option<(String, TableMetadata)>>
+    where
+        F: FnMut(&str, &TableMetadata) -> Result<Option<iceberg::spec::TableMetadataBuildResult>>,
+    {
+        let file_io = self.catalog.file_io().clone();
+        let mut backoff = self.retry.min_backoff;
+        for attempt in 1..=self.retry.max_attempts {
+            let (base_location, base) = self.catalog.load_metadata(table).await?;
+            let Some(built) = change(&base_location, &base)? else {
+                return Ok(None);
+            };
+            let mut files = AttemptFiles::default();
+            match self
+                .publish(table, &base_location, &built.metadata, &mut files)
+                .await?
+            {
+                Published::Swapped(location) => {
+                    if delete_old_metadata(&built.metadata) {
+                        let expired = built
+                            .expired_metadata_logs
+                            .into_iter()
+                            .map(|l| l.metadata_file)
+                            .collect();
+                        delete_files(&file_io, expired).await;
+                    }
+                    return Ok(Some((location, built.metadata)));
+                }
+                Published::Lost => {
+                    tracing::debug!(%table, attempt, "metadata update lost the race; retrying");
+                    tokio::time::sleep(jitter(backoff)).await;
+                    backoff = (backoff * 2).min(self.retry.max_backoff);
+                }
+            }
         }
         Err(Error::CommitConflict {
             table: table.to_string(),
@@ -405,6 +482,12 @@ async fn stage(
             applied_key(&update.name),
             serde_json::to_string(&applied).expect("positions serialize"),
         );
+    }
+
+    // Carry floe's state (offsets of every group, applied positions) forward, so the newest
+    // snapshot always holds all of it and snapshot expiry never strands it in an old one.
+    for (k, v) in floe_state(base) {
+        summary_props.entry(k).or_insert(v);
     }
 
     let parent = base.current_snapshot();
@@ -555,6 +638,43 @@ async fn stage(
         .map(|l| l.metadata_file)
         .collect();
     Ok((snapshot_id, built.metadata, expired))
+}
+
+/// floe's state keys (`floe.offsets.*`, `floe.applied.*`) with their newest values along the
+/// current snapshot's ancestry.
+pub fn floe_state(metadata: &TableMetadata) -> HashMap<String, String> {
+    let mut state = HashMap::new();
+    for (_, key, value) in floe_state_holders(metadata) {
+        state.insert(key, value);
+    }
+    state
+}
+
+/// For each floe state key, the snapshot holding its newest value (walking the current
+/// snapshot's ancestry): (snapshot id, key, value).
+pub fn floe_state_holders(metadata: &TableMetadata) -> Vec<(i64, String, String)> {
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut out = Vec::new();
+    let mut snapshot = metadata.current_snapshot();
+    let mut steps = 0usize;
+    while let Some(s) = snapshot {
+        for (k, v) in &s.summary().additional_properties {
+            if (k.starts_with(crate::offsets::OFFSETS_KEY_PREFIX)
+                || k.starts_with(crate::marks::APPLIED_KEY_PREFIX))
+                && seen.insert(k.as_str())
+            {
+                out.push((s.snapshot_id(), k.clone(), v.clone()));
+            }
+        }
+        steps += 1;
+        if steps > metadata.snapshots().len() {
+            break;
+        }
+        snapshot = s
+            .parent_snapshot_id()
+            .and_then(|id| metadata.snapshot_by_id(id));
+    }
+    out
 }
 
 /// Sets the `total-*` summary properties from the parent's totals plus this snapshot's

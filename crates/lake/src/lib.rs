@@ -9,7 +9,9 @@ pub mod config;
 mod error;
 pub mod fail;
 pub mod marks;
+pub mod metrics;
 pub mod offsets;
+pub mod partition;
 pub mod scan;
 pub mod writer;
 

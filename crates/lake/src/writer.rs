@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use arrow_array::RecordBatch;
-use iceberg::arrow::RecordBatchPartitionSplitter;
 use iceberg::io::FileIO;
 use iceberg::spec::{
     DataFile, DataFileFormat, PartitionKey, SchemaRef, Struct, TableMetadata, TableProperties,
@@ -25,6 +24,7 @@ use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use parquet::basic::{Compression, GzipLevel, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
+use crate::partition::PartitionSplitter;
 use crate::{Error, Result};
 
 /// A location generator that remembers every path it hands out.
@@ -50,7 +50,7 @@ type Writer = DataFileWriter<ParquetWriterBuilder, RecordingLocations, DefaultFi
 pub struct DataWriter {
     file_io: FileIO,
     builder: Builder,
-    splitter: Option<RecordBatchPartitionSplitter>,
+    splitter: Option<PartitionSplitter>,
     writers: HashMap<Struct, Writer>,
     unpartitioned: Option<Writer>,
     paths: Arc<Mutex<Vec<String>>>,
@@ -157,10 +157,7 @@ impl DataWriter {
         let splitter = if spec.is_unpartitioned() {
             None
         } else {
-            Some(RecordBatchPartitionSplitter::try_new_with_computed_values(
-                schema.clone(),
-                spec.clone(),
-            )?)
+            Some(PartitionSplitter::new(schema.clone(), spec.clone())?)
         };
         Ok(Self {
             file_io: file_io.clone(),

@@ -23,10 +23,7 @@ pub const BATCHES: &str = "floe_batches_total";
 pub const FILES_WRITTEN: &str = "floe_data_files_written_total";
 /// Data bytes written (label `table`).
 pub const BYTES_WRITTEN: &str = "floe_data_bytes_written_total";
-/// Commit latency in seconds (histogram, label `table`).
-pub const COMMIT_SECONDS: &str = "floe_commit_duration_seconds";
-/// Commit attempts lost to concurrent writers (label `table`).
-pub const COMMIT_CONFLICTS: &str = "floe_commit_conflicts_total";
+pub use floe_lake::metrics::{COMMIT_CONFLICTS, COMMIT_SECONDS};
 /// Failed or fenced flushes rewound to the committed offsets (label `table`).
 pub const REWINDS: &str = "floe_rewinds_total";
 /// Unix time of the last commit (label `table`).

@@ -121,14 +121,17 @@ struct Outcome {
 
 type Tp = (String, i32);
 
+/// Maps keyed by topic-partition, touched for every message: a fast non-cryptographic hash.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(Default)]
 struct Batch {
     id: u64,
     messages: u64,
     bytes: u64,
     started: Option<Instant>,
-    raw_ranges: BTreeMap<Tp, (i64, i64)>,
-    dlq_ranges: BTreeMap<Tp, (i64, i64)>,
+    raw_ranges: FastMap<Tp, (i64, i64)>,
+    dlq_ranges: FastMap<Tp, (i64, i64)>,
     dead: Vec<DeadLetter>,
     chunks_sent: bool,
 }
@@ -146,15 +149,17 @@ struct Pipe {
     to_writer: tokio::sync::mpsc::Sender<ToWriter>,
     outcomes: mpsc::Receiver<Outcome>,
     /// Per table, the offset from which messages are still to be committed.
-    raw_from: HashMap<Tp, i64>,
-    dlq_from: HashMap<Tp, i64>,
+    raw_from: FastMap<Tp, i64>,
+    dlq_from: FastMap<Tp, i64>,
     failures: u32,
     totals: PipelineTotals,
     meters: Meters,
 }
 
-/// Metric handles registered once per pipeline (the hot path only adds to atomics).
+/// Metric handles registered once per pipeline. The hot path counts in plain integers;
+/// [`Meters::publish`] adds them to the shared counters every few dozen messages.
 struct Meters {
+    pending: Pending,
     received: metrics::Counter,
     accepted: metrics::Counter,
     skipped: metrics::Counter,
@@ -175,6 +180,22 @@ impl Meters {
             bytes: metrics::counter!(m::MESSAGE_BYTES, "table" => t.clone()),
             dead: HashMap::new(),
             table: t,
+            pending: Pending::default(),
+        }
+    }
+
+    fn publish(&mut self) {
+        let p = std::mem::take(&mut self.pending);
+        for (counter, n) in [
+            (&self.received, p.received),
+            (&self.accepted, p.accepted),
+            (&self.skipped, p.skipped),
+            (&self.tombstones, p.tombstones),
+            (&self.bytes, p.bytes),
+        ] {
+            if n > 0 {
+                counter.increment(n);
+            }
         }
     }
 
@@ -187,11 +208,20 @@ impl Meters {
     }
 }
 
+#[derive(Default)]
+struct Pending {
+    received: u64,
+    accepted: u64,
+    skipped: u64,
+    tombstones: u64,
+    bytes: u64,
+}
+
 struct State {
     pipes: Vec<Pipe>,
-    by_topic: HashMap<String, usize>,
+    by_topic: FastMap<String, usize>,
     assigned: Vec<Tp>,
-    next_offset: HashMap<Tp, i64>,
+    next_offset: FastMap<Tp, i64>,
     fatal: Option<Error>,
     ingested_at_us: i64,
     last_commit: Instant,
@@ -364,6 +394,9 @@ impl State {
 
     /// Flushes every pipeline and waits for the commits (revocation, shutdown, drained).
     fn flush_all_and_wait<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, env: &Env) {
+        for p in &mut self.pipes {
+            p.meters.publish();
+        }
         for i in 0..self.pipes.len() {
             self.wait_in_flight(i, consumer, env);
             if self.pipes[i].start_flush() {
@@ -526,15 +559,18 @@ impl Pipe {
         }
         let last = (!self.decoder.is_empty()).then(|| self.decoder.finish());
         let b = std::mem::take(&mut self.batch);
-        let ranges = |r: &BTreeMap<Tp, (i64, i64)>| -> Vec<OffsetRange> {
-            r.iter()
+        let ranges = |r: &FastMap<Tp, (i64, i64)>| -> Vec<OffsetRange> {
+            let mut v: Vec<OffsetRange> = r
+                .iter()
                 .map(|((t, p), (first, next))| OffsetRange {
                     topic: t.clone(),
                     partition: *p,
                     first: *first,
                     next: *next,
                 })
-                .collect()
+                .collect();
+            v.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+            v
         };
         let mut positions: BTreeMap<Tp, i64> = BTreeMap::new();
         for (tp, (_, next)) in b.raw_ranges.iter().chain(b.dlq_ranges.iter()) {
@@ -596,7 +632,7 @@ impl Pipe {
     }
 }
 
-fn update_range(ranges: &mut BTreeMap<Tp, (i64, i64)>, tp: &Tp, offset: i64) {
+fn update_range(ranges: &mut FastMap<Tp, (i64, i64)>, tp: &Tp, offset: i64) {
     match ranges.get_mut(tp) {
         Some(r) => r.1 = offset + 1,
         None => {
@@ -634,7 +670,7 @@ pub fn run(
         None
     };
     let mut pipes = Vec::new();
-    let mut by_topic = HashMap::new();
+    let mut by_topic = FastMap::default();
     for (i, cfg) in opts.pipelines.iter().enumerate() {
         cfg.validate(i).map_err(Error::Config)?;
         let raw = parse_table_ident(&cfg.table)?;
@@ -684,8 +720,8 @@ pub fn run(
             in_flight: None,
             to_writer,
             outcomes,
-            raw_from: HashMap::new(),
-            dlq_from: HashMap::new(),
+            raw_from: FastMap::default(),
+            dlq_from: FastMap::default(),
             failures: 0,
             meters: Meters::new(&raw_name),
             totals: PipelineTotals::default(),
@@ -695,7 +731,7 @@ pub fn run(
         pipes,
         by_topic,
         assigned: Vec::new(),
-        next_offset: HashMap::new(),
+        next_offset: FastMap::default(),
         fatal: None,
         ingested_at_us: chrono::Utc::now().timestamp_micros(),
         last_commit: Instant::now(),
@@ -810,6 +846,7 @@ fn consume_loop(
 ) -> Result<()> {
     let mut since_clock = 0u32;
     let mut last_drain_check = Instant::now();
+    let mut tp: Tp = (String::new(), -1);
     loop {
         if shutdown.load(Ordering::Relaxed) {
             tracing::info!("shutting down: committing what was consumed");
@@ -834,18 +871,25 @@ fn consume_loop(
                 metrics::counter!(m::CONSUMER_ERRORS).increment(1);
             }
             Some(Ok(msg)) => {
-                let tp: Tp = (msg.topic().to_string(), msg.partition());
-                let offset = msg.offset();
-                if let Some(expected) = st.next_offset.get(&tp).copied()
-                    && offset > expected
-                    && st.pipes.iter().any(|p| p.batch.messages == 0)
-                {
-                    // Fine for compacted or transactional topics; data loss otherwise.
-                    tracing::warn!(topic = %tp.0, partition = tp.1, expected, got = offset, "offsets skipped: messages before {offset} are gone from Kafka (retention or compaction)");
-                    metrics::counter!(m::OFFSETS_SKIPPED, "topic" => tp.0.clone())
-                        .increment((offset - expected) as u64);
+                // Messages come in runs from one partition: reuse the key.
+                if tp.1 != msg.partition() || tp.0 != msg.topic() {
+                    tp = (msg.topic().to_string(), msg.partition());
                 }
-                st.next_offset.insert(tp.clone(), offset + 1);
+                let offset = msg.offset();
+                match st.next_offset.get_mut(&tp) {
+                    Some(next) => {
+                        if offset > *next {
+                            // Fine for compacted or transactional topics; data loss otherwise.
+                            tracing::warn!(topic = %tp.0, partition = tp.1, expected = *next, got = offset, "offsets skipped: messages before {offset} are gone from Kafka (retention or compaction)");
+                            metrics::counter!(m::OFFSETS_SKIPPED, "topic" => tp.0.clone())
+                                .increment((offset - *next) as u64);
+                        }
+                        *next = offset + 1;
+                    }
+                    None => {
+                        st.next_offset.insert(tp.clone(), offset + 1);
+                    }
+                }
                 let Some(&i) = st.by_topic.get(&tp.0) else {
                     continue;
                 };
@@ -858,8 +902,7 @@ fn consume_loop(
                     key: msg.key(),
                     ingested_at_us: ingested,
                 };
-                let headers = msg.headers();
-                if let Err(e) = process(&mut st, i, &tp, offset, msg.payload(), &meta, headers) {
+                if let Err(e) = process(&mut st, i, &tp, offset, &msg, &meta) {
                     // No dead-letter table: commit what came before, then stop.
                     st.flush_all_and_wait(consumer, env);
                     return Err(e);
@@ -872,6 +915,9 @@ fn consume_loop(
         }
         if !idle && !since_clock.is_multiple_of(64) {
             continue;
+        }
+        for p in &mut st.pipes {
+            p.meters.publish();
         }
         st.drain_outcomes(consumer, env);
         let now = Instant::now();
@@ -942,21 +988,21 @@ fn process(
     i: usize,
     tp: &Tp,
     offset: i64,
-    payload: Option<&[u8]>,
+    msg: &rdkafka::message::BorrowedMessage<'_>,
     meta: &RecordMeta<'_>,
-    headers: Option<&rdkafka::message::BorrowedHeaders>,
 ) -> Result<()> {
+    let payload = msg.payload();
     let pipe = &mut st.pipes[i];
     let raw_from = pipe.raw_from.get(tp).copied().unwrap_or(i64::MIN);
     let dlq_from = pipe.dlq_from.get(tp).copied().unwrap_or(i64::MAX);
-    pipe.meters.received.increment(1);
+    pipe.meters.pending.received += 1;
     pipe.totals.received += 1;
     floe_lake::fail::point("decode");
     let to_raw = offset >= raw_from;
     let to_dlq = pipe.dlq.is_some() && offset >= dlq_from;
     if !to_raw && !to_dlq {
         pipe.totals.already_committed += 1;
-        pipe.meters.skipped.increment(1);
+        pipe.meters.pending.skipped += 1;
         return Ok(());
     }
     pipe.batch.started.get_or_insert_with(Instant::now);
@@ -965,11 +1011,11 @@ fn process(
     match payload {
         None => {
             pipe.totals.tombstones += 1;
-            pipe.meters.tombstones.increment(1);
+            pipe.meters.pending.tombstones += 1;
         }
         Some(bytes) => {
             pipe.batch.bytes += bytes.len() as u64;
-            pipe.meters.bytes.increment(bytes.len() as u64);
+            pipe.meters.pending.bytes += bytes.len() as u64;
             let result = if to_raw {
                 pipe.decoder.decode(bytes, meta)
             } else {
@@ -1001,7 +1047,8 @@ fn process(
             dl.source_offset = Some(offset);
             dl.source_key = meta.key.map(<[u8]>::to_vec);
             dl.source_timestamp_ms = meta.timestamp_ms;
-            if let Some(h) = headers {
+            // Parsed only for rejected messages: header parsing allocates.
+            if let Some(h) = msg.headers() {
                 dl.headers = h
                     .iter()
                     .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
@@ -1010,7 +1057,7 @@ fn process(
             pipe.batch.dead.push(dl);
         }
     } else if payload.is_some() && to_raw {
-        pipe.meters.accepted.increment(1);
+        pipe.meters.pending.accepted += 1;
     }
     if to_raw {
         update_range(&mut pipe.batch.raw_ranges, tp, offset);

@@ -5,6 +5,7 @@ pub mod dev_broker;
 pub mod dlq;
 pub mod generate;
 pub mod load;
+pub mod maintain;
 pub mod query;
 pub mod quickstart;
 pub mod report;
