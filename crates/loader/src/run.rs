@@ -101,6 +101,9 @@ struct FlushJob {
 
 struct Flushed {
     metadata: TableMetadata,
+    /// The newest event time among the committed rows (epoch micros), when the table is
+    /// partitioned by time.
+    newest_event_us: Option<i64>,
     rows: u64,
     dead_letters: u64,
     files: usize,
@@ -456,6 +459,10 @@ impl State {
                 metrics::counter!(m::BYTES_WRITTEN, &labels).increment(f.bytes);
                 metrics::counter!(m::BATCHES, &labels).increment(1);
                 metrics::gauge!(m::LAST_COMMIT, &labels).set(chrono::Utc::now().timestamp() as f64);
+                if let Some(newest) = f.newest_event_us {
+                    let lag = chrono::Utc::now().timestamp_micros() - newest;
+                    metrics::gauge!(m::FRESHNESS, &labels).set(lag as f64 / 1e6);
+                }
                 self.last_commit = Instant::now();
                 env.health.committed();
                 pipe.newer_metadata = Some(f.metadata);
@@ -639,6 +646,26 @@ fn update_range(ranges: &mut FastMap<Tp, (i64, i64)>, tp: &Tp, offset: i64) {
             ranges.insert(tp.clone(), (offset, offset + 1));
         }
     }
+}
+
+/// The largest upper bound, among `files`, of the column the table's time partition derives
+/// from (the event time), in epoch micros.
+fn newest_event_time(metadata: &TableMetadata, files: &[iceberg::spec::DataFile]) -> Option<i64> {
+    use iceberg::spec::{PrimitiveLiteral, Transform};
+    let field = metadata
+        .default_partition_spec()
+        .fields()
+        .iter()
+        .find(|f| matches!(f.transform, Transform::Hour | Transform::Day | Transform::Month | Transform::Year))?;
+    files
+        .iter()
+        .filter_map(|f| f.upper_bounds().get(&field.source_id))
+        .filter_map(|d| match d.literal() {
+            PrimitiveLiteral::Long(us) => Some(*us),
+            PrimitiveLiteral::Int(days) => Some(i64::from(*days) * 86_400_000_000),
+            _ => None,
+        })
+        .max()
 }
 
 /// Runs the loader until shutdown (or until drained). Blocking: call from a thread that is not
@@ -1189,6 +1216,7 @@ impl Writer {
         let rows: u64 = files.iter().map(|f| f.record_count()).sum();
         let bytes: u64 = files.iter().map(|f| f.file_size_in_bytes()).sum();
         let n_files = files.len();
+        let newest_event_us = newest_event_time(&job.metadata, &files);
         let started = Instant::now();
         let metadata = if !job.raw_ranges.is_empty() || !files.is_empty() {
             let mut req = CommitRequest::append(files);
@@ -1244,6 +1272,7 @@ impl Writer {
         tracing::debug!(table = %self.name, rows, dead_letters, files = n_files, "batch committed");
         Ok(Flushed {
             metadata,
+            newest_event_us,
             rows,
             dead_letters,
             files: n_files,
