@@ -656,7 +656,12 @@ fn newest_event_time(metadata: &TableMetadata, files: &[iceberg::spec::DataFile]
         .default_partition_spec()
         .fields()
         .iter()
-        .find(|f| matches!(f.transform, Transform::Hour | Transform::Day | Transform::Month | Transform::Year))?;
+        .find(|f| {
+            matches!(
+                f.transform,
+                Transform::Hour | Transform::Day | Transform::Month | Transform::Year
+            )
+        })?;
     files
         .iter()
         .filter_map(|f| f.upper_bounds().get(&field.source_id))

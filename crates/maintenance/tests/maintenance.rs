@@ -160,7 +160,8 @@ async fn data_files_per_partition(lake: &Lake) -> BTreeMap<String, usize> {
         .await
         .unwrap()
     {
-        *out.entry(format!("{:?}", f.data_file.partition())).or_default() += 1;
+        *out.entry(format!("{:?}", f.data_file.partition()))
+            .or_default() += 1;
     }
     out
 }
@@ -181,7 +182,12 @@ async fn compaction_leaves_one_file_per_partition_and_the_same_rows() {
     }
     let before = rows(&lake).await;
     assert_eq!(before, expected(0..600, 3));
-    assert!(data_files_per_partition(&lake).await.values().all(|n| *n == 30));
+    assert!(
+        data_files_per_partition(&lake)
+            .await
+            .values()
+            .all(|n| *n == 30)
+    );
 
     // A dry run plans but changes nothing.
     let files = listing(&lake.root);
@@ -199,10 +205,18 @@ async fn compaction_leaves_one_file_per_partition_and_the_same_rows() {
         .execute(&lake.committer)
         .await
         .unwrap();
-    assert_eq!((r.files_before, r.files_after, r.bins_committed), (90, 3, 3));
+    assert_eq!(
+        (r.files_before, r.files_after, r.bins_committed),
+        (90, 3, 3)
+    );
     assert_eq!(r.rows_rewritten, 600);
     assert!(r.errors.is_empty());
-    assert!(data_files_per_partition(&lake).await.values().all(|n| *n == 1));
+    assert!(
+        data_files_per_partition(&lake)
+            .await
+            .values()
+            .all(|n| *n == 1)
+    );
     assert_eq!(rows(&lake).await, before);
 
     // Nothing left to do.
@@ -228,10 +242,7 @@ async fn appends_racing_compactions_lose_nothing() {
         let mut skipped = 0;
         for _ in 0..4 {
             let (one, two) = (Compact::new("lake.e"), Compact::new("lake.e"));
-            let (a, b) = tokio::join!(
-                one.execute(&lake.committer),
-                two.execute(&lake.committer)
-            );
+            let (a, b) = tokio::join!(one.execute(&lake.committer), two.execute(&lake.committer));
             for r in [a.unwrap(), b.unwrap()] {
                 assert!(r.errors.is_empty(), "{:?}", r.errors);
                 skipped += r.bins_skipped;
@@ -293,7 +304,11 @@ async fn expiry_deletes_exactly_the_unreferenced_files() {
     let (location, meta) = lake.catalog.load_metadata(&ident).await.unwrap();
     // The 2 newest, plus the holder of the offsets (carried forward, so the head holds them).
     assert_eq!(meta.snapshots().len(), r.snapshots_after);
-    assert!(r.snapshots_after <= 3, "{} snapshots kept", r.snapshots_after);
+    assert!(
+        r.snapshots_after <= 3,
+        "{} snapshots kept",
+        r.snapshots_after
+    );
 
     // What the kept snapshots read (manifest entries recording a removal name files that
     // are rightly gone) must all be on disk; every deleted file must be outside it.
@@ -431,6 +446,10 @@ async fn orphans_go_only_once_older_than_the_guard() {
     assert!(!stray.exists());
     let mut remaining = live.clone();
     remaining.remove(&canonical(&stray.display().to_string()));
-    assert_eq!(listing(&lake.root), remaining, "live files are never orphans");
+    assert_eq!(
+        listing(&lake.root),
+        remaining,
+        "live files are never orphans"
+    );
     assert_eq!(rows(&lake).await, expected(0..30, 2));
 }

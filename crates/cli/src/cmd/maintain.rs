@@ -58,9 +58,17 @@ pub struct MaintainArgs {
     /// Print the reports as JSON.
     #[arg(long)]
     json: bool,
+    /// Serve Prometheus /metrics while running (commit latency and conflicts, as the loader's).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
 }
 
 pub async fn run(cfg: &FloeConfig, args: MaintainArgs) -> Result<()> {
+    if let Some(listen) = &args.metrics_listen {
+        let handle = crate::telemetry::install()?;
+        let health = Arc::new(floe_loader::metrics::Health::new(Duration::from_secs(3600)));
+        crate::telemetry::serve(listen, handle, health).await?;
+    }
     let committer = super::committer(cfg).await?;
     let tables: Vec<String> = if args.all {
         committer
