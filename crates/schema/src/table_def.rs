@@ -55,7 +55,7 @@ pub struct TableDefinition {
 
 /// The table definitions shipped in `schemas/`, built into the binary: (file stem, JSON).
 /// Used when no schemas directory is at hand (e.g. `floe quickstart` run from anywhere).
-pub const BUILTIN: [(&str, &str); 2] = [
+pub const BUILTIN: [(&str, &str); 4] = [
     (
         "lake.events",
         include_str!("../../../schemas/lake.events.json"),
@@ -63,6 +63,14 @@ pub const BUILTIN: [(&str, &str); 2] = [
     (
         "lake.events_dead_letters",
         include_str!("../../../schemas/lake.events_dead_letters.json"),
+    ),
+    (
+        "lake.events_hourly_by_dimension",
+        include_str!("../../../schemas/lake.events_hourly_by_dimension.json"),
+    ),
+    (
+        "lake.events_hourly_multi",
+        include_str!("../../../schemas/lake.events_hourly_multi.json"),
     ),
 ];
 
