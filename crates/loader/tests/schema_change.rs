@@ -3,11 +3,10 @@
 
 mod common;
 
-use common::add_column;
-use floe_lake::{Catalog, CatalogConfig, Committer, parse_table_ident};
+use common::{add_column, catalog};
+use floe_lake::Committer;
 use floe_loader::{SinkOptions, TableSink};
 use floe_schema::{RecordMeta, TableDefinition};
-use futures::TryStreamExt;
 
 const DEF: &str = r#"{
   "schema": {"type": "struct", "schema-id": 0, "fields": [
@@ -17,13 +16,7 @@ const DEF: &str = r#"{
 #[tokio::test(flavor = "multi_thread")]
 async fn a_column_added_in_the_catalog_is_filled_from_the_next_batch() {
     let dir = tempfile::tempdir().unwrap();
-    let catalog = Catalog::connect(&CatalogConfig {
-        uri: format!("sqlite://{}/c.db", dir.path().display()),
-        warehouse: format!("{}/wh", dir.path().display()),
-        name: "floe".into(),
-    })
-    .await
-    .unwrap();
+    let catalog = catalog(dir.path()).await;
     catalog
         .create_table(&TableDefinition::from_json(DEF, Some("lake.t"), "test").unwrap())
         .await
@@ -60,20 +53,7 @@ async fn a_column_added_in_the_catalog_is_filled_from_the_next_batch() {
     sink.flush(None).await.unwrap();
     assert_eq!(sink.take_unknown_fields(), 0);
 
-    let table = catalog
-        .load_table(&parse_table_ident("lake.t").unwrap())
-        .await
-        .unwrap();
-    let batches: Vec<_> = table
-        .scan()
-        .build()
-        .unwrap()
-        .to_arrow()
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let batches = common::scan(&catalog, "lake.t").await;
     let mut rows: Vec<(i64, Option<f64>)> = Vec::new();
     for b in batches {
         let ids = b
