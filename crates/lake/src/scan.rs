@@ -81,8 +81,16 @@ impl FileReader {
         })
     }
 
+    /// Whether delete files (row-level deletes, e.g. from Trino's `DELETE`) apply to the data
+    /// file at `path`. Its rows as read exclude the deleted ones.
+    pub fn has_deletes(&self, path: &str) -> bool {
+        self.tasks
+            .get(path)
+            .is_some_and(|tasks| tasks.iter().any(|t| !t.deletes.is_empty()))
+    }
+
     /// The rows of the data file at `path` (no rows if the file is not in the planned
-    /// snapshot).
+    /// snapshot), with row-level deletes applied.
     pub fn read(&self, path: &str) -> Result<ArrowRecordBatchStream> {
         let tasks = self.tasks.get(path).cloned().unwrap_or_default();
         let reader = ArrowReaderBuilder::new(self.file_io.clone(), Runtime::current())

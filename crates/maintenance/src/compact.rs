@@ -63,6 +63,8 @@ pub struct CompactReport {
     pub bytes_after: u64,
     /// Rows rewritten.
     pub rows_rewritten: u64,
+    /// Files skipped because row-level delete files apply to them.
+    pub files_with_deletes: usize,
     /// Nothing was changed.
     pub dry_run: bool,
 }
@@ -128,6 +130,13 @@ impl Compact {
             ..Default::default()
         };
         report.bytes_after = report.bytes_before;
+        // Files with row-level deletes (Trino's merge-on-read DELETE) are left alone: their
+        // rows as read differ from their record counts and their delete files would dangle.
+        let reader = FileReader::new(&table).await?;
+        let (with_deletes, live): (Vec<LiveFile>, Vec<LiveFile>) = live
+            .into_iter()
+            .partition(|f| reader.has_deletes(f.data_file.file_path()));
+        report.files_with_deletes = with_deletes.len();
         let bins = self.plan(metadata, live, target, &mut report);
         report.bins = bins.len();
         if self.dry_run || bins.is_empty() {
@@ -139,7 +148,6 @@ impl Compact {
             return Ok(report);
         }
 
-        let reader = FileReader::new(&table).await?;
         let total: u64 = bins.iter().map(|b| b.bytes).sum();
         let mut done = 0u64;
         for bin in bins {

@@ -147,6 +147,12 @@ async fn maintain_table(
             r.bins_committed,
             r.bins_skipped
         ));
+        if r.files_with_deletes > 0 {
+            say(format!(
+                "{table}: compact: {} files with row-level deletes left as they are (rewrite them with Trino's optimize)",
+                r.files_with_deletes
+            ));
+        }
         errors.extend(r.errors.iter().cloned());
         out.insert("compact".into(), serde_json::to_value(&r)?);
     }
