@@ -702,6 +702,7 @@ pub fn run(
         None
     };
     let mut pipes = Vec::new();
+    let mut writers = Vec::new();
     let mut by_topic = FastMap::default();
     for (i, cfg) in opts.pipelines.iter().enumerate() {
         cfg.validate(i).map_err(Error::Config)?;
@@ -731,7 +732,7 @@ pub fn run(
             dlq_topic: cfg.dead_letter_topic(),
             producer: dlq_producer.clone(),
         };
-        rt.spawn(writer.run(from_consumer, outcome_tx));
+        writers.push(rt.spawn(writer.run(from_consumer, outcome_tx)));
         for t in &cfg.topics {
             if by_topic.insert(t.clone(), i).is_some() {
                 return Err(Error::Config(format!(
@@ -803,12 +804,19 @@ pub fn run(
     if !opts.static_assignment {
         consumer.unsubscribe();
     }
-    let st = state.lock().expect("state lock");
-    Ok(st
-        .pipes
+    // Close the Kafka clients before returning: the consumer, then the writer tasks (which
+    // hold the dead-letter producer) once their channels close.
+    drop(consumer);
+    let pipes = std::mem::take(&mut state.lock().expect("state lock").pipes);
+    let totals = pipes
         .iter()
         .map(|p| (p.name.clone(), p.totals.clone()))
-        .collect())
+        .collect();
+    drop(pipes);
+    for w in writers {
+        let _ = rt.block_on(w);
+    }
+    Ok(totals)
 }
 
 /// Runs the loader in this process until every partition is read to its end (quickstart,
