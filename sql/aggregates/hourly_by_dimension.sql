@@ -1,4 +1,5 @@
 -- Hourly totals per dimension value: one row per hour × dimension × value.
+-- source: lake.events
 -- target: lake.events_hourly_by_dimension
 -- key: window_start, dimension, dimension_value
 -- merge: event_count=sum, returning_count=sum, value_sum=sum, value_min=min, value_max=max, session_duration_sum=sum, first_event_ts=min, last_event_ts=max

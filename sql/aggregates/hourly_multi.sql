@@ -1,4 +1,5 @@
 -- Hourly totals per combination of dimensions: one row per hour × combination.
+-- source: lake.events
 -- target: lake.events_hourly_multi
 -- key: window_start, country, device_type, action, page, category
 -- merge: event_count=sum, value_sum=sum

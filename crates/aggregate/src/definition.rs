@@ -3,6 +3,7 @@
 //! merges:
 //!
 //! ```sql
+//! -- source: lake.events
 //! -- target: lake.events_hourly_multi
 //! -- key: window_start, country
 //! -- merge: event_count=sum, value_min=min, value_max=max
@@ -55,6 +56,9 @@ impl Merge {
 pub struct AggregateDef {
     /// The file stem (`hourly_by_dimension`).
     pub name: String,
+    /// The table whose flushed batches feed it (`lake.events`); pipelines loading that table
+    /// run it unless their `aggregates` setting says otherwise.
+    pub source: Option<String>,
     /// Target table (`lake.events_hourly_by_dimension`).
     pub target: String,
     /// Key columns, in order.
@@ -81,6 +85,7 @@ impl AggregateDef {
     /// Parses a definition; `name` is used in error messages.
     pub fn parse(name: &str, sql: &str) -> Result<Self> {
         let mut target = None;
+        let mut source = None;
         let mut keys = None;
         let mut merge = BTreeMap::new();
         for line in sql.lines() {
@@ -92,6 +97,7 @@ impl AggregateDef {
             };
             match k.trim().to_ascii_lowercase().as_str() {
                 "target" => target = Some(v.trim().to_string()),
+                "source" => source = Some(v.trim().to_string()),
                 "key" => {
                     keys = Some(
                         v.split(',')
@@ -143,6 +149,7 @@ impl AggregateDef {
         }
         Ok(Self {
             name: name.to_string(),
+            source,
             target,
             keys,
             merge,
@@ -227,6 +234,7 @@ mod tests {
         let defs = AggregateDef::builtin().unwrap();
         assert_eq!(defs.len(), 2);
         assert_eq!(defs[0].target, "lake.events_hourly_by_dimension");
+        assert_eq!(defs[0].source.as_deref(), Some("lake.events"));
         assert_eq!(defs[1].keys.len(), 6);
     }
 }
