@@ -20,6 +20,8 @@ pub struct FloeConfig {
     pub log: LogConfig,
     /// Where table definitions live (`floe table create --all`).
     pub schemas_dir: String,
+    /// Where aggregate definitions live (`*.sql`; the built-in ones when the folder is absent).
+    pub aggregates_dir: String,
     /// Kafka connection and consumer group.
     pub kafka: KafkaConfig,
     /// Topic → table pipelines run by `floe run`.
@@ -48,6 +50,17 @@ impl Default for LogConfig {
 }
 
 impl FloeConfig {
+    /// The aggregate definitions: `aggregates_dir`, or the built-in ones when it is absent.
+    pub fn aggregate_definitions(&self) -> Result<Vec<floe_aggregate::AggregateDef>> {
+        if Path::new(&self.aggregates_dir).is_dir() {
+            Ok(floe_aggregate::AggregateDef::load_dir(Path::new(
+                &self.aggregates_dir,
+            ))?)
+        } else {
+            Ok(floe_aggregate::AggregateDef::builtin()?)
+        }
+    }
+
     /// Loads the layered config. `file` is `--config`; without it `./floe.toml` is read if
     /// present. `overrides` are flag values as a partial config.
     pub fn load(file: Option<&Path>, overrides: Figment) -> Result<Self> {
@@ -75,6 +88,7 @@ impl FloeConfig {
     fn with_defaults() -> Self {
         Self {
             schemas_dir: "schemas".into(),
+            aggregates_dir: "sql/aggregates".into(),
             ..Default::default()
         }
     }

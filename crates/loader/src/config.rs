@@ -67,6 +67,14 @@ pub struct PipelineConfig {
     pub dead_letter_topic: Option<String>,
     /// Flush policy.
     pub flush: FlushConfig,
+    /// Aggregates to run on each flushed batch, by name (`hourly_multi`); unset: every
+    /// definition whose `-- source:` is this table; empty: none.
+    pub aggregates: Option<Vec<String>>,
+    /// Aggregates count each event once: the column holding its id.
+    pub dedup_column: String,
+    /// How far back in event time duplicates are recognised.
+    #[serde(with = "humantime_serde")]
+    pub dedup_window: Duration,
 }
 
 impl Default for PipelineConfig {
@@ -78,6 +86,9 @@ impl Default for PipelineConfig {
             dead_letter_table: None,
             dead_letter_topic: None,
             flush: FlushConfig::default(),
+            aggregates: None,
+            dedup_column: "event_guid".into(),
+            dedup_window: Duration::from_secs(3600),
         }
     }
 }

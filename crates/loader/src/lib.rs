@@ -3,6 +3,7 @@
 //! with their reasons, and on flush commits rows and dead letters exactly once.
 #![deny(missing_docs)]
 
+pub mod aggregates;
 pub mod config;
 pub mod file;
 pub mod generate;
@@ -21,6 +22,9 @@ pub enum Error {
     /// Lake-layer failure (catalog, files, commit).
     #[error(transparent)]
     Lake(#[from] floe_lake::Error),
+    /// An aggregate definition or query failed.
+    #[error(transparent)]
+    Aggregate(#[from] floe_aggregate::Error),
     /// Schema-layer failure (decoder set-up, dead-letter schema).
     #[error(transparent)]
     Schema(#[from] floe_schema::Error),

@@ -36,6 +36,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 use tokio::runtime::Handle;
 
+use crate::aggregates::{AggTable, Aggregation, RowRouting};
 use crate::config::{KafkaConfig, PipelineConfig};
 use crate::metrics as m;
 use crate::{Error, Result};
@@ -57,6 +58,10 @@ pub struct RunOptions {
     /// Read every partition of the topics without joining the consumer group (a single
     /// loader, e.g. quickstart and benchmarks; no group-join delay).
     pub static_assignment: bool,
+    /// Aggregate definitions pipelines may run (`sql/aggregates`).
+    pub aggregates: Vec<floe_aggregate::AggregateDef>,
+    /// Table definitions (`schemas/`), to create missing aggregate tables.
+    pub table_definitions: Vec<TableDefinition>,
 }
 
 /// Totals of a run, per pipeline (table).
@@ -83,20 +88,27 @@ enum ToWriter {
         batch: u64,
         rows: RecordBatch,
         metadata: Arc<TableMetadata>,
+        routing: Option<Box<RowRouting>>,
     },
     Flush(Box<FlushJob>),
     Discard {
         batch: u64,
     },
+    /// Partitions assigned: rebuild their dedup state below these offsets.
+    Assigned(Vec<((String, i32), Option<i64>)>),
+    /// Partitions revoked: forget their dedup state.
+    Revoked(Vec<(String, i32)>),
 }
 
 struct FlushJob {
     batch: u64,
     metadata: Arc<TableMetadata>,
     last: Option<RecordBatch>,
+    last_routing: Option<Box<RowRouting>>,
     dead: Vec<DeadLetter>,
     raw_ranges: Vec<OffsetRange>,
     dlq_ranges: Vec<OffsetRange>,
+    agg_ranges: Vec<Vec<OffsetRange>>,
 }
 
 struct Flushed {
@@ -135,8 +147,52 @@ struct Batch {
     started: Option<Instant>,
     raw_ranges: FastMap<Tp, (i64, i64)>,
     dlq_ranges: FastMap<Tp, (i64, i64)>,
+    agg_ranges: Vec<FastMap<Tp, (i64, i64)>>,
+    /// Per decoded row of the current chunk, when the pipeline has aggregates.
+    routing: Option<RowRouting>,
     dead: Vec<DeadLetter>,
     chunks_sent: bool,
+}
+
+impl Batch {
+    fn new(id: u64, aggregates: usize) -> Self {
+        Self {
+            id,
+            agg_ranges: vec![FastMap::default(); aggregates],
+            routing: (aggregates > 0).then(|| RowRouting {
+                aggs: vec![Some(Vec::new()); aggregates],
+                raw: Some(Vec::new()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+/// Turns the routing collected for a chunk into the form sent: all-true masks become `None`.
+fn take_routing(routing: &mut Option<RowRouting>) -> Option<Box<RowRouting>> {
+    let r = routing.as_mut()?;
+    let n = r.aggs.len();
+    let mut out = RowRouting {
+        parts: std::mem::take(&mut r.parts),
+        raw: r.raw.as_mut().map(std::mem::take),
+        aggs: r
+            .aggs
+            .iter_mut()
+            .map(|m| m.as_mut().map(std::mem::take))
+            .collect(),
+    };
+    let all = |m: &Option<Vec<bool>>| m.as_ref().is_none_or(|m| m.iter().all(|b| *b));
+    if all(&out.raw) {
+        out.raw = None;
+    }
+    for m in &mut out.aggs {
+        if all(m) {
+            *m = None;
+        }
+    }
+    debug_assert_eq!(out.aggs.len(), n);
+    Some(Box::new(out))
 }
 
 struct Pipe {
@@ -154,6 +210,9 @@ struct Pipe {
     /// Per table, the offset from which messages are still to be committed.
     raw_from: FastMap<Tp, i64>,
     dlq_from: FastMap<Tp, i64>,
+    /// Per aggregate table, the offset from which messages are still to be aggregated.
+    agg_from: Vec<FastMap<Tp, i64>>,
+    aggs: Vec<TableIdent>,
     failures: u32,
     totals: PipelineTotals,
     meters: Meters,
@@ -286,7 +345,7 @@ impl ConsumerContext for Ctx {
                     .iter()
                     .map(|e| (e.topic().to_string(), e.partition()))
                     .collect();
-                match st.start_offsets(&self.env, &tps) {
+                match st.start_offsets(&self.env, &tps, true) {
                     Ok(starts) => {
                         for (tp, start) in &starts {
                             let offset = match start {
@@ -346,7 +405,13 @@ impl ConsumerContext for Ctx {
 impl State {
     /// Reads each table's committed offsets for `tps`, records where each table resumes and
     /// returns where consumption starts (the smallest; `None` = from the beginning).
-    fn start_offsets(&mut self, env: &Env, tps: &[Tp]) -> Result<Vec<(Tp, Option<i64>)>> {
+    /// With `assigned`, pipelines with aggregates rebuild the dedup state of the partitions.
+    fn start_offsets(
+        &mut self,
+        env: &Env,
+        tps: &[Tp],
+        assigned: bool,
+    ) -> Result<Vec<(Tp, Option<i64>)>> {
         let mut starts: HashMap<Tp, Option<i64>> = HashMap::new();
         for pipe in &mut self.pipes {
             let mine: Vec<&Tp> = tps
@@ -356,7 +421,8 @@ impl State {
             if mine.is_empty() {
                 continue;
             }
-            let (raw, dlq) = env.rt.block_on(pipe.read_committed(env))?;
+            let (raw, dlq, aggs) = env.rt.block_on(pipe.read_committed(env))?;
+            let mut rebuild = Vec::new();
             for tp in mine {
                 let r = raw.get(&tp.0).and_then(|m| m.get(&tp.1)).copied();
                 let d = dlq
@@ -371,14 +437,31 @@ impl State {
                         pipe.dlq_from.insert(tp.clone(), i64::MAX);
                     }
                 }
-                let start = match d {
+                let mut start = match d {
                     Some(d) => r.zip(d).map(|(r, d)| r.min(d)),
                     None => r,
                 };
+                // Aggregates: the smallest committed offset; `None` (not yet aggregated) wins.
+                let mut agg_min: Option<Option<i64>> = None;
+                for (k, offsets) in aggs.iter().enumerate() {
+                    let a = offsets.get(&tp.0).and_then(|m| m.get(&tp.1)).copied();
+                    pipe.agg_from[k].insert(tp.clone(), a.unwrap_or(i64::MIN));
+                    start = start.zip(a).map(|(s, a)| s.min(a));
+                    agg_min = Some(match agg_min {
+                        None => a,
+                        Some(m) => m.zip(a).map(|(m, a)| m.min(a)),
+                    });
+                }
+                if let Some(below) = agg_min {
+                    rebuild.push((tp.clone(), below));
+                }
                 starts.insert(tp.clone(), start);
                 if let Some(s) = start {
                     self.next_offset.insert(tp.clone(), s);
                 }
+            }
+            if assigned && !rebuild.is_empty() {
+                let _ = pipe.to_writer.blocking_send(ToWriter::Assigned(rebuild));
             }
         }
         Ok(starts.into_iter().collect())
@@ -391,6 +474,19 @@ impl State {
             for p in &mut self.pipes {
                 p.raw_from.remove(tp);
                 p.dlq_from.remove(tp);
+                for a in &mut p.agg_from {
+                    a.remove(tp);
+                }
+            }
+        }
+        for p in &self.pipes {
+            if !p.aggs.is_empty() {
+                let mine: Vec<Tp> = tps
+                    .iter()
+                    .filter(|tp| p.cfg.topics.contains(&tp.0))
+                    .cloned()
+                    .collect();
+                let _ = p.to_writer.blocking_send(ToWriter::Revoked(mine));
             }
         }
     }
@@ -516,7 +612,7 @@ impl State {
             .cloned()
             .collect();
         self.pipes[i].discard();
-        let starts = self.start_offsets(env, &tps)?;
+        let starts = self.start_offsets(env, &tps, false)?;
         for (tp, start) in starts {
             let offset = start.map(Offset::Offset).unwrap_or(Offset::Beginning);
             consumer
@@ -531,7 +627,11 @@ impl Pipe {
     async fn read_committed(
         &self,
         env: &Env,
-    ) -> Result<(floe_lake::Offsets, Option<floe_lake::Offsets>)> {
+    ) -> Result<(
+        floe_lake::Offsets,
+        Option<floe_lake::Offsets>,
+        Vec<floe_lake::Offsets>,
+    )> {
         let catalog = env.committer.catalog();
         let (_, raw) = catalog.load_metadata(&self.raw).await?;
         let raw = committed_offsets(&raw, &env.group)?;
@@ -542,21 +642,23 @@ impl Pipe {
             }
             None => None,
         };
-        Ok((raw, dlq))
+        let mut aggs = Vec::with_capacity(self.aggs.len());
+        for ident in &self.aggs {
+            let (_, meta) = catalog.load_metadata(ident).await?;
+            aggs.push(committed_offsets(&meta, &env.group)?);
+        }
+        Ok((raw, dlq, aggs))
     }
 
     fn discard(&mut self) {
         let _ = self.decoder.finish();
         let id = self.batch.id;
-        if self.batch.chunks_sent {
+        if self.batch.chunks_sent || !self.aggs.is_empty() {
             let _ = self
                 .to_writer
                 .blocking_send(ToWriter::Discard { batch: id });
         }
-        self.batch = Batch {
-            id: id + 1,
-            ..Default::default()
-        };
+        self.batch = Batch::new(id + 1, self.aggs.len());
     }
 
     /// Sends the batch to be committed; `false` when nothing to do or a flush is in flight.
@@ -565,7 +667,13 @@ impl Pipe {
             return false;
         }
         let last = (!self.decoder.is_empty()).then(|| self.decoder.finish());
-        let b = std::mem::take(&mut self.batch);
+        let next = Batch::new(self.batch.id + 1, self.aggs.len());
+        let mut b = std::mem::replace(&mut self.batch, next);
+        let last_routing = if last.is_some() {
+            take_routing(&mut b.routing)
+        } else {
+            None
+        };
         let ranges = |r: &FastMap<Tp, (i64, i64)>| -> Vec<OffsetRange> {
             let mut v: Vec<OffsetRange> = r
                 .iter()
@@ -580,7 +688,12 @@ impl Pipe {
             v
         };
         let mut positions: BTreeMap<Tp, i64> = BTreeMap::new();
-        for (tp, (_, next)) in b.raw_ranges.iter().chain(b.dlq_ranges.iter()) {
+        for (tp, (_, next)) in b
+            .raw_ranges
+            .iter()
+            .chain(b.dlq_ranges.iter())
+            .chain(b.agg_ranges.iter().flatten())
+        {
             let e = positions.entry(tp.clone()).or_insert(*next);
             *e = (*e).max(*next);
         }
@@ -588,15 +701,13 @@ impl Pipe {
             batch: b.id,
             metadata: self.metadata.clone(),
             last,
+            last_routing,
             dead: b.dead,
             raw_ranges: ranges(&b.raw_ranges),
             dlq_ranges: ranges(&b.dlq_ranges),
+            agg_ranges: b.agg_ranges.iter().map(ranges).collect(),
         };
         self.in_flight = Some((b.id, positions));
-        self.batch = Batch {
-            id: b.id + 1,
-            ..Default::default()
-        };
         let _ = self.to_writer.blocking_send(ToWriter::Flush(Box::new(job)));
         // A new batch starts: adopt a newer schema now (the decoder is empty).
         if let Some(meta) = self.newer_metadata.take() {
@@ -721,9 +832,44 @@ pub fn run(
             metadata.current_schema(),
             &DecoderOptions::from_table_properties(metadata.properties()),
         )?;
+        let selected =
+            crate::aggregates::select(&opts.aggregates, &cfg.table, cfg.aggregates.as_deref())?;
+        let aggregation = if selected.is_empty() {
+            None
+        } else {
+            let columns = crate::aggregates::dedup_columns(
+                &cfg.table,
+                &metadata,
+                &cfg.dedup_column,
+                cfg.topics.len(),
+            )
+            .map_err(|e| Error::Config(format!("pipelines[{i}]: {e}")))?;
+            let tables = rt.block_on(crate::aggregates::ensure_tables(
+                &committer,
+                &selected,
+                &opts.table_definitions,
+            ))?;
+            tracing::info!(table = %cfg.table, aggregates = ?tables.iter().map(|t| t.ident.to_string()).collect::<Vec<_>>(), "aggregating");
+            Some(Aggregation::new(
+                tables,
+                columns,
+                cfg.dedup_window,
+                cfg.topics.clone(),
+            ))
+        };
+        let aggs: Vec<TableIdent> = aggregation
+            .as_ref()
+            .map(|a| {
+                a.tables()
+                    .iter()
+                    .map(|t: &AggTable| t.ident.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
         let (to_writer, from_consumer) = tokio::sync::mpsc::channel(CHANNEL_CHUNKS);
         let (outcome_tx, outcomes) = mpsc::channel();
         let writer = Writer {
+            aggregation,
             committer: committer.clone(),
             group: opts.kafka.group_id.clone(),
             table: raw.clone(),
@@ -749,12 +895,14 @@ pub fn run(
             metadata: Arc::new(metadata),
             newer_metadata: None,
             decoder,
-            batch: Batch::default(),
+            batch: Batch::new(0, aggs.len()),
             in_flight: None,
             to_writer,
             outcomes,
             raw_from: FastMap::default(),
             dlq_from: FastMap::default(),
+            agg_from: vec![FastMap::default(); aggs.len()],
+            aggs,
             failures: 0,
             meters: Meters::new(&raw_name),
             totals: PipelineTotals::default(),
@@ -860,7 +1008,7 @@ fn assign_all(
         }
     }
     let mut st = state.lock().expect("state lock");
-    let starts = st.start_offsets(env, &tps)?;
+    let starts = st.start_offsets(env, &tps, true)?;
     let mut tpl = TopicPartitionList::new();
     for (tp, start) in starts {
         tpl.add_partition_offset(
@@ -1040,7 +1188,14 @@ fn process(
     floe_lake::fail::point("decode");
     let to_raw = offset >= raw_from;
     let to_dlq = pipe.dlq.is_some() && offset >= dlq_from;
-    if !to_raw && !to_dlq {
+    // Bit k: aggregate table k still needs this message.
+    let mut to_aggs: u64 = 0;
+    for (k, from) in pipe.agg_from.iter().enumerate() {
+        if offset >= from.get(tp).copied().unwrap_or(i64::MIN) {
+            to_aggs |= 1 << k;
+        }
+    }
+    if !to_raw && !to_dlq && to_aggs == 0 {
         pipe.totals.already_committed += 1;
         pipe.meters.pending.skipped += 1;
         return Ok(());
@@ -1056,8 +1211,21 @@ fn process(
         Some(bytes) => {
             pipe.batch.bytes += bytes.len() as u64;
             pipe.meters.pending.bytes += bytes.len() as u64;
-            let result = if to_raw {
-                pipe.decoder.decode(bytes, meta)
+            let result = if to_raw || to_aggs != 0 {
+                pipe.decoder.decode(bytes, meta).inspect(|()| {
+                    if let Some(r) = &mut pipe.batch.routing {
+                        let t = pipe.cfg.topics.iter().position(|t| *t == tp.0).unwrap_or(0);
+                        r.parts.push((t as u16, tp.1));
+                        if let Some(raw) = &mut r.raw {
+                            raw.push(to_raw);
+                        }
+                        for (k, m) in r.aggs.iter_mut().enumerate() {
+                            if let Some(m) = m {
+                                m.push(to_aggs & (1 << k) != 0);
+                            }
+                        }
+                    }
+                })
             } else {
                 pipe.decoder.check(bytes, meta)
             };
@@ -1105,15 +1273,22 @@ fn process(
     if to_dlq {
         update_range(&mut pipe.batch.dlq_ranges, tp, offset);
     }
+    for (k, ranges) in pipe.batch.agg_ranges.iter_mut().enumerate() {
+        if to_aggs & (1 << k) != 0 {
+            update_range(ranges, tp, offset);
+        }
+    }
     // Chunks of the next batch may go while a flush is in flight: the writer handles them
     // in order, and a rewind discards them by batch id.
     if pipe.decoder.len() >= CHUNK_ROWS {
         let rows = pipe.decoder.finish();
         pipe.batch.chunks_sent = true;
+        let routing = take_routing(&mut pipe.batch.routing);
         let _ = pipe.to_writer.blocking_send(ToWriter::Chunk {
             batch: pipe.batch.id,
             rows,
             metadata: pipe.metadata.clone(),
+            routing,
         });
     }
     Ok(())
@@ -1121,6 +1296,7 @@ fn process(
 
 /// The writer task of one pipeline: encodes chunks, commits on flush.
 struct Writer {
+    aggregation: Option<Aggregation>,
     committer: Committer,
     group: String,
     table: TableIdent,
@@ -1132,7 +1308,7 @@ struct Writer {
 
 impl Writer {
     async fn run(
-        self,
+        mut self,
         mut rx: tokio::sync::mpsc::Receiver<ToWriter>,
         outcomes: mpsc::Sender<Outcome>,
     ) {
@@ -1144,15 +1320,37 @@ impl Writer {
                     batch,
                     rows,
                     metadata,
+                    routing,
                 } => {
                     if failed.as_ref().is_some_and(|f| f.0 == batch) {
                         continue;
                     }
-                    if let Err(e) = self.write(&mut current, batch, &rows, &metadata).await {
-                        failed = Some((batch, e.to_string()));
+                    if let Err(e) = self
+                        .chunk(&mut current, batch, &rows, &metadata, routing.as_deref())
+                        .await
+                    {
+                        failed = Some((batch, e));
+                    }
+                }
+                ToWriter::Assigned(parts) => {
+                    if let Some(a) = self.aggregation.as_mut()
+                        && let Err(e) = a.rebuild(&self.committer, &self.table, &parts).await
+                    {
+                        // Without its dedup state the aggregates would double-count: stop
+                        // committing this pipeline; the consumer sees failed flushes.
+                        tracing::error!(table = %self.name, error = %e, "rebuilding the dedup state failed");
+                        failed = Some((u64::MAX, format!("rebuilding the dedup state: {e}")));
+                    }
+                }
+                ToWriter::Revoked(parts) => {
+                    if let Some(a) = self.aggregation.as_mut() {
+                        a.forget(&parts);
                     }
                 }
                 ToWriter::Discard { batch } => {
+                    if let Some(a) = self.aggregation.as_mut() {
+                        a.discard();
+                    }
                     if let Some((b, w)) = current.take() {
                         if b == batch {
                             w.abort().await;
@@ -1164,7 +1362,10 @@ impl Writer {
                 ToWriter::Flush(job) => {
                     let batch = job.batch;
                     let result = match failed.take() {
-                        Some((b, e)) if b == batch => {
+                        Some((b, e)) if b == batch || b == u64::MAX => {
+                            if b == u64::MAX {
+                                failed = Some((b, e.clone()));
+                            }
                             if let Some((_, w)) = current.take() {
                                 w.abort().await;
                             }
@@ -1172,10 +1373,43 @@ impl Writer {
                         }
                         _ => self.flush(&mut current, *job).await,
                     };
+                    if result.is_err()
+                        && let Some(a) = self.aggregation.as_mut()
+                    {
+                        a.discard();
+                    }
                     let _ = outcomes.send(Outcome { batch, result });
                 }
             }
         }
+    }
+
+    /// A chunk of decoded rows: the raw table's share to Parquet, all of it to the aggregates.
+    async fn chunk(
+        &mut self,
+        current: &mut Option<(u64, DataWriter)>,
+        batch: u64,
+        rows: &RecordBatch,
+        metadata: &TableMetadata,
+        routing: Option<&RowRouting>,
+    ) -> std::result::Result<(), String> {
+        let raw = match routing.and_then(|r| r.raw.as_ref()) {
+            None => None,
+            Some(mask) => Some(
+                arrow_select::filter::filter_record_batch(
+                    rows,
+                    &arrow_array::BooleanArray::from(mask.clone()),
+                )
+                .map_err(|e| e.to_string())?,
+            ),
+        };
+        self.write(current, batch, raw.as_ref().unwrap_or(rows), metadata)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let (Some(a), Some(r)) = (self.aggregation.as_mut(), routing) {
+            a.add(rows, r).await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     async fn write(
@@ -1201,21 +1435,25 @@ impl Writer {
     }
 
     async fn flush(
-        &self,
+        &mut self,
         current: &mut Option<(u64, DataWriter)>,
-        job: FlushJob,
+        mut job: FlushJob,
     ) -> std::result::Result<Flushed, FlushFailure> {
         let failed = |e: floe_lake::Error| match e {
             floe_lake::Error::OffsetsAlreadyCommitted { .. } => FlushFailure::Fenced(e.to_string()),
             e => FlushFailure::Failed(e.to_string()),
         };
-        if let Some(last) = &job.last
-            && let Err(e) = self.write(current, job.batch, last, &job.metadata).await
-        {
-            if let Some((_, w)) = current.take() {
-                w.abort().await;
+        if let Some(last) = job.last.take() {
+            let routing = job.last_routing.take();
+            if let Err(e) = self
+                .chunk(current, job.batch, &last, &job.metadata, routing.as_deref())
+                .await
+            {
+                if let Some((_, w)) = current.take() {
+                    w.abort().await;
+                }
+                return Err(FlushFailure::Failed(e));
             }
-            return Err(failed(e));
         }
         let files = match current.take() {
             Some((b, w)) if b == job.batch => w.close().await.map_err(failed)?,
@@ -1281,6 +1519,13 @@ impl Writer {
                     e => FlushFailure::Failed(e.to_string()),
                 })?;
             dead_letters = job.dead.len() as u64;
+        }
+        if let Some(a) = self.aggregation.as_mut() {
+            let rows = a
+                .commit(&self.committer, &self.group, &job.agg_ranges)
+                .await
+                .map_err(failed)?;
+            tracing::debug!(table = %self.name, rows = ?rows, "aggregates committed");
         }
         tracing::debug!(table = %self.name, rows, dead_letters, files = n_files, "batch committed");
         Ok(Flushed {

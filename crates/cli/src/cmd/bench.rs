@@ -93,44 +93,18 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
     let consume_rss = peak_rss();
     let consume_rate = consumed as f64 / secs;
 
-    // Phase 2: the full loader into a fresh lake.
-    let dir = tempfile::tempdir()?;
-    let catalog = Catalog::connect(&CatalogConfig {
-        uri: format!("sqlite://{}/catalog.db", dir.path().display()),
-        warehouse: format!("{}/warehouse", dir.path().display()),
-        name: "floe".into(),
-    })
-    .await?;
-    for def in floe_schema::TableDefinition::builtin()? {
-        catalog.create_table(&def).await?;
-    }
-    let opts = RunOptions {
-        kafka,
-        pipelines: vec![PipelineConfig {
-            topics: vec!["bench".into()],
-            table: "lake.events".into(),
-            dead_letter_topic: Some(String::new()),
-            flush: FlushConfig {
-                max_rows: args.max_rows,
-                interval: Duration::from_secs(30),
-                ..Default::default()
-            },
-            ..Default::default()
-        }],
-        until_drained: true,
-        static_assignment: true,
-    };
-    reset_peak_rss();
-    let started = Instant::now();
-    let totals = run_to_end(floe_lake::Committer::new(catalog.clone()), opts).await?;
-    let load_secs = started.elapsed().as_secs_f64();
-    let load_rss = peak_rss();
-    let loaded: u64 = totals
-        .iter()
-        .map(|(_, t)| t.accepted + t.dead_lettered)
-        .sum();
-    anyhow::ensure!(loaded == events, "loaded {loaded} of {events} messages");
+    // Phase 2: the full loader into a fresh lake; phase 3: the same with the aggregates.
+    let (loaded, load_secs, load_rss) =
+        load_phase(&kafka, events, args.max_rows, Vec::new()).await?;
     let load_rate = loaded as f64 / load_secs;
+    let (agg_loaded, agg_secs, agg_rss) = load_phase(
+        &kafka,
+        events,
+        args.max_rows,
+        floe_aggregate::AggregateDef::builtin()?,
+    )
+    .await?;
+    let agg_rate = agg_loaded as f64 / agg_secs;
 
     println!("\n| phase | events | seconds | events/s | MB/s | peak RSS |");
     println!("|---|---|---|---|---|---|");
@@ -145,8 +119,63 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
         bytesize::ByteSize(load_rss)
     );
     println!(
-        "\nloader / consume-only = {:.2}  (peak RSS includes the in-process broker's copy of the topic)",
-        load_rate / consume_rate
+        "| floe run + aggregates (dedup + DataFusion) | {agg_loaded} | {agg_secs:.2} | {agg_rate:.0} | {:.0} | {} |",
+        mb / agg_secs,
+        bytesize::ByteSize(agg_rss)
+    );
+    println!(
+        "\nloader / consume-only = {:.2}; aggregates cost {:.0} % of loader throughput  (peak RSS includes the in-process broker's copy of the topic)",
+        load_rate / consume_rate,
+        (1.0 - agg_rate / load_rate) * 100.0
     );
     Ok(())
+}
+
+/// Loads the whole topic into a fresh lake; returns (messages, seconds, peak RSS).
+async fn load_phase(
+    kafka: &KafkaConfig,
+    events: u64,
+    max_rows: u64,
+    aggregates: Vec<floe_aggregate::AggregateDef>,
+) -> Result<(u64, f64, u64)> {
+    let dir = tempfile::tempdir()?;
+    let catalog = Catalog::connect(&CatalogConfig {
+        uri: format!("sqlite://{}/catalog.db", dir.path().display()),
+        warehouse: format!("{}/warehouse", dir.path().display()),
+        name: "floe".into(),
+    })
+    .await?;
+    let definitions = floe_schema::TableDefinition::builtin()?;
+    for def in &definitions {
+        catalog.create_table(def).await?;
+    }
+    let opts = RunOptions {
+        kafka: kafka.clone(),
+        pipelines: vec![PipelineConfig {
+            topics: vec!["bench".into()],
+            table: "lake.events".into(),
+            dead_letter_topic: Some(String::new()),
+            flush: FlushConfig {
+                max_rows,
+                interval: Duration::from_secs(30),
+                ..Default::default()
+            },
+            ..Default::default()
+        }],
+        until_drained: true,
+        static_assignment: true,
+        aggregates,
+        table_definitions: definitions,
+    };
+    reset_peak_rss();
+    let started = Instant::now();
+    let totals = run_to_end(floe_lake::Committer::new(catalog.clone()), opts).await?;
+    let secs = started.elapsed().as_secs_f64();
+    let rss = peak_rss();
+    let loaded: u64 = totals
+        .iter()
+        .map(|(_, t)| t.accepted + t.dead_lettered)
+        .sum();
+    anyhow::ensure!(loaded == events, "loaded {loaded} of {events} messages");
+    Ok((loaded, secs, rss))
 }

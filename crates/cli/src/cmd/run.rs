@@ -128,6 +128,8 @@ pub async fn execute(cfg: &FloeConfig, args: RunArgs) -> Result<()> {
         pipelines,
         until_drained: args.until_drained,
         static_assignment: false,
+        aggregates: cfg.aggregate_definitions()?,
+        table_definitions: super::table::known_definitions(cfg)?,
     };
     let totals = tokio::task::spawn_blocking(move || run(committer, rt, opts, shutdown, health))
         .await

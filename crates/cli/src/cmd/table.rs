@@ -103,7 +103,7 @@ async fn create(cfg: &FloeConfig, catalog: &Catalog, args: CreateArgs) -> Result
 }
 
 /// The definitions of the schemas directory, or the built-in ones when there is none.
-fn known_definitions(cfg: &FloeConfig) -> Result<Vec<TableDefinition>> {
+pub fn known_definitions(cfg: &FloeConfig) -> Result<Vec<TableDefinition>> {
     if std::path::Path::new(&cfg.schemas_dir).is_dir() {
         Ok(definition_files(&cfg.schemas_dir)?
             .iter()

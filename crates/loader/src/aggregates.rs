@@ -1,0 +1,485 @@
+//! Aggregates in the loader: every flushed batch of a pipeline, deduplicated by event id, feeds
+//! the pipeline's aggregate definitions; each flush commits one partial result per aggregate
+//! table, with the batch's Kafka offsets (exactly once, like the raw table).
+//!
+//! - Rows reach the writer task in chunks. Each chunk is deduplicated ([`Deduper`]) and run
+//!   through the aggregate queries at once; partials pile up per aggregate and are merged when
+//!   they grow and at flush, so memory holds partial rows, not events.
+//! - Dedup decisions stay pending until the flush's commits land; a failed flush forgets them
+//!   and the rewound messages are judged again from the same state.
+//! - On assignment, the state of each partition is rebuilt from the raw table: the ids of its
+//!   rows within the window that precede the aggregates' committed offsets. (The raw table
+//!   needs the `_kafka_partition` and `_kafka_offset` columns, and `_kafka_topic` when a
+//!   pipeline reads several topics.)
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int32Type, Int64Type, TimestampMicrosecondType};
+use arrow_array::{Array, BooleanArray, RecordBatch};
+use floe_aggregate::dedup::{Deduper, Part};
+use floe_aggregate::engine::conform;
+use floe_aggregate::{AggregateDef, Aggregator};
+use floe_lake::commit::{CommitRequest, OffsetsUpdate};
+use floe_lake::{Committer, DataWriter, OffsetRange, parse_table_ident};
+use futures::TryStreamExt;
+use iceberg::TableIdent;
+use iceberg::expr::Reference;
+use iceberg::spec::{Datum, TableMetadata, Transform};
+
+use crate::{Error, Result};
+
+/// Partial rows per aggregate beyond which they are merged during a batch.
+const MERGE_ROWS: usize = 200_000;
+
+/// Per row of a chunk: where it came from and which tables take it.
+#[derive(Debug, Default)]
+pub struct RowRouting {
+    /// Topic index (into the pipeline's topics) and partition of each row.
+    pub parts: Vec<(u16, i32)>,
+    /// Rows for the raw table; `None`: all.
+    pub raw: Option<Vec<bool>>,
+    /// Per aggregate, rows it still needs; `None`: all.
+    pub aggs: Vec<Option<Vec<bool>>>,
+}
+
+/// An aggregate table a pipeline feeds.
+pub struct AggTable {
+    /// The definition.
+    pub def: AggregateDef,
+    /// The table.
+    pub ident: TableIdent,
+}
+
+/// The columns dedup uses.
+#[derive(Debug, Clone)]
+pub struct DedupColumns {
+    /// Event id.
+    pub key: String,
+    /// Event time (the raw table's time-partition source column).
+    pub time: String,
+}
+
+/// The writer task's aggregation state for one pipeline.
+pub struct Aggregation {
+    tables: Vec<AggTable>,
+    aggregator: Aggregator,
+    dedup: Deduper,
+    columns: DedupColumns,
+    topics: Vec<String>,
+    partials: Vec<Vec<RecordBatch>>,
+    partial_rows: Vec<usize>,
+}
+
+impl Aggregation {
+    /// Aggregation of `tables` for a pipeline reading `topics`.
+    pub fn new(
+        tables: Vec<AggTable>,
+        columns: DedupColumns,
+        window: std::time::Duration,
+        topics: Vec<String>,
+    ) -> Self {
+        let aggregator = Aggregator::new(tables.iter().map(|t| t.def.clone()).collect());
+        let n = tables.len();
+        Self {
+            tables,
+            aggregator,
+            dedup: Deduper::new(window),
+            columns,
+            topics,
+            partials: vec![Vec::new(); n],
+            partial_rows: vec![0; n],
+        }
+    }
+
+    /// The aggregate tables.
+    pub fn tables(&self) -> &[AggTable] {
+        &self.tables
+    }
+
+    /// Deduplicates a chunk of decoded rows and folds it into the partials.
+    pub async fn add(&mut self, rows: &RecordBatch, routing: &RowRouting) -> Result<()> {
+        let n = rows.num_rows();
+        if n == 0 {
+            return Ok(());
+        }
+        let keys = rows
+            .column_by_name(&self.columns.key)
+            .and_then(|c| c.as_string_opt::<i32>())
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "dedup_column {}: not a string column of the table",
+                    self.columns.key
+                ))
+            })?;
+        let times = rows
+            .column_by_name(&self.columns.time)
+            .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "event-time column {} is not a timestamp column",
+                    self.columns.time
+                ))
+            })?;
+        let wanted = |i: usize| routing.aggs.iter().any(|m| m.as_ref().is_none_or(|m| m[i]));
+        let mut part: Part = (String::new(), -1);
+        let first: BooleanArray = (0..n)
+            .map(|i| {
+                if !wanted(i) {
+                    return Some(false);
+                }
+                let (t, p) = routing.parts[i];
+                if part.1 != p || part.0 != self.topics[t as usize] {
+                    part = (self.topics[t as usize].clone(), p);
+                }
+                // A NULL id cannot be deduplicated: it counts.
+                if keys.is_null(i) {
+                    return Some(true);
+                }
+                let time = if times.is_null(i) { 0 } else { times.value(i) };
+                Some(self.dedup.first(&part, keys.value(i), time))
+            })
+            .collect();
+        let all_same = routing.aggs.iter().all(Option::is_none);
+        if all_same {
+            let kept = arrow_select::filter::filter_record_batch(rows, &first)
+                .map_err(|e| Error::Config(format!("filtering duplicates: {e}")))?;
+            let partials = self.aggregator.partials(&kept).await?;
+            for (i, p) in partials.into_iter().enumerate() {
+                self.push(i, p).await?;
+            }
+        } else {
+            for i in 0..self.tables.len() {
+                let mask: BooleanArray = match &routing.aggs[i] {
+                    None => first.clone(),
+                    Some(m) => (0..n).map(|r| Some(first.value(r) && m[r])).collect(),
+                };
+                let kept = arrow_select::filter::filter_record_batch(rows, &mask)
+                    .map_err(|e| Error::Config(format!("filtering duplicates: {e}")))?;
+                let one = Aggregator::new(vec![self.tables[i].def.clone()]);
+                let p = one.partials(&kept).await?.remove(0);
+                self.push(i, p).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn push(&mut self, i: usize, partial: RecordBatch) -> Result<()> {
+        if partial.num_rows() == 0 {
+            return Ok(());
+        }
+        self.partial_rows[i] += partial.num_rows();
+        self.partials[i].push(partial);
+        if self.partial_rows[i] > MERGE_ROWS && self.partials[i].len() > 1 {
+            let merged = self.aggregator.merge(i, &self.partials[i]).await?;
+            self.partial_rows[i] = merged.num_rows();
+            self.partials[i] = vec![merged];
+        }
+        Ok(())
+    }
+
+    /// Commits each aggregate's partials with `ranges[i]` (the batch's offsets for that table),
+    /// then makes the batch's dedup decisions permanent. Returns rows committed per table.
+    pub async fn commit(
+        &mut self,
+        committer: &Committer,
+        group: &str,
+        ranges: &[Vec<OffsetRange>],
+    ) -> floe_lake::Result<Vec<u64>> {
+        let catalog = committer.catalog();
+        let mut rows = Vec::with_capacity(self.tables.len());
+        for (i, table) in self.tables.iter().enumerate() {
+            if ranges[i].is_empty() && self.partials[i].is_empty() {
+                rows.push(0);
+                continue;
+            }
+            let (_, meta) = catalog.load_metadata(&table.ident).await?;
+            let mut files = Vec::new();
+            if !self.partials[i].is_empty() {
+                let merged = self
+                    .aggregator
+                    .merge(i, &self.partials[i])
+                    .await
+                    .map_err(|e| floe_lake::Error::Config(e.to_string()))?;
+                let target = Arc::new(iceberg::arrow::schema_to_arrow_schema(
+                    meta.current_schema(),
+                )?);
+                let shaped = conform(&table.def, &merged, &target)
+                    .map_err(|e| floe_lake::Error::Config(e.to_string()))?;
+                let mut w = DataWriter::new(catalog.file_io(), &meta)?;
+                if let Err(e) = w.write(&shaped).await {
+                    w.abort().await;
+                    return Err(e);
+                }
+                files = w.close().await?;
+                rows.push(shaped.num_rows() as u64);
+            } else {
+                rows.push(0);
+            }
+            let mut req = CommitRequest::append(files);
+            req.offsets = Some(OffsetsUpdate {
+                group: group.to_string(),
+                ranges: ranges[i].clone(),
+            });
+            req.properties
+                .insert("floe.operation".into(), "aggregate".into());
+            req.properties
+                .insert("floe.aggregate".into(), table.def.name.clone());
+            let done = committer.commit(&table.ident, req).await?;
+            floe_lake::metrics::record_commit(&table.ident.to_string(), &done);
+            floe_lake::fail::point("after-aggregate-commit");
+        }
+        self.clear();
+        self.dedup.commit();
+        Ok(rows)
+    }
+
+    /// Drops the batch's partials and dedup decisions (failed or discarded flush).
+    pub fn discard(&mut self) {
+        self.clear();
+        self.dedup.discard();
+    }
+
+    fn clear(&mut self) {
+        for p in &mut self.partials {
+            p.clear();
+        }
+        self.partial_rows.iter_mut().for_each(|r| *r = 0);
+    }
+
+    /// Replaces the dedup state of `parts` with the ids the raw table holds below each one's
+    /// offset (`None`: nothing is aggregated yet), and forgets `revoked`.
+    pub async fn rebuild(
+        &mut self,
+        committer: &Committer,
+        raw: &TableIdent,
+        parts: &[(Part, Option<i64>)],
+    ) -> floe_lake::Result<()> {
+        let loaded = load_recent_keys(
+            committer,
+            raw,
+            &self.columns,
+            &self.topics,
+            self.dedup.window_us(),
+            parts,
+        )
+        .await?;
+        let n: usize = loaded.values().map(Vec::len).sum();
+        for (part, _) in parts {
+            let keys = loaded.get(part).cloned().unwrap_or_default();
+            self.dedup.load(part.clone(), keys);
+        }
+        tracing::info!(table = %raw, partitions = parts.len(), ids = n, kept = self.dedup.len(), "dedup state rebuilt from the raw table");
+        Ok(())
+    }
+
+    /// Drops the dedup state of partitions no longer owned.
+    pub fn forget(&mut self, parts: &[Part]) {
+        self.dedup.forget(parts);
+    }
+}
+
+/// The aggregate tables a pipeline feeds: the named definitions, or every definition whose
+/// source is the pipeline's table.
+pub fn select<'a>(
+    defs: &'a [AggregateDef],
+    table: &str,
+    names: Option<&[String]>,
+) -> Result<Vec<&'a AggregateDef>> {
+    match names {
+        None => Ok(defs
+            .iter()
+            .filter(|d| d.source.as_deref() == Some(table))
+            .collect()),
+        Some(names) => names
+            .iter()
+            .map(|n| {
+                defs.iter().find(|d| d.name == *n).ok_or_else(|| {
+                    Error::Config(format!(
+                        "aggregates: no definition named {n} (known: {})",
+                        defs.iter()
+                            .map(|d| d.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                })
+            })
+            .collect(),
+    }
+}
+
+/// The dedup columns of a raw table, checked: the id column, the event time (source of the
+/// time partition), and the Kafka metadata columns the state is rebuilt from.
+pub fn dedup_columns(
+    table: &str,
+    metadata: &TableMetadata,
+    key: &str,
+    topics: usize,
+) -> Result<DedupColumns> {
+    let schema = metadata.current_schema();
+    if schema.field_by_name(key).is_none() {
+        return Err(Error::Config(format!(
+            "dedup_column {key}: {table} has no such column"
+        )));
+    }
+    let mut needed = vec!["_kafka_partition", "_kafka_offset"];
+    if topics > 1 {
+        needed.push("_kafka_topic");
+    }
+    for c in needed {
+        if schema.field_by_name(c).is_none() {
+            return Err(Error::Config(format!(
+                "aggregates need column {c} in {table} to rebuild their dedup state after a restart; add it (floe fills it)"
+            )));
+        }
+    }
+    let time = metadata
+        .default_partition_spec()
+        .fields()
+        .iter()
+        .find(|f| {
+            matches!(
+                f.transform,
+                Transform::Hour | Transform::Day | Transform::Month | Transform::Year
+            )
+        })
+        .and_then(|f| schema.field_by_id(f.source_id))
+        .map(|f| f.name.clone())
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "aggregates need {table} partitioned by the event time (hour/day/month/year of a timestamp)"
+            ))
+        })?;
+    Ok(DedupColumns {
+        key: key.to_string(),
+        time,
+    })
+}
+
+/// Ids (with event time) of the raw table's recent rows, per partition, below each partition's
+/// offset.
+async fn load_recent_keys(
+    committer: &Committer,
+    raw: &TableIdent,
+    columns: &DedupColumns,
+    topics: &[String],
+    window_us: i64,
+    parts: &[(Part, Option<i64>)],
+) -> floe_lake::Result<HashMap<Part, Vec<(String, i64)>>> {
+    let mut out: HashMap<Part, Vec<(String, i64)>> = HashMap::new();
+    let below: HashMap<&Part, i64> = parts
+        .iter()
+        .filter_map(|(p, o)| o.map(|o| (p, o)))
+        .collect();
+    if below.is_empty() {
+        return Ok(out);
+    }
+    let catalog = committer.catalog();
+    let table = catalog.load_table(raw).await?;
+    let metadata = table.metadata();
+    if metadata.current_snapshot().is_none() {
+        return Ok(out);
+    }
+    let time_id = metadata
+        .current_schema()
+        .field_by_name(&columns.time)
+        .map(|f| f.id)
+        .unwrap_or(-1);
+    let watermark = floe_lake::scan::live_data_files(catalog.file_io(), metadata)
+        .await?
+        .iter()
+        .filter_map(|f| f.data_file.upper_bounds().get(&time_id))
+        .filter_map(|d| match d.literal() {
+            iceberg::spec::PrimitiveLiteral::Long(v) => Some(*v),
+            _ => None,
+        })
+        .max();
+    let Some(watermark) = watermark else {
+        return Ok(out);
+    };
+    // Twice the window: partitions lag the newest one; each partition trims to its own.
+    let horizon = watermark.saturating_sub(window_us.saturating_mul(2));
+    let mut select = vec![
+        columns.key.as_str(),
+        columns.time.as_str(),
+        "_kafka_partition",
+        "_kafka_offset",
+    ];
+    let multi = topics.len() > 1;
+    if multi {
+        select.push("_kafka_topic");
+    }
+    let scan = table
+        .scan()
+        .select(select)
+        .with_filter(
+            Reference::new(columns.time.clone())
+                .greater_than_or_equal_to(Datum::timestamptz_micros(horizon)),
+        )
+        .build()?;
+    let mut stream = scan.to_arrow().await?;
+    while let Some(b) = stream.try_next().await? {
+        let keys = b.column(0).as_string::<i32>();
+        let times = b.column(1).as_primitive::<TimestampMicrosecondType>();
+        let partitions = b.column(2).as_primitive::<Int32Type>();
+        let offsets = b.column(3).as_primitive::<Int64Type>();
+        let topic_col = multi.then(|| b.column(4).as_string::<i32>());
+        for i in 0..b.num_rows() {
+            if keys.is_null(i) || partitions.is_null(i) || offsets.is_null(i) {
+                continue;
+            }
+            let topic = match &topic_col {
+                Some(t) if t.is_valid(i) => t.value(i).to_string(),
+                Some(_) => continue,
+                None => topics[0].clone(),
+            };
+            let part: Part = (topic, partitions.value(i));
+            if below.get(&part).is_some_and(|b| offsets.value(i) < *b) {
+                let t = if times.is_null(i) { 0 } else { times.value(i) };
+                out.entry(part)
+                    .or_default()
+                    .push((keys.value(i).to_string(), t));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Creates the aggregate tables from their definitions in `schemas` if missing; returns their
+/// identifiers.
+pub async fn ensure_tables(
+    committer: &Committer,
+    defs: &[&AggregateDef],
+    definitions: &[floe_schema::TableDefinition],
+) -> Result<Vec<AggTable>> {
+    let mut out = Vec::new();
+    for def in defs {
+        let ident = parse_table_ident(&def.target)?;
+        if committer
+            .catalog()
+            .find_metadata_location(&ident)
+            .await?
+            .is_none()
+        {
+            let table_def = definitions
+                .iter()
+                .find(|d| d.full_name() == def.target)
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "aggregate {}: table {} does not exist and schemas/ has no definition of it",
+                        def.name, def.target
+                    ))
+                })?;
+            committer
+                .catalog()
+                .create_table_if_missing(table_def)
+                .await?;
+        }
+        out.push(AggTable {
+            def: (*def).clone(),
+            ident,
+        });
+    }
+    Ok(out)
+}
