@@ -81,12 +81,13 @@ pub async fn run(cfg: &FloeConfig, args: MaintainArgs) -> Result<()> {
     } else {
         args.table.clone()
     };
+    let aggregates = cfg.aggregate_definitions()?;
     let all_steps =
         !(args.compact || args.expire_snapshots || args.retention.is_some() || args.remove_orphans);
     let mut reports = Vec::new();
     let mut failures = Vec::new();
     for table in &tables {
-        match maintain_table(&committer, table, &args, all_steps).await {
+        match maintain_table(&committer, table, &args, all_steps, &aggregates).await {
             Ok((report, errors)) => {
                 failures.extend(errors.into_iter().map(|e| format!("{table}: {e}")));
                 reports.push(report);
@@ -112,6 +113,7 @@ async fn maintain_table(
     table: &str,
     args: &MaintainArgs,
     all_steps: bool,
+    aggregates: &[floe_aggregate::AggregateDef],
 ) -> Result<(serde_json::Value, Vec<String>)> {
     let mut out = serde_json::Map::new();
     let mut errors = Vec::new();
@@ -134,6 +136,9 @@ async fn maintain_table(
                 }));
         if let Some(size) = args.target_file_size {
             op = op.target_file_size(size.as_u64());
+        }
+        if let Some(def) = aggregates.iter().find(|d| d.target == table) {
+            op = op.fold(def.clone());
         }
         let r = op.execute(committer).await?;
         bar.finish_and_clear();
