@@ -23,7 +23,7 @@ WITH dims AS (
     SELECT event_ts, is_returning, value, session_duration,
            'category', category FROM batch
 )
-SELECT date_trunc('hour', event_ts) AS window_start,
+SELECT date_bin(INTERVAL '1 hour', event_ts) AS window_start,
        dimension,
        dimension_value,
        count(*) AS event_count,

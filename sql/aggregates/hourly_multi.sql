@@ -5,7 +5,7 @@
 -- merge: event_count=sum, value_sum=sum
 --
 -- Runs on `batch`: the events of one flush, decoded and deduplicated by event_guid.
-SELECT date_trunc('hour', event_ts) AS window_start,
+SELECT date_bin(INTERVAL '1 hour', event_ts) AS window_start,
        country,
        device_type,
        action,

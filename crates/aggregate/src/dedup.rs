@@ -13,9 +13,11 @@ use std::time::Duration;
 /// A source partition: (topic, partition).
 pub type Part = (String, i32);
 
+type Fast<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(Default)]
 struct State {
-    seen: HashMap<Box<str>, i64>,
+    seen: Fast<Box<str>, i64>,
     watermark: i64,
 }
 

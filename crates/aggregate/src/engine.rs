@@ -6,7 +6,18 @@ use std::sync::Arc;
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{Schema, SchemaRef};
 use datafusion::datasource::MemTable;
-use datafusion::prelude::SessionContext;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+/// One partition, large batches: the inputs are one flush's chunk, already in memory;
+/// repartitioning them across threads only adds copies (the loader's other threads keep the
+/// cores busy).
+fn context() -> SessionContext {
+    SessionContext::new_with_config(
+        SessionConfig::new()
+            .with_target_partitions(1)
+            .with_batch_size(65_536),
+    )
+}
 
 use crate::{AggregateDef, Error, Result};
 
@@ -30,7 +41,7 @@ impl Aggregator {
     /// Runs every definition on `batch` (registered as table `batch`); one partial result per
     /// definition, in order.
     pub async fn partials(&self, batch: &RecordBatch) -> Result<Vec<RecordBatch>> {
-        let ctx = SessionContext::new();
+        let ctx = context();
         let table = MemTable::try_new(batch.schema(), vec![vec![batch.clone()]])
             .map_err(|e| Error::Definition(format!("registering the batch: {e}")))?;
         ctx.register_table("batch", Arc::new(table))
@@ -49,7 +60,7 @@ impl Aggregator {
             return Err(Error::Definition(format!("{}: nothing to merge", def.name)));
         };
         let schema = first.schema();
-        let ctx = SessionContext::new();
+        let ctx = context();
         let table = MemTable::try_new(schema.clone(), vec![partials.to_vec()])
             .map_err(|e| Error::Definition(format!("{}: registering partials: {e}", def.name)))?;
         ctx.register_table("partials", Arc::new(table))

@@ -70,7 +70,13 @@ pub struct Aggregation {
     topics: Vec<String>,
     partials: Vec<Vec<RecordBatch>>,
     partial_rows: Vec<usize>,
+    /// Queries running on the runtime's other threads while the writer encodes Parquet: per
+    /// chunk, the partials of every aggregate (in order).
+    running: std::collections::VecDeque<tokio::task::JoinHandle<Result<Vec<(usize, RecordBatch)>>>>,
 }
+
+/// Chunks whose queries may run at once.
+const RUNNING_CHUNKS: usize = 3;
 
 impl Aggregation {
     /// Aggregation of `tables` for a pipeline reading `topics`.
@@ -90,6 +96,7 @@ impl Aggregation {
             topics,
             partials: vec![Vec::new(); n],
             partial_rows: vec![0; n],
+            running: std::collections::VecDeque::new(),
         }
     }
 
@@ -141,14 +148,12 @@ impl Aggregation {
                 Some(self.dedup.first(&part, keys.value(i), time))
             })
             .collect();
-        let all_same = routing.aggs.iter().all(Option::is_none);
-        if all_same {
+        // The queries run on another task; results are folded in order.
+        let mut inputs: Vec<(Vec<usize>, RecordBatch)> = Vec::new();
+        if routing.aggs.iter().all(Option::is_none) {
             let kept = arrow_select::filter::filter_record_batch(rows, &first)
                 .map_err(|e| Error::Config(format!("filtering duplicates: {e}")))?;
-            let partials = self.aggregator.partials(&kept).await?;
-            for (i, p) in partials.into_iter().enumerate() {
-                self.push(i, p).await?;
-            }
+            inputs.push(((0..self.tables.len()).collect(), kept));
         } else {
             for i in 0..self.tables.len() {
                 let mask: BooleanArray = match &routing.aggs[i] {
@@ -157,10 +162,39 @@ impl Aggregation {
                 };
                 let kept = arrow_select::filter::filter_record_batch(rows, &mask)
                     .map_err(|e| Error::Config(format!("filtering duplicates: {e}")))?;
-                let one = Aggregator::new(vec![self.tables[i].def.clone()]);
-                let p = one.partials(&kept).await?.remove(0);
-                self.push(i, p).await?;
+                inputs.push((vec![i], kept));
             }
+        }
+        let defs: Vec<AggregateDef> = self.tables.iter().map(|t| t.def.clone()).collect();
+        self.running.push_back(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for (which, batch) in inputs {
+                if batch.num_rows() == 0 {
+                    continue;
+                }
+                let agg = Aggregator::new(which.iter().map(|i| defs[*i].clone()).collect());
+                for (i, p) in which.into_iter().zip(agg.partials(&batch).await?) {
+                    out.push((i, p));
+                }
+            }
+            Ok(out)
+        }));
+        while self.running.len() > RUNNING_CHUNKS {
+            self.collect_one().await?;
+        }
+        Ok(())
+    }
+
+    /// Folds the oldest running chunk's partials in.
+    async fn collect_one(&mut self) -> Result<()> {
+        let Some(handle) = self.running.pop_front() else {
+            return Ok(());
+        };
+        let partials = handle
+            .await
+            .map_err(|e| Error::Config(format!("aggregate task: {e}")))??;
+        for (i, p) in partials {
+            self.push(i, p).await?;
         }
         Ok(())
     }
@@ -187,6 +221,11 @@ impl Aggregation {
         group: &str,
         ranges: &[Vec<OffsetRange>],
     ) -> floe_lake::Result<Vec<u64>> {
+        while !self.running.is_empty() {
+            self.collect_one()
+                .await
+                .map_err(|e| floe_lake::Error::Config(e.to_string()))?;
+        }
         let catalog = committer.catalog();
         let mut rows = Vec::with_capacity(self.tables.len());
         for (i, table) in self.tables.iter().enumerate() {
@@ -242,6 +281,9 @@ impl Aggregation {
     }
 
     fn clear(&mut self) {
+        for h in self.running.drain(..) {
+            h.abort();
+        }
         for p in &mut self.partials {
             p.clear();
         }
