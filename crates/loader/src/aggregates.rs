@@ -72,8 +72,11 @@ pub struct Aggregation {
     partial_rows: Vec<usize>,
     /// Queries running on the runtime's other threads while the writer encodes Parquet: per
     /// chunk, the partials of every aggregate (in order).
-    running: std::collections::VecDeque<tokio::task::JoinHandle<Result<Vec<(usize, RecordBatch)>>>>,
+    running: std::collections::VecDeque<Running>,
 }
+
+/// One chunk's queries: (aggregate index, partial) pairs when done.
+type Running = tokio::task::JoinHandle<Result<Vec<(usize, RecordBatch)>>>;
 
 /// Chunks whose queries may run at once.
 const RUNNING_CHUNKS: usize = 3;
