@@ -105,6 +105,24 @@ impl PartitionSplitter {
     }
 }
 
+/// The column a table's time partition derives from (the first hour/day/month/year field of
+/// its default spec): (field id, name). For floe's tables this is the event time.
+pub fn event_time_column(metadata: &iceberg::spec::TableMetadata) -> Option<(i32, String)> {
+    use iceberg::spec::Transform;
+    let field = metadata
+        .default_partition_spec()
+        .fields()
+        .iter()
+        .find(|f| {
+            matches!(
+                f.transform,
+                Transform::Hour | Transform::Day | Transform::Month | Transform::Year
+            )
+        })?;
+    let column = metadata.current_schema().field_by_id(field.source_id)?;
+    Some((column.id, column.name.clone()))
+}
+
 fn arrow_error(e: arrow_schema::ArrowError) -> Error {
     Error::Config(format!("partitioning a batch: {e}"))
 }

@@ -26,7 +26,7 @@ use floe_lake::{Committer, DataWriter, OffsetRange, parse_table_ident};
 use futures::TryStreamExt;
 use iceberg::TableIdent;
 use iceberg::expr::Reference;
-use iceberg::spec::{Datum, TableMetadata, Transform};
+use iceberg::spec::{Datum, TableMetadata};
 
 use crate::{Error, Result};
 
@@ -379,18 +379,8 @@ pub fn dedup_columns(
             )));
         }
     }
-    let time = metadata
-        .default_partition_spec()
-        .fields()
-        .iter()
-        .find(|f| {
-            matches!(
-                f.transform,
-                Transform::Hour | Transform::Day | Transform::Month | Transform::Year
-            )
-        })
-        .and_then(|f| schema.field_by_id(f.source_id))
-        .map(|f| f.name.clone())
+    let time = floe_lake::partition::event_time_column(metadata)
+        .map(|(_, name)| name)
         .ok_or_else(|| {
             Error::Config(format!(
                 "aggregates need {table} partitioned by the event time (hour/day/month/year of a timestamp)"

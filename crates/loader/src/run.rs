@@ -762,20 +762,11 @@ fn update_range(ranges: &mut FastMap<Tp, (i64, i64)>, tp: &Tp, offset: i64) {
 /// The largest upper bound, among `files`, of the column the table's time partition derives
 /// from (the event time), in epoch micros.
 fn newest_event_time(metadata: &TableMetadata, files: &[iceberg::spec::DataFile]) -> Option<i64> {
-    use iceberg::spec::{PrimitiveLiteral, Transform};
-    let field = metadata
-        .default_partition_spec()
-        .fields()
-        .iter()
-        .find(|f| {
-            matches!(
-                f.transform,
-                Transform::Hour | Transform::Day | Transform::Month | Transform::Year
-            )
-        })?;
+    use iceberg::spec::PrimitiveLiteral;
+    let (field_id, _) = floe_lake::partition::event_time_column(metadata)?;
     files
         .iter()
-        .filter_map(|f| f.upper_bounds().get(&field.source_id))
+        .filter_map(|f| f.upper_bounds().get(&field_id))
         .filter_map(|d| match d.literal() {
             PrimitiveLiteral::Long(us) => Some(*us),
             PrimitiveLiteral::Int(days) => Some(i64::from(*days) * 86_400_000_000),
