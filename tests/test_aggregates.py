@@ -165,3 +165,13 @@ def test_two_loaders_in_one_group_aggregate_exactly(sqlite_lake, dev_broker, tmp
         assert p.returncode == 0, err
     assert raw_rows(lake) == len(good)
     assert_aggregates_exact(lake)
+
+
+def test_aggregates_can_be_chosen_or_turned_off(sqlite_lake, dev_broker, tmp_path):
+    lake = sqlite_lake
+    prepared_with_duplicates(lake, dev_broker, tmp_path, 2_000, seed=89)
+    bad = lake.run(*run_args(dev_broker, "--until-drained", "--aggregates", "nope"), check=False, timeout=60)
+    assert bad.returncode != 0 and "no definition named nope" in bad.stderr, bad.stderr
+    lake.run(*run_args(dev_broker, "--until-drained", "--aggregates", "hourly_multi"), timeout=120)
+    assert lake.pyiceberg_table("lake.events_hourly_by_dimension").current_snapshot() is None
+    assert lake.pyiceberg_table("lake.events_hourly_multi").current_snapshot() is not None

@@ -47,6 +47,10 @@ pub struct RunArgs {
     /// Exit (after committing) once every assigned partition is read to its end.
     #[arg(long)]
     pub until_drained: bool,
+    /// Aggregates to run (comma-separated names from sql/aggregates), or `none`; default: every
+    /// aggregate whose `-- source:` is the table.
+    #[arg(long, value_name = "NAMES|none", value_delimiter = ',')]
+    pub aggregates: Option<Vec<String>>,
 }
 
 pub fn pipelines(cfg: &FloeConfig, args: &RunArgs) -> Vec<PipelineConfig> {
@@ -73,6 +77,15 @@ pub fn pipelines(cfg: &FloeConfig, args: &RunArgs) -> Vec<PipelineConfig> {
         }
         if args.no_dead_letters {
             p.dead_letters = false;
+        }
+        if let Some(names) = &args.aggregates {
+            p.aggregates = Some(
+                names
+                    .iter()
+                    .filter(|n| !n.is_empty() && n.as_str() != "none")
+                    .cloned()
+                    .collect(),
+            );
         }
     }
     pipelines
