@@ -655,9 +655,7 @@ pub fn floe_state(metadata: &TableMetadata) -> HashMap<String, String> {
 pub fn floe_state_holders(metadata: &TableMetadata) -> Vec<(i64, String, String)> {
     let mut seen: HashSet<&str> = HashSet::new();
     let mut out = Vec::new();
-    let mut snapshot = metadata.current_snapshot();
-    let mut steps = 0usize;
-    while let Some(s) = snapshot {
+    for s in crate::offsets::ancestry(metadata) {
         for (k, v) in &s.summary().additional_properties {
             if (k.starts_with(crate::offsets::OFFSETS_KEY_PREFIX)
                 || k.starts_with(crate::marks::APPLIED_KEY_PREFIX))
@@ -666,13 +664,6 @@ pub fn floe_state_holders(metadata: &TableMetadata) -> Vec<(i64, String, String)
                 out.push((s.snapshot_id(), k.clone(), v.clone()));
             }
         }
-        steps += 1;
-        if steps > metadata.snapshots().len() {
-            break;
-        }
-        snapshot = s
-            .parent_snapshot_id()
-            .and_then(|id| metadata.snapshot_by_id(id));
     }
     out
 }

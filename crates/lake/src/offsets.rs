@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use iceberg::spec::TableMetadata;
+use iceberg::spec::{SnapshotRef, TableMetadata};
 
 use crate::{Error, Result};
 
@@ -53,21 +53,22 @@ pub fn committed_offsets(metadata: &TableMetadata, group: &str) -> Result<Offset
 /// The value of summary property `key` in the newest snapshot of the current snapshot's
 /// ancestry that carries it, with that snapshot's id.
 pub fn newest_summary_value<'a>(metadata: &'a TableMetadata, key: &str) -> Option<(i64, &'a str)> {
-    let mut snapshot = metadata.current_snapshot();
-    let mut steps = 0usize;
-    while let Some(s) = snapshot {
-        if let Some(v) = s.summary().additional_properties.get(key) {
-            return Some((s.snapshot_id(), v.as_str()));
-        }
-        steps += 1;
-        if steps > metadata.snapshots().len() {
-            break; // defensive: a cycle in corrupt metadata
-        }
-        snapshot = s
-            .parent_snapshot_id()
-            .and_then(|id| metadata.snapshot_by_id(id));
-    }
-    None
+    ancestry(metadata).find_map(|s| {
+        s.summary()
+            .additional_properties
+            .get(key)
+            .map(|v| (s.snapshot_id(), v.as_str()))
+    })
+}
+
+/// The current snapshot and its ancestors, newest first. Stops after as many steps as the
+/// table has snapshots, so a cycle in corrupt metadata cannot loop forever.
+pub fn ancestry(metadata: &TableMetadata) -> impl Iterator<Item = &SnapshotRef> {
+    std::iter::successors(metadata.current_snapshot(), |s| {
+        s.parent_snapshot_id()
+            .and_then(|id| metadata.snapshot_by_id(id))
+    })
+    .take(metadata.snapshots().len())
 }
 
 /// Merges `ranges` into `committed`, refusing a range that overlaps what is committed (a

@@ -176,19 +176,10 @@ impl ExpireSnapshots {
     fn to_expire(&self, metadata: &TableMetadata, cutoff_ms: i64) -> Vec<i64> {
         let mut keep: HashSet<i64> = HashSet::new();
         // The current branch: the newest `retain_last`, and all younger than the cutoff.
-        let mut snapshot = metadata.current_snapshot();
-        let mut n = 0usize;
-        while let Some(s) = snapshot {
+        for (n, s) in floe_lake::offsets::ancestry(metadata).enumerate() {
             if n < self.retain_last || s.timestamp_ms() >= cutoff_ms {
                 keep.insert(s.snapshot_id());
             }
-            n += 1;
-            if n > metadata.snapshots().len() {
-                break;
-            }
-            snapshot = s
-                .parent_snapshot_id()
-                .and_then(|id| metadata.snapshot_by_id(id));
         }
         // Heads of all branches and tags.
         keep.extend(ref_heads(metadata));
