@@ -9,7 +9,6 @@ use floe_lake::{
     Catalog, CatalogConfig, Committer, DataWriter, Error, OffsetRange, committed_offsets,
 };
 use floe_schema::{Decoder, DecoderOptions, RecordMeta, TableDefinition};
-use futures::TryStreamExt;
 use iceberg::TableIdent;
 use iceberg::spec::DataFile;
 
@@ -66,29 +65,14 @@ async fn files(lake: &Lake, p: i32, ids: impl Iterator<Item = i64>) -> Vec<DataF
 }
 
 async fn ids(lake: &Lake) -> Vec<i64> {
-    let table = lake
-        .committer
-        .catalog()
-        .load_table(&lake.ident)
-        .await
-        .unwrap();
-    if table.metadata().current_snapshot().is_none() {
-        return vec![];
-    }
-    let batches: Vec<_> = table
-        .scan()
-        .select(["id"])
-        .build()
-        .unwrap()
-        .to_arrow()
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
     let mut out = Vec::new();
-    for b in batches {
-        let a = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+    for b in floe_testkit::scan(lake.committer.catalog(), "lake.t").await {
+        let a = b
+            .column_by_name("id")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
         out.extend((0..a.len()).map(|i| a.value(i)));
     }
     out.sort();

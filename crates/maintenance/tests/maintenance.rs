@@ -9,14 +9,13 @@ use std::time::{Duration, SystemTime};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int64Type, TimestampMicrosecondType};
 use floe_lake::commit::CommitRequest;
-use floe_lake::{Catalog, CatalogConfig, Committer, DataWriter, OffsetRange, parse_table_ident};
+use floe_lake::{Catalog, Committer, DataWriter, OffsetRange, parse_table_ident};
 use floe_maintenance::compact::Compact;
 use floe_maintenance::expire::ExpireSnapshots;
 use floe_maintenance::files::{ManifestCache, canonical, referenced_files};
 use floe_maintenance::orphans::RemoveOrphans;
 use floe_maintenance::retention::Retention;
 use floe_schema::{Decoder, DecoderOptions, RecordMeta, TableDefinition};
-use futures::TryStreamExt;
 
 const DEF: &str = r#"{
   "schema": {"type": "struct", "schema-id": 0, "fields": [
@@ -40,13 +39,7 @@ struct Lake {
 async fn lake() -> Lake {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
-    let catalog = Catalog::connect(&CatalogConfig {
-        uri: format!("sqlite://{}/c.db", root.display()),
-        warehouse: format!("{}/wh", root.display()),
-        name: "floe".into(),
-    })
-    .await
-    .unwrap();
+    let catalog = floe_testkit::catalog(&root).await;
     catalog
         .create_table(&TableDefinition::from_json(DEF, Some("lake.e"), "test").unwrap())
         .await
@@ -96,25 +89,8 @@ async fn append(lake: &Lake, ids: std::ops::Range<i64>, hours: i64, offsets: boo
 
 /// id → (ts, v) of every row; panics on a duplicate id.
 async fn rows(lake: &Lake) -> BTreeMap<i64, (i64, String)> {
-    let table = lake
-        .catalog
-        .load_table(&parse_table_ident("lake.e").unwrap())
-        .await
-        .unwrap();
     let mut out = BTreeMap::new();
-    if table.metadata().current_snapshot().is_none() {
-        return out;
-    }
-    let batches: Vec<_> = table
-        .scan()
-        .build()
-        .unwrap()
-        .to_arrow()
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let batches = floe_testkit::scan(&lake.catalog, "lake.e").await;
     for b in batches {
         let ids = b.column(0).as_primitive::<Int64Type>();
         let ts = b.column(1).as_primitive::<TimestampMicrosecondType>();

@@ -1,25 +1,14 @@
-//! Helpers shared by the loader's integration tests.
+//! Helpers shared by the loader's integration tests (the general ones come from floe-testkit).
 #![allow(dead_code)]
 
 use std::str::FromStr;
 use std::sync::Arc;
 
-use arrow_array::RecordBatch;
-use floe_lake::{Catalog, CatalogConfig, parse_table_ident};
-use futures::TryStreamExt;
+use floe_lake::{Catalog, parse_table_ident};
 use iceberg::MetadataLocation;
 use iceberg::spec::{NestedField, PrimitiveType, Schema, Type};
 
-/// A SQLite catalog with its warehouse in `dir`.
-pub async fn catalog(dir: &std::path::Path) -> Catalog {
-    Catalog::connect(&CatalogConfig {
-        uri: format!("sqlite://{}/c.db", dir.display()),
-        warehouse: format!("{}/wh", dir.display()),
-        name: "floe".into(),
-    })
-    .await
-    .unwrap()
-}
+pub use floe_testkit::{catalog, scan};
 
 /// Adds an optional double column the way any Iceberg tool would: new metadata with a new
 /// current schema, swapped in the catalog.
@@ -56,25 +45,4 @@ pub async fn add_column(catalog: &Catalog, table: &str, name: &str) {
             .await
             .unwrap()
     );
-}
-
-/// Every row of `table`'s current snapshot.
-pub async fn scan(catalog: &Catalog, table: &str) -> Vec<RecordBatch> {
-    let table = catalog
-        .load_table(&parse_table_ident(table).unwrap())
-        .await
-        .unwrap();
-    if table.metadata().current_snapshot().is_none() {
-        return Vec::new();
-    }
-    table
-        .scan()
-        .build()
-        .unwrap()
-        .to_arrow()
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap()
 }
