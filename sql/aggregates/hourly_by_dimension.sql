@@ -7,25 +7,12 @@
 -- Runs on `batch`: the events of one flush, decoded and deduplicated by event_guid. Each run
 -- yields partial rows; every column is additive under its merge function, so readers (and
 -- compaction) get exact totals with SUM/MIN/MAX … GROUP BY the key.
-WITH dims AS (
-    SELECT event_ts, is_returning, value, session_duration,
-           'country' AS dimension, country AS dimension_value FROM batch
-    UNION ALL
-    SELECT event_ts, is_returning, value, session_duration,
-           'device_type', device_type FROM batch
-    UNION ALL
-    SELECT event_ts, is_returning, value, session_duration,
-           'action', action FROM batch
-    UNION ALL
-    SELECT event_ts, is_returning, value, session_duration,
-           'page', page FROM batch
-    UNION ALL
-    SELECT event_ts, is_returning, value, session_duration,
-           'category', category FROM batch
-)
+--
+-- One aggregation per dimension, grouped by (hour, value) only: the dimension's name is a
+-- constant added to the few output rows, not a key hashed for every event.
 SELECT date_bin(INTERVAL '1 hour', event_ts) AS window_start,
-       dimension,
-       dimension_value,
+       'country' AS dimension,
+       country AS dimension_value,
        count(*) AS event_count,
        sum(CASE WHEN is_returning THEN 1 ELSE 0 END) AS returning_count,
        sum(value) AS value_sum,
@@ -34,5 +21,61 @@ SELECT date_bin(INTERVAL '1 hour', event_ts) AS window_start,
        sum(session_duration) AS session_duration_sum,
        min(event_ts) AS first_event_ts,
        max(event_ts) AS last_event_ts
-FROM dims
-GROUP BY 1, 2, 3
+FROM batch
+GROUP BY 1, country
+UNION ALL
+SELECT date_bin(INTERVAL '1 hour', event_ts) AS window_start,
+       'device_type' AS dimension,
+       device_type AS dimension_value,
+       count(*) AS event_count,
+       sum(CASE WHEN is_returning THEN 1 ELSE 0 END) AS returning_count,
+       sum(value) AS value_sum,
+       min(value) AS value_min,
+       max(value) AS value_max,
+       sum(session_duration) AS session_duration_sum,
+       min(event_ts) AS first_event_ts,
+       max(event_ts) AS last_event_ts
+FROM batch
+GROUP BY 1, device_type
+UNION ALL
+SELECT date_bin(INTERVAL '1 hour', event_ts) AS window_start,
+       'action' AS dimension,
+       action AS dimension_value,
+       count(*) AS event_count,
+       sum(CASE WHEN is_returning THEN 1 ELSE 0 END) AS returning_count,
+       sum(value) AS value_sum,
+       min(value) AS value_min,
+       max(value) AS value_max,
+       sum(session_duration) AS session_duration_sum,
+       min(event_ts) AS first_event_ts,
+       max(event_ts) AS last_event_ts
+FROM batch
+GROUP BY 1, action
+UNION ALL
+SELECT date_bin(INTERVAL '1 hour', event_ts) AS window_start,
+       'page' AS dimension,
+       page AS dimension_value,
+       count(*) AS event_count,
+       sum(CASE WHEN is_returning THEN 1 ELSE 0 END) AS returning_count,
+       sum(value) AS value_sum,
+       min(value) AS value_min,
+       max(value) AS value_max,
+       sum(session_duration) AS session_duration_sum,
+       min(event_ts) AS first_event_ts,
+       max(event_ts) AS last_event_ts
+FROM batch
+GROUP BY 1, page
+UNION ALL
+SELECT date_bin(INTERVAL '1 hour', event_ts) AS window_start,
+       'category' AS dimension,
+       category AS dimension_value,
+       count(*) AS event_count,
+       sum(CASE WHEN is_returning THEN 1 ELSE 0 END) AS returning_count,
+       sum(value) AS value_sum,
+       min(value) AS value_min,
+       max(value) AS value_max,
+       sum(session_duration) AS session_duration_sum,
+       min(event_ts) AS first_event_ts,
+       max(event_ts) AS last_event_ts
+FROM batch
+GROUP BY 1, category

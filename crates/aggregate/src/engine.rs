@@ -1,11 +1,14 @@
 //! Running aggregate definitions on a batch with DataFusion, merging partials, and shaping the
 //! output to the target table's Arrow schema.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{Schema, SchemaRef};
-use datafusion::datasource::MemTable;
+use datafusion::execution::TaskContext;
+use datafusion::execution::session_state::SessionState;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 /// One partition, large batches: the inputs are one flush's chunk, already in memory;
@@ -19,18 +22,50 @@ fn context() -> SessionContext {
     )
 }
 
+use crate::input::{Input, InputTable};
 use crate::{AggregateDef, Error, Result};
 
-/// Runs a set of aggregate definitions.
-#[derive(Debug, Clone)]
+/// Which query of a definition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Stage {
+    /// The definition's SQL over `batch`.
+    Partial,
+    /// The merge of its partials (`partials`).
+    Merge,
+}
+
+/// A physical plan made for an input schema.
+struct Prepared {
+    input: SchemaRef,
+    plan: Arc<dyn ExecutionPlan>,
+}
+
+type Plans = HashMap<(usize, Stage), Prepared>;
+
+/// Runs a set of aggregate definitions. Clones share the plans made so far.
+#[derive(Clone)]
 pub struct Aggregator {
-    defs: Vec<AggregateDef>,
+    defs: Arc<Vec<AggregateDef>>,
+    state: SessionState,
+    plans: Arc<Mutex<Plans>>,
+}
+
+impl std::fmt::Debug for Aggregator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Aggregator")
+            .field("defs", &self.defs)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Aggregator {
     /// An aggregator for `defs`.
     pub fn new(defs: Vec<AggregateDef>) -> Self {
-        Self { defs }
+        Self {
+            defs: Arc::new(defs),
+            state: context().state(),
+            plans: Arc::default(),
+        }
     }
 
     /// The definitions.
@@ -41,32 +76,146 @@ impl Aggregator {
     /// Runs every definition on `batch` (registered as table `batch`); one partial result per
     /// definition, in order.
     pub async fn partials(&self, batch: &RecordBatch) -> Result<Vec<RecordBatch>> {
-        let ctx = context();
-        let table = MemTable::try_new(batch.schema(), vec![vec![batch.clone()]])
-            .map_err(|e| Error::Definition(format!("registering the batch: {e}")))?;
-        ctx.register_table("batch", Arc::new(table))
-            .map_err(|e| Error::Definition(format!("registering the batch: {e}")))?;
-        let mut out = Vec::with_capacity(self.defs.len());
-        for def in &self.defs {
-            out.push(collect(&ctx, &def.name, &def.sql).await?);
+        self.partials_of(0..self.defs.len(), batch).await
+    }
+
+    /// Runs the definitions at `indices` on `batch`; one partial result per index, in order.
+    pub async fn partials_of(
+        &self,
+        indices: impl IntoIterator<Item = usize>,
+        batch: &RecordBatch,
+    ) -> Result<Vec<RecordBatch>> {
+        let mut out = Vec::new();
+        for i in indices {
+            out.push(self.run(i, Stage::Partial, vec![batch.clone()]).await?);
         }
         Ok(out)
     }
 
     /// Merges partial rows of definition `index` into one row per key.
     pub async fn merge(&self, index: usize, partials: &[RecordBatch]) -> Result<RecordBatch> {
-        let def = &self.defs[index];
-        let Some(first) = partials.first() else {
-            return Err(Error::Definition(format!("{}: nothing to merge", def.name)));
-        };
-        let schema = first.schema();
-        let ctx = context();
-        let table = MemTable::try_new(schema.clone(), vec![partials.to_vec()])
-            .map_err(|e| Error::Definition(format!("{}: registering partials: {e}", def.name)))?;
-        ctx.register_table("partials", Arc::new(table))
-            .map_err(|e| Error::Definition(format!("{}: registering partials: {e}", def.name)))?;
-        collect(&ctx, &def.name, &merge_sql(def, &schema)).await
+        if partials.is_empty() {
+            return Err(Error::Definition(format!(
+                "{}: nothing to merge",
+                self.defs[index].name
+            )));
+        }
+        self.run(index, Stage::Merge, partials.to_vec()).await
     }
+
+    /// The columns of `schema` (the `batch` table's) that the definitions read, as indices in
+    /// order: the rest need not be copied when a batch is filtered for them.
+    pub async fn columns_read(&self, schema: &SchemaRef) -> Result<Vec<usize>> {
+        use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+        use datafusion::logical_expr::LogicalPlan;
+        if self.defs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ctx = context();
+        register(&ctx, "batch", schema, &self.defs[0].name)?;
+        let mut read = std::collections::BTreeSet::new();
+        for def in self.defs.iter() {
+            let err = |source| Error::Query {
+                name: def.name.clone(),
+                source,
+            };
+            let plan = ctx
+                .sql(&def.sql)
+                .await
+                .map_err(err)?
+                .into_optimized_plan()
+                .map_err(err)?;
+            plan.apply(|node| {
+                if let LogicalPlan::TableScan(scan) = node
+                    && scan.table_name.table() == "batch"
+                {
+                    match &scan.projection {
+                        Some(p) => read.extend(p.iter().copied()),
+                        None => read.extend(0..schema.fields().len()),
+                    }
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+            .map_err(err)?;
+        }
+        Ok(read.into_iter().collect())
+    }
+
+    /// Runs query `stage` of definition `index` on `input`, planning it first if its input
+    /// schema is new.
+    async fn run(&self, index: usize, stage: Stage, input: Vec<RecordBatch>) -> Result<RecordBatch> {
+        let def = &self.defs[index];
+        let err = |source| Error::Query {
+            name: def.name.clone(),
+            source,
+        };
+        let schema = input[0].schema();
+        let plan = self.plan(index, stage, &schema).await?;
+        // Plans keep per-run state in places (dynamic filters): run a fresh copy of the tree.
+        let plan = datafusion::physical_plan::execution_plan::reset_plan_states(plan)
+            .map_err(err)?;
+        let config = self
+            .state
+            .config()
+            .clone()
+            .with_extension(Arc::new(Input(input)));
+        let task = Arc::new(TaskContext::from(&self.state).with_session_config(config));
+        let out_schema = plan.schema();
+        let batches = datafusion::physical_plan::collect(plan, task)
+            .await
+            .map_err(err)?;
+        datafusion::arrow::compute::concat_batches(&out_schema, &batches).map_err(|e| {
+            err(datafusion::error::DataFusionError::ArrowError(
+                Box::new(e),
+                None,
+            ))
+        })
+    }
+
+    async fn plan(
+        &self,
+        index: usize,
+        stage: Stage,
+        schema: &SchemaRef,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if let Some(p) = self.plans.lock().expect("plans lock").get(&(index, stage))
+            && p.input == *schema
+        {
+            return Ok(p.plan.clone());
+        }
+        let def = &self.defs[index];
+        let err = |source| Error::Query {
+            name: def.name.clone(),
+            source,
+        };
+        let ctx = context();
+        let (table, sql) = match stage {
+            Stage::Partial => ("batch", def.sql.clone()),
+            Stage::Merge => ("partials", merge_sql(def, schema)),
+        };
+        register(&ctx, table, schema, &def.name)?;
+        let plan = ctx
+            .sql(&sql)
+            .await
+            .map_err(err)?
+            .create_physical_plan()
+            .await
+            .map_err(err)?;
+        self.plans.lock().expect("plans lock").insert(
+            (index, stage),
+            Prepared {
+                input: schema.clone(),
+                plan: plan.clone(),
+            },
+        );
+        Ok(plan)
+    }
+}
+
+fn register(ctx: &SessionContext, name: &str, schema: &SchemaRef, def: &str) -> Result<()> {
+    ctx.register_table(name, Arc::new(InputTable::new(schema.clone())))
+        .map(|_| ())
+        .map_err(|e| Error::Definition(format!("{def}: registering {name}: {e}")))
 }
 
 /// `SELECT keys…, merge(col) AS col … FROM partials GROUP BY keys…`, columns in the partials'
@@ -87,22 +236,6 @@ pub fn merge_sql(def: &AggregateDef, schema: &Schema) -> String {
         columns.join(", "),
         keys.join(", ")
     )
-}
-
-async fn collect(ctx: &SessionContext, name: &str, sql: &str) -> Result<RecordBatch> {
-    let err = |source| Error::Query {
-        name: name.to_string(),
-        source,
-    };
-    let df = ctx.sql(sql).await.map_err(err)?;
-    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-    let batches = df.collect().await.map_err(err)?;
-    datafusion::arrow::compute::concat_batches(&schema, &batches).map_err(|e| {
-        err(datafusion::error::DataFusionError::ArrowError(
-            Box::new(e),
-            None,
-        ))
-    })
 }
 
 /// Shapes `batch` to `target` (the table's Arrow schema): columns by name, cast to the

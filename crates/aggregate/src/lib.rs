@@ -8,6 +8,7 @@
 pub mod dedup;
 pub mod definition;
 pub mod engine;
+pub mod input;
 
 pub use definition::{AggregateDef, Merge};
 pub use engine::Aggregator;

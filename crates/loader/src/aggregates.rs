@@ -18,7 +18,7 @@ use std::sync::Arc;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type, TimestampMicrosecondType};
 use arrow_array::{Array, BooleanArray, RecordBatch};
-use floe_aggregate::dedup::{Deduper, Part};
+use floe_aggregate::dedup::{Deduper, Part, key_hash};
 use floe_aggregate::engine::conform;
 use floe_aggregate::{AggregateDef, Aggregator};
 use floe_lake::commit::{CommitRequest, OffsetsUpdate};
@@ -30,8 +30,14 @@ use iceberg::spec::{Datum, TableMetadata};
 
 use crate::{Error, Result};
 
-/// Partial rows per aggregate beyond which they are merged during a batch.
+/// Partial rows per aggregate beyond which they are merged during a batch (and twice the rows
+/// the last merge left, so merging stays linear when partials hardly fold, e.g. a high
+/// cardinality key).
 const MERGE_ROWS: usize = 200_000;
+
+/// A flush's partials are merged before writing only while merges pay: the last one left
+/// at most this share of its input rows.
+const MERGE_PAYS: f64 = 0.8;
 
 /// Per row of a chunk: where it came from and which tables take it.
 #[derive(Debug, Default)]
@@ -70,6 +76,12 @@ pub struct Aggregation {
     topics: Vec<String>,
     partials: Vec<Vec<RecordBatch>>,
     partial_rows: Vec<usize>,
+    /// The chunk schema and the columns of it the aggregates read.
+    read: Option<(arrow_schema::SchemaRef, Vec<usize>)>,
+    /// Per aggregate: rows the last merge left (during this flush).
+    merged_rows: Vec<usize>,
+    /// Per aggregate: output / input rows of its last merge (kept across flushes).
+    merge_ratio: Vec<f64>,
     /// Queries running on the runtime's other threads while the writer encodes Parquet: per
     /// chunk, the partials of every aggregate (in order).
     running: std::collections::VecDeque<Running>,
@@ -99,6 +111,9 @@ impl Aggregation {
             topics,
             partials: vec![Vec::new(); n],
             partial_rows: vec![0; n],
+            read: None,
+            merged_rows: vec![0; n],
+            merge_ratio: vec![0.0; n],
             running: std::collections::VecDeque::new(),
         }
     }
@@ -133,52 +148,70 @@ impl Aggregation {
                 ))
             })?;
         let wanted = |i: usize| routing.aggs.iter().any(|m| m.as_ref().is_none_or(|m| m[i]));
-        let mut part: Part = (String::new(), -1);
-        let first: BooleanArray = (0..n)
-            .map(|i| {
-                if !wanted(i) {
-                    return Some(false);
-                }
-                let (t, p) = routing.parts[i];
-                if part.1 != p || part.0 != self.topics[t as usize] {
-                    part = (self.topics[t as usize].clone(), p);
-                }
-                // A NULL id cannot be deduplicated: it counts.
-                if keys.is_null(i) {
-                    return Some(true);
-                }
-                let time = if times.is_null(i) { 0 } else { times.value(i) };
-                Some(self.dedup.first(&part, keys.value(i), time))
-            })
-            .collect();
+        let mut first = arrow_array::builder::BooleanBufferBuilder::new(n);
+        let mut i = 0;
+        while i < n {
+            // Rows come in runs of one partition: one state lookup per run.
+            let (t, p) = routing.parts[i];
+            let part: Part = (self.topics[t as usize].clone(), p);
+            let state = self.dedup.part(&part);
+            while i < n && routing.parts[i] == (t, p) {
+                let keep = if !wanted(i) {
+                    false
+                } else if keys.is_null(i) {
+                    // A NULL id cannot be deduplicated: it counts.
+                    true
+                } else {
+                    let time = if times.is_null(i) { 0 } else { times.value(i) };
+                    state.first(keys.value(i).as_bytes(), time)
+                };
+                first.append(keep);
+                i += 1;
+            }
+        }
+        let first = BooleanArray::new(first.finish(), None);
+        // Only the columns the queries read are copied by the filter.
+        let schema = rows.schema();
+        let read = match &self.read {
+            Some((s, read)) if *s == schema => read.clone(),
+            _ => {
+                let read = self.aggregator.columns_read(&schema).await?;
+                self.read = Some((schema, read.clone()));
+                read
+            }
+        };
+        let rows = rows
+            .project(&read)
+            .map_err(|e| Error::Config(format!("projecting the aggregates' columns: {e}")))?;
+        let keep = |mask: &BooleanArray| -> Result<RecordBatch> {
+            if mask.true_count() == n {
+                return Ok(rows.clone());
+            }
+            arrow_select::filter::filter_record_batch(&rows, mask)
+                .map_err(|e| Error::Config(format!("filtering duplicates: {e}")))
+        };
         // The queries run on another task; results are folded in order.
         let mut inputs: Vec<(Vec<usize>, RecordBatch)> = Vec::new();
         if routing.aggs.iter().all(Option::is_none) {
-            let kept = arrow_select::filter::filter_record_batch(rows, &first)
-                .map_err(|e| Error::Config(format!("filtering duplicates: {e}")))?;
-            inputs.push(((0..self.tables.len()).collect(), kept));
+            inputs.push(((0..self.tables.len()).collect(), keep(&first)?));
         } else {
             for i in 0..self.tables.len() {
                 let mask: BooleanArray = match &routing.aggs[i] {
                     None => first.clone(),
                     Some(m) => (0..n).map(|r| Some(first.value(r) && m[r])).collect(),
                 };
-                let kept = arrow_select::filter::filter_record_batch(rows, &mask)
-                    .map_err(|e| Error::Config(format!("filtering duplicates: {e}")))?;
-                inputs.push((vec![i], kept));
+                inputs.push((vec![i], keep(&mask)?));
             }
         }
-        let defs: Vec<AggregateDef> = self.tables.iter().map(|t| t.def.clone()).collect();
+        let aggregator = self.aggregator.clone();
         self.running.push_back(tokio::spawn(async move {
             let mut out = Vec::new();
             for (which, batch) in inputs {
                 if batch.num_rows() == 0 {
                     continue;
                 }
-                let agg = Aggregator::new(which.iter().map(|i| defs[*i].clone()).collect());
-                for (i, p) in which.into_iter().zip(agg.partials(&batch).await?) {
-                    out.push((i, p));
-                }
+                let partials = aggregator.partials_of(which.iter().copied(), &batch).await?;
+                out.extend(which.into_iter().zip(partials));
             }
             Ok(out)
         }));
@@ -208,11 +241,20 @@ impl Aggregation {
         }
         self.partial_rows[i] += partial.num_rows();
         self.partials[i].push(partial);
-        if self.partial_rows[i] > MERGE_ROWS && self.partials[i].len() > 1 {
-            let merged = self.aggregator.merge(i, &self.partials[i]).await?;
-            self.partial_rows[i] = merged.num_rows();
-            self.partials[i] = vec![merged];
+        if self.partial_rows[i] > MERGE_ROWS.max(2 * self.merged_rows[i])
+            && self.partials[i].len() > 1
+        {
+            self.merge(i).await?;
         }
+        Ok(())
+    }
+
+    async fn merge(&mut self, i: usize) -> Result<()> {
+        let merged = self.aggregator.merge(i, &self.partials[i]).await?;
+        self.merge_ratio[i] = merged.num_rows() as f64 / self.partial_rows[i].max(1) as f64;
+        self.partial_rows[i] = merged.num_rows();
+        self.merged_rows[i] = merged.num_rows();
+        self.partials[i] = vec![merged];
         Ok(())
     }
 
@@ -231,31 +273,40 @@ impl Aggregation {
         }
         let catalog = committer.catalog();
         let mut rows = Vec::with_capacity(self.tables.len());
-        for (i, table) in self.tables.iter().enumerate() {
+        for i in 0..self.tables.len() {
             if ranges[i].is_empty() && self.partials[i].is_empty() {
                 rows.push(0);
                 continue;
             }
-            let (_, meta) = catalog.load_metadata(&table.ident).await?;
+            let (_, meta) = catalog.load_metadata(&self.tables[i].ident).await?;
             let mut files = Vec::new();
-            if !self.partials[i].is_empty() {
-                let merged = self
-                    .aggregator
-                    .merge(i, &self.partials[i])
+            if self.partials[i].len() > 1 && self.merge_ratio[i] <= MERGE_PAYS {
+                self.merge(i)
                     .await
                     .map_err(|e| floe_lake::Error::Config(e.to_string()))?;
+            }
+            let table = &self.tables[i];
+            if !self.partials[i].is_empty() {
                 let target = Arc::new(iceberg::arrow::schema_to_arrow_schema(
                     meta.current_schema(),
                 )?);
-                let shaped = conform(&table.def, &merged, &target)
-                    .map_err(|e| floe_lake::Error::Config(e.to_string()))?;
                 let mut w = DataWriter::new(catalog.file_io(), &meta)?;
-                if let Err(e) = w.write(&shaped).await {
-                    w.abort().await;
-                    return Err(e);
+                let mut n = 0;
+                for partial in &self.partials[i] {
+                    let written = match conform(&table.def, partial, &target) {
+                        Ok(shaped) => w.write(&shaped).await.map(|()| shaped.num_rows()),
+                        Err(e) => Err(floe_lake::Error::Config(e.to_string())),
+                    };
+                    match written {
+                        Ok(rows) => n += rows,
+                        Err(e) => {
+                            w.abort().await;
+                            return Err(e);
+                        }
+                    }
                 }
                 files = w.close().await?;
-                rows.push(shaped.num_rows() as u64);
+                rows.push(n as u64);
             } else {
                 rows.push(0);
             }
@@ -291,6 +342,7 @@ impl Aggregation {
             p.clear();
         }
         self.partial_rows.iter_mut().for_each(|r| *r = 0);
+        self.merged_rows.iter_mut().for_each(|r| *r = 0);
     }
 
     /// Replaces the dedup state of `parts` with the ids the raw table holds below each one's
@@ -301,7 +353,7 @@ impl Aggregation {
         raw: &TableIdent,
         parts: &[(Part, Option<i64>)],
     ) -> floe_lake::Result<()> {
-        let loaded = load_recent_keys(
+        let mut loaded = load_recent_keys(
             committer,
             raw,
             &self.columns,
@@ -312,7 +364,7 @@ impl Aggregation {
         .await?;
         let n: usize = loaded.values().map(Vec::len).sum();
         for (part, _) in parts {
-            let keys = loaded.get(part).cloned().unwrap_or_default();
+            let keys = loaded.remove(part).unwrap_or_default();
             self.dedup.load(part.clone(), keys);
         }
         tracing::info!(table = %raw, partitions = parts.len(), ids = n, kept = self.dedup.len(), "dedup state rebuilt from the raw table");
@@ -401,8 +453,8 @@ async fn load_recent_keys(
     topics: &[String],
     window_us: i64,
     parts: &[(Part, Option<i64>)],
-) -> floe_lake::Result<HashMap<Part, Vec<(String, i64)>>> {
-    let mut out: HashMap<Part, Vec<(String, i64)>> = HashMap::new();
+) -> floe_lake::Result<HashMap<Part, Vec<(u128, i64)>>> {
+    let mut out: HashMap<Part, Vec<(u128, i64)>> = HashMap::new();
     let below: HashMap<&Part, i64> = parts
         .iter()
         .filter_map(|(p, o)| o.map(|o| (p, o)))
@@ -474,7 +526,7 @@ async fn load_recent_keys(
                 let t = if times.is_null(i) { 0 } else { times.value(i) };
                 out.entry(part)
                     .or_default()
-                    .push((keys.value(i).to_string(), t));
+                    .push((key_hash(keys.value(i).as_bytes()), t));
             }
         }
     }

@@ -1,0 +1,122 @@
+//! The aggregate path's cost per event, by stage, on `floe generate`'s default stream decoded
+//! into 64k-row chunks (as the loader's writer task gets them): dedup, the DataFusion partials
+//! of each built-in aggregate, and the merge of a flush's partials.
+//!
+//! `cargo bench -p floe-loader --bench aggregate`; the loader's own cost per event is in
+//! `floe bench` (the aggregate path should stay within 15 % of it).
+
+use std::hint::black_box;
+use std::path::Path;
+use std::time::Duration;
+
+use arrow_array::RecordBatch;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use floe_aggregate::dedup::Deduper;
+use floe_aggregate::{AggregateDef, Aggregator};
+use floe_loader::generate::{Generator, GeneratorOptions};
+use floe_schema::{Decoder, DecoderOptions, RecordMeta, TableDefinition};
+
+const CHUNK: usize = 65_536;
+
+fn chunks(n: usize) -> Vec<RecordBatch> {
+    let def = TableDefinition::from_file(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/lake.events.json"),
+    )
+    .unwrap();
+    let opts = DecoderOptions::from_table_properties(&def.properties);
+    let mut d = Decoder::new(&def.schema, &opts).unwrap();
+    let mut g = Generator::new(GeneratorOptions {
+        duplicates: 0.05,
+        start_ms: 1_742_199_657_865,
+        ..Default::default()
+    });
+    let mut out = Vec::new();
+    for i in 0..n {
+        let m = g.next_message();
+        let meta = RecordMeta {
+            topic: "events",
+            partition: Some(0),
+            offset: Some(i as i64),
+            ingested_at_us: 1,
+            ..Default::default()
+        };
+        d.decode(&m.payload, &meta).unwrap();
+        if d.len() == CHUNK {
+            out.push(d.finish());
+        }
+    }
+    out
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let input = chunks(4 * CHUNK);
+    let rows: usize = input.iter().map(RecordBatch::num_rows).sum();
+    let defs = AggregateDef::builtin().unwrap();
+    let mut group = c.benchmark_group("aggregate_path");
+    group.throughput(Throughput::Elements(rows as u64));
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(10));
+
+    group.bench_function("dedup", |b| {
+        b.iter(|| {
+            let mut d = Deduper::new(Duration::from_secs(3600));
+            let part = ("events".to_string(), 0);
+            let mut kept = 0usize;
+            for batch in &input {
+                let keys = arrow_array::cast::AsArray::as_string::<i32>(
+                    batch.column_by_name("event_guid").unwrap(),
+                );
+                let state = d.part(&part);
+                for i in 0..batch.num_rows() {
+                    kept += state.first(keys.value(i).as_bytes(), i as i64) as usize;
+                }
+            }
+            d.commit();
+            black_box(kept)
+        })
+    });
+    for (i, def) in defs.iter().enumerate() {
+        let agg = Aggregator::new(vec![def.clone()]);
+        // As the loader does: only the columns the definition reads.
+        let read = rt.block_on(agg.columns_read(&input[0].schema())).unwrap();
+        let input: Vec<RecordBatch> = input.iter().map(|b| b.project(&read).unwrap()).collect();
+        group.bench_function(format!("partials/{}", def.name), |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    for batch in &input {
+                        black_box(agg.partials(batch).await.unwrap());
+                    }
+                })
+            })
+        });
+        // Planning and set-up per run, the same for any batch size.
+        let tiny = input[0].slice(0, 64);
+        group.bench_function(format!("overhead_x4/{}", def.name), |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    for _ in 0..4 {
+                        black_box(agg.partials(&tiny).await.unwrap());
+                    }
+                })
+            })
+        });
+        let partials: Vec<RecordBatch> = rt.block_on(async {
+            let mut v = Vec::new();
+            for batch in &input {
+                v.extend(agg.partials(batch).await.unwrap());
+            }
+            v
+        });
+        let all = Aggregator::new(defs.clone());
+        group.bench_function(format!("merge/{}", def.name), |b| {
+            b.iter(|| rt.block_on(async { black_box(all.merge(i, &partials).await.unwrap()) }))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
