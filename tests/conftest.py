@@ -84,6 +84,62 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+S3_KEYS = {"access_key_id": "floe-test-key", "secret_access_key": "floe-test-secret-4f9a"}
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """An S3 server (moto_server from PyPI, in memory) on 127.0.0.1; yields its endpoint."""
+    import sys
+    import time
+    import socket
+    port = free_port()
+    exe = Path(sys.executable).parent / "moto_server"
+    p = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        p.kill()
+        raise RuntimeError("moto_server did not start")
+    yield f"http://127.0.0.1:{port}"
+    p.kill()
+    p.wait()
+
+
+@pytest.fixture
+def s3_proxy(moto_server):
+    """A fault-injecting TCP proxy in front of the S3 server (tests/faultproxy.py)."""
+    from faultproxy import FaultProxy
+    host, port = moto_server.split("://", 1)[1].split(":")
+    proxy = FaultProxy(host, int(port))
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
+def s3_lake(request, tmp_path, floe_bin, pg_database, moto_server):
+    """A floe working directory with its catalog on PostgreSQL and its warehouse on S3 (a
+    fresh bucket); through the fault proxy when the test also asks for `s3_proxy`."""
+    import uuid
+    from readers import s3_client
+    endpoint = moto_server
+    if "s3_proxy" in request.fixturenames:
+        endpoint = request.getfixturevalue("s3_proxy").endpoint
+    s3 = dict(S3_KEYS, endpoint=endpoint)
+    bucket = "lake-" + uuid.uuid4().hex[:10]
+    s3_client(dict(S3_KEYS, endpoint=moto_server)).create_bucket(Bucket=bucket)
+    lake = Lake(floe_bin, tmp_path, pg_database, f"s3://{bucket}/warehouse", s3=s3)
+    # Readers go to the server directly (the proxy's faults are for floe).
+    lake.reader_s3 = dict(S3_KEYS, endpoint=moto_server)
+    return lake
+
+
 @pytest.fixture
 def dev_broker(floe_bin, tmp_path):
     """`floe dev-broker` in its own process (6 partitions per topic); yields its bootstrap."""

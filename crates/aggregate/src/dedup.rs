@@ -260,9 +260,15 @@ mod tests {
         // The horizon moves by less than a sixteenth of the window past the key: not trimmed.
         assert!(d.first(&p(0), "late", H + 60_000_000));
         d.commit();
-        assert!(d.first(&p(0), "k", H + 60_000_000), "k is older than the window");
+        assert!(
+            d.first(&p(0), "k", H + 60_000_000),
+            "k is older than the window"
+        );
         assert!(!d.first(&p(0), "k", H + 60_000_000), "and now fresh again");
         d.discard();
-        assert!(d.first(&p(0), "k", H + 60_000_000), "the discarded flush decided nothing");
+        assert!(
+            d.first(&p(0), "k", H + 60_000_000),
+            "the discarded flush decided nothing"
+        );
     }
 }

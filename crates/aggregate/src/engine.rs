@@ -143,17 +143,34 @@ impl Aggregator {
 
     /// Runs query `stage` of definition `index` on `input`, planning it first if its input
     /// schema is new.
-    async fn run(&self, index: usize, stage: Stage, input: Vec<RecordBatch>) -> Result<RecordBatch> {
+    async fn run(
+        &self,
+        index: usize,
+        stage: Stage,
+        input: Vec<RecordBatch>,
+    ) -> Result<RecordBatch> {
         let def = &self.defs[index];
         let err = |source| Error::Query {
             name: def.name.clone(),
             source,
         };
-        let schema = input[0].schema();
+        // Plans are made for a schema; batches that differ only in field metadata or
+        // nullability (a merge's output next to fresh partials) share one.
+        let schema = loose(&input[0].schema());
+        let input = input
+            .into_iter()
+            .map(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                err(datafusion::error::DataFusionError::ArrowError(
+                    Box::new(e),
+                    None,
+                ))
+            })?;
         let plan = self.plan(index, stage, &schema).await?;
         // Plans keep per-run state in places (dynamic filters): run a fresh copy of the tree.
-        let plan = datafusion::physical_plan::execution_plan::reset_plan_states(plan)
-            .map_err(err)?;
+        let plan =
+            datafusion::physical_plan::execution_plan::reset_plan_states(plan).map_err(err)?;
         let config = self
             .state
             .config()
@@ -210,6 +227,17 @@ impl Aggregator {
         );
         Ok(plan)
     }
+}
+
+/// `schema` with every field nullable and no metadata.
+fn loose(schema: &Schema) -> SchemaRef {
+    Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| arrow_schema::Field::new(f.name(), f.data_type().clone(), true))
+            .collect::<Vec<_>>(),
+    ))
 }
 
 fn register(ctx: &SessionContext, name: &str, schema: &SchemaRef, def: &str) -> Result<()> {

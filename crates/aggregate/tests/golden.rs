@@ -121,8 +121,9 @@ async fn merged_partials_of_two_halves_equal_the_partials_of_the_whole() {
     let batch = input();
     let whole = agg.partials(&batch).await.unwrap();
     let first = agg.partials(&batch.slice(0, 37)).await.unwrap();
-    let second = agg
-        .partials(&batch.slice(37, batch.num_rows() - 37))
+    let second = agg.partials(&batch.slice(37, 20)).await.unwrap();
+    let third = agg
+        .partials(&batch.slice(57, batch.num_rows() - 57))
         .await
         .unwrap();
     for (i, def) in defs.iter().enumerate() {
@@ -130,6 +131,8 @@ async fn merged_partials_of_two_halves_equal_the_partials_of_the_whole() {
             .merge(i, &[first[i].clone(), second[i].clone()])
             .await
             .unwrap();
+        // A merge's output is merged again with fresh partials, as the loader does.
+        let merged = agg.merge(i, &[merged, third[i].clone()]).await.unwrap();
         let target = target_schema(def);
         assert_eq!(
             render(&conform(def, &merged, &target).unwrap()),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
-use floe_lake::CatalogConfig;
+use floe_lake::{CatalogConfig, S3Config};
 use floe_loader::config::{KafkaConfig, MetricsConfig, PipelineConfig};
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 pub struct FloeConfig {
     /// Catalog database and warehouse.
     pub catalog: CatalogConfig,
+    /// S3 / MinIO settings for an `s3://` warehouse.
+    pub s3: S3Config,
     /// Logging.
     pub log: LogConfig,
     /// Where table definitions live (`floe table create --all`).
@@ -82,7 +84,21 @@ impl FloeConfig {
         fig = fig
             .merge(Env::prefixed("FLOE__").split("__"))
             .merge(overrides);
-        fig.extract().context("invalid configuration")
+        let mut cfg: Self = fig.extract().context("invalid configuration")?;
+        cfg.kafka
+            .resolve_property_files()
+            .map_err(anyhow::Error::msg)?;
+        Ok(cfg)
+    }
+
+    /// The effective config as TOML with every secret hidden (`floe --print-config`): the
+    /// catalog URI's password, the S3 secret, secret Kafka properties.
+    pub fn redacted_toml(&self) -> String {
+        let mut c = self.clone();
+        c.catalog.uri = floe_lake::catalog::redact_uri(&c.catalog.uri);
+        c.s3 = c.s3.redacted();
+        c.kafka.properties = floe_loader::kafka::redacted(&c.kafka.properties);
+        toml::to_string_pretty(&c).expect("config serializes")
     }
 
     fn with_defaults() -> Self {
@@ -131,6 +147,53 @@ mod tests {
         std::fs::write(&file, "[catalog]\nurl = \"typo\"\n").unwrap();
         let err = FloeConfig::load(Some(&file), Figment::new()).unwrap_err();
         assert!(format!("{err:#}").contains("url"), "{err:#}");
+    }
+
+    #[test]
+    fn kafka_properties_flatten_and_secrets_stay_hidden() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("kafka-password");
+        std::fs::write(&secret, "from-a-file\n").unwrap();
+        let file = dir.path().join("floe.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[catalog]\nuri = \"postgres://floe:pgpass@db/iceberg\"\n\
+                 [s3]\nendpoint = \"http://minio:9000\"\npath_style = true\n\
+                 access_key_id = \"AKIA\"\nsecret_access_key = \"s3pass\"\n\
+                 [kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n\
+                 sasl.mechanism = \"SCRAM-SHA-512\"\nsasl.username = \"loader\"\n\
+                 \"enable.ssl.certificate.verification\" = true\n\
+                 [kafka.property_files]\n\"sasl.password\" = \"{}\"\n",
+                secret.display()
+            ),
+        )
+        .unwrap();
+        let cfg = FloeConfig::load(Some(&file), Figment::new()).unwrap();
+        let p = &cfg.kafka.properties;
+        assert_eq!(p["security.protocol"], "SASL_SSL");
+        assert_eq!(p["sasl.mechanism"], "SCRAM-SHA-512");
+        assert_eq!(p["enable.ssl.certificate.verification"], "true");
+        assert_eq!(p["sasl.password"], "from-a-file");
+        assert!(cfg.s3.path_style);
+        let printed = cfg.redacted_toml();
+        for secret in ["from-a-file", "s3pass", "pgpass"] {
+            assert!(!printed.contains(secret), "{secret} printed:\n{printed}");
+        }
+        assert!(printed.contains("SCRAM-SHA-512") && printed.contains("AKIA"));
+        assert!(!format!("{cfg:?}").contains("s3pass"));
+
+        std::fs::write(
+            &file,
+            "[kafka.property_files]\n\"sasl.password\" = \"/nonexistent/pw\"\n",
+        )
+        .unwrap();
+        let err = FloeConfig::load(Some(&file), Figment::new()).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("sasl.password")
+                && format!("{err:#}").contains("/nonexistent/pw"),
+            "{err:#}"
+        );
     }
 
     #[test]

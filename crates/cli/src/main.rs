@@ -40,6 +40,10 @@ struct Cli {
     /// Print the default configuration and exit.
     #[arg(long)]
     print_default_config: bool,
+    /// Print the effective configuration (file, environment and flags applied; secrets
+    /// hidden) and exit.
+    #[arg(long)]
+    print_config: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -108,6 +112,10 @@ async fn run(cli: Cli) -> Result<()> {
         return Ok(());
     }
     let cfg = FloeConfig::load(cli.config.as_deref(), overrides(&cli))?;
+    if cli.print_config {
+        print!("{}", cfg.redacted_toml());
+        return Ok(());
+    }
     init_logging(&cfg.log)?;
     match cli.command {
         None => {

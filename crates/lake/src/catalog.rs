@@ -17,9 +17,10 @@ use iceberg::{MetadataLocation, NamespaceIdent, TableCreation, TableIdent};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Executor, Row};
 
-use crate::config::CatalogConfig;
+use crate::config::{CatalogConfig, S3Config, is_s3};
 use crate::{Error, Result};
 use floe_schema::TableDefinition;
+use iceberg_storage_opendal::OpenDalStorageFactory;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Dialect {
@@ -39,6 +40,7 @@ struct Inner {
     pool: AnyPool,
     dialect: Dialect,
     file_io: FileIO,
+    s3: S3Config,
     /// Java's V1 schema has `iceberg_type`; catalogs created by older tools may lack it.
     has_type_column: bool,
 }
@@ -70,6 +72,11 @@ impl Catalog {
     /// Connects to the catalog database (creating the catalog tables and, for SQLite, the
     /// database file if needed) and sets up file I/O for the warehouse.
     pub async fn connect(cfg: &CatalogConfig) -> Result<Self> {
+        Self::connect_with(cfg, &S3Config::default()).await
+    }
+
+    /// [`Self::connect`] with the S3 settings an `s3://` warehouse needs.
+    pub async fn connect_with(cfg: &CatalogConfig, s3: &S3Config) -> Result<Self> {
         install_default_drivers();
         let (dialect, url) = if let Some(path) = cfg.uri.strip_prefix("sqlite://") {
             let (path, query) = path.split_once('?').unwrap_or((path, ""));
@@ -99,25 +106,52 @@ impl Catalog {
                 redact_uri(&cfg.uri)
             )));
         };
-        let warehouse = if cfg.warehouse.contains("://") {
-            if !cfg.warehouse.starts_with("file://") {
+        let (warehouse, file_io) = if is_s3(&cfg.warehouse) {
+            let rest = cfg
+                .warehouse
+                .split_once("://")
+                .map(|(_, r)| r)
+                .unwrap_or("");
+            if rest.split('/').next().unwrap_or("").is_empty() {
                 return Err(Error::Config(format!(
-                    "catalog.warehouse {}: only local warehouses are supported in this build",
+                    "catalog.warehouse {}: expected s3://BUCKET or s3://BUCKET/PREFIX",
                     cfg.warehouse
                 )));
             }
-            cfg.warehouse.trim_end_matches('/').to_string()
+            let file_io = FileIOBuilder::new(Arc::new(OpenDalStorageFactory::S3 {
+                customized_credential_load: None,
+            }))
+            .with_props(s3.file_io_props()?)
+            .build();
+            // One scheme for every path floe writes: s3:// (s3a/s3n name the same objects).
+            let warehouse = format!("s3://{}", rest.trim_end_matches('/'));
+            (warehouse, file_io)
+        } else if cfg.warehouse.contains("://") {
+            if !cfg.warehouse.starts_with("file://") {
+                return Err(Error::Config(format!(
+                    "catalog.warehouse {}: expected a folder, file:///PATH or s3://BUCKET/PREFIX",
+                    cfg.warehouse
+                )));
+            }
+            let w = cfg.warehouse.trim_end_matches('/').to_string();
+            (
+                w,
+                FileIOBuilder::new(Arc::new(LocalFsStorageFactory)).build(),
+            )
         } else {
             let abs = absolute(&cfg.warehouse)?;
             std::fs::create_dir_all(&abs).map_err(|source| Error::Io {
                 context: format!("creating warehouse {}", abs.display()),
                 source,
             })?;
-            format!("file://{}", abs.display())
+            let w = format!("file://{}", abs.display())
                 .trim_end_matches('/')
-                .to_string()
+                .to_string();
+            (
+                w,
+                FileIOBuilder::new(Arc::new(LocalFsStorageFactory)).build(),
+            )
         };
-        let file_io = FileIOBuilder::new(Arc::new(LocalFsStorageFactory)).build();
 
         let pool = AnyPoolOptions::new()
             .max_connections(if dialect == Dialect::Sqlite { 4 } else { 8 })
@@ -170,6 +204,7 @@ impl Catalog {
                 pool,
                 dialect,
                 file_io,
+                s3: s3.clone(),
                 has_type_column,
             }),
         })
@@ -183,6 +218,11 @@ impl Catalog {
     /// The warehouse root URI (`file:///…` or `s3://…`).
     pub fn warehouse(&self) -> &str {
         &self.inner.warehouse
+    }
+
+    /// The S3 settings (for listing an `s3://` warehouse).
+    pub fn s3(&self) -> &S3Config {
+        &self.inner.s3
     }
 
     /// File I/O for table data and metadata.
@@ -332,6 +372,12 @@ impl Catalog {
         if self.find_metadata_location(&ident).await?.is_some() {
             return Err(Error::TableExists(ident.to_string()));
         }
+        crate::compat::check_definition(
+            &ident.to_string(),
+            def.format_version,
+            &def.schema,
+            &def.properties,
+        )?;
         self.create_namespace(ident.namespace()).await?;
         let location = format!(
             "{}/{}/{}",

@@ -5,6 +5,7 @@
 
 pub mod catalog;
 pub mod commit;
+pub mod compat;
 pub mod config;
 mod error;
 pub mod fail;
@@ -17,7 +18,7 @@ pub mod writer;
 
 pub use catalog::{Catalog, parse_table_ident};
 pub use commit::{Change, CommitRequest, Committed, Committer, RetryPolicy};
-pub use config::CatalogConfig;
+pub use config::{CatalogConfig, S3Config};
 pub use error::{Error, Result};
 pub use marks::{PositionSet, applied_positions};
 pub use offsets::{OffsetRange, Offsets, committed_offsets};

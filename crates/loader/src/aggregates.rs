@@ -35,9 +35,14 @@ use crate::{Error, Result};
 /// cardinality key).
 const MERGE_ROWS: usize = 200_000;
 
-/// A flush's partials are merged before writing only while merges pay: the last one left
-/// at most this share of its input rows.
+/// Partials are merged (during a batch and before writing) only while merging pays: the
+/// latest chunk's partial had at most this share of the chunk's rows. A key that rarely
+/// repeats within a chunk (a high-cardinality combination) rarely repeats across chunks of
+/// the same hours either; merging such partials costs a second aggregation for nothing.
 const MERGE_PAYS: f64 = 0.8;
+
+/// Partial rows kept unmerged at most, even when merging does not pay (memory bound).
+const MAX_UNMERGED_ROWS: usize = 4_000_000;
 
 /// Per row of a chunk: where it came from and which tables take it.
 #[derive(Debug, Default)]
@@ -80,15 +85,15 @@ pub struct Aggregation {
     read: Option<(arrow_schema::SchemaRef, Vec<usize>)>,
     /// Per aggregate: rows the last merge left (during this flush).
     merged_rows: Vec<usize>,
-    /// Per aggregate: output / input rows of its last merge (kept across flushes).
-    merge_ratio: Vec<f64>,
+    /// Per aggregate: partial rows / input rows of the latest chunk.
+    chunk_ratio: Vec<f64>,
     /// Queries running on the runtime's other threads while the writer encodes Parquet: per
     /// chunk, the partials of every aggregate (in order).
     running: std::collections::VecDeque<Running>,
 }
 
-/// One chunk's queries: (aggregate index, partial) pairs when done.
-type Running = tokio::task::JoinHandle<Result<Vec<(usize, RecordBatch)>>>;
+/// One chunk's queries: (aggregate index, input rows, partial) when done.
+type Running = tokio::task::JoinHandle<Result<Vec<(usize, usize, RecordBatch)>>>;
 
 /// Chunks whose queries may run at once.
 const RUNNING_CHUNKS: usize = 3;
@@ -113,7 +118,7 @@ impl Aggregation {
             partial_rows: vec![0; n],
             read: None,
             merged_rows: vec![0; n],
-            merge_ratio: vec![0.0; n],
+            chunk_ratio: vec![0.0; n],
             running: std::collections::VecDeque::new(),
         }
     }
@@ -210,8 +215,11 @@ impl Aggregation {
                 if batch.num_rows() == 0 {
                     continue;
                 }
-                let partials = aggregator.partials_of(which.iter().copied(), &batch).await?;
-                out.extend(which.into_iter().zip(partials));
+                let partials = aggregator
+                    .partials_of(which.iter().copied(), &batch)
+                    .await?;
+                let rows = batch.num_rows();
+                out.extend(which.into_iter().zip(partials).map(|(i, p)| (i, rows, p)));
             }
             Ok(out)
         }));
@@ -229,7 +237,8 @@ impl Aggregation {
         let partials = handle
             .await
             .map_err(|e| Error::Config(format!("aggregate task: {e}")))??;
-        for (i, p) in partials {
+        for (i, rows, p) in partials {
+            self.chunk_ratio[i] = p.num_rows() as f64 / rows.max(1) as f64;
             self.push(i, p).await?;
         }
         Ok(())
@@ -241,8 +250,10 @@ impl Aggregation {
         }
         self.partial_rows[i] += partial.num_rows();
         self.partials[i].push(partial);
+        let pays = self.chunk_ratio[i] <= MERGE_PAYS;
         if self.partial_rows[i] > MERGE_ROWS.max(2 * self.merged_rows[i])
             && self.partials[i].len() > 1
+            && (pays || self.partial_rows[i] > MAX_UNMERGED_ROWS)
         {
             self.merge(i).await?;
         }
@@ -251,7 +262,6 @@ impl Aggregation {
 
     async fn merge(&mut self, i: usize) -> Result<()> {
         let merged = self.aggregator.merge(i, &self.partials[i]).await?;
-        self.merge_ratio[i] = merged.num_rows() as f64 / self.partial_rows[i].max(1) as f64;
         self.partial_rows[i] = merged.num_rows();
         self.merged_rows[i] = merged.num_rows();
         self.partials[i] = vec![merged];
@@ -273,14 +283,14 @@ impl Aggregation {
         }
         let catalog = committer.catalog();
         let mut rows = Vec::with_capacity(self.tables.len());
-        for i in 0..self.tables.len() {
-            if ranges[i].is_empty() && self.partials[i].is_empty() {
+        for (i, range) in ranges.iter().enumerate().take(self.tables.len()) {
+            if range.is_empty() && self.partials[i].is_empty() {
                 rows.push(0);
                 continue;
             }
             let (_, meta) = catalog.load_metadata(&self.tables[i].ident).await?;
             let mut files = Vec::new();
-            if self.partials[i].len() > 1 && self.merge_ratio[i] <= MERGE_PAYS {
+            if self.partials[i].len() > 1 && self.chunk_ratio[i] <= MERGE_PAYS {
                 self.merge(i)
                     .await
                     .map_err(|e| floe_lake::Error::Config(e.to_string()))?;
@@ -313,7 +323,7 @@ impl Aggregation {
             let mut req = CommitRequest::append(files);
             req.offsets = Some(OffsetsUpdate {
                 group: group.to_string(),
-                ranges: ranges[i].clone(),
+                ranges: range.clone(),
             });
             req.properties
                 .insert("floe.operation".into(), "aggregate".into());

@@ -13,8 +13,18 @@ pub struct KafkaConfig {
     pub brokers: String,
     /// Consumer group; also names the offsets key in snapshot summaries.
     pub group_id: String,
-    /// librdkafka properties (SASL, SSL, tuning); they override floe's defaults.
+    /// librdkafka properties (SASL, SSL, tuning); they override floe's defaults. Dotted keys
+    /// may be quoted (`"sasl.mechanism" = "PLAIN"`) or nested (TOML dotted keys, or
+    /// `FLOE__KAFKA__PROPERTIES__SASL__MECHANISM`); values may be strings, numbers or booleans.
+    #[serde(deserialize_with = "flat_properties")]
     pub properties: BTreeMap<String, String>,
+    /// librdkafka properties read from files, property → path: secrets such as
+    /// `sasl.password` kept out of config and environment (Docker/Kubernetes secrets).
+    #[serde(
+        deserialize_with = "flat_properties",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub property_files: BTreeMap<String, String>,
 }
 
 impl Default for KafkaConfig {
@@ -23,8 +33,72 @@ impl Default for KafkaConfig {
             brokers: "127.0.0.1:9092".into(),
             group_id: "floe".into(),
             properties: BTreeMap::new(),
+            property_files: BTreeMap::new(),
         }
     }
+}
+
+impl KafkaConfig {
+    /// Reads `property_files` into `properties` (file content, trailing newline trimmed); an
+    /// unreadable file is an error naming the property and the file.
+    pub fn resolve_property_files(&mut self) -> Result<(), String> {
+        for (key, path) in std::mem::take(&mut self.property_files) {
+            let value = std::fs::read_to_string(&path)
+                .map_err(|e| format!("kafka.property_files.{key}: reading {path}: {e}"))?;
+            self.properties
+                .insert(key, value.trim_end_matches(['\r', '\n']).to_string());
+        }
+        Ok(())
+    }
+}
+
+/// A config value under `kafka.properties`: scalars become strings, tables are flattened with
+/// dots (`sasl = { mechanism = "PLAIN" }` → `sasl.mechanism`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Property {
+    Str(String),
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Table(BTreeMap<String, Property>),
+}
+
+fn flatten(prefix: &str, p: Property, out: &mut BTreeMap<String, String>) {
+    match p {
+        Property::Str(s) => {
+            out.insert(prefix.to_string(), s);
+        }
+        Property::Bool(b) => {
+            out.insert(prefix.to_string(), b.to_string());
+        }
+        Property::Int(i) => {
+            out.insert(prefix.to_string(), i.to_string());
+        }
+        Property::Float(f) => {
+            out.insert(prefix.to_string(), f.to_string());
+        }
+        Property::Table(t) => {
+            for (k, v) in t {
+                let key = if prefix.is_empty() {
+                    k
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+    }
+}
+
+fn flat_properties<'de, D>(d: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let table = BTreeMap::<String, Property>::deserialize(d)?;
+    let mut out = BTreeMap::new();
+    flatten("", Property::Table(table), &mut out);
+    Ok(out)
 }
 
 /// When a batch is committed: the first limit reached.

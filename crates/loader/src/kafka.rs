@@ -17,7 +17,13 @@ use crate::config::KafkaConfig;
 /// Property keys whose values are secrets (never logged or printed).
 pub fn is_secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    k.contains("password") || k.contains("secret") || k.ends_with(".key") || k.contains("token")
+    k.contains("password")
+        || k.contains("secret")
+        || k.ends_with(".key")
+        || k.contains("token")
+        || k.starts_with("ssl.key.")
+        || k == "sasl.jaas.config"
+        || k == "sasl.oauthbearer.config"
 }
 
 /// `properties` with secret values replaced by `***`.

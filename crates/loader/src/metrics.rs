@@ -34,6 +34,12 @@ pub const CONSUMER_LAG: &str = "floe_consumer_lag_messages";
 pub const OFFSETS_SKIPPED: &str = "floe_kafka_offsets_skipped_total";
 /// Consumer errors reported by librdkafka.
 pub const CONSUMER_ERRORS: &str = "floe_consumer_errors_total";
+/// Gauge: live data files per table (label `table`).
+pub const TABLE_DATA_FILES: &str = "floe_table_data_files";
+/// Gauge: partitions holding live data files, per table.
+pub const TABLE_PARTITIONS: &str = "floe_table_partitions";
+/// Gauge: live data files of the table's fullest partition (what compaction brings down).
+pub const TABLE_MAX_FILES_PER_PARTITION: &str = "floe_table_max_files_per_partition";
 /// Event-time freshness: seconds between now and the newest event committed (label `table`).
 pub const FRESHNESS: &str = "floe_event_time_freshness_seconds";
 
@@ -84,4 +90,30 @@ impl Health {
             Ok(format!("ok: last commit {}s ago, lag {lag}", age.as_secs()))
         }
     }
+}
+
+/// Reports a table's layout (live data files, partitions, files in the fullest partition)
+/// from its current snapshot's manifests. Failures are logged, not raised: it is a metric.
+pub async fn report_layout(
+    file_io: &iceberg::io::FileIO,
+    metadata: &iceberg::spec::TableMetadata,
+    table: &str,
+) {
+    let files = match floe_lake::scan::live_data_files(file_io, metadata).await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::debug!(table, error = %e, "reading the table layout for metrics failed");
+            return;
+        }
+    };
+    let mut per_partition: std::collections::HashMap<String, u64> = Default::default();
+    for f in &files {
+        let key = format!("{}:{:?}", f.partition_spec_id, f.data_file.partition());
+        *per_partition.entry(key).or_default() += 1;
+    }
+    let labels = [("table", table.to_string())];
+    metrics::gauge!(TABLE_DATA_FILES, &labels).set(files.len() as f64);
+    metrics::gauge!(TABLE_PARTITIONS, &labels).set(per_partition.len() as f64);
+    metrics::gauge!(TABLE_MAX_FILES_PER_PARTITION, &labels)
+        .set(per_partition.values().copied().max().unwrap_or(0) as f64);
 }

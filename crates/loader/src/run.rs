@@ -811,6 +811,7 @@ pub fn run(
         let raw = parse_table_ident(&cfg.table)?;
         let catalog = committer.catalog().clone();
         let (_, metadata) = rt.block_on(catalog.load_metadata(&raw))?;
+        floe_lake::compat::check_metadata(&raw.to_string(), &metadata)?;
         let dlq = match cfg.dead_letter_table() {
             Some(name) => {
                 let def = TableDefinition::dead_letter(&name)?;
@@ -868,6 +869,7 @@ pub fn run(
             dlq: dlq.clone(),
             dlq_topic: cfg.dead_letter_topic(),
             producer: dlq_producer.clone(),
+            layout_reported: None,
         };
         writers.push(rt.spawn(writer.run(from_consumer, outcome_tx)));
         for t in &cfg.topics {
@@ -1295,7 +1297,12 @@ struct Writer {
     dlq: Option<TableIdent>,
     dlq_topic: Option<String>,
     producer: Option<FutureProducer>,
+    /// When the table's layout (files per partition) was last reported.
+    layout_reported: Option<Instant>,
 }
+
+/// How often the writer reports the table's files per partition (reads its manifests).
+const LAYOUT_EVERY: Duration = Duration::from_secs(60);
 
 impl Writer {
     async fn run(
@@ -1485,6 +1492,15 @@ impl Writer {
                 .1
         };
         floe_lake::fail::point("after-table-commit");
+        if self
+            .layout_reported
+            .is_none_or(|t| t.elapsed() >= LAYOUT_EVERY)
+        {
+            self.layout_reported = Some(Instant::now());
+            let file_io = self.committer.catalog().file_io().clone();
+            let (meta, name) = (metadata.clone(), self.name.clone());
+            tokio::spawn(async move { m::report_layout(&file_io, &meta, &name).await });
+        }
         let mut dead_letters = 0;
         if let Some(dlq) = &self.dlq
             && (!job.dlq_ranges.is_empty() || !job.dead.is_empty())

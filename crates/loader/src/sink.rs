@@ -99,6 +99,7 @@ impl TableSink {
         let catalog = committer.catalog().clone();
         let ident = parse_table_ident(&opts.table)?;
         let (_, metadata) = catalog.load_metadata(&ident).await?;
+        floe_lake::compat::check_metadata(&ident.to_string(), &metadata)?;
         let decoder = Decoder::new(
             metadata.current_schema(),
             &DecoderOptions::from_table_properties(metadata.properties()),

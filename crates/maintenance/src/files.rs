@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use floe_lake::S3Config;
 use futures::TryStreamExt;
 use iceberg::io::FileIO;
 use iceberg::spec::{ManifestList, SnapshotRef, TableMetadata};
@@ -93,11 +94,14 @@ pub struct StoredFile {
 }
 
 /// Every file under `location` (a table's location), listed through object_store (iceberg-rust's
-/// storage cannot list).
-pub async fn list_files(location: &str) -> Result<Vec<StoredFile>> {
+/// storage cannot list): a local folder, or an `s3://` prefix with the catalog's S3 settings.
+pub async fn list_files(location: &str, s3: &S3Config) -> Result<Vec<StoredFile>> {
+    if floe_lake::config::is_s3(location) {
+        return list_s3(location, s3).await;
+    }
     let dir = local_path(location).ok_or_else(|| {
         Error::Config(format!(
-            "listing {location}: only local warehouses can be listed in this version"
+            "listing {location}: only local folders and s3:// locations can be listed"
         ))
     })?;
     if !std::path::Path::new(&dir).exists() {
@@ -121,6 +125,46 @@ pub async fn list_files(location: &str) -> Result<Vec<StoredFile>> {
         .collect())
 }
 
+async fn list_s3(location: &str, s3: &S3Config) -> Result<Vec<StoredFile>> {
+    use object_store::aws::AmazonS3Builder;
+    let rest = location.split_once("://").map(|(_, r)| r).unwrap_or("");
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut builder = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_virtual_hosted_style_request(!s3.path_style);
+    if let Some(e) = &s3.endpoint {
+        builder = builder
+            .with_endpoint(e)
+            .with_allow_http(e.starts_with("http://"));
+    }
+    if let Some(r) = s3.effective_region() {
+        builder = builder.with_region(r);
+    }
+    if let Some(k) = &s3.access_key_id {
+        builder = builder.with_access_key_id(k);
+    }
+    if let Some(secret) = s3.secret()? {
+        builder = builder.with_secret_access_key(secret);
+    }
+    let store = builder
+        .build()
+        .map_err(|e| Error::Storage(format!("listing {location}: {e}")))?;
+    let prefix = prefix.trim_end_matches('/');
+    let listed: Vec<_> = store
+        .list(Some(&object_store::path::Path::from(format!("{prefix}/"))))
+        .try_collect()
+        .await
+        .map_err(|e| Error::Storage(format!("listing {location}: {e}")))?;
+    Ok(listed
+        .into_iter()
+        .map(|m| StoredFile {
+            location: format!("s3://{bucket}/{}", m.location),
+            size: m.size,
+            modified: m.last_modified,
+        })
+        .collect())
+}
+
 /// The local path of a `file://` URL or plain path; `None` for other schemes.
 fn local_path(location: &str) -> Option<String> {
     if let Some(rest) = location.strip_prefix("file://") {
@@ -133,9 +177,13 @@ fn local_path(location: &str) -> Option<String> {
 }
 
 /// A location in one canonical form for comparisons: `file:///abs/path` for local files
-/// (metadata may hold `/abs/path` or `file:/abs/path`), unchanged otherwise.
+/// (metadata may hold `/abs/path` or `file:/abs/path`), `s3://bucket/key` for S3 (other
+/// writers may say `s3a://` or `s3n://`), unchanged otherwise.
 pub fn canonical(location: &str) -> String {
-    if let Some(rest) = location.strip_prefix("file://") {
+    if floe_lake::config::is_s3(location) {
+        let rest = location.split_once("://").map(|(_, r)| r).unwrap_or("");
+        format!("s3://{rest}")
+    } else if let Some(rest) = location.strip_prefix("file://") {
         format!("file://{}", collapse(rest))
     } else if let Some(rest) = location.strip_prefix("file:") {
         format!("file://{}", collapse(rest))

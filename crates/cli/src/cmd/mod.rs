@@ -19,12 +19,14 @@ use crate::config::FloeConfig;
 
 /// Connects to the configured catalog.
 pub async fn connect(cfg: &FloeConfig) -> Result<Catalog> {
-    Catalog::connect(&cfg.catalog).await.with_context(|| {
-        format!(
-            "opening catalog {}",
-            floe_lake::catalog::redact_uri(&cfg.catalog.uri)
-        )
-    })
+    Catalog::connect_with(&cfg.catalog, &cfg.s3)
+        .await
+        .with_context(|| {
+            format!(
+                "opening catalog {}",
+                floe_lake::catalog::redact_uri(&cfg.catalog.uri)
+            )
+        })
 }
 
 /// A committer on the configured catalog.
