@@ -161,3 +161,71 @@ def dev_broker(floe_bin, tmp_path):
     yield f"127.0.0.1:{port}"
     p.kill()
     p.wait()
+
+
+class Tansu:
+    """A Tansu broker (a Kafka-protocol broker no one here wrote, scripts/tansu) in its own
+    process, storing into SQLite under `workdir` so a restart keeps every message."""
+
+    def __init__(self, binary, workdir):
+        self.bin = str(binary)
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.url = f"tcp://{self.bootstrap}"
+        self.proc = None
+
+    def start(self, authentication=False):
+        import socket
+        import time
+        log = open(self.dir / "broker.log", "a")
+        self.proc = subprocess.Popen(
+            [self.bin, "broker", "--listener-url", self.url, "--advertised-listener-url", self.url,
+             "--storage-engine", "sqlite://tansu.db", *(["--authentication"] if authentication else [])],
+            cwd=self.dir, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tansu exited: {(self.dir / 'broker.log').read_text()[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("tansu did not start listening")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def _cli(self, *args):
+        subprocess.run([self.bin, *map(str, args)], cwd=self.dir, check=True,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+
+    def topic(self, name, partitions):
+        self._cli("topic", "create", "--broker", self.url, "--partitions", partitions, name)
+
+    def user(self, name, password):
+        self._cli("user", "create", "--broker", self.url, "--mechanism", "scram512", name, password)
+
+
+@pytest.fixture(scope="session")
+def tansu_bin():
+    """The Tansu binary: $FLOE_TANSU, else `scripts/tansu path` (builds it once, cached)."""
+    if os.environ.get("FLOE_TANSU"):
+        return os.environ["FLOE_TANSU"]
+    return subprocess.run([ROOT / "scripts" / "tansu", "path"], check=True,
+                          stdout=subprocess.PIPE, text=True).stdout.strip()
+
+
+@pytest.fixture
+def tansu(tansu_bin, tmp_path):
+    broker = Tansu(tansu_bin, tmp_path / "tansu")
+    yield broker
+    broker.stop()

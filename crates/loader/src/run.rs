@@ -32,7 +32,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::types::RDKafkaRespErr;
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 use tokio::runtime::Handle;
 
@@ -305,8 +305,19 @@ struct Ctx {
 impl ClientContext for Ctx {
     fn error(&self, error: KafkaError, reason: &str) {
         match error {
-            KafkaError::PartitionEOF(_)
-            | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF) => {}
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {}
+            // Wrong credentials do not heal by retrying: stop with the broker's reason
+            // instead of a loader that waits forever for its first message.
+            KafkaError::Global(
+                RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed,
+            ) => {
+                tracing::error!(error = %error, reason, "kafka authentication failed");
+                let mut st = self.state.lock().expect("state lock");
+                st.fatal.get_or_insert(Error::Kafka(format!(
+                    "authentication failed: {reason} (check kafka.properties \
+                     security.protocol / sasl.* and kafka.property_files)"
+                )));
+            }
             e => tracing::warn!(error = %e, reason, "kafka client error"),
         }
     }
