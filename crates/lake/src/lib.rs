@@ -8,6 +8,7 @@ pub mod commit;
 pub mod compat;
 pub mod config;
 mod error;
+pub mod evolve;
 pub mod fail;
 pub mod marks;
 pub mod metrics;

@@ -40,6 +40,10 @@ pub const TABLE_DATA_FILES: &str = "floe_table_data_files";
 pub const TABLE_PARTITIONS: &str = "floe_table_partitions";
 /// Gauge: live data files of the table's fullest partition (what compaction brings down).
 pub const TABLE_MAX_FILES_PER_PARTITION: &str = "floe_table_max_files_per_partition";
+/// Schema changes a running loader picked up (label `table`).
+pub const SCHEMA_CHANGES: &str = "floe_schema_changes_total";
+/// Gauge: the schema id the loader decodes against (label `table`).
+pub const SCHEMA_ID: &str = "floe_table_schema_id";
 /// Event-time freshness: seconds between now and the newest event committed (label `table`).
 pub const FRESHNESS: &str = "floe_event_time_freshness_seconds";
 

@@ -202,6 +202,11 @@ struct Pipe {
     dlq: Option<TableIdent>,
     metadata: Arc<TableMetadata>,
     newer_metadata: Option<TableMetadata>,
+    /// `newer_metadata` decodes differently (schema, aliases): cut the batch to adopt it.
+    schema_change_pending: bool,
+    /// A metadata reload in progress (the table may be changed by other tools at any time).
+    refreshing: Option<tokio::task::JoinHandle<floe_lake::Result<TableMetadata>>>,
+    last_refresh: Instant,
     decoder: Decoder,
     batch: Batch,
     in_flight: Option<(u64, BTreeMap<Tp, i64>)>,
@@ -572,7 +577,8 @@ impl State {
                 }
                 self.last_commit = Instant::now();
                 env.health.committed();
-                pipe.newer_metadata = Some(f.metadata);
+                pipe.last_refresh = Instant::now();
+                pipe.offer(f.metadata);
                 floe_lake::fail::point("before-kafka-commit");
                 // Lag monitoring only: the truth is in the table.
                 let mut tpl = TopicPartitionList::new();
@@ -727,14 +733,77 @@ impl Pipe {
         true
     }
 
+    /// Takes metadata newer than what the pipeline has (after a commit or a reload). A change
+    /// of how messages decode (schema, aliases) is adopted at once when the batch is empty,
+    /// else the batch is cut so the next one uses it.
+    fn offer(&mut self, meta: TableMetadata) {
+        let have = self.newer_metadata.as_ref().unwrap_or(&self.metadata);
+        if meta.last_updated_ms() < have.last_updated_ms() {
+            return; // a reload that started before a commit we already saw
+        }
+        self.schema_change_pending = self.decoder.differs_for(&meta);
+        if self.schema_change_pending && self.batch.messages == 0 && self.decoder.is_empty() {
+            self.newer_metadata = None;
+            self.adopt(meta);
+        } else {
+            self.newer_metadata = Some(meta);
+        }
+    }
+
+    /// Starts a reload of the raw table's metadata once per flush interval; takes a finished
+    /// one.
+    fn refresh(&mut self, env: &Env) {
+        if let Some(h) = &self.refreshing {
+            if !h.is_finished() {
+                return;
+            }
+            let h = self.refreshing.take().expect("checked above");
+            match env.rt.block_on(h) {
+                Ok(Ok(meta)) => self.offer(meta),
+                Ok(Err(e)) => {
+                    tracing::warn!(table = %self.name, error = %e, "reloading the table's metadata failed; retrying")
+                }
+                Err(e) => {
+                    tracing::warn!(table = %self.name, error = %e, "metadata reload task failed")
+                }
+            }
+            return;
+        }
+        let every = self.cfg.flush.interval.max(Duration::from_millis(100));
+        if self.last_refresh.elapsed() < every {
+            return;
+        }
+        self.last_refresh = Instant::now();
+        let catalog = env.committer.catalog().clone();
+        let ident = self.raw.clone();
+        self.refreshing = Some(
+            env.rt
+                .spawn(async move { catalog.load_metadata(&ident).await.map(|(_, m)| m) }),
+        );
+    }
+
     fn adopt(&mut self, meta: TableMetadata) {
-        if meta.current_schema_id() != self.decoder.schema_id() {
+        self.schema_change_pending = false;
+        if self.decoder.differs_for(&meta) {
             match Decoder::new(
                 meta.current_schema(),
                 &DecoderOptions::from_table_properties(meta.properties()),
             ) {
                 Ok(d) => {
-                    tracing::info!(table = %self.name, old = self.decoder.schema_id(), new = meta.current_schema_id(), "table schema changed; decoding against the new schema");
+                    let change = describe_schema_change(
+                        self.metadata.current_schema(),
+                        meta.current_schema(),
+                    );
+                    tracing::info!(
+                        table = %self.name,
+                        old = self.decoder.schema_id(),
+                        new = meta.current_schema_id(),
+                        change = %change,
+                        "table schema changed; decoding against the new schema"
+                    );
+                    let labels = [("table", self.name.clone())];
+                    metrics::counter!(m::SCHEMA_CHANGES, &labels).increment(1);
+                    metrics::gauge!(m::SCHEMA_ID, &labels).set(meta.current_schema_id() as f64);
                     self.decoder = d;
                 }
                 Err(e) => {
@@ -754,6 +823,7 @@ impl Pipe {
 
     fn due(&self, now: Instant) -> bool {
         self.full()
+            || (self.schema_change_pending && self.batch.messages > 0)
             || self
                 .batch
                 .started
@@ -835,6 +905,8 @@ pub fn run(
             metadata.current_schema(),
             &DecoderOptions::from_table_properties(metadata.properties()),
         )?;
+        metrics::gauge!(m::SCHEMA_ID, "table" => raw.to_string())
+            .set(metadata.current_schema_id() as f64);
         let selected =
             crate::aggregates::select(&opts.aggregates, &cfg.table, cfg.aggregates.as_deref())?;
         let aggregation = if selected.is_empty() {
@@ -898,6 +970,9 @@ pub fn run(
             dlq,
             metadata: Arc::new(metadata),
             newer_metadata: None,
+            schema_change_pending: false,
+            refreshing: None,
+            last_refresh: Instant::now(),
             decoder,
             batch: Batch::new(0, aggs.len()),
             in_flight: None,
@@ -1112,6 +1187,9 @@ fn consume_loop(
             p.meters.publish();
         }
         st.drain_outcomes(consumer, env);
+        for p in &mut st.pipes {
+            p.refresh(env);
+        }
         let now = Instant::now();
         for i in 0..st.pipes.len() {
             if st.pipes[i].due(now) && st.pipes[i].in_flight.is_none() {
@@ -1604,5 +1682,43 @@ impl Writer {
             r.map_err(|(e, _)| format!("producing to dead-letter topic {topic}: {e}"))?;
         }
         Ok(())
+    }
+}
+
+/// Columns added, dropped, renamed or retyped between two schemas (by field id), for logs.
+fn describe_schema_change(old: &iceberg::spec::Schema, new: &iceberg::spec::Schema) -> String {
+    let names = |s: &iceberg::spec::Schema| -> BTreeMap<i32, (String, String)> {
+        s.field_id_to_name_map()
+            .iter()
+            .filter_map(|(id, name)| {
+                s.field_by_id(*id)
+                    .map(|f| (*id, (name.clone(), f.field_type.to_string())))
+            })
+            .collect()
+    };
+    let (a, b) = (names(old), names(new));
+    let mut parts = Vec::new();
+    for (id, (name, ty)) in &b {
+        match a.get(id) {
+            None => parts.push(format!("+{name} {ty}")),
+            Some((old_name, old_ty)) => {
+                if old_name != name {
+                    parts.push(format!("{old_name}→{name}"));
+                }
+                if old_ty != ty && !ty.starts_with("struct") {
+                    parts.push(format!("{name}: {old_ty}→{ty}"));
+                }
+            }
+        }
+    }
+    for (id, (name, _)) in &a {
+        if !b.contains_key(id) {
+            parts.push(format!("-{name}"));
+        }
+    }
+    if parts.is_empty() {
+        "decoding settings (aliases / unknown fields)".into()
+    } else {
+        parts.join(", ")
     }
 }

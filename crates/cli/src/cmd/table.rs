@@ -1,10 +1,11 @@
-//! `floe table create|list|show`.
+//! `floe table create|list|show|evolve`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
+use floe_lake::evolve::Change;
 use floe_lake::{Catalog, committed_offsets, offsets::OFFSETS_KEY_PREFIX, parse_table_ident};
 use floe_schema::TableDefinition;
 use iceberg::spec::TableMetadata;
@@ -20,6 +21,42 @@ pub enum TableCommand {
     List,
     /// Show a table: schema, partitioning, snapshots, files, rows, committed offsets.
     Show(ShowArgs),
+    /// Change a table's schema in place (running loaders pick it up within a flush interval).
+    ///
+    /// All changes are one commit, applied in this order: drops, renames, promotions,
+    /// additions, aliases. Iceberg's rules hold: new columns
+    /// get fresh field ids, renames and promotions keep them (old files read under the new
+    /// name and type), dropped columns stay in old files but are no longer read.
+    Evolve(EvolveArgs),
+}
+
+#[derive(Args)]
+pub struct EvolveArgs {
+    /// Table name (namespace.table).
+    name: String,
+    /// Add an optional column: name:type[:doc]; nested as a.b (missing structs are created).
+    /// Types: boolean, int, long, float, double, decimal(P,S), date, time, timestamp,
+    /// timestamptz, string, uuid, binary, fixed[N].
+    #[arg(long, value_name = "NAME:TYPE[:DOC]")]
+    add_column: Vec<String>,
+    /// Add a required column (only on a table without rows): name:type[:doc].
+    #[arg(long, value_name = "NAME:TYPE[:DOC]")]
+    add_required_column: Vec<String>,
+    /// Drop a column (old data files keep their values; readers stop seeing them).
+    #[arg(long, value_name = "NAME")]
+    drop_column: Vec<String>,
+    /// Rename a column: old:new (same field id: old files read under the new name).
+    #[arg(long, value_name = "OLD:NEW")]
+    rename_column: Vec<String>,
+    /// Promote a column's type: name:type (int → long, float → double, wider decimal).
+    #[arg(long, value_name = "NAME:TYPE")]
+    widen: Vec<String>,
+    /// Decode a JSON key into a column: json_key:column (table property floe.alias.*).
+    #[arg(long, value_name = "JSON_KEY:COLUMN")]
+    add_alias: Vec<String>,
+    /// Print what would change and the resulting schema; commit nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Args)]
@@ -55,6 +92,73 @@ pub async fn run(cfg: &FloeConfig, cmd: TableCommand) -> Result<()> {
             Ok(())
         }
         TableCommand::Show(args) => show(&catalog, args).await,
+        TableCommand::Evolve(args) => evolve(catalog, args).await,
+    }
+}
+
+async fn evolve(catalog: Catalog, args: EvolveArgs) -> Result<()> {
+    let ident = parse_table_ident(&args.name)?;
+    // One fixed order, so a call reads the same whatever the flag order: drops, renames,
+    // promotions, additions, aliases (a dropped name can be added again; an alias may name a
+    // column renamed or added in the same call).
+    let mut changes = Vec::new();
+    for v in &args.drop_column {
+        changes.push(Change::parse_drop(v)?);
+    }
+    for v in &args.rename_column {
+        changes.push(Change::parse_rename(v)?);
+    }
+    for v in &args.widen {
+        changes.push(Change::parse_widen(v)?);
+    }
+    for v in &args.add_column {
+        changes.push(Change::parse_add(v, false)?);
+    }
+    for v in &args.add_required_column {
+        changes.push(Change::parse_add(v, true)?);
+    }
+    for v in &args.add_alias {
+        changes.push(Change::parse_alias(v)?);
+    }
+
+    let committer = floe_lake::Committer::new(catalog);
+    let done = floe_lake::evolve::evolve(&committer, &ident, &changes, args.dry_run).await?;
+    let verb = if done.committed { "" } else { "would " };
+    for line in &done.plan.lines {
+        println!("{ident}: {verb}{line}");
+    }
+    if done.committed {
+        println!(
+            "{ident}: schema {} → {} committed; running loaders use it from their next batch",
+            done.old_schema_id, done.new_schema_id
+        );
+    } else {
+        println!("{ident}: dry run, nothing committed; the schema would be:");
+    }
+    if !done.committed || done.plan.schema.is_some() {
+        for f in done.schema.as_struct().fields() {
+            print_field(f, "  ");
+        }
+    }
+    Ok(())
+}
+
+fn print_field(f: &iceberg::spec::NestedFieldRef, indent: &str) {
+    let ty = match f.field_type.as_ref() {
+        iceberg::spec::Type::Struct(_) => "struct".to_string(),
+        t => t.to_string(),
+    };
+    println!(
+        "{indent}{:>4}  {:<24} {:<16} {}",
+        f.id,
+        f.name,
+        ty,
+        if f.required { "required" } else { "optional" }
+    );
+    if let iceberg::spec::Type::Struct(s) = f.field_type.as_ref() {
+        for c in s.fields() {
+            print_field(c, &format!("{indent}  "));
+        }
     }
 }
 

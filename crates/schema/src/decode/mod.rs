@@ -181,7 +181,7 @@ pub struct RecordMeta<'a> {
 }
 
 /// Decoder settings derived from the table.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DecoderOptions {
     /// JSON key → column name aliases (`floe.alias.*` table properties).
     pub aliases: HashMap<String, String>,
@@ -209,6 +209,7 @@ impl DecoderOptions {
 /// Decodes JSON messages into Arrow record batches for one table schema.
 pub struct Decoder {
     schema_id: i32,
+    options: DecoderOptions,
     arrow_schema: SchemaRef,
     root: StructCols,
     rows: usize,
@@ -250,6 +251,7 @@ impl Decoder {
         }
         Ok(Self {
             schema_id: schema.schema_id(),
+            options: options.clone(),
             arrow_schema: arrow,
             root,
             rows: 0,
@@ -266,6 +268,13 @@ impl Decoder {
     /// The Iceberg schema id this decoder was built for.
     pub fn schema_id(&self) -> i32 {
         self.schema_id
+    }
+
+    /// Whether a decoder for `metadata`'s current schema and properties would decode
+    /// differently from this one (another schema, other aliases or unknown-field policy).
+    pub fn differs_for(&self, metadata: &iceberg::spec::TableMetadata) -> bool {
+        metadata.current_schema_id() != self.schema_id
+            || DecoderOptions::from_table_properties(metadata.properties()) != self.options
     }
 
     /// The Arrow schema of produced batches (with Iceberg field ids in field metadata).

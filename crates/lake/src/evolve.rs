@@ -1,0 +1,678 @@
+//! Schema evolution: `floe table evolve`. A list of [`Change`]s is planned against a table's
+//! current metadata ([`plan`]) into a new schema (same field ids for kept columns, fresh ids
+//! above `last-column-id` for new ones) plus table-property updates, then committed with the
+//! catalog's compare-and-swap ([`evolve`]): on a lost race the plan is made again from the
+//! winner's metadata, so a concurrent change is never overwritten.
+//!
+//! What Iceberg forbids is refused with the reason and what to do instead: type changes other
+//! than the allowed promotions (int → long, float → double, decimal precision widening), a new
+//! required column on a table that has rows, dropping a partition source or identifier column,
+//! names that clash (also by case: Trino folds names), and anything the Trino guard refuses.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use iceberg::TableIdent;
+use iceberg::spec::{
+    NestedField, NestedFieldRef, PrimitiveType, Schema, StructType, TableMetadata, Type,
+};
+
+use crate::{Committer, Error, Result};
+
+use floe_schema::names::ALIAS_PROPERTY_PREFIX as ALIAS_PREFIX;
+
+/// One requested change. Paths are dot-separated (`device.model`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// A new column (optional unless `required`), with an optional doc string.
+    AddColumn {
+        /// Where, e.g. `referrer` or `device.model`; missing parent structs are created.
+        path: String,
+        /// Its type.
+        ty: PrimitiveType,
+        /// Doc string.
+        doc: Option<String>,
+        /// Required (only on a table without rows).
+        required: bool,
+    },
+    /// Remove a column (old data files keep it; readers stop seeing it).
+    DropColumn {
+        /// The column.
+        path: String,
+    },
+    /// Rename a column (same field id: old and new files read under the new name).
+    RenameColumn {
+        /// The column.
+        path: String,
+        /// Its new (last-segment) name.
+        to: String,
+    },
+    /// Promote a column's type (int → long, float → double, wider decimal precision).
+    Widen {
+        /// The column.
+        path: String,
+        /// The wider type.
+        ty: PrimitiveType,
+    },
+    /// Decode JSON key `json_key` into `column` (`floe.alias.<json_key> = <column>`).
+    AddAlias {
+        /// The JSON key.
+        json_key: String,
+        /// The top-level column it feeds.
+        column: String,
+    },
+}
+
+impl Change {
+    /// `--add-column name:type[:doc]` (`required` for `--add-required-column`).
+    pub fn parse_add(spec: &str, required: bool) -> Result<Self> {
+        let mut parts = spec.splitn(3, ':');
+        let path = parts.next().unwrap_or_default().trim();
+        let ty = parts.next().map(str::trim).unwrap_or_default();
+        if path.is_empty() || ty.is_empty() {
+            return Err(bad(format!(
+                "--add-column {spec:?}: expected name:type[:doc], e.g. referrer:string or device.model:string:the model"
+            )));
+        }
+        check_path(path, "--add-column")?;
+        Ok(Change::AddColumn {
+            path: path.to_string(),
+            ty: parse_type(ty).map_err(|e| bad(format!("--add-column {spec:?}: {e}")))?,
+            doc: parts
+                .next()
+                .map(|d| d.trim().to_string())
+                .filter(|d| !d.is_empty()),
+            required,
+        })
+    }
+
+    /// `--drop-column name`.
+    pub fn parse_drop(spec: &str) -> Result<Self> {
+        let path = spec.trim();
+        check_path(path, "--drop-column")?;
+        Ok(Change::DropColumn {
+            path: path.to_string(),
+        })
+    }
+
+    /// `--rename-column old:new` (`new` is the last segment only).
+    pub fn parse_rename(spec: &str) -> Result<Self> {
+        let (path, to) = spec
+            .split_once(':')
+            .map(|(a, b)| (a.trim(), b.trim()))
+            .ok_or_else(|| {
+                bad(format!(
+                    "--rename-column {spec:?}: expected old:new, e.g. value:amount"
+                ))
+            })?;
+        check_path(path, "--rename-column")?;
+        if to.is_empty() || to.contains('.') {
+            return Err(bad(format!(
+                "--rename-column {spec:?}: the new name is one name without dots (a column stays in its struct)"
+            )));
+        }
+        Ok(Change::RenameColumn {
+            path: path.to_string(),
+            to: to.to_string(),
+        })
+    }
+
+    /// `--widen name:type`.
+    pub fn parse_widen(spec: &str) -> Result<Self> {
+        let (path, ty) = spec
+            .split_once(':')
+            .map(|(a, b)| (a.trim(), b.trim()))
+            .ok_or_else(|| {
+                bad(format!(
+                    "--widen {spec:?}: expected name:type, e.g. session_duration:long"
+                ))
+            })?;
+        check_path(path, "--widen")?;
+        Ok(Change::Widen {
+            path: path.to_string(),
+            ty: parse_type(ty).map_err(|e| bad(format!("--widen {spec:?}: {e}")))?,
+        })
+    }
+
+    /// `--add-alias json_key:column`.
+    pub fn parse_alias(spec: &str) -> Result<Self> {
+        let (key, column) = spec
+            .split_once(':')
+            .map(|(a, b)| (a.trim(), b.trim()))
+            .ok_or_else(|| {
+                bad(format!(
+                    "--add-alias {spec:?}: expected json_key:column, e.g. ts:event_ts"
+                ))
+            })?;
+        if key.is_empty() || column.is_empty() {
+            return Err(bad(format!(
+                "--add-alias {spec:?}: expected json_key:column"
+            )));
+        }
+        Ok(Change::AddAlias {
+            json_key: key.to_string(),
+            column: column.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Change::AddColumn {
+                path, ty, required, ..
+            } => write!(
+                f,
+                "add {} column {path} {ty}",
+                if *required { "required" } else { "optional" }
+            ),
+            Change::DropColumn { path } => write!(f, "drop column {path}"),
+            Change::RenameColumn { path, to } => write!(f, "rename column {path} to {to}"),
+            Change::Widen { path, ty } => write!(f, "widen column {path} to {ty}"),
+            Change::AddAlias { json_key, column } => {
+                write!(f, "decode JSON key {json_key:?} into column {column}")
+            }
+        }
+    }
+}
+
+fn bad(msg: String) -> Error {
+    Error::Config(msg)
+}
+
+fn check_path(path: &str, flag: &str) -> Result<()> {
+    if path.is_empty() || path.split('.').any(|s| s.trim().is_empty()) {
+        return Err(bad(format!(
+            "{flag} {path:?}: not a column path (name or a.b)"
+        )));
+    }
+    Ok(())
+}
+
+/// Parses an Iceberg primitive type name (`long`, `decimal(10,2)`, `timestamptz`, …) or a
+/// common SQL spelling of one (`bigint`, `varchar`, `boolean`, `integer`).
+pub fn parse_type(name: &str) -> std::result::Result<PrimitiveType, String> {
+    let lower = name.trim().to_ascii_lowercase();
+    let canonical = match lower.as_str() {
+        "bool" => "boolean",
+        "integer" | "int32" => "int",
+        "bigint" | "int64" => "long",
+        "real" | "float32" => "float",
+        "float64" | "double precision" => "double",
+        "varchar" | "text" | "utf8" => "string",
+        "varbinary" | "bytes" => "binary",
+        "timestamp with time zone" => "timestamptz",
+        other => other,
+    };
+    serde_json::from_value::<PrimitiveType>(serde_json::Value::String(canonical.replace(' ', "")))
+        .map_err(|_| {
+            format!(
+                "unknown type {name:?} (one of boolean, int, long, float, double, decimal(P,S), \
+                 date, time, timestamp, timestamptz, string, uuid, binary, fixed[N])"
+            )
+        })
+}
+
+/// What a plan does: the new schema (when it changed), property updates and one line per
+/// change for people.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The evolved schema, `None` when only properties change.
+    pub schema: Option<Schema>,
+    /// Table properties to set.
+    pub properties: HashMap<String, String>,
+    /// One line per change, e.g. `add optional column referrer string (field id 17)`.
+    pub lines: Vec<String>,
+}
+
+/// Plans `changes` against `meta`'s current schema, refusing what Iceberg forbids.
+pub fn plan(table: &str, meta: &TableMetadata, changes: &[Change]) -> Result<Plan> {
+    if changes.is_empty() {
+        return Err(bad(format!(
+            "table evolve {table}: no change given (--add-column, --drop-column, --rename-column, --widen, --add-alias)"
+        )));
+    }
+    let current = meta.current_schema();
+    let mut fields: Vec<NestedFieldRef> = current.as_struct().fields().to_vec();
+    let mut next_id = meta.last_column_id().max(current.highest_field_id()) + 1;
+    let mut properties = HashMap::new();
+    let mut lines = Vec::new();
+    let mut schema_changed = false;
+    let has_rows = meta.current_snapshot().is_some_and(|s| {
+        s.summary()
+            .additional_properties
+            .get("total-records")
+            .is_none_or(|n| n != "0")
+    });
+    let protected: Vec<(i32, &'static str)> = meta
+        .default_partition_spec()
+        .fields()
+        .iter()
+        .map(|f| (f.source_id, "the partition spec's source"))
+        .chain(
+            current
+                .identifier_field_ids()
+                .map(|id| (id, "an identifier field")),
+        )
+        .collect();
+    let refuse = |what: &Change, why: String| bad(format!("{table}: cannot {what}: {why}"));
+
+    for change in changes {
+        match change {
+            Change::AddColumn {
+                path,
+                ty,
+                doc,
+                required,
+            } => {
+                if *required && has_rows {
+                    return Err(refuse(
+                        change,
+                        "the table has rows, and they would have no value for a required \
+                         column; add it as optional (--add-column), backfill, and rely on \
+                         readers or a rule to enforce it"
+                            .into(),
+                    ));
+                }
+                let segs: Vec<&str> = path.split('.').collect();
+                let mut field = NestedField::optional(
+                    next_id,
+                    segs[segs.len() - 1],
+                    Type::Primitive(ty.clone()),
+                );
+                field.required = *required;
+                if let Some(d) = doc {
+                    field = field.with_doc(d);
+                }
+                next_id += 1;
+                let created = add_at(&mut fields, &segs, field, &mut next_id)
+                    .map_err(|why| refuse(change, why))?;
+                let mut line = format!("{change} (field id {})", next_id - 1);
+                if !created.is_empty() {
+                    line.push_str(&format!("; new struct {}", created.join(", ")));
+                }
+                lines.push(line);
+                schema_changed = true;
+            }
+            Change::DropColumn { path } => {
+                let segs: Vec<&str> = path.split('.').collect();
+                let f = find(&fields, &segs).map_err(|why| refuse(change, why))?;
+                let mut ids = Vec::new();
+                collect_ids(&f, &mut ids);
+                if let Some((_, role)) = protected.iter().find(|(id, _)| ids.contains(id)) {
+                    return Err(refuse(
+                        change,
+                        format!(
+                            "it is {role}; change the partition spec or identifier fields first"
+                        ),
+                    ));
+                }
+                if segs.len() == 1 && fields.len() == 1 {
+                    return Err(refuse(change, "it is the table's only column".into()));
+                }
+                edit_at(&mut fields, &segs, &mut |_| None).map_err(|why| refuse(change, why))?;
+                lines.push(format!(
+                    "{change} (field id {}; old files keep their values)",
+                    f.id
+                ));
+                schema_changed = true;
+            }
+            Change::RenameColumn { path, to } => {
+                let segs: Vec<&str> = path.split('.').collect();
+                let f = find(&fields, &segs).map_err(|why| refuse(change, why))?;
+                if f.name == *to {
+                    return Err(refuse(change, "it already has that name".into()));
+                }
+                let siblings = siblings(&fields, &segs[..segs.len() - 1]);
+                if let Some(clash) = siblings
+                    .iter()
+                    .find(|s| s.id != f.id && s.name.eq_ignore_ascii_case(to))
+                {
+                    return Err(refuse(
+                        change,
+                        format!(
+                            "column {} already exists (Trino folds names to lower case)",
+                            clash.name
+                        ),
+                    ));
+                }
+                let to = to.clone();
+                edit_at(&mut fields, &segs, &mut |f| {
+                    let mut g = f.as_ref().clone();
+                    g.name = to.clone();
+                    Some(Arc::new(g))
+                })
+                .map_err(|why| refuse(change, why))?;
+                lines.push(format!(
+                    "{change} (field id {}; old files read under the new name)",
+                    f.id
+                ));
+                schema_changed = true;
+            }
+            Change::Widen { path, ty } => {
+                let segs: Vec<&str> = path.split('.').collect();
+                let f = find(&fields, &segs).map_err(|why| refuse(change, why))?;
+                let Type::Primitive(from) = f.field_type.as_ref() else {
+                    return Err(refuse(
+                        change,
+                        format!("{path} is a {}, not a primitive column", f.field_type),
+                    ));
+                };
+                if from == ty {
+                    return Err(refuse(change, format!("{path} is already {ty}")));
+                }
+                if !promotion_allowed(from, ty) {
+                    return Err(refuse(
+                        change,
+                        format!(
+                            "Iceberg does not allow {from} → {ty} (allowed: int → long, \
+                             float → double, decimal(P,S) → decimal(P2,S) with P2 > P); to \
+                             change a type, add a new column (e.g. {path}_v2), backfill it and \
+                             drop {path}"
+                        ),
+                    ));
+                }
+                let ty = ty.clone();
+                edit_at(&mut fields, &segs, &mut |f| {
+                    let mut g = f.as_ref().clone();
+                    g.field_type = Box::new(Type::Primitive(ty.clone()));
+                    Some(Arc::new(g))
+                })
+                .map_err(|why| refuse(change, why))?;
+                lines.push(format!(
+                    "{change} (was {from}; old files are promoted on read)"
+                ));
+                schema_changed = true;
+            }
+            Change::AddAlias { json_key, column } => {
+                if !fields.iter().any(|f| f.name == *column) {
+                    return Err(refuse(
+                        change,
+                        format!("there is no top-level column {column}"),
+                    ));
+                }
+                if let Some(old) = meta.properties().get(&format!("{ALIAS_PREFIX}{json_key}"))
+                    && old != column
+                {
+                    lines.push(format!("{change} (was into {old})"));
+                } else {
+                    lines.push(change.to_string());
+                }
+                properties.insert(format!("{ALIAS_PREFIX}{json_key}"), column.clone());
+            }
+        }
+    }
+
+    let schema = if schema_changed {
+        let schema = Schema::builder()
+            .with_schema_id(current.schema_id())
+            .with_identifier_field_ids(current.identifier_field_ids())
+            .with_fields(fields)
+            .build()
+            .map_err(|e| bad(format!("{table}: the evolved schema is invalid: {e}")))?;
+        // Every alias must still point at a column (a drop or rename would orphan it).
+        for (k, v) in meta.properties().iter().chain(properties.iter()) {
+            if let Some(key) = k.strip_prefix(ALIAS_PREFIX)
+                && schema.field_by_name(v).is_none()
+            {
+                lines.push(format!(
+                    "note: alias {key:?} → {v} now points at no column and is ignored"
+                ));
+            }
+        }
+        crate::compat::check_definition(table, meta.format_version(), &schema, meta.properties())?;
+        Some(schema)
+    } else {
+        None
+    };
+    Ok(Plan {
+        schema,
+        properties,
+        lines,
+    })
+}
+
+fn promotion_allowed(from: &PrimitiveType, to: &PrimitiveType) -> bool {
+    match (from, to) {
+        (PrimitiveType::Int, PrimitiveType::Long) => true,
+        (PrimitiveType::Float, PrimitiveType::Double) => true,
+        (
+            PrimitiveType::Decimal {
+                precision: p1,
+                scale: s1,
+            },
+            PrimitiveType::Decimal {
+                precision: p2,
+                scale: s2,
+            },
+        ) => s1 == s2 && p2 > p1,
+        _ => false,
+    }
+}
+
+fn collect_ids(f: &NestedField, out: &mut Vec<i32>) {
+    out.push(f.id);
+    match f.field_type.as_ref() {
+        Type::Struct(s) => s.fields().iter().for_each(|c| collect_ids(c, out)),
+        Type::List(l) => collect_ids(&l.element_field, out),
+        Type::Map(m) => {
+            collect_ids(&m.key_field, out);
+            collect_ids(&m.value_field, out);
+        }
+        Type::Primitive(_) => {}
+    }
+}
+
+/// The field at `segs` (exact names).
+fn find(fields: &[NestedFieldRef], segs: &[&str]) -> std::result::Result<NestedFieldRef, String> {
+    let mut level = fields.to_vec();
+    for (i, seg) in segs.iter().enumerate() {
+        let f = level
+            .iter()
+            .find(|f| f.name == *seg)
+            .cloned()
+            .ok_or_else(|| no_such(&level, segs, i))?;
+        if i + 1 == segs.len() {
+            return Ok(f);
+        }
+        match f.field_type.as_ref() {
+            Type::Struct(s) => level = s.fields().to_vec(),
+            other => {
+                return Err(format!(
+                    "{} is a {other}, not a struct",
+                    segs[..=i].join(".")
+                ));
+            }
+        }
+    }
+    unreachable!("paths have at least one segment")
+}
+
+fn no_such(level: &[NestedFieldRef], segs: &[&str], i: usize) -> String {
+    let names: Vec<&str> = level.iter().map(|f| f.name.as_str()).collect();
+    let hint = level
+        .iter()
+        .find(|f| f.name.eq_ignore_ascii_case(segs[i]))
+        .map(|f| format!(" (did you mean {}?)", f.name))
+        .unwrap_or_default();
+    format!(
+        "no column {}{hint}; columns here: {}",
+        segs[..=i].join("."),
+        names.join(", ")
+    )
+}
+
+/// The fields of the struct at `parent` (top level when empty), or none when it is missing.
+fn siblings(fields: &[NestedFieldRef], parent: &[&str]) -> Vec<NestedFieldRef> {
+    if parent.is_empty() {
+        return fields.to_vec();
+    }
+    match find(fields, parent).map(|f| f.field_type.as_ref().clone()) {
+        Ok(Type::Struct(s)) => s.fields().to_vec(),
+        _ => Vec::new(),
+    }
+}
+
+/// Replaces (or with `None` removes) the field at `segs`, rebuilding its parent structs.
+fn edit_at(
+    fields: &mut Vec<NestedFieldRef>,
+    segs: &[&str],
+    edit: &mut dyn FnMut(&NestedFieldRef) -> Option<NestedFieldRef>,
+) -> std::result::Result<(), String> {
+    let pos = fields
+        .iter()
+        .position(|f| f.name == segs[0])
+        .ok_or_else(|| no_such(fields, segs, 0))?;
+    if segs.len() == 1 {
+        match edit(&fields[pos]) {
+            Some(f) => fields[pos] = f,
+            None => {
+                fields.remove(pos);
+            }
+        }
+        return Ok(());
+    }
+    let Type::Struct(s) = fields[pos].field_type.as_ref() else {
+        return Err(format!("{} is not a struct", segs[0]));
+    };
+    let mut inner = s.fields().to_vec();
+    edit_at(&mut inner, &segs[1..], edit)?;
+    if inner.is_empty() {
+        return Err(format!(
+            "it is the last field of struct {}; drop {} instead",
+            segs[0], segs[0]
+        ));
+    }
+    let mut parent = fields[pos].as_ref().clone();
+    parent.field_type = Box::new(Type::Struct(StructType::new(inner)));
+    fields[pos] = Arc::new(parent);
+    Ok(())
+}
+
+/// Adds `field` at `segs` (its last segment is the field's name), creating missing parent
+/// structs (optional) with ids from `next_id`. Returns the structs created.
+fn add_at(
+    fields: &mut Vec<NestedFieldRef>,
+    segs: &[&str],
+    field: NestedField,
+    next_id: &mut i32,
+) -> std::result::Result<Vec<String>, String> {
+    if segs.len() == 1 {
+        if let Some(f) = fields.iter().find(|f| f.name.eq_ignore_ascii_case(segs[0])) {
+            return Err(if f.name == segs[0] {
+                format!("column {} already exists", f.name)
+            } else {
+                format!(
+                    "column {} already exists (Trino folds names to lower case)",
+                    f.name
+                )
+            });
+        }
+        fields.push(Arc::new(field));
+        return Ok(Vec::new());
+    }
+    let mut created = Vec::new();
+    let pos = match fields.iter().position(|f| f.name == segs[0]) {
+        Some(p) => p,
+        None => {
+            if let Some(f) = fields.iter().find(|f| f.name.eq_ignore_ascii_case(segs[0])) {
+                return Err(format!(
+                    "column {} already exists (Trino folds names to lower case)",
+                    f.name
+                ));
+            }
+            let id = *next_id;
+            *next_id += 1;
+            fields.push(Arc::new(NestedField::optional(
+                id,
+                segs[0],
+                Type::Struct(StructType::new(Vec::new())),
+            )));
+            created.push(segs[0].to_string());
+            fields.len() - 1
+        }
+    };
+    let Type::Struct(s) = fields[pos].field_type.as_ref() else {
+        return Err(format!(
+            "{} is a {}, not a struct",
+            segs[0], fields[pos].field_type
+        ));
+    };
+    let mut inner = s.fields().to_vec();
+    let more = add_at(&mut inner, &segs[1..], field, next_id)?;
+    created.extend(more.into_iter().map(|c| format!("{}.{c}", segs[0])));
+    let mut parent = fields[pos].as_ref().clone();
+    parent.field_type = Box::new(Type::Struct(StructType::new(inner)));
+    fields[pos] = Arc::new(parent);
+    Ok(created)
+}
+
+/// What [`evolve`] did.
+#[derive(Debug, Clone)]
+pub struct Evolved {
+    /// Schema id before.
+    pub old_schema_id: i32,
+    /// Schema id after (same when only properties changed or on a dry run).
+    pub new_schema_id: i32,
+    /// The plan as committed (from the metadata the commit was based on).
+    pub plan: Plan,
+    /// The evolved schema (or the current one on a dry run without schema change).
+    pub schema: Schema,
+    /// Whether anything was committed.
+    pub committed: bool,
+}
+
+/// Plans and (unless `dry_run`) commits `changes` to `ident` with compare-and-swap; on a lost
+/// race the plan is made again against the new metadata.
+pub async fn evolve(
+    committer: &Committer,
+    ident: &TableIdent,
+    changes: &[Change],
+    dry_run: bool,
+) -> Result<Evolved> {
+    let table = ident.to_string();
+    if dry_run {
+        let (_, meta) = committer.catalog().load_metadata(ident).await?;
+        let plan = plan(&table, &meta, changes)?;
+        let schema = plan
+            .schema
+            .clone()
+            .unwrap_or_else(|| meta.current_schema().as_ref().clone());
+        let id = meta.current_schema_id();
+        return Ok(Evolved {
+            old_schema_id: id,
+            new_schema_id: id,
+            plan,
+            schema,
+            committed: false,
+        });
+    }
+    let mut seen: Option<(i32, Plan)> = None;
+    let done = committer
+        .update_metadata(ident, |location, base| {
+            let p = plan(&table, base, changes)?;
+            seen = Some((base.current_schema_id(), p.clone()));
+            let mut b = base.clone().into_builder(Some(location.to_string()));
+            if let Some(schema) = p.schema {
+                b = b.add_current_schema(schema)?;
+            }
+            if !p.properties.is_empty() {
+                b = b.set_properties(p.properties)?;
+            }
+            Ok(Some(b.build()?))
+        })
+        .await?;
+    let (old_schema_id, plan) = seen.expect("update_metadata plans at least once");
+    let (_, meta) = done.ok_or_else(|| bad(format!("{table}: nothing was committed")))?;
+    Ok(Evolved {
+        old_schema_id,
+        new_schema_id: meta.current_schema_id(),
+        plan,
+        schema: meta.current_schema().as_ref().clone(),
+        committed: true,
+    })
+}
+
+#[cfg(test)]
+mod tests;
