@@ -285,10 +285,11 @@ pub fn plan(table: &str, meta: &TableMetadata, changes: &[Change]) -> Result<Pla
                 if let Some(d) = doc {
                     field = field.with_doc(d);
                 }
+                let field_id = next_id;
                 next_id += 1;
                 let created = add_at(&mut fields, &segs, field, &mut next_id)
                     .map_err(|why| refuse(change, why))?;
-                let mut line = format!("{change} (field id {})", next_id - 1);
+                let mut line = format!("{change} (field id {field_id})");
                 if !created.is_empty() {
                     line.push_str(&format!("; new struct {}", created.join(", ")));
                 }

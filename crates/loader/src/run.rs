@@ -207,6 +207,8 @@ struct Pipe {
     /// A metadata reload in progress (the table may be changed by other tools at any time).
     refreshing: Option<tokio::task::JoinHandle<floe_lake::Result<TableMetadata>>>,
     last_refresh: Instant,
+    /// A schema id the decoder cannot be built for (logged once; not retried every batch).
+    unusable_schema: Option<i32>,
     decoder: Decoder,
     batch: Batch,
     in_flight: Option<(u64, BTreeMap<Tp, i64>)>,
@@ -741,7 +743,8 @@ impl Pipe {
         if meta.last_updated_ms() < have.last_updated_ms() {
             return; // a reload that started before a commit we already saw
         }
-        self.schema_change_pending = self.decoder.differs_for(&meta);
+        self.schema_change_pending = self.decoder.differs_for(&meta)
+            && self.unusable_schema != Some(meta.current_schema_id());
         if self.schema_change_pending && self.batch.messages == 0 && self.decoder.is_empty() {
             self.newer_metadata = None;
             self.adopt(meta);
@@ -807,7 +810,10 @@ impl Pipe {
                     self.decoder = d;
                 }
                 Err(e) => {
-                    tracing::error!(table = %self.name, error = %e, "cannot decode against the new schema; keeping the old one");
+                    if self.unusable_schema != Some(meta.current_schema_id()) {
+                        tracing::error!(table = %self.name, schema = meta.current_schema_id(), error = %e, "cannot decode against the new schema; keeping the old one");
+                        self.unusable_schema = Some(meta.current_schema_id());
+                    }
                     return;
                 }
             }
@@ -973,6 +979,7 @@ pub fn run(
             schema_change_pending: false,
             refreshing: None,
             last_refresh: Instant::now(),
+            unusable_schema: None,
             decoder,
             batch: Batch::new(0, aggs.len()),
             in_flight: None,

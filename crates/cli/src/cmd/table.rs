@@ -57,6 +57,9 @@ pub struct EvolveArgs {
     /// Print what would change and the resulting schema; commit nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Commit even when an aggregate query over this table would no longer plan.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args)]
@@ -92,11 +95,11 @@ pub async fn run(cfg: &FloeConfig, cmd: TableCommand) -> Result<()> {
             Ok(())
         }
         TableCommand::Show(args) => show(&catalog, args).await,
-        TableCommand::Evolve(args) => evolve(catalog, args).await,
+        TableCommand::Evolve(args) => evolve(cfg, catalog, args).await,
     }
 }
 
-async fn evolve(catalog: Catalog, args: EvolveArgs) -> Result<()> {
+async fn evolve(cfg: &FloeConfig, catalog: Catalog, args: EvolveArgs) -> Result<()> {
     let ident = parse_table_ident(&args.name)?;
     // One fixed order, so a call reads the same whatever the flag order: drops, renames,
     // promotions, additions, aliases (a dropped name can be added again; an alias may name a
@@ -121,6 +124,9 @@ async fn evolve(catalog: Catalog, args: EvolveArgs) -> Result<()> {
         changes.push(Change::parse_alias(v)?);
     }
 
+    if !args.force {
+        check_aggregates(cfg, &catalog, &ident, &changes).await?;
+    }
     let committer = floe_lake::Committer::new(catalog);
     let done = floe_lake::evolve::evolve(&committer, &ident, &changes, args.dry_run).await?;
     let verb = if done.committed { "" } else { "would " };
@@ -138,6 +144,44 @@ async fn evolve(catalog: Catalog, args: EvolveArgs) -> Result<()> {
     if !done.committed || done.plan.schema.is_some() {
         for f in done.schema.as_struct().fields() {
             print_field(f, "  ");
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a change that would break an aggregate reading this table (a dropped or renamed
+/// column its SQL uses, a type it cannot sum): loaders would fail every flush until the SQL is
+/// fixed.
+async fn check_aggregates(
+    cfg: &FloeConfig,
+    catalog: &Catalog,
+    ident: &iceberg::TableIdent,
+    changes: &[Change],
+) -> Result<()> {
+    let table = ident.to_string();
+    let defs: Vec<_> = cfg
+        .aggregate_definitions()?
+        .into_iter()
+        .filter(|d| d.source.as_deref() == Some(table.as_str()))
+        .collect();
+    if defs.is_empty() {
+        return Ok(());
+    }
+    let (_, meta) = catalog.load_metadata(ident).await?;
+    let Some(schema) = floe_lake::evolve::plan(&table, &meta, changes)?.schema else {
+        return Ok(());
+    };
+    let arrow = std::sync::Arc::new(iceberg::arrow::schema_to_arrow_schema(&schema)?);
+    for def in defs {
+        let name = def.name.clone();
+        if let Err(e) = floe_aggregate::Aggregator::new(vec![def])
+            .columns_read(&arrow)
+            .await
+        {
+            bail!(
+                "{table}: the change would break aggregate {name} (sql/aggregates/{name}.sql): {e}\n\
+                 change the query first (it reads the table's columns by name), or pass --force"
+            );
         }
     }
     Ok(())
