@@ -55,6 +55,11 @@ pub enum Change {
         /// The wider type.
         ty: PrimitiveType,
     },
+    /// Stop decoding JSON key `json_key` by alias.
+    DropAlias {
+        /// The JSON key.
+        json_key: String,
+    },
     /// Decode JSON key `json_key` into `column` (`floe.alias.<json_key> = <column>`).
     AddAlias {
         /// The JSON key.
@@ -135,6 +140,17 @@ impl Change {
         })
     }
 
+    /// `--drop-alias json_key`.
+    pub fn parse_drop_alias(spec: &str) -> Result<Self> {
+        let key = spec.trim();
+        if key.is_empty() {
+            return Err(bad("--drop-alias: expected a JSON key".into()));
+        }
+        Ok(Change::DropAlias {
+            json_key: key.to_string(),
+        })
+    }
+
     /// `--add-alias json_key:column`.
     pub fn parse_alias(spec: &str) -> Result<Self> {
         let (key, column) = spec
@@ -173,6 +189,7 @@ impl fmt::Display for Change {
             Change::AddAlias { json_key, column } => {
                 write!(f, "decode JSON key {json_key:?} into column {column}")
             }
+            Change::DropAlias { json_key } => write!(f, "drop alias {json_key:?}"),
         }
     }
 }
@@ -222,6 +239,8 @@ pub struct Plan {
     pub schema: Option<Schema>,
     /// Table properties to set.
     pub properties: HashMap<String, String>,
+    /// Table properties to remove.
+    pub removed: Vec<String>,
     /// One line per change, e.g. `add optional column referrer string (field id 17)`.
     pub lines: Vec<String>,
 }
@@ -236,7 +255,15 @@ pub fn plan(table: &str, meta: &TableMetadata, changes: &[Change]) -> Result<Pla
     let current = meta.current_schema();
     let mut fields: Vec<NestedFieldRef> = current.as_struct().fields().to_vec();
     let mut next_id = meta.last_column_id().max(current.highest_field_id()) + 1;
-    let mut properties = HashMap::new();
+    let before: std::collections::BTreeMap<String, String> = meta
+        .properties()
+        .iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix(ALIAS_PREFIX)
+                .map(|k| (k.to_string(), v.clone()))
+        })
+        .collect();
+    let mut aliases = before.clone();
     let mut lines = Vec::new();
     let mut schema_changed = false;
     let has_rows = meta.current_snapshot().is_some_and(|s| {
@@ -349,6 +376,22 @@ pub fn plan(table: &str, meta: &TableMetadata, changes: &[Change]) -> Result<Pla
                     "{change} (field id {}; old files read under the new name)",
                     f.id
                 ));
+                if segs.len() == 1 {
+                    // Aliases follow the column, and producers still sending the old key keep
+                    // filling it.
+                    for (key, col) in aliases.iter_mut() {
+                        if col == path {
+                            col.clone_from(&to);
+                            lines.push(format!("alias {key:?} now decodes into {to}"));
+                        }
+                    }
+                    if !aliases.contains_key(path.as_str()) {
+                        aliases.insert(path.clone(), to.clone());
+                        lines.push(format!(
+                            "JSON key {path:?} keeps decoding into {to} (alias; --drop-alias {path} to stop)"
+                        ));
+                    }
+                }
                 schema_changed = true;
             }
             Change::Widen { path, ty } => {
@@ -393,14 +436,25 @@ pub fn plan(table: &str, meta: &TableMetadata, changes: &[Change]) -> Result<Pla
                         format!("there is no top-level column {column}"),
                     ));
                 }
-                if let Some(old) = meta.properties().get(&format!("{ALIAS_PREFIX}{json_key}"))
-                    && old != column
-                {
-                    lines.push(format!("{change} (was into {old})"));
-                } else {
-                    lines.push(change.to_string());
+                match aliases.insert(json_key.clone(), column.clone()) {
+                    Some(old) if old != *column => lines.push(format!("{change} (was into {old})")),
+                    _ => lines.push(change.to_string()),
                 }
-                properties.insert(format!("{ALIAS_PREFIX}{json_key}"), column.clone());
+            }
+            Change::DropAlias { json_key } => {
+                if aliases.remove(json_key).is_none() {
+                    let known: Vec<&str> = aliases.keys().map(String::as_str).collect();
+                    let known = if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    };
+                    return Err(refuse(
+                        change,
+                        format!("there is no such alias (aliases: {known})"),
+                    ));
+                }
+                lines.push(change.to_string());
             }
         }
     }
@@ -412,11 +466,9 @@ pub fn plan(table: &str, meta: &TableMetadata, changes: &[Change]) -> Result<Pla
             .with_fields(fields)
             .build()
             .map_err(|e| bad(format!("{table}: the evolved schema is invalid: {e}")))?;
-        // Every alias must still point at a column (a drop or rename would orphan it).
-        for (k, v) in meta.properties().iter().chain(properties.iter()) {
-            if let Some(key) = k.strip_prefix(ALIAS_PREFIX)
-                && schema.field_by_name(v).is_none()
-            {
+        // An alias of a dropped column points at nothing (the decoder ignores it).
+        for (key, v) in &aliases {
+            if schema.field_by_name(v).is_none() {
                 lines.push(format!(
                     "note: alias {key:?} → {v} now points at no column and is ignored"
                 ));
@@ -427,9 +479,20 @@ pub fn plan(table: &str, meta: &TableMetadata, changes: &[Change]) -> Result<Pla
     } else {
         None
     };
+    let properties = aliases
+        .iter()
+        .filter(|(k, v)| before.get(*k) != Some(v))
+        .map(|(k, v)| (format!("{ALIAS_PREFIX}{k}"), v.clone()))
+        .collect();
+    let removed = before
+        .keys()
+        .filter(|k| !aliases.contains_key(*k))
+        .map(|k| format!("{ALIAS_PREFIX}{k}"))
+        .collect();
     Ok(Plan {
         schema,
         properties,
+        removed,
         lines,
     })
 }
@@ -660,6 +723,9 @@ pub async fn evolve(
             }
             if !p.properties.is_empty() {
                 b = b.set_properties(p.properties)?;
+            }
+            if !p.removed.is_empty() {
+                b = b.remove_properties(&p.removed)?;
             }
             Ok(Some(b.build()?))
         })

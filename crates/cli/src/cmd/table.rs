@@ -54,6 +54,9 @@ pub struct EvolveArgs {
     /// Decode a JSON key into a column: json_key:column (table property floe.alias.*).
     #[arg(long, value_name = "JSON_KEY:COLUMN")]
     add_alias: Vec<String>,
+    /// Stop decoding a JSON key by alias (e.g. the one a rename keeps for the old name).
+    #[arg(long, value_name = "JSON_KEY")]
+    drop_alias: Vec<String>,
     /// Print what would change and the resulting schema; commit nothing.
     #[arg(long)]
     dry_run: bool,
@@ -119,6 +122,9 @@ async fn evolve(cfg: &FloeConfig, catalog: Catalog, args: EvolveArgs) -> Result<
     }
     for v in &args.add_required_column {
         changes.push(Change::parse_add(v, true)?);
+    }
+    for v in &args.drop_alias {
+        changes.push(Change::parse_drop_alias(v)?);
     }
     for v in &args.add_alias {
         changes.push(Change::parse_alias(v)?);

@@ -33,6 +33,9 @@ fn apply(meta: &TableMetadata, changes: &[Change]) -> TableMetadata {
     if !p.properties.is_empty() {
         b = b.set_properties(p.properties).unwrap();
     }
+    if !p.removed.is_empty() {
+        b = b.remove_properties(&p.removed).unwrap();
+    }
     b.build().unwrap().metadata
 }
 
@@ -170,4 +173,18 @@ fn changes_apply_in_order_within_one_plan() {
     assert!(s.field_by_name("source").is_some());
     assert!(s.field_by_name("referrer").is_none() && s.field_by_name("page").is_none());
     assert_eq!(m.current_schema_id(), 1);
+}
+
+#[test]
+fn a_rename_keeps_the_old_json_key_and_moves_aliases_along() {
+    let m = apply(&events(), &[Change::parse_alias("ts:event_ts").unwrap()]);
+    let m = apply(&m, &[Change::parse_rename("value:amount").unwrap()]);
+    assert_eq!(m.properties()["floe.alias.value"], "amount");
+    let m = apply(&m, &[Change::parse_rename("event_ts:happened_at").unwrap()]);
+    assert_eq!(m.properties()["floe.alias.ts"], "happened_at");
+    assert_eq!(m.properties()["floe.alias.event_ts"], "happened_at");
+    let m = apply(&m, &[Change::parse_drop_alias("value").unwrap()]);
+    assert!(!m.properties().contains_key("floe.alias.value"));
+    let e = err(&m, &[Change::parse_drop_alias("value").unwrap()]);
+    assert!(e.contains("no such alias"), "{e}");
 }
