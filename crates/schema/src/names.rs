@@ -132,7 +132,19 @@ impl KeyResolver {
         if let Some(&i) = self.lower.get(&key.to_lowercase()) {
             return Some(i);
         }
-        self.aliases.get(key).copied()
+        // Aliases match like column names do: exactly, by snake_case form, ignoring case (so
+        // the alias a rename keeps for `event_guid` also takes `eventGuid`).
+        self.aliases
+            .get(key)
+            .or_else(|| self.aliases.get(snake_case(key).as_str()))
+            .or_else(|| {
+                let lower = key.to_lowercase();
+                self.aliases
+                    .iter()
+                    .find(|(k, _)| k.to_lowercase() == lower)
+                    .map(|(_, i)| i)
+            })
+            .copied()
     }
 }
 
@@ -167,6 +179,11 @@ mod tests {
         assert_eq!(r.resolve("COUNTRY", 1), Some(1));
         assert_eq!(r.resolve("timestamp", 2), Some(2));
         assert_eq!(r.resolve("ghost", 3), None);
+        // Aliases match by snake_case form and case too (a renamed column's old camelCase key).
+        assert_eq!(r.resolve("TimeStamp", 5), Some(2));
+        let renamed = HashMap::from([("event_guid".to_string(), "Country".to_string())]);
+        let mut r2 = KeyResolver::new(&[Some("Country")], &renamed);
+        assert_eq!(r2.resolve("eventGuid", 0), Some(0));
         assert_eq!(r.resolve("unknown", 4), None);
         // Positional cache must not confuse different keys at the same position.
         assert_eq!(r.resolve("Country", 0), Some(1));
