@@ -103,14 +103,7 @@ impl Change {
 
     /// `--rename-column old:new` (`new` is the last segment only).
     pub fn parse_rename(spec: &str) -> Result<Self> {
-        let (path, to) = spec
-            .split_once(':')
-            .map(|(a, b)| (a.trim(), b.trim()))
-            .ok_or_else(|| {
-                bad(format!(
-                    "--rename-column {spec:?}: expected old:new, e.g. value:amount"
-                ))
-            })?;
+        let (path, to) = pair(spec, "--rename-column", "old:new", "value:amount")?;
         check_path(path, "--rename-column")?;
         if to.is_empty() || to.contains('.') {
             return Err(bad(format!(
@@ -125,14 +118,7 @@ impl Change {
 
     /// `--widen name:type`.
     pub fn parse_widen(spec: &str) -> Result<Self> {
-        let (path, ty) = spec
-            .split_once(':')
-            .map(|(a, b)| (a.trim(), b.trim()))
-            .ok_or_else(|| {
-                bad(format!(
-                    "--widen {spec:?}: expected name:type, e.g. session_duration:long"
-                ))
-            })?;
+        let (path, ty) = pair(spec, "--widen", "name:type", "session_duration:long")?;
         check_path(path, "--widen")?;
         Ok(Change::Widen {
             path: path.to_string(),
@@ -153,14 +139,7 @@ impl Change {
 
     /// `--add-alias json_key:column`.
     pub fn parse_alias(spec: &str) -> Result<Self> {
-        let (key, column) = spec
-            .split_once(':')
-            .map(|(a, b)| (a.trim(), b.trim()))
-            .ok_or_else(|| {
-                bad(format!(
-                    "--add-alias {spec:?}: expected json_key:column, e.g. ts:event_ts"
-                ))
-            })?;
+        let (key, column) = pair(spec, "--add-alias", "json_key:column", "ts:event_ts")?;
         if key.is_empty() || column.is_empty() {
             return Err(bad(format!(
                 "--add-alias {spec:?}: expected json_key:column"
@@ -196,6 +175,13 @@ impl fmt::Display for Change {
 
 fn bad(msg: String) -> Error {
     Error::Config(msg)
+}
+
+/// Splits `a:b` (both trimmed) or says what `flag` expects.
+fn pair<'a>(spec: &'a str, flag: &str, form: &str, example: &str) -> Result<(&'a str, &'a str)> {
+    spec.split_once(':')
+        .map(|(a, b)| (a.trim(), b.trim()))
+        .ok_or_else(|| bad(format!("{flag} {spec:?}: expected {form}, e.g. {example}")))
 }
 
 fn check_path(path: &str, flag: &str) -> Result<()> {

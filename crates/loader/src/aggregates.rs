@@ -44,6 +44,82 @@ const MERGE_PAYS: f64 = 0.8;
 /// Partial rows kept unmerged at most, even when merging does not pay (memory bound).
 const MAX_UNMERGED_ROWS: usize = 4_000_000;
 
+/// Partials queued per streaming writer (backpressure on the writer task beyond it).
+const STREAM_QUEUE: usize = 4;
+
+/// What a streaming partial writer receives.
+enum ToStream {
+    Rows(RecordBatch),
+    /// The flush failed or was discarded: delete what was written.
+    Abort,
+}
+
+/// An aggregate's partials written to Parquet as they come, on a task of their own, while the
+/// batch is still being consumed (for aggregates whose partials do not fold: merging them
+/// would not pay, and writing them all at flush would put their encoding on the commit's
+/// critical path).
+struct PartialStream {
+    tx: tokio::sync::mpsc::Sender<ToStream>,
+    done: tokio::task::JoinHandle<floe_lake::Result<Vec<iceberg::spec::DataFile>>>,
+}
+
+impl PartialStream {
+    fn open(catalog: floe_lake::Catalog, table: AggTable) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<ToStream>(STREAM_QUEUE);
+        let done = tokio::spawn(async move {
+            let (_, meta) = catalog.load_metadata(&table.ident).await?;
+            let target = Arc::new(iceberg::arrow::schema_to_arrow_schema(
+                meta.current_schema(),
+            )?);
+            let mut w = DataWriter::new(catalog.file_io(), &meta)?;
+            while let Some(msg) = rx.recv().await {
+                let rows = match msg {
+                    ToStream::Rows(rows) => rows,
+                    ToStream::Abort => {
+                        w.abort().await;
+                        return Ok(Vec::new());
+                    }
+                };
+                let written = match conform(&table.def, &rows, &target) {
+                    Ok(shaped) => w.write(&shaped).await,
+                    Err(e) => Err(floe_lake::Error::Config(e.to_string())),
+                };
+                if let Err(e) = written {
+                    w.abort().await;
+                    return Err(e);
+                }
+            }
+            w.close().await
+        });
+        Self { tx, done }
+    }
+
+    /// Sends rows; a writer that stopped (an error) is reported at [`Self::finish`].
+    async fn send(&self, rows: RecordBatch) {
+        let _ = self.tx.send(ToStream::Rows(rows)).await;
+    }
+
+    /// Closes the stream and returns its files.
+    async fn finish(self) -> floe_lake::Result<Vec<iceberg::spec::DataFile>> {
+        drop(self.tx);
+        self.done
+            .await
+            .map_err(|e| floe_lake::Error::Config(format!("aggregate writer task: {e}")))?
+    }
+
+    /// Drops what was written (without waiting).
+    fn abort(self) {
+        let tx = self.tx;
+        if tx.try_send(ToStream::Abort).is_err()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move {
+                let _ = tx.send(ToStream::Abort).await;
+            });
+        }
+    }
+}
+
 /// Per row of a chunk: where it came from and which tables take it.
 #[derive(Debug, Default)]
 pub struct RowRouting {
@@ -56,6 +132,7 @@ pub struct RowRouting {
 }
 
 /// An aggregate table a pipeline feeds.
+#[derive(Clone)]
 pub struct AggTable {
     /// The definition.
     pub def: AggregateDef,
@@ -90,6 +167,10 @@ pub struct Aggregation {
     /// Queries running on the runtime's other threads while the writer encodes Parquet: per
     /// chunk, the partials of every aggregate (in order).
     running: std::collections::VecDeque<Running>,
+    /// Per aggregate: its partials streaming to Parquet during this batch (when they do not
+    /// fold), opened at the first such partial.
+    streams: Vec<Option<PartialStream>>,
+    catalog: floe_lake::Catalog,
 }
 
 /// One chunk's queries: (aggregate index, input rows, partial) when done.
@@ -105,6 +186,7 @@ impl Aggregation {
         columns: DedupColumns,
         window: std::time::Duration,
         topics: Vec<String>,
+        catalog: floe_lake::Catalog,
     ) -> Self {
         let aggregator = Aggregator::new(tables.iter().map(|t| t.def.clone()).collect());
         let n = tables.len();
@@ -120,6 +202,8 @@ impl Aggregation {
             merged_rows: vec![0; n],
             chunk_ratio: vec![0.0; n],
             running: std::collections::VecDeque::new(),
+            streams: (0..n).map(|_| None).collect(),
+            catalog,
         }
     }
 
@@ -248,9 +332,23 @@ impl Aggregation {
         if partial.num_rows() == 0 {
             return Ok(());
         }
+        let pays = self.chunk_ratio[i] <= MERGE_PAYS;
+        if !pays {
+            // Merging would not pay: write the partials out now, on the stream's task.
+            let stream = self.streams[i].get_or_insert_with(|| {
+                tracing::debug!(table = %self.tables[i].ident, ratio = self.chunk_ratio[i], "partials do not fold; writing them as they come");
+                PartialStream::open(self.catalog.clone(), self.tables[i].clone())
+            });
+            for held in self.partials[i].drain(..) {
+                stream.send(held).await;
+            }
+            self.partial_rows[i] = 0;
+            self.merged_rows[i] = 0;
+            stream.send(partial).await;
+            return Ok(());
+        }
         self.partial_rows[i] += partial.num_rows();
         self.partials[i].push(partial);
-        let pays = self.chunk_ratio[i] <= MERGE_PAYS;
         if self.partial_rows[i] > MERGE_ROWS.max(2 * self.merged_rows[i])
             && self.partials[i].len() > 1
             && (pays || self.partial_rows[i] > MAX_UNMERGED_ROWS)
@@ -284,7 +382,7 @@ impl Aggregation {
         let catalog = committer.catalog();
         let mut rows = Vec::with_capacity(self.tables.len());
         for (i, range) in ranges.iter().enumerate().take(self.tables.len()) {
-            if range.is_empty() && self.partials[i].is_empty() {
+            if range.is_empty() && self.partials[i].is_empty() && self.streams[i].is_none() {
                 rows.push(0);
                 continue;
             }
@@ -296,7 +394,13 @@ impl Aggregation {
                     .map_err(|e| floe_lake::Error::Config(e.to_string()))?;
             }
             let table = &self.tables[i];
-            if !self.partials[i].is_empty() {
+            if let Some(stream) = self.streams[i].take() {
+                for held in self.partials[i].drain(..) {
+                    stream.send(held).await;
+                }
+                files = stream.finish().await?;
+                rows.push(files.iter().map(|f| f.record_count()).sum());
+            } else if !self.partials[i].is_empty() {
                 let target = Arc::new(iceberg::arrow::schema_to_arrow_schema(
                     meta.current_schema(),
                 )?);
@@ -347,6 +451,11 @@ impl Aggregation {
     fn clear(&mut self) {
         for h in self.running.drain(..) {
             h.abort();
+        }
+        for s in &mut self.streams {
+            if let Some(s) = s.take() {
+                s.abort();
+            }
         }
         for p in &mut self.partials {
             p.clear();

@@ -936,6 +936,7 @@ pub fn run(
                 columns,
                 cfg.dedup_window,
                 cfg.topics.clone(),
+                catalog.clone(),
             ))
         };
         let aggs: Vec<TableIdent> = aggregation
