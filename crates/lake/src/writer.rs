@@ -57,6 +57,10 @@ pub struct DataWriter {
     rows: u64,
 }
 
+/// Table property: the Parquet codec of the partial files loaders write to an aggregate table
+/// (`zstd`, `snappy`, `gzip` or `uncompressed`, the default); see [`DataWriter::for_partials`].
+pub const PARTIALS_CODEC: &str = "floe.partials.compression-codec";
+
 /// Parquet writer settings from the table's properties (zstd level 1 unless set).
 pub fn writer_properties(props: &HashMap<String, String>) -> Result<WriterProperties> {
     let codec = props
@@ -134,7 +138,31 @@ impl DataWriter {
         metadata: &TableMetadata,
         schema: SchemaRef,
     ) -> Result<Self> {
-        let props = metadata.properties();
+        Self::build(file_io, metadata, schema, metadata.properties())
+    }
+
+    /// A writer for the partial files a loader adds to an aggregate table. They are written
+    /// with the codec of table property [`PARTIALS_CODEC`] (default `uncompressed`: they are
+    /// on the loader's hot path, and compaction rewrites them with the table's own codec).
+    pub fn for_partials(file_io: &FileIO, metadata: &TableMetadata) -> Result<Self> {
+        let mut props = metadata.properties().clone();
+        let codec = props
+            .get(PARTIALS_CODEC)
+            .cloned()
+            .unwrap_or_else(|| "uncompressed".into());
+        if props.get("write.parquet.compression-codec") != Some(&codec) {
+            props.remove("write.parquet.compression-level");
+        }
+        props.insert("write.parquet.compression-codec".into(), codec);
+        Self::build(file_io, metadata, metadata.current_schema().clone(), &props)
+    }
+
+    fn build(
+        file_io: &FileIO,
+        metadata: &TableMetadata,
+        schema: SchemaRef,
+        props: &HashMap<String, String>,
+    ) -> Result<Self> {
         let spec = metadata.default_partition_spec().clone();
         let paths = Arc::new(Mutex::new(Vec::new()));
         let locations = RecordingLocations {

@@ -71,7 +71,7 @@ impl PartialStream {
             let target = Arc::new(iceberg::arrow::schema_to_arrow_schema(
                 meta.current_schema(),
             )?);
-            let mut w = DataWriter::new(catalog.file_io(), &meta)?;
+            let mut w = DataWriter::for_partials(catalog.file_io(), &meta)?;
             while let Some(msg) = rx.recv().await {
                 let rows = match msg {
                     ToStream::Rows(rows) => rows,
@@ -404,7 +404,7 @@ impl Aggregation {
                 let target = Arc::new(iceberg::arrow::schema_to_arrow_schema(
                     meta.current_schema(),
                 )?);
-                let mut w = DataWriter::new(catalog.file_io(), &meta)?;
+                let mut w = DataWriter::for_partials(catalog.file_io(), &meta)?;
                 let mut n = 0;
                 for partial in &self.partials[i] {
                     let written = match conform(&table.def, partial, &target) {
