@@ -41,9 +41,6 @@ const MERGE_ROWS: usize = 200_000;
 /// the same hours either; merging such partials costs a second aggregation for nothing.
 const MERGE_PAYS: f64 = 0.8;
 
-/// Partial rows kept unmerged at most, even when merging does not pay (memory bound).
-const MAX_UNMERGED_ROWS: usize = 4_000_000;
-
 /// Partials queued per streaming writer (backpressure on the writer task beyond it).
 const STREAM_QUEUE: usize = 4;
 
@@ -54,10 +51,10 @@ enum ToStream {
     Abort,
 }
 
-/// An aggregate's partials written to Parquet as they come, on a task of their own, while the
-/// batch is still being consumed (for aggregates whose partials do not fold: merging them
+/// An aggregate's partials written to Parquet on a task of their own: as they come, while
+/// the batch is still being consumed, for aggregates whose partials do not fold (merging them
 /// would not pay, and writing them all at flush would put their encoding on the commit's
-/// critical path).
+/// critical path); at flush for the ones held and merged.
 struct PartialStream {
     tx: tokio::sync::mpsc::Sender<ToStream>,
     done: tokio::task::JoinHandle<floe_lake::Result<Vec<iceberg::spec::DataFile>>>,
@@ -332,8 +329,7 @@ impl Aggregation {
         if partial.num_rows() == 0 {
             return Ok(());
         }
-        let pays = self.chunk_ratio[i] <= MERGE_PAYS;
-        if !pays {
+        if self.chunk_ratio[i] > MERGE_PAYS {
             // Merging would not pay: write the partials out now, on the stream's task.
             let stream = self.streams[i].get_or_insert_with(|| {
                 tracing::debug!(table = %self.tables[i].ident, ratio = self.chunk_ratio[i], "partials do not fold; writing them as they come");
@@ -351,7 +347,6 @@ impl Aggregation {
         self.partials[i].push(partial);
         if self.partial_rows[i] > MERGE_ROWS.max(2 * self.merged_rows[i])
             && self.partials[i].len() > 1
-            && (pays || self.partial_rows[i] > MAX_UNMERGED_ROWS)
         {
             self.merge(i).await?;
         }
@@ -386,44 +381,28 @@ impl Aggregation {
                 rows.push(0);
                 continue;
             }
-            let (_, meta) = catalog.load_metadata(&self.tables[i].ident).await?;
-            let mut files = Vec::new();
-            if self.partials[i].len() > 1 && self.chunk_ratio[i] <= MERGE_PAYS {
+            // Held partials were all pushed while merging paid (else they would stream).
+            if self.partials[i].len() > 1 {
                 self.merge(i)
                     .await
                     .map_err(|e| floe_lake::Error::Config(e.to_string()))?;
             }
             let table = &self.tables[i];
-            if let Some(stream) = self.streams[i].take() {
-                for held in self.partials[i].drain(..) {
-                    stream.send(held).await;
-                }
-                files = stream.finish().await?;
-                rows.push(files.iter().map(|f| f.record_count()).sum());
-            } else if !self.partials[i].is_empty() {
-                let target = Arc::new(iceberg::arrow::schema_to_arrow_schema(
-                    meta.current_schema(),
-                )?);
-                let mut w = DataWriter::for_partials(catalog.file_io(), &meta)?;
-                let mut n = 0;
-                for partial in &self.partials[i] {
-                    let written = match conform(&table.def, partial, &target) {
-                        Ok(shaped) => w.write(&shaped).await.map(|()| shaped.num_rows()),
-                        Err(e) => Err(floe_lake::Error::Config(e.to_string())),
-                    };
-                    match written {
-                        Ok(rows) => n += rows,
-                        Err(e) => {
-                            w.abort().await;
-                            return Err(e);
-                        }
+            // Held partials go the way streamed ones went (or open a stream of their own).
+            let stream = self.streams[i].take().or_else(|| {
+                (!self.partials[i].is_empty())
+                    .then(|| PartialStream::open(catalog.clone(), table.clone()))
+            });
+            let files = match stream {
+                Some(stream) => {
+                    for held in self.partials[i].drain(..) {
+                        stream.send(held).await;
                     }
+                    stream.finish().await?
                 }
-                files = w.close().await?;
-                rows.push(n as u64);
-            } else {
-                rows.push(0);
-            }
+                None => Vec::new(),
+            };
+            rows.push(files.iter().map(|f| f.record_count()).sum());
             let mut req = CommitRequest::append(files);
             req.offsets = Some(OffsetsUpdate {
                 group: group.to_string(),
