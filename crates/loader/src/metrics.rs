@@ -47,8 +47,28 @@ pub const SCHEMA_ID: &str = "floe_table_schema_id";
 /// Event-time freshness: seconds between now and the newest event committed (label `table`).
 pub const FRESHNESS: &str = "floe_event_time_freshness_seconds";
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
+
+use iceberg::spec::{Schema, TableMetadata};
+
+/// Records that a loader of `table` adopts `new` metadata in place of `old` because messages
+/// decode differently now: a log line with the schema ids and the columns added, dropped,
+/// renamed or promoted, the change counter and the schema-id gauge.
+pub fn schema_changed(table: &str, old: &TableMetadata, new: &TableMetadata) {
+    let change = describe_schema_change(old.current_schema(), new.current_schema());
+    tracing::info!(
+        table = %table,
+        old = old.current_schema_id(),
+        new = new.current_schema_id(),
+        change = %change,
+        "table schema changed; decoding against the new schema"
+    );
+    let labels = [("table", table.to_string())];
+    metrics::counter!(SCHEMA_CHANGES, &labels).increment(1);
+    metrics::gauge!(SCHEMA_ID, &labels).set(new.current_schema_id() as f64);
+}
 
 /// What `/health` looks at: the last commit and whether messages are waiting.
 #[derive(Debug)]
@@ -120,4 +140,42 @@ pub async fn report_layout(
     metrics::gauge!(TABLE_PARTITIONS, &labels).set(per_partition.len() as f64);
     metrics::gauge!(TABLE_MAX_FILES_PER_PARTITION, &labels)
         .set(per_partition.values().copied().max().unwrap_or(0) as f64);
+}
+
+/// Columns added, dropped, renamed or retyped between two schemas (by field id), for logs.
+fn describe_schema_change(old: &Schema, new: &Schema) -> String {
+    let names = |s: &Schema| -> BTreeMap<i32, (String, String)> {
+        s.field_id_to_name_map()
+            .iter()
+            .filter_map(|(id, name)| {
+                s.field_by_id(*id)
+                    .map(|f| (*id, (name.clone(), f.field_type.to_string())))
+            })
+            .collect()
+    };
+    let (a, b) = (names(old), names(new));
+    let mut parts = Vec::new();
+    for (id, (name, ty)) in &b {
+        match a.get(id) {
+            None => parts.push(format!("+{name} {ty}")),
+            Some((old_name, old_ty)) => {
+                if old_name != name {
+                    parts.push(format!("{old_name}→{name}"));
+                }
+                if old_ty != ty && !ty.starts_with("struct") {
+                    parts.push(format!("{name}: {old_ty}→{ty}"));
+                }
+            }
+        }
+    }
+    for (id, (name, _)) in &a {
+        if !b.contains_key(id) {
+            parts.push(format!("-{name}"));
+        }
+    }
+    if parts.is_empty() {
+        "decoding settings (aliases / unknown fields)".into()
+    } else {
+        parts.join(", ")
+    }
 }

@@ -793,20 +793,7 @@ impl Pipe {
                 &DecoderOptions::from_table_properties(meta.properties()),
             ) {
                 Ok(d) => {
-                    let change = describe_schema_change(
-                        self.metadata.current_schema(),
-                        meta.current_schema(),
-                    );
-                    tracing::info!(
-                        table = %self.name,
-                        old = self.decoder.schema_id(),
-                        new = meta.current_schema_id(),
-                        change = %change,
-                        "table schema changed; decoding against the new schema"
-                    );
-                    let labels = [("table", self.name.clone())];
-                    metrics::counter!(m::SCHEMA_CHANGES, &labels).increment(1);
-                    metrics::gauge!(m::SCHEMA_ID, &labels).set(meta.current_schema_id() as f64);
+                    m::schema_changed(&self.name, &self.metadata, &meta);
                     self.decoder = d;
                 }
                 Err(e) => {
@@ -1690,43 +1677,5 @@ impl Writer {
             r.map_err(|(e, _)| format!("producing to dead-letter topic {topic}: {e}"))?;
         }
         Ok(())
-    }
-}
-
-/// Columns added, dropped, renamed or retyped between two schemas (by field id), for logs.
-fn describe_schema_change(old: &iceberg::spec::Schema, new: &iceberg::spec::Schema) -> String {
-    let names = |s: &iceberg::spec::Schema| -> BTreeMap<i32, (String, String)> {
-        s.field_id_to_name_map()
-            .iter()
-            .filter_map(|(id, name)| {
-                s.field_by_id(*id)
-                    .map(|f| (*id, (name.clone(), f.field_type.to_string())))
-            })
-            .collect()
-    };
-    let (a, b) = (names(old), names(new));
-    let mut parts = Vec::new();
-    for (id, (name, ty)) in &b {
-        match a.get(id) {
-            None => parts.push(format!("+{name} {ty}")),
-            Some((old_name, old_ty)) => {
-                if old_name != name {
-                    parts.push(format!("{old_name}→{name}"));
-                }
-                if old_ty != ty && !ty.starts_with("struct") {
-                    parts.push(format!("{name}: {old_ty}→{ty}"));
-                }
-            }
-        }
-    }
-    for (id, (name, _)) in &a {
-        if !b.contains_key(id) {
-            parts.push(format!("-{name}"));
-        }
-    }
-    if parts.is_empty() {
-        "decoding settings (aliases / unknown fields)".into()
-    } else {
-        parts.join(", ")
     }
 }

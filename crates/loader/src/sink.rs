@@ -144,14 +144,14 @@ impl TableSink {
         })
     }
 
-    /// Re-reads the table's metadata (between batches only) and rebuilds the decoder if the
-    /// schema changed. Returns whether the schema changed.
+    /// Re-reads the table's metadata (between batches only) and rebuilds the decoder if
+    /// messages decode differently now. Returns whether they do.
     pub async fn refresh(&mut self) -> Result<bool> {
         if self.batch_started.is_some() {
             return Ok(false);
         }
         let (_, metadata) = self.committer.catalog().load_metadata(&self.ident).await?;
-        let changed = metadata.current_schema_id() != self.decoder.schema_id();
+        let changed = self.decoder.differs_for(&metadata);
         self.refresh_from(metadata)?;
         Ok(changed)
     }
@@ -312,15 +312,11 @@ impl TableSink {
         self.batch_started = None;
     }
 
-    /// Adopts newer table metadata; rebuilds the decoder when the schema changed.
+    /// Adopts newer table metadata; rebuilds the decoder when messages decode differently
+    /// (schema, aliases, unknown-field policy).
     fn refresh_from(&mut self, metadata: TableMetadata) -> Result<()> {
-        if metadata.current_schema_id() != self.decoder.schema_id() {
-            tracing::info!(
-                table = %self.name,
-                old = self.decoder.schema_id(),
-                new = metadata.current_schema_id(),
-                "table schema changed; decoding against the new schema"
-            );
+        if self.decoder.differs_for(&metadata) {
+            crate::metrics::schema_changed(&self.name, &self.metadata, &metadata);
             self.decoder = Decoder::new(
                 metadata.current_schema(),
                 &DecoderOptions::from_table_properties(metadata.properties()),
