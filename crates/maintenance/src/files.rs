@@ -107,18 +107,27 @@ pub async fn list_files(location: &str, s3: &S3Config) -> Result<Vec<StoredFile>
     if !std::path::Path::new(&dir).exists() {
         return Ok(Vec::new());
     }
-    let store = LocalFileSystem::new();
     let prefix = object_store::path::Path::from_absolute_path(&dir)
         .map_err(|e| Error::Storage(format!("{dir}: {e}")))?;
+    list_store(&LocalFileSystem::new(), &prefix, "file:///", &dir).await
+}
+
+/// Every object under `prefix` in `store`, located as `root` + its path.
+async fn list_store(
+    store: &dyn ObjectStore,
+    prefix: &object_store::path::Path,
+    root: &str,
+    what: &str,
+) -> Result<Vec<StoredFile>> {
     let listed: Vec<_> = store
-        .list(Some(&prefix))
+        .list(Some(prefix))
         .try_collect()
         .await
-        .map_err(|e| Error::Storage(format!("listing {dir}: {e}")))?;
+        .map_err(|e| Error::Storage(format!("listing {what}: {e}")))?;
     Ok(listed
         .into_iter()
         .map(|m| StoredFile {
-            location: format!("file:///{}", m.location),
+            location: format!("{root}{}", m.location),
             size: m.size,
             modified: m.last_modified,
         })
@@ -149,20 +158,8 @@ async fn list_s3(location: &str, s3: &S3Config) -> Result<Vec<StoredFile>> {
     let store = builder
         .build()
         .map_err(|e| Error::Storage(format!("listing {location}: {e}")))?;
-    let prefix = prefix.trim_end_matches('/');
-    let listed: Vec<_> = store
-        .list(Some(&object_store::path::Path::from(format!("{prefix}/"))))
-        .try_collect()
-        .await
-        .map_err(|e| Error::Storage(format!("listing {location}: {e}")))?;
-    Ok(listed
-        .into_iter()
-        .map(|m| StoredFile {
-            location: format!("s3://{bucket}/{}", m.location),
-            size: m.size,
-            modified: m.last_modified,
-        })
-        .collect())
+    let prefix = object_store::path::Path::from(format!("{}/", prefix.trim_end_matches('/')));
+    list_store(&store, &prefix, &format!("s3://{bucket}/"), location).await
 }
 
 /// The local path of a `file://` URL or plain path; `None` for other schemes.
