@@ -77,6 +77,24 @@ def sqlite_lake(tmp_path, floe_bin):
                 f"{tmp_path}/floe-data/warehouse")
 
 
+def wait_for_port(port, proc, name, timeout=30):
+    """Waits until `proc` listens on 127.0.0.1:`port`; kills it and raises if it exits first
+    or does not listen within `timeout` seconds."""
+    import socket
+    import time
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"{name} did not listen on port {port} within {timeout} s")
+
+
 def free_port() -> int:
     import socket
     with socket.socket() as s:
@@ -91,22 +109,11 @@ S3_KEYS = {"access_key_id": "floe-test-key", "secret_access_key": "floe-test-sec
 def moto_server():
     """An S3 server (moto_server from PyPI, in memory) on 127.0.0.1; yields its endpoint."""
     import sys
-    import time
-    import socket
     port = free_port()
     exe = Path(sys.executable).parent / "moto_server"
     p = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        p.kill()
-        raise RuntimeError("moto_server did not start")
+    wait_for_port(port, p, "moto_server")
     yield f"http://127.0.0.1:{port}"
     p.kill()
     p.wait()
@@ -143,21 +150,13 @@ def s3_lake(request, tmp_path, floe_bin, pg_database, moto_server):
 @pytest.fixture
 def dev_broker(floe_bin, tmp_path):
     """`floe dev-broker` in its own process (6 partitions per topic); yields its bootstrap."""
-    import time
     port = free_port()
     p = subprocess.Popen([str(floe_bin), "dev-broker", "--port", str(port), "--partitions", "6",
                           "--topic", "events", "--topic", "events.dead-letters"],
                          cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     line = p.stdout.readline()
     assert "dev broker up" in line, line
-    deadline = time.time() + 10
-    import socket
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.05)
+    wait_for_port(port, p, "floe dev-broker", timeout=10)
     yield f"127.0.0.1:{port}"
     p.kill()
     p.wait()
@@ -177,23 +176,16 @@ class Tansu:
         self.proc = None
 
     def start(self, authentication=False):
-        import socket
-        import time
         log = open(self.dir / "broker.log", "a")
         self.proc = subprocess.Popen(
             [self.bin, "broker", "--listener-url", self.url, "--advertised-listener-url", self.url,
              "--storage-engine", "sqlite://tansu.db", *(["--authentication"] if authentication else [])],
             cwd=self.dir, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"tansu exited: {(self.dir / 'broker.log').read_text()[-2000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("tansu did not start listening")
+        try:
+            wait_for_port(self.port, self.proc, "tansu")
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}: {(self.dir / 'broker.log').read_text()[-2000:]}") from None
+        return self
 
     def stop(self):
         if self.proc and self.proc.poll() is None:

@@ -3,13 +3,12 @@ recomputation from the raw table deduplicated by event_guid, computed independen
 — after a clean run, after compaction, after SIGKILLs and restarts, and with two loaders."""
 
 import math
-import random
 import signal
 import time
 
 import pytest
 
-from test_kafka_loader import produce, run_args, split, generated
+from test_kafka_loader import generated, kill_at_random_moments, produce, run_args, split
 
 # The raw table deduplicated by event_guid: the first copy in Kafka order.
 DEDUP = ("SELECT * FROM t QUALIFY row_number() OVER "
@@ -149,12 +148,7 @@ def test_aggregates_stay_exact_across_sigkills_and_restarts(sqlite_lake, dev_bro
     lake = sqlite_lake
     payloads = prepared_with_duplicates(lake, dev_broker, tmp_path, 30_000, seed=83)
     args = run_args(dev_broker, "--max-rows", "1000", "--flush-interval", "200ms")
-    rng = random.Random(5)
-    for _ in range(3):
-        p = lake.popen(*args)
-        time.sleep(rng.uniform(2.0, 4.0))
-        p.send_signal(signal.SIGKILL)
-        p.wait()
+    kill_at_random_moments(lake, args, times=3, low=2.0, high=4.0, seed=5)
     lake.run(*args, "--until-drained", timeout=180)
     good, _ = split(payloads)
     assert raw_rows(lake) == len(good)

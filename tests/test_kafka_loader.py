@@ -68,6 +68,16 @@ def assert_exactly(lake, payloads):
     return good, bad
 
 
+def kill_at_random_moments(lake, args, times, low, high, seed):
+    """Starts `floe <args>` and SIGKILLs it after a random while, `times` times over."""
+    rng = random.Random(seed)
+    for _ in range(times):
+        p = lake.popen(*args)
+        time.sleep(rng.uniform(low, high))
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+
+
 def run_args(brokers, *extra):
     return ["run", "--brokers", brokers, "--topic", "events", "--table", "lake.events",
             "--group", "g", *extra]
@@ -123,12 +133,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(sqlite_lake, dev
     lake = sqlite_lake
     payloads = prepared(lake, dev_broker, tmp_path, 30_000, seed=31, malformed=0.01)
     args = run_args(dev_broker, "--max-rows", "700", "--flush-interval", "200ms")
-    rng = random.Random(5)
-    for _ in range(4):
-        p = lake.popen(*args)
-        time.sleep(rng.uniform(1.0, 4.0))
-        p.send_signal(signal.SIGKILL)
-        p.wait()
+    kill_at_random_moments(lake, args, times=4, low=1.0, high=4.0, seed=5)
     lake.run(*args, "--until-drained", timeout=180)
     assert_exactly(lake, payloads)
 
