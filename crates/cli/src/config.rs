@@ -63,6 +63,15 @@ impl FloeConfig {
         }
     }
 
+    /// The pipeline loading `table`, with its index (its mapping applies to `floe load` and
+    /// `floe dlq replay` of the table too).
+    pub fn pipeline_for(&self, table: &str) -> Option<(usize, &PipelineConfig)> {
+        self.pipelines
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.table == table)
+    }
+
     /// Loads the layered config. `file` is `--config`; without it `./floe.toml` is read if
     /// present. `overrides` are flag values as a partial config.
     pub fn load(file: Option<&Path>, overrides: Figment) -> Result<Self> {

@@ -149,6 +149,20 @@ pub struct PipelineConfig {
     /// How far back in event time duplicates are recognised.
     #[serde(with = "humantime_serde")]
     pub dedup_window: Duration,
+    /// JSON pointer of the object decoded as the row (`/data` for CloudEvents, `/payload`
+    /// for Debezium); overrides the table's `floe.unnest`; `""` turns it off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unnest: Option<String>,
+    /// Column → JSON pointer into the message (`"/data/user/id"`, `"/items/0/sku"`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub columns: BTreeMap<String, String>,
+    /// Column → SQL expression computing it (`"lower(country)"`); may read `_kafka_*`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub computed: BTreeMap<String, String>,
+    /// Rule name → SQL boolean expression every row must satisfy (`"value >= 0"`); failing
+    /// rows are dead letters of kind `rule`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub rules: BTreeMap<String, String>,
 }
 
 impl Default for PipelineConfig {
@@ -163,6 +177,10 @@ impl Default for PipelineConfig {
             aggregates: None,
             dedup_column: "event_guid".into(),
             dedup_window: Duration::from_secs(3600),
+            unnest: None,
+            columns: BTreeMap::new(),
+            computed: BTreeMap::new(),
+            rules: BTreeMap::new(),
         }
     }
 }
@@ -186,6 +204,16 @@ impl PipelineConfig {
             Some(t) if t.is_empty() => None,
             Some(t) => Some(t.clone()),
             None => self.topics.first().map(|t| format!("{t}.dead-letters")),
+        }
+    }
+
+    /// The pipeline's mapping (laid over the table's `floe.*` mapping properties).
+    pub fn mapping(&self) -> floe_schema::Mapping {
+        floe_schema::Mapping {
+            unnest: self.unnest.clone(),
+            columns: self.columns.clone(),
+            computed: self.computed.clone(),
+            rules: self.rules.clone(),
         }
     }
 

@@ -125,11 +125,23 @@ pub async fn load_lines(
             report.add_flush(&f);
             in_batch = 0;
         }
+        for kind in sink.take_rejected() {
+            *report
+                .dead_letters_by_kind
+                .entry(kind.to_string())
+                .or_default() += 1;
+        }
         progress(&report);
     }
     if in_batch > 0 {
         let f = sink.flush(None).await?;
         report.add_flush(&f);
+    }
+    for kind in sink.take_rejected() {
+        *report
+            .dead_letters_by_kind
+            .entry(kind.to_string())
+            .or_default() += 1;
     }
     report.unknown_fields = sink.take_unknown_fields();
     progress(&report);

@@ -13,6 +13,7 @@ pub mod produce;
 pub mod replay;
 pub mod run;
 pub mod sink;
+pub mod transform;
 
 pub use sink::{FlushReport, SinkOptions, TableSink};
 

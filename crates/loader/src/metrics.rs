@@ -44,6 +44,9 @@ pub const TABLE_MAX_FILES_PER_PARTITION: &str = "floe_table_max_files_per_partit
 pub const SCHEMA_CHANGES: &str = "floe_schema_changes_total";
 /// Gauge: the schema id the loader decodes against (label `table`).
 pub const SCHEMA_ID: &str = "floe_table_schema_id";
+/// Rows per mapping transform (labels `table`; `transform`: `unnest`, `columns.<column>`,
+/// `computed.<column>`, `rules.<name>`; `outcome`: `applied` (a rule: passed) or `rejected`).
+pub const TRANSFORM_ROWS: &str = "floe_transform_rows_total";
 /// Event-time freshness: seconds between now and the newest event committed (label `table`).
 pub const FRESHNESS: &str = "floe_event_time_freshness_seconds";
 
@@ -68,6 +71,17 @@ pub fn schema_changed(table: &str, old: &TableMetadata, new: &TableMetadata) {
     let labels = [("table", table.to_string())];
     metrics::counter!(SCHEMA_CHANGES, &labels).increment(1);
     metrics::gauge!(SCHEMA_ID, &labels).set(new.current_schema_id() as f64);
+}
+
+/// Adds the decoder's counts of rows it unwrapped (`unnest`) or projected (`columns.<column>`)
+/// to [`TRANSFORM_ROWS`].
+pub fn mapping_applied(table: &str, counts: Vec<(floe_schema::Setting, u64)>) {
+    for (setting, n) in counts {
+        if n > 0 {
+            metrics::counter!(TRANSFORM_ROWS, "table" => table.to_string(), "transform" => setting.label(), "outcome" => "applied")
+                .increment(n);
+        }
+    }
 }
 
 /// What `/health` looks at: the last commit and whether messages are waiting.

@@ -23,7 +23,7 @@ use datafusion::prelude::SessionContext;
 use floe_lake::commit::{Change, CommitRequest};
 use floe_lake::scan::{FileReader, live_data_files};
 use floe_lake::{Committer, DataWriter, PositionSet, applied_positions, parse_table_ident};
-use floe_schema::{Decoder, DecoderOptions, RecordMeta};
+use floe_schema::{Decoder, RecordMeta};
 use futures::TryStreamExt;
 use iceberg_datafusion::IcebergStaticTableProvider;
 
@@ -41,6 +41,11 @@ pub struct ReplayOptions {
     pub filter: Option<String>,
     /// Decode and count, change nothing.
     pub dry_run: bool,
+    /// The mapping of the pipeline that loads the table (laid over the table's own), so
+    /// replayed messages are unwrapped, projected, computed and checked as loaded ones are.
+    pub mapping: floe_schema::Mapping,
+    /// Where `mapping` is configured, for error messages (`pipelines[0]`).
+    pub section: String,
 }
 
 impl ReplayOptions {
@@ -52,6 +57,8 @@ impl ReplayOptions {
             table,
             filter: None,
             dry_run: false,
+            mapping: floe_schema::Mapping::default(),
+            section: "pipeline".into(),
         }
     }
 }
@@ -80,6 +87,80 @@ pub struct ReplayReport {
 }
 
 const ENCODE_ROWS: usize = 65_536;
+
+mod waiting {
+    use std::collections::HashSet;
+
+    /// Source positions of the rows waiting for the transform stage, in row order, with a
+    /// set for the "same message twice" check.
+    #[derive(Default)]
+    pub(super) struct Waiting {
+        order: Vec<(String, i32, i64)>,
+        set: HashSet<(String, i32, i64)>,
+    }
+
+    impl Waiting {
+        pub(super) fn push(&mut self, p: (String, i32, i64)) {
+            self.set.insert(p.clone());
+            self.order.push(p);
+        }
+
+        pub(super) fn contains(&self, p: &(String, i32, i64)) -> bool {
+            self.set.contains(p)
+        }
+
+        pub(super) fn drain(&mut self) -> std::vec::IntoIter<(String, i32, i64)> {
+            self.set.clear();
+            std::mem::take(&mut self.order).into_iter()
+        }
+    }
+}
+
+/// The rows decoded since the last chunk, on their way to the writer.
+struct Chunk<'a> {
+    decoder: &'a mut Decoder,
+    stage: Option<&'a mut crate::transform::Stage>,
+    waiting: &'a mut waiting::Waiting,
+    positions: &'a mut PositionSet,
+    report: &'a mut ReplayReport,
+}
+
+impl Chunk<'_> {
+    /// Runs the rows through the transform stage (those it rejects stay dead letters) and
+    /// writes them (unless a dry run).
+    async fn write(self, writer: Option<&mut DataWriter>) -> Result<()> {
+        if self.decoder.is_empty() {
+            return Ok(());
+        }
+        let rows = self.decoder.finish();
+        let rows = match self.stage {
+            None => rows,
+            Some(stage) => {
+                let staged = stage
+                    .apply(rows, chrono::Utc::now().timestamp_micros())
+                    .map_err(Error::Config)?;
+                for (i, (source, slot, offset)) in self.waiting.drain().enumerate() {
+                    if staged.kept.as_ref().is_none_or(|k| k.value(i)) {
+                        self.positions.insert(&source, slot, offset);
+                        self.report.replayed += 1;
+                    }
+                }
+                for r in &staged.rejected {
+                    *self
+                        .report
+                        .still_failing
+                        .entry(r.why.kind.to_string())
+                        .or_default() += 1;
+                }
+                staged.rows
+            }
+        };
+        if let Some(w) = writer {
+            w.write(&rows).await?;
+        }
+        Ok(())
+    }
+}
 
 /// Replays dead letters as described in the module docs.
 pub async fn replay(committer: &Committer, opts: &ReplayOptions) -> Result<ReplayReport> {
@@ -127,10 +208,12 @@ pub async fn replay(committer: &Committer, opts: &ReplayOptions) -> Result<Repla
         .await
         .map_err(bad_filter)?;
 
-    let mut decoder = Decoder::new(
-        metadata.current_schema(),
-        &DecoderOptions::from_table_properties(metadata.properties()),
-    )?;
+    let (options, mut stage) =
+        crate::transform::prepare(&opts.table, &metadata, &opts.mapping, &opts.section)
+            .map_err(Error::Config)?;
+    let mut decoder = Decoder::new(metadata.current_schema(), &options)?;
+    // Rows decoded and waiting for the transform stage (its rules may still reject them).
+    let mut waiting: waiting::Waiting = Default::default();
     let mut writer = (!opts.dry_run)
         .then(|| DataWriter::new(catalog.file_io(), &metadata))
         .transpose()?;
@@ -160,7 +243,9 @@ pub async fn replay(committer: &Committer, opts: &ReplayOptions) -> Result<Repla
                     report.already_replayed += 1;
                     continue;
                 }
-                if positions.contains(source, slot, offset) {
+                if positions.contains(source, slot, offset)
+                    || waiting.contains(&(source.to_string(), slot, offset))
+                {
                     continue; // the same message dead-lettered twice: load it once
                 }
                 let Some(payload) = rows.payload(i) else {
@@ -175,16 +260,22 @@ pub async fn replay(committer: &Committer, opts: &ReplayOptions) -> Result<Repla
                     key: rows.key(i),
                     ingested_at_us,
                 };
-                let decoded = if opts.dry_run {
+                let decoded = if opts.dry_run && stage.is_none() {
                     decoder.check(payload, &meta)
                 } else {
                     decoder.decode(payload, &meta)
                 };
                 match decoded {
-                    Ok(()) => {
-                        positions.insert(source, slot, offset);
-                        report.replayed += 1;
-                    }
+                    Ok(()) => match stage.as_mut() {
+                        None => {
+                            positions.insert(source, slot, offset);
+                            report.replayed += 1;
+                        }
+                        Some(s) => {
+                            s.push(&meta, payload, Vec::new(), true, false, false);
+                            waiting.push((source.to_string(), slot, offset));
+                        }
+                    },
                     Err(e) => {
                         *report
                             .still_failing
@@ -192,19 +283,26 @@ pub async fn replay(committer: &Committer, opts: &ReplayOptions) -> Result<Repla
                             .or_default() += 1;
                     }
                 }
-                if decoder.len() >= ENCODE_ROWS
-                    && let Some(w) = writer.as_mut()
-                {
-                    w.write(&decoder.finish()).await?;
+                if decoder.len() >= ENCODE_ROWS {
+                    let chunk = Chunk {
+                        decoder: &mut decoder,
+                        stage: stage.as_mut(),
+                        waiting: &mut waiting,
+                        positions: &mut positions,
+                        report: &mut report,
+                    };
+                    chunk.write(writer.as_mut()).await?;
                 }
             }
         }
-        if let Some(w) = writer.as_mut()
-            && !decoder.is_empty()
-        {
-            w.write(&decoder.finish()).await?;
-        }
-        Ok(())
+        let chunk = Chunk {
+            decoder: &mut decoder,
+            stage: stage.as_mut(),
+            waiting: &mut waiting,
+            positions: &mut positions,
+            report: &mut report,
+        };
+        chunk.write(writer.as_mut()).await
     }
     .await;
     if let Err(e) = outcome {

@@ -25,7 +25,7 @@ use arrow_array::RecordBatch;
 use floe_lake::commit::{CommitRequest, OffsetsUpdate};
 use floe_lake::{Committer, DataWriter, OffsetRange, committed_offsets, parse_table_ident};
 use floe_schema::dead_letter::DeadLetter;
-use floe_schema::{DecodeError, Decoder, DecoderOptions, RecordMeta, TableDefinition};
+use floe_schema::{DecodeError, Decoder, RecordMeta, TableDefinition};
 use iceberg::TableIdent;
 use iceberg::spec::TableMetadata;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
@@ -39,6 +39,7 @@ use tokio::runtime::Handle;
 use crate::aggregates::{AggTable, Aggregation, RowRouting};
 use crate::config::{KafkaConfig, PipelineConfig};
 use crate::metrics as m;
+use crate::transform::Stage;
 use crate::{Error, Result};
 
 /// Decoded rows handed to the Parquet encoder at a time.
@@ -210,6 +211,13 @@ struct Pipe {
     /// A schema id the decoder cannot be built for (logged once; not retried every batch).
     unusable_schema: Option<i32>,
     decoder: Decoder,
+    /// Computed columns and rules, when the mapping has any.
+    stage: Option<Stage>,
+    /// Where the pipeline's mapping is configured, for error messages (`pipelines[0]`).
+    section: String,
+    /// Why this pipeline must stop (a row rejected with no dead-letter table); its batch is
+    /// already discarded.
+    stop: Option<Error>,
     batch: Batch,
     in_flight: Option<(u64, BTreeMap<Tp, i64>)>,
     to_writer: tokio::sync::mpsc::Sender<ToWriter>,
@@ -671,6 +679,9 @@ impl Pipe {
 
     fn discard(&mut self) {
         let _ = self.decoder.finish();
+        if let Some(stage) = &mut self.stage {
+            stage.clear();
+        }
         let id = self.batch.id;
         if self.batch.chunks_sent || !self.aggs.is_empty() {
             let _ = self
@@ -685,14 +696,19 @@ impl Pipe {
         if self.in_flight.is_some() || self.batch.messages == 0 {
             return false;
         }
-        let last = (!self.decoder.is_empty()).then(|| self.decoder.finish());
-        let next = Batch::new(self.batch.id + 1, self.aggs.len());
-        let mut b = std::mem::replace(&mut self.batch, next);
-        let last_routing = if last.is_some() {
-            take_routing(&mut b.routing)
+        let (last, last_routing) = if self.decoder.is_empty() {
+            (None, None)
         } else {
-            None
+            match self.take_chunk() {
+                Some((rows, routing)) => (Some(rows), routing),
+                None => (None, None),
+            }
         };
+        if self.stop.is_some() {
+            return false;
+        }
+        let next = Batch::new(self.batch.id + 1, self.aggs.len());
+        let b = std::mem::replace(&mut self.batch, next);
         let ranges = |r: &FastMap<Tp, (i64, i64)>| -> Vec<OffsetRange> {
             let mut v: Vec<OffsetRange> = r
                 .iter()
@@ -733,6 +749,106 @@ impl Pipe {
             self.adopt(meta);
         }
         true
+    }
+
+    /// Hands the decoded rows over as a chunk, through the transform stage when the mapping
+    /// has computed columns or rules: rejected rows become dead letters, and rows decoded only
+    /// to learn their dead-letter status drop out. `None` when no row is left. A rejected row
+    /// with no dead-letter table discards the batch and records why the loader must stop.
+    fn take_chunk(&mut self) -> Option<(RecordBatch, Option<Box<RowRouting>>)> {
+        let rows = self.decoder.finish();
+        m::mapping_applied(&self.name, self.decoder.take_mapping_counts());
+        let Some(stage) = self.stage.as_mut() else {
+            return Some((rows, take_routing(&mut self.batch.routing)));
+        };
+        let staged = match stage.apply(rows, chrono::Utc::now().timestamp_micros()) {
+            Ok(s) => s,
+            Err(e) => {
+                self.halt(Error::Config(e));
+                return None;
+            }
+        };
+        let kept = |i: usize| staged.kept.as_ref().is_none_or(|k| k.value(i));
+        // Per decoded row: it goes on (passed, and the raw table or an aggregate needs it).
+        let goes_on: Vec<bool> = staged
+            .sources
+            .iter()
+            .enumerate()
+            .map(|(i, s)| kept(i) && (s.to_raw || s.to_aggs))
+            .collect();
+        self.meters.pending.accepted += staged
+            .sources
+            .iter()
+            .zip(&goes_on)
+            .filter(|(s, g)| **g && s.to_raw)
+            .count() as u64;
+        for r in staged.rejected {
+            if self.dlq.is_none() {
+                let d = &r.dead_letter;
+                self.halt(Error::Rejected {
+                    source_name: format!(
+                        "{}[{}]@{}",
+                        d.source_topic,
+                        d.source_partition.unwrap_or(-1),
+                        d.source_offset.unwrap_or(-1)
+                    ),
+                    reason: r.why.message,
+                });
+                return None;
+            }
+            self.meters.dead_lettered(r.why.kind);
+            if r.source.to_dlq {
+                self.batch.dead.push(r.dead_letter);
+            }
+        }
+        // `staged.rows` holds the passed rows; keep those that go on.
+        let of_passed: Vec<bool> = (0..goes_on.len())
+            .filter(|&i| kept(i))
+            .map(|i| goes_on[i])
+            .collect();
+        let rows = if of_passed.iter().all(|g| *g) {
+            staged.rows
+        } else {
+            match arrow_select::filter::filter_record_batch(
+                &staged.rows,
+                &arrow_array::BooleanArray::from(of_passed),
+            ) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.halt(Error::Config(format!("transform: {e}")));
+                    return None;
+                }
+            }
+        };
+        if let Some(r) = &mut self.batch.routing {
+            let keep = |v: &mut Vec<bool>| {
+                let mut i = 0;
+                v.retain(|_| {
+                    i += 1;
+                    goes_on[i - 1]
+                });
+            };
+            let mut i = 0;
+            r.parts.retain(|_| {
+                i += 1;
+                goes_on[i - 1]
+            });
+            if let Some(raw) = &mut r.raw {
+                keep(raw);
+            }
+            for a in r.aggs.iter_mut().flatten() {
+                keep(a);
+            }
+        }
+        let routing = take_routing(&mut self.batch.routing);
+        (rows.num_rows() > 0).then_some((rows, routing))
+    }
+
+    /// Drops the batch and records why the pipeline must stop.
+    fn halt(&mut self, e: Error) {
+        tracing::error!(table = %self.name, error = %e, "stopping: the batch is not committed");
+        self.discard();
+        self.stop.get_or_insert(e);
     }
 
     /// Takes metadata newer than what the pipeline has (after a commit or a reload). A change
@@ -788,13 +904,18 @@ impl Pipe {
     fn adopt(&mut self, meta: TableMetadata) {
         self.schema_change_pending = false;
         if self.decoder.differs_for(&meta) {
-            match Decoder::new(
-                meta.current_schema(),
-                &DecoderOptions::from_table_properties(meta.properties()),
-            ) {
-                Ok(d) => {
+            let built =
+                crate::transform::prepare(&self.name, &meta, &self.cfg.mapping(), &self.section)
+                    .and_then(|(options, stage)| {
+                        Decoder::new(meta.current_schema(), &options)
+                            .map(|d| (d, stage))
+                            .map_err(|e| e.to_string())
+                    });
+            match built {
+                Ok((d, stage)) => {
                     m::schema_changed(&self.name, &self.metadata, &meta);
                     self.decoder = d;
+                    self.stage = stage;
                 }
                 Err(e) => {
                     if self.unusable_schema != Some(meta.current_schema_id()) {
@@ -894,10 +1015,11 @@ pub fn run(
             }
             None => None,
         };
-        let decoder = Decoder::new(
-            metadata.current_schema(),
-            &DecoderOptions::from_table_properties(metadata.properties()),
-        )?;
+        let section = format!("pipelines[{i}]");
+        let (options, stage) =
+            crate::transform::prepare(&raw.to_string(), &metadata, &cfg.mapping(), &section)
+                .map_err(Error::Config)?;
+        let decoder = Decoder::new(metadata.current_schema(), &options)?;
         metrics::gauge!(m::SCHEMA_ID, "table" => raw.to_string())
             .set(metadata.current_schema_id() as f64);
         let selected =
@@ -969,6 +1091,9 @@ pub fn run(
             last_refresh: Instant::now(),
             unusable_schema: None,
             decoder,
+            stage,
+            section,
+            stop: None,
             batch: Batch::new(0, aggs.len()),
             in_flight: None,
             to_writer,
@@ -1117,6 +1242,11 @@ fn consume_loop(
         let polled = consumer.poll(Duration::from_millis(100));
         let mut st = state.lock().expect("state lock");
         if let Some(e) = st.fatal.take() {
+            return Err(e);
+        }
+        if let Some(e) = st.pipes.iter_mut().find_map(|p| p.stop.take()) {
+            // A rejected row with no dead-letter table: commit the other pipelines, then stop.
+            st.flush_all_and_wait(consumer, env);
             return Err(e);
         }
         since_clock += 1;
@@ -1288,8 +1418,22 @@ fn process(
         Some(bytes) => {
             pipe.batch.bytes += bytes.len() as u64;
             pipe.meters.pending.bytes += bytes.len() as u64;
-            let result = if to_raw || to_aggs != 0 {
+            // With a transform stage, a message only the dead-letter table still needs is
+            // decoded too: its rules decide whether it is a dead letter.
+            let keep = to_raw || to_aggs != 0 || (to_dlq && pipe.stage.is_some());
+            let result = if keep {
                 pipe.decoder.decode(bytes, meta).inspect(|()| {
+                    if let Some(stage) = &mut pipe.stage {
+                        let headers = msg
+                            .headers()
+                            .map(|h| {
+                                h.iter()
+                                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        stage.push(meta, bytes, headers, to_raw, to_dlq, to_aggs != 0);
+                    }
                     if let Some(r) = &mut pipe.batch.routing {
                         let t = pipe.cfg.topics.iter().position(|t| *t == tp.0).unwrap_or(0);
                         r.parts.push((t as u16, tp.1));
@@ -1341,7 +1485,8 @@ fn process(
             }
             pipe.batch.dead.push(dl);
         }
-    } else if payload.is_some() && to_raw {
+    } else if payload.is_some() && to_raw && pipe.stage.is_none() {
+        // (With a transform stage, rows are counted once their chunk passed it.)
         pipe.meters.pending.accepted += 1;
     }
     if to_raw {
@@ -1358,15 +1503,18 @@ fn process(
     // Chunks of the next batch may go while a flush is in flight: the writer handles them
     // in order, and a rewind discards them by batch id.
     if pipe.decoder.len() >= CHUNK_ROWS {
-        let rows = pipe.decoder.finish();
-        pipe.batch.chunks_sent = true;
-        let routing = take_routing(&mut pipe.batch.routing);
-        let _ = pipe.to_writer.blocking_send(ToWriter::Chunk {
-            batch: pipe.batch.id,
-            rows,
-            metadata: pipe.metadata.clone(),
-            routing,
-        });
+        if let Some((rows, routing)) = pipe.take_chunk() {
+            pipe.batch.chunks_sent = true;
+            let _ = pipe.to_writer.blocking_send(ToWriter::Chunk {
+                batch: pipe.batch.id,
+                rows,
+                metadata: pipe.metadata.clone(),
+                routing,
+            });
+        }
+        if let Some(e) = pipe.stop.take() {
+            return Err(e);
+        }
     }
     Ok(())
 }

@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 use floe_lake::commit::{CommitRequest, OffsetsUpdate};
 use floe_lake::{Committed, Committer, DataWriter, parse_table_ident};
 use floe_schema::dead_letter::{DeadLetter, dead_letter_batch};
-use floe_schema::{DecodeError, Decoder, DecoderOptions, RecordMeta, TableDefinition};
+use floe_schema::{DecodeError, Decoder, RecordMeta, TableDefinition};
 use iceberg::TableIdent;
 use iceberg::spec::TableMetadata;
 
 use crate::Result;
+use crate::transform::{Stage, prepare};
 
 /// Sink settings.
 #[derive(Debug, Clone)]
@@ -31,6 +32,11 @@ pub struct SinkOptions {
     /// Re-read the table's metadata at the start of a batch when it is older than this, so
     /// schema changes made by other tools apply from the next batch on.
     pub refresh_interval: Duration,
+    /// A pipeline's mapping laid over the table's own (envelope, projections, computed
+    /// columns, rules).
+    pub mapping: floe_schema::Mapping,
+    /// Where `mapping` is configured, for error messages (`pipelines[0]`).
+    pub section: String,
 }
 
 impl SinkOptions {
@@ -43,6 +49,8 @@ impl SinkOptions {
             create_dead_letter_table: true,
             encode_rows: 65_536,
             refresh_interval: Duration::from_secs(5),
+            mapping: floe_schema::Mapping::default(),
+            section: "pipeline".into(),
         }
     }
 }
@@ -81,6 +89,12 @@ pub struct TableSink {
     name: String,
     metadata: TableMetadata,
     decoder: Decoder,
+    stage: Option<Stage>,
+    mapping: floe_schema::Mapping,
+    section: String,
+    /// Kinds of the rows the transform stage rejected since the last call to
+    /// [`TableSink::take_rejected`].
+    rejected: Vec<&'static str>,
     writer: Option<DataWriter>,
     dead: Option<DeadLetterTable>,
     pending_dead: Vec<DeadLetter>,
@@ -100,10 +114,9 @@ impl TableSink {
         let ident = parse_table_ident(&opts.table)?;
         let (_, metadata) = catalog.load_metadata(&ident).await?;
         floe_lake::compat::check_metadata(&ident.to_string(), &metadata)?;
-        let decoder = Decoder::new(
-            metadata.current_schema(),
-            &DecoderOptions::from_table_properties(metadata.properties()),
-        )?;
+        let (options, stage) = prepare(&ident.to_string(), &metadata, &opts.mapping, &opts.section)
+            .map_err(crate::Error::Config)?;
+        let decoder = Decoder::new(metadata.current_schema(), &options)?;
         let dead = match &opts.dead_letter_table {
             None => None,
             Some(name) => {
@@ -132,6 +145,10 @@ impl TableSink {
             ident,
             metadata,
             decoder,
+            stage,
+            mapping: opts.mapping.clone(),
+            section: opts.section.clone(),
+            rejected: Vec::new(),
             writer: None,
             dead,
             pending_dead: Vec::new(),
@@ -198,6 +215,9 @@ impl TableSink {
         match self.decoder.decode(payload, meta) {
             Ok(()) => {
                 self.batch_rows += 1;
+                if let Some(stage) = &mut self.stage {
+                    stage.push(meta, payload, Vec::new(), true, self.dead.is_some(), false);
+                }
                 if self.decoder.len() >= self.encode_rows {
                     self.encode().await?;
                 }
@@ -227,6 +247,13 @@ impl TableSink {
         }
     }
 
+    /// Error kinds of the rows the computed columns and rules rejected since the last call
+    /// (known when their chunk is encoded; each is a dead letter, counted in `pending_rows`
+    /// until then).
+    pub fn take_rejected(&mut self) -> Vec<&'static str> {
+        std::mem::take(&mut self.rejected)
+    }
+
     /// Unknown JSON fields skipped since the last call.
     pub fn take_unknown_fields(&mut self) -> u64 {
         self.decoder.take_unknown_fields()
@@ -237,7 +264,33 @@ impl TableSink {
         if self.decoder.is_empty() {
             return Ok(());
         }
-        let batch = self.decoder.finish();
+        let mut batch = self.decoder.finish();
+        crate::metrics::mapping_applied(&self.name, self.decoder.take_mapping_counts());
+        if let Some(stage) = &mut self.stage {
+            let staged = stage
+                .apply(batch, chrono::Utc::now().timestamp_micros())
+                .map_err(crate::Error::Config)?;
+            for r in staged.rejected {
+                if self.dead.is_none() {
+                    let d = &r.dead_letter;
+                    return Err(crate::Error::Rejected {
+                        source_name: match (d.source_partition, d.source_offset) {
+                            (Some(p), Some(o)) => format!("{}[{p}]@{o}", d.source_topic),
+                            (None, Some(line)) => format!("{} line {line}", d.source_topic),
+                            _ => d.source_topic.clone(),
+                        },
+                        reason: r.why.message,
+                    });
+                }
+                self.batch_rows -= 1;
+                self.rejected.push(r.why.kind);
+                self.pending_dead.push(r.dead_letter);
+            }
+            batch = staged.rows;
+            if batch.num_rows() == 0 {
+                return Ok(());
+            }
+        }
         if self.writer.is_none() {
             self.writer = Some(DataWriter::new(
                 self.committer.catalog().file_io(),
@@ -303,6 +356,10 @@ impl TableSink {
     /// Drops everything pushed since the last flush (files written for it are deleted).
     pub async fn discard(&mut self) {
         let _ = self.decoder.finish();
+        if let Some(stage) = &mut self.stage {
+            stage.clear();
+        }
+        self.rejected.clear();
         if let Some(w) = self.writer.take() {
             w.abort().await;
         }
@@ -317,10 +374,10 @@ impl TableSink {
     fn refresh_from(&mut self, metadata: TableMetadata) -> Result<()> {
         if self.decoder.differs_for(&metadata) {
             crate::metrics::schema_changed(&self.name, &self.metadata, &metadata);
-            self.decoder = Decoder::new(
-                metadata.current_schema(),
-                &DecoderOptions::from_table_properties(metadata.properties()),
-            )?;
+            let (options, stage) = prepare(&self.name, &metadata, &self.mapping, &self.section)
+                .map_err(crate::Error::Config)?;
+            self.decoder = Decoder::new(metadata.current_schema(), &options)?;
+            self.stage = stage;
         }
         self.metadata = metadata;
         self.refreshed_at = Instant::now();

@@ -12,6 +12,9 @@ pub enum Error {
         /// What is wrong with it.
         message: String,
     },
+    /// A mapping entry (envelope, projection, computed column, rule) cannot work.
+    #[error("mapping {0}")]
+    Mapping(String),
     /// The schema uses a type or setting floe cannot decode into or readers cannot read.
     #[error("unsupported schema: {0}")]
     Unsupported(String),

@@ -7,9 +7,11 @@
 pub mod dead_letter;
 pub mod decode;
 mod error;
+pub mod mapping;
 pub mod names;
 pub mod table_def;
 
 pub use decode::{DecodeError, DecodeErrorKind, Decoder, DecoderOptions, RecordMeta};
 pub use error::{Error, Result};
+pub use mapping::{Mapping, MappingError, Pointer, Setting};
 pub use table_def::TableDefinition;

@@ -97,7 +97,7 @@ pub async fn run(cfg: &FloeConfig, cmd: TableCommand) -> Result<()> {
             }
             Ok(())
         }
-        TableCommand::Show(args) => show(&catalog, args).await,
+        TableCommand::Show(args) => show(cfg, &catalog, args).await,
         TableCommand::Evolve(args) => evolve(cfg, catalog, args).await,
     }
 }
@@ -384,14 +384,52 @@ pub fn describe(meta: &TableMetadata, name: &str, metadata_location: &str) -> Re
     }))
 }
 
-async fn show(catalog: &Catalog, args: ShowArgs) -> Result<()> {
+/// The mapping in force for `table`: its `floe.*` properties with the configured pipeline's
+/// entries laid over them, each with where it comes from; then whether it works against the
+/// current schema.
+fn mapping_in_force(cfg: &FloeConfig, table: &str, meta: &TableMetadata) -> Value {
+    let own = floe_schema::Mapping::from_table_properties(meta.properties());
+    let pipeline = cfg.pipeline_for(table);
+    let mut entries: BTreeMap<floe_schema::Setting, (String, String)> = own
+        .entries()
+        .into_iter()
+        .map(|(s, v)| {
+            (
+                s.clone(),
+                (
+                    v.to_string(),
+                    format!("table property {}", s.property_key()),
+                ),
+            )
+        })
+        .collect();
+    let (mapping, section) = match pipeline {
+        Some((i, p)) => (p.mapping(), format!("pipelines[{i}]")),
+        None => (floe_schema::Mapping::default(), "pipeline".to_string()),
+    };
+    for (s, v) in mapping.entries() {
+        let from = format!("{section}.{}", s.config_key());
+        entries.insert(s, (v.to_string(), from));
+    }
+    let problem = floe_loader::transform::prepare(table, meta, &mapping, &section).err();
+    json!({
+        "entries": entries
+            .iter()
+            .map(|(s, (v, from))| json!({"setting": s.config_key(), "value": v, "from": from}))
+            .collect::<Vec<_>>(),
+        "problem": problem,
+    })
+}
+
+async fn show(cfg: &FloeConfig, catalog: &Catalog, args: ShowArgs) -> Result<()> {
     let ident = parse_table_ident(&args.name)?;
     let location = catalog
         .find_metadata_location(&ident)
         .await?
         .ok_or_else(|| floe_lake::Error::NoSuchTable(ident.to_string()))?;
     let (_, meta) = catalog.load_metadata(&ident).await?;
-    let d = describe(&meta, &ident.to_string(), &location)?;
+    let mut d = describe(&meta, &ident.to_string(), &location)?;
+    d["mapping"] = mapping_in_force(cfg, &ident.to_string(), &meta);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&d)?);
         return Ok(());
@@ -428,6 +466,25 @@ async fn show(catalog: &Catalog, args: ShowArgs) -> Result<()> {
             p["source"].as_str().unwrap_or_default(),
             p["name"].as_str().unwrap_or_default()
         );
+    }
+    println!("\nmapping (unnest, projections, computed columns, rules)");
+    let entries = d["mapping"]["entries"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if entries.is_empty() {
+        println!("  (none: JSON keys match columns by name)");
+    }
+    for e in &entries {
+        println!(
+            "  {:<28} {:<40} from {}",
+            e["setting"].as_str().unwrap_or_default(),
+            e["value"].as_str().unwrap_or_default(),
+            e["from"].as_str().unwrap_or_default()
+        );
+    }
+    if let Some(p) = d["mapping"]["problem"].as_str() {
+        println!("  NOT USABLE: {p}");
     }
     println!("\nproperties");
     for (k, v) in d["properties"].as_object().into_iter().flatten() {

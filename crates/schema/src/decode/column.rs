@@ -139,6 +139,8 @@ pub(crate) struct Column {
     pub(crate) kind: Kind,
     pub(crate) nullable: bool,
     pub(crate) meta: Option<MetaKind>,
+    /// Filled from a JSON pointer (`columns.<name>`), not by key.
+    pub(crate) projected: bool,
     pub(crate) validity: BooleanBufferBuilder,
     pub(crate) store: Store,
     field: FieldRef,
@@ -257,6 +259,7 @@ impl Column {
             name: field.name().clone(),
             kind,
             nullable: field.is_nullable(),
+            projected: false,
             meta,
             validity: BooleanBufferBuilder::new(0),
             store,
@@ -523,6 +526,22 @@ impl StructCols {
             fields: cols,
             resolver,
         })
+    }
+
+    /// Takes the record's columns `projected` out of key matching (and metadata filling):
+    /// they are filled from JSON pointers.
+    pub(crate) fn project(&mut self, projected: &[usize], aliases: &HashMap<String, String>) {
+        for &i in projected {
+            self.fields[i].projected = true;
+            self.fields[i].meta = None;
+        }
+        let names: Vec<Option<&str>> = self
+            .fields
+            .iter()
+            .map(|c| (c.meta.is_none() && !c.projected).then_some(c.name.as_str()))
+            .collect();
+        // (Aliases of a projected column no longer resolve: it is not among the names.)
+        self.resolver = KeyResolver::new(&names, aliases);
     }
 
     pub(crate) fn finish_children(&mut self) -> Vec<ArrayRef> {

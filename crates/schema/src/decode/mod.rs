@@ -24,6 +24,7 @@ use arrow_array::{RecordBatch, RecordBatchOptions};
 use arrow_schema::SchemaRef;
 use base64::Engine;
 
+use crate::mapping::{Mapping, Pointer};
 use crate::names::aliases_from_properties;
 use crate::{Error, Result};
 use column::{Column, Kind, MetaKind, Store, StructCols};
@@ -55,6 +56,8 @@ pub enum DecodeErrorKind {
     /// A key matches no column and the table rejects unknown fields
     /// (`floe.unknown-fields = reject`).
     UnknownField,
+    /// The envelope (`unnest`) has no JSON object at its pointer.
+    Envelope,
 }
 
 impl DecodeErrorKind {
@@ -72,11 +75,12 @@ impl DecodeErrorKind {
             Self::DuplicateKey => "duplicate_key",
             Self::TooDeep => "too_deep",
             Self::UnknownField => "unknown_field",
+            Self::Envelope => "envelope",
         }
     }
 
     /// Every kind, for metrics and reports.
-    pub const ALL: [DecodeErrorKind; 11] = [
+    pub const ALL: [DecodeErrorKind; 12] = [
         Self::EmptyPayload,
         Self::InvalidUtf8,
         Self::MalformedJson,
@@ -88,6 +92,7 @@ impl DecodeErrorKind {
         Self::DuplicateKey,
         Self::TooDeep,
         Self::UnknownField,
+        Self::Envelope,
     ];
 }
 
@@ -189,6 +194,12 @@ pub struct DecoderOptions {
     /// (table property `floe.unknown-fields = reject`; default `ignore`). Rejected messages
     /// can be replayed once the column is added.
     pub reject_unknown_fields: bool,
+    /// The mapping in force: the table's (`floe.unnest`, `floe.column.*`, …) with the
+    /// pipeline's laid over it. The decoder applies the envelope and the projections;
+    /// computed columns are decoded when present and may be absent (they are filled later).
+    pub mapping: Mapping,
+    /// The pipeline's part of `mapping`, kept to rebuild the options when the table changes.
+    pub pipeline: Mapping,
 }
 
 /// Table property choosing what happens to JSON keys that match no column.
@@ -197,11 +208,18 @@ pub const UNKNOWN_FIELDS_PROPERTY: &str = "floe.unknown-fields";
 impl DecoderOptions {
     /// Options read from table properties.
     pub fn from_table_properties(props: &HashMap<String, String>) -> Self {
+        Self::for_pipeline(props, &Mapping::default())
+    }
+
+    /// Options read from table properties, with a pipeline's mapping laid over the table's.
+    pub fn for_pipeline(props: &HashMap<String, String>, pipeline: &Mapping) -> Self {
         Self {
             aliases: aliases_from_properties(props),
             reject_unknown_fields: props
                 .get(UNKNOWN_FIELDS_PROPERTY)
                 .is_some_and(|v| v.trim().eq_ignore_ascii_case("reject")),
+            mapping: Mapping::from_table_properties(props).overlay(pipeline),
+            pipeline: pipeline.clone(),
         }
     }
 }
@@ -215,6 +233,13 @@ pub struct Decoder {
     rows: usize,
     input_bytes: usize,
     ctx: Ctx,
+    unnest: Option<Pointer>,
+    /// Root column index and pointer of each projected column.
+    projections: Vec<(usize, Pointer)>,
+    /// Rows the envelope was unwrapped for, and per projection the rows its pointer had a
+    /// value for (since the last [`Decoder::take_mapping_counts`]).
+    unnested: u64,
+    projected: Vec<u64>,
 }
 
 struct Ctx {
@@ -222,13 +247,54 @@ struct Ctx {
     scratch: String,
     unknown_fields: u64,
     reject_unknown: bool,
+    /// Per projection of the record being decoded: whether its pointer had a value.
+    found: Vec<bool>,
 }
 
 impl Decoder {
     /// A decoder for `schema` (the table's current Iceberg schema).
     pub fn new(schema: &iceberg::spec::Schema, options: &DecoderOptions) -> Result<Self> {
-        let arrow = Arc::new(iceberg::arrow::schema_to_arrow_schema(schema)?);
-        let root = StructCols::new(arrow.fields(), schema.as_struct(), true, &options.aliases)?;
+        let mapping = &options.mapping;
+        mapping
+            .check_decoding(schema)
+            .map_err(|e| Error::Mapping(e.to_string()))?;
+        let mut arrow = iceberg::arrow::schema_to_arrow_schema(schema)?;
+        if !mapping.computed.is_empty() {
+            // Computed columns may be absent from the JSON: they are filled after decoding.
+            let fields: Vec<arrow_schema::FieldRef> = arrow
+                .fields()
+                .iter()
+                .map(|f| {
+                    if mapping.computed.contains_key(f.name()) && !f.is_nullable() {
+                        Arc::new(f.as_ref().clone().with_nullable(true))
+                    } else {
+                        f.clone()
+                    }
+                })
+                .collect();
+            arrow = arrow_schema::Schema::new_with_metadata(fields, arrow.metadata().clone());
+        }
+        let arrow = Arc::new(arrow);
+        let mut root = StructCols::new(arrow.fields(), schema.as_struct(), true, &options.aliases)?;
+        let mut projections = Vec::new();
+        for (name, pointer) in &mapping.columns {
+            let i = root
+                .fields
+                .iter()
+                .position(|c| c.name == *name)
+                .expect("check_decoding found the column");
+            projections.push((
+                i,
+                Pointer::parse(pointer).expect("check_decoding parsed it"),
+            ));
+        }
+        if !projections.is_empty() {
+            let at: Vec<usize> = projections.iter().map(|(i, _)| *i).collect();
+            root.project(&at, &options.aliases);
+        }
+        let unnest = mapping
+            .envelope()
+            .map(|p| Pointer::parse(p).expect("check_decoding parsed it"));
         for col in &root.fields {
             if let Some(meta) = col.meta {
                 let ok = match meta {
@@ -261,8 +327,35 @@ impl Decoder {
                 scratch: String::new(),
                 unknown_fields: 0,
                 reject_unknown: options.reject_unknown_fields,
+                found: Vec::new(),
             },
+            unnest,
+            projected: vec![0; projections.len()],
+            projections,
+            unnested: 0,
         })
+    }
+
+    /// The options this decoder was built with.
+    pub fn options(&self) -> &DecoderOptions {
+        &self.options
+    }
+
+    /// Per transform of the mapping the decoder applies (`unnest`, `columns.<name>`), the rows
+    /// it produced a value for since the last call (resets the counts).
+    pub fn take_mapping_counts(&mut self) -> Vec<(crate::mapping::Setting, u64)> {
+        use crate::mapping::Setting;
+        let mut out = Vec::new();
+        if self.unnest.is_some() {
+            out.push((Setting::Unnest, std::mem::take(&mut self.unnested)));
+        }
+        for ((i, _), n) in self.projections.iter().zip(&mut self.projected) {
+            out.push((
+                Setting::Column(self.root.fields[*i].name.clone()),
+                std::mem::take(n),
+            ));
+        }
+        out
     }
 
     /// The Iceberg schema id this decoder was built for.
@@ -274,7 +367,8 @@ impl Decoder {
     /// differently from this one (another schema, other aliases or unknown-field policy).
     pub fn differs_for(&self, metadata: &iceberg::spec::TableMetadata) -> bool {
         metadata.current_schema_id() != self.schema_id
-            || DecoderOptions::from_table_properties(metadata.properties()) != self.options
+            || DecoderOptions::for_pipeline(metadata.properties(), &self.options.pipeline)
+                != self.options
     }
 
     /// The Arrow schema of produced batches (with Iceberg field ids in field metadata).
@@ -310,10 +404,14 @@ impl Decoder {
     /// Decodes one message into the batch, or rejects it and leaves the batch unchanged.
     pub fn decode(&mut self, payload: &[u8], meta: &RecordMeta<'_>) -> Result<(), DecodeError> {
         let rows = self.rows;
-        match decode_record(&mut self.root, &mut self.ctx, payload, meta) {
+        match self.record(payload, meta) {
             Ok(()) => {
                 self.rows += 1;
                 self.input_bytes += payload.len();
+                self.unnested += u64::from(self.unnest.is_some());
+                for (n, found) in self.projected.iter_mut().zip(&self.ctx.found) {
+                    *n += u64::from(*found);
+                }
                 Ok(())
             }
             Err(e) => {
@@ -329,11 +427,22 @@ impl Decoder {
     /// holds whose dead-letter status is still needed).
     pub fn check(&mut self, payload: &[u8], meta: &RecordMeta<'_>) -> Result<(), DecodeError> {
         let rows = self.rows;
-        let result = decode_record(&mut self.root, &mut self.ctx, payload, meta);
+        let result = self.record(payload, meta);
         for col in &mut self.root.fields {
             col.truncate(rows);
         }
         result
+    }
+
+    fn record(&mut self, payload: &[u8], meta: &RecordMeta<'_>) -> Result<(), DecodeError> {
+        decode_record(
+            &mut self.root,
+            &mut self.ctx,
+            payload,
+            meta,
+            self.unnest.as_ref(),
+            &self.projections,
+        )
     }
 
     /// Hands over the buffered rows as a record batch and starts a new one.
@@ -355,6 +464,8 @@ fn decode_record(
     ctx: &mut Ctx,
     payload: &[u8],
     meta: &RecordMeta<'_>,
+    unnest: Option<&Pointer>,
+    projections: &[(usize, Pointer)],
 ) -> Result<(), DecodeError> {
     let text = match std::str::from_utf8(payload) {
         Ok(t) => t,
@@ -374,36 +485,137 @@ fn decode_record(
         ));
     }
     let start = cur.pos();
-    match cur.peek()? {
-        Peek::Object => {}
-        _ => {
-            // Text that is not JSON at all (`not json`) is malformed, not a non-object.
-            cur.skip_value(0)?;
-            if !cur.at_end() {
-                return Err(SyntaxError {
-                    at: cur.pos(),
-                    what: "trailing characters after the JSON value",
-                }
-                .into());
+    if let Some(envelope) = unnest {
+        // The whole message must be JSON; its object at the pointer is the row.
+        cur.skip_value(0)?;
+        if !cur.at_end() {
+            return Err(SyntaxError {
+                at: cur.pos(),
+                what: "trailing characters after the JSON value",
             }
+            .into());
+        }
+        cur.set_pos(start);
+        if !seek(&mut cur, ctx, envelope.segments())? {
             return Err(DecodeError::new(
-                DecodeErrorKind::NotAnObject,
+                DecodeErrorKind::Envelope,
                 format!(
-                    "expected a JSON object, found {}",
-                    describe_value(&mut cur, start)
+                    "the envelope has no {} (unnest = {:?})",
+                    envelope.as_str(),
+                    envelope.as_str()
                 ),
             ));
         }
-    }
-    decode_object(root, &mut cur, ctx, 0, Some(meta))?;
-    if !cur.at_end() {
-        return Err(SyntaxError {
-            at: cur.pos(),
-            what: "trailing characters after the JSON object",
+        let at = cur.pos();
+        if cur.peek()? != Peek::Object {
+            return Err(DecodeError::new(
+                DecodeErrorKind::Envelope,
+                format!(
+                    "expected a JSON object at {} (unnest), found {}",
+                    envelope.as_str(),
+                    describe_value(&mut cur, at)
+                ),
+            ));
         }
-        .into());
+        decode_object(root, &mut cur, ctx, envelope.segments().len(), Some(meta))?;
+    } else {
+        match cur.peek()? {
+            Peek::Object => {}
+            _ => {
+                // Text that is not JSON at all (`not json`) is malformed, not a non-object.
+                cur.skip_value(0)?;
+                if !cur.at_end() {
+                    return Err(SyntaxError {
+                        at: cur.pos(),
+                        what: "trailing characters after the JSON value",
+                    }
+                    .into());
+                }
+                return Err(DecodeError::new(
+                    DecodeErrorKind::NotAnObject,
+                    format!(
+                        "expected a JSON object, found {}",
+                        describe_value(&mut cur, start)
+                    ),
+                ));
+            }
+        }
+        decode_object(root, &mut cur, ctx, 0, Some(meta))?;
+        if !cur.at_end() {
+            return Err(SyntaxError {
+                at: cur.pos(),
+                what: "trailing characters after the JSON object",
+            }
+            .into());
+        }
+    }
+    ctx.found.clear();
+    for (i, pointer) in projections {
+        cur.set_pos(start);
+        let found = seek(&mut cur, ctx, pointer.segments())?;
+        let col = &mut root.fields[*i];
+        let result = if found {
+            decode_value(col, &mut cur, ctx, pointer.segments().len())
+        } else if col.nullable {
+            col.push_null();
+            Ok(())
+        } else {
+            Err(DecodeError::new(
+                DecodeErrorKind::MissingField,
+                format!(
+                    "required field is missing (expected {})",
+                    col.kind.describe()
+                ),
+            ))
+        };
+        if let Err(mut e) = result {
+            e.message = format!("{} (at {})", e.message, pointer.as_str());
+            return Err(e.in_field(&col.name));
+        }
+        ctx.found.push(found);
     }
     Ok(())
+}
+
+/// Moves `cur` from the value it is on to the value at `segments` below it (object members by
+/// key, array elements by index); `false` when there is none. The value is not consumed.
+fn seek(cur: &mut Cursor<'_>, ctx: &mut Ctx, segments: &[String]) -> Result<bool, DecodeError> {
+    for (depth, segment) in segments.iter().enumerate() {
+        match cur.peek()? {
+            Peek::Object => {
+                if cur.begin_object()? {
+                    return Ok(false);
+                }
+                loop {
+                    let key = cur.key(&mut ctx.scratch)?;
+                    if *key == **segment {
+                        break;
+                    }
+                    drop(key);
+                    cur.skip_value(depth + 1)?;
+                    if !cur.next_member(b'}')? {
+                        return Ok(false);
+                    }
+                }
+            }
+            Peek::Array => {
+                let Some(index) = Pointer::index(segment) else {
+                    return Ok(false);
+                };
+                if cur.begin_array()? {
+                    return Ok(false);
+                }
+                for _ in 0..index {
+                    cur.skip_value(depth + 1)?;
+                    if !cur.next_member(b']')? {
+                        return Ok(false);
+                    }
+                }
+            }
+            _ => return Ok(false),
+        }
+    }
+    Ok(true)
 }
 
 /// Describes the value starting at `start` for an error message: `string "abc"`, `number 1.5`.
@@ -497,7 +709,8 @@ fn decode_object(
         }
     }
     for (col, &set) in cols.fields.iter_mut().zip(&cols.stamps) {
-        if set == stamp {
+        // Projected columns are filled from their pointers once the row is decoded.
+        if set == stamp || col.projected {
             continue;
         }
         if let (Some(kind), Some(meta)) = (col.meta, meta) {

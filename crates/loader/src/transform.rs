@@ -1,0 +1,249 @@
+//! The transform stage of a table's loading: computed columns and rules (`floe-transform`)
+//! applied to each chunk of decoded rows before any writer sees it.
+//!
+//! Until its chunk is transformed, every decoded row's source (coordinates, key, payload,
+//! headers) is kept, so a row that a rule or a computed column rejects becomes a dead letter
+//! like a decode failure: each message still lands once, in the table or among the dead
+//! letters. Metrics count rows per transform and per rule.
+
+use std::collections::HashMap;
+
+use arrow_array::{BooleanArray, RecordBatch};
+use floe_schema::dead_letter::DeadLetter;
+use floe_schema::{DecoderOptions, Mapping, MappingError, RecordMeta, Setting};
+use floe_transform::{MetaRows, Rejection, Transform};
+use iceberg::spec::TableMetadata;
+
+use crate::metrics as m;
+
+/// The decoder options and the transform stage for loading into `table` (its `metadata`)
+/// with `pipeline`'s mapping laid over the table's own (`floe.*` properties). Every entry is
+/// checked against the table's current schema; an error names the entry and where it was set
+/// (`section`, e.g. `pipelines[0]`, or the table property).
+pub fn prepare(
+    table: &str,
+    metadata: &TableMetadata,
+    pipeline: &Mapping,
+    section: &str,
+) -> Result<(DecoderOptions, Option<Stage>), String> {
+    let schema = metadata.current_schema();
+    let own = Mapping::from_table_properties(metadata.properties());
+    let in_section = |e: MappingError| e.under(section);
+    pipeline.check_decoding(schema).map_err(in_section)?;
+    own.check_decoding(schema).map_err(|e| e.in_table(table))?;
+    Transform::new(schema, pipeline).map_err(in_section)?;
+    Transform::new(schema, &own).map_err(|e| e.in_table(table))?;
+    let options = DecoderOptions::for_pipeline(metadata.properties(), pipeline);
+    let stage = Stage::new(table, schema, &options.mapping).map_err(in_section)?;
+    Ok((options, stage))
+}
+
+/// Where a decoded row came from, and which tables still need it.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// Kafka partition.
+    pub partition: Option<i32>,
+    /// Kafka offset (or line number).
+    pub offset: Option<i64>,
+    /// Message timestamp, epoch millis.
+    pub timestamp_ms: Option<i64>,
+    /// The raw table still needs the row (it is not a row only checked for the dead letters).
+    pub to_raw: bool,
+    /// The dead-letter table still needs the message.
+    pub to_dlq: bool,
+    /// Some aggregate table still needs the row.
+    pub to_aggs: bool,
+    topic: usize,
+    key: Option<(usize, usize)>,
+    payload: (usize, usize),
+    headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// A rejected row, ready to be a dead letter.
+#[derive(Debug)]
+pub struct Rejected {
+    /// Where it came from.
+    pub source: Source,
+    /// Why.
+    pub why: Rejection,
+    /// Its dead letter (source coordinates, payload, headers and reason).
+    pub dead_letter: DeadLetter,
+}
+
+/// A chunk after the stage.
+#[derive(Debug)]
+pub struct Staged {
+    /// The rows that passed, in the table's schema.
+    pub rows: RecordBatch,
+    /// Which decoded rows are in `rows` (`None`: all).
+    pub kept: Option<BooleanArray>,
+    /// The sources of the decoded rows, in order.
+    pub sources: Vec<Source>,
+    /// The rejected rows.
+    pub rejected: Vec<Rejected>,
+}
+
+/// A table's transform with the sources of the rows decoded since the last chunk.
+pub struct Stage {
+    transform: Transform,
+    meta: MetaRows,
+    sources: Vec<Source>,
+    bytes: Vec<u8>,
+    topics: Vec<String>,
+    table: String,
+    counters: HashMap<Setting, (metrics::Counter, metrics::Counter)>,
+}
+
+impl Stage {
+    /// The stage of `table` for `mapping` (the table's with the pipeline's laid over it) on
+    /// `schema`; `None` when the mapping has no computed columns or rules.
+    pub fn new(
+        table: &str,
+        schema: &iceberg::spec::Schema,
+        mapping: &Mapping,
+    ) -> Result<Option<Self>, MappingError> {
+        let Some(transform) = Transform::new(schema, mapping)? else {
+            return Ok(None);
+        };
+        let mut counters = HashMap::new();
+        for s in transform.settings() {
+            let labels = |outcome: &'static str| {
+                [
+                    ("table", table.to_string()),
+                    ("transform", s.label()),
+                    ("outcome", outcome.to_string()),
+                ]
+            };
+            counters.insert(
+                s.clone(),
+                (
+                    metrics::counter!(m::TRANSFORM_ROWS, &labels("applied")),
+                    metrics::counter!(m::TRANSFORM_ROWS, &labels("rejected")),
+                ),
+            );
+        }
+        Ok(Some(Self {
+            meta: transform.meta_rows(),
+            transform,
+            sources: Vec::new(),
+            bytes: Vec::new(),
+            topics: Vec::new(),
+            table: table.to_string(),
+            counters,
+        }))
+    }
+
+    /// Whether the expressions read `_kafka_headers` (then pass the headers to `push`).
+    pub fn needs_headers(&self) -> bool {
+        self.meta.needs_headers()
+    }
+
+    /// Keeps the source of a row the decoder just kept.
+    #[allow(clippy::too_many_arguments)]
+    pub fn push(
+        &mut self,
+        meta: &RecordMeta<'_>,
+        payload: &[u8],
+        headers: Vec<(String, Option<Vec<u8>>)>,
+        to_raw: bool,
+        to_dlq: bool,
+        to_aggs: bool,
+    ) {
+        if self.meta.is_needed() {
+            self.meta.push(
+                meta,
+                headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())),
+            );
+        }
+        let topic = match self.topics.iter().position(|t| t == meta.topic) {
+            Some(i) => i,
+            None => {
+                self.topics.push(meta.topic.to_string());
+                self.topics.len() - 1
+            }
+        };
+        let key = meta.key.map(|k| {
+            let at = self.bytes.len();
+            self.bytes.extend_from_slice(k);
+            (at, self.bytes.len())
+        });
+        let at = self.bytes.len();
+        self.bytes.extend_from_slice(payload);
+        self.sources.push(Source {
+            partition: meta.partition,
+            offset: meta.offset,
+            timestamp_ms: meta.timestamp_ms,
+            to_raw,
+            to_dlq,
+            to_aggs,
+            topic,
+            key,
+            payload: (at, self.bytes.len()),
+            headers,
+        });
+    }
+
+    /// Applies the transform to `rows` (the decoder's output for the rows pushed since the
+    /// last call) and turns rejected rows into dead letters for `target` failed at
+    /// `failed_at_us`.
+    pub fn apply(&mut self, rows: RecordBatch, failed_at_us: i64) -> Result<Staged, String> {
+        let sources = std::mem::take(&mut self.sources);
+        let bytes = std::mem::take(&mut self.bytes);
+        if sources.len() != rows.num_rows() {
+            self.meta.clear();
+            return Err(format!(
+                "transform of {}: {} sources for {} decoded rows",
+                self.table,
+                sources.len(),
+                rows.num_rows()
+            ));
+        }
+        let applied = self.transform.apply(rows, &mut self.meta)?;
+        for (s, ok, bad) in &applied.counts {
+            if let Some((applied_c, rejected_c)) = self.counters.get(s) {
+                applied_c.increment(*ok);
+                rejected_c.increment(*bad);
+            }
+        }
+        let rejected = applied
+            .rejected
+            .into_iter()
+            .map(|why| {
+                let src = sources[why.row].clone();
+                let slice = |(a, b): (usize, usize)| bytes[a..b].to_vec();
+                let dead_letter = DeadLetter {
+                    source_topic: self.topics[src.topic].clone(),
+                    source_partition: src.partition,
+                    source_offset: src.offset,
+                    source_key: src.key.map(slice),
+                    source_timestamp_ms: src.timestamp_ms,
+                    payload: Some(slice(src.payload)),
+                    target_table: self.table.clone(),
+                    error_kind: why.kind.to_string(),
+                    error_field: Some(why.field.clone()),
+                    error_message: why.message.clone(),
+                    failed_at_us,
+                    headers: src.headers.clone(),
+                };
+                Rejected {
+                    source: src,
+                    why,
+                    dead_letter,
+                }
+            })
+            .collect();
+        Ok(Staged {
+            rows: applied.rows,
+            kept: applied.kept,
+            sources,
+            rejected,
+        })
+    }
+
+    /// Forgets the rows pushed since the last chunk (the batch was dropped).
+    pub fn clear(&mut self) {
+        self.sources.clear();
+        self.bytes.clear();
+        self.meta.clear();
+    }
+}
