@@ -55,12 +55,24 @@ pub struct RunArgs {
 
 pub fn pipelines(cfg: &FloeConfig, args: &RunArgs) -> Vec<PipelineConfig> {
     let mut pipelines = if let Some(table) = &args.table {
+        // The configured pipeline of that table (if any) lends its other settings (mapping,
+        // dedup, flush policy), as it does to `floe load` and `floe dlq replay`.
+        let base = cfg
+            .pipeline_for(table)
+            .map(|(_, p)| p.clone())
+            .unwrap_or_default();
         vec![PipelineConfig {
             topics: args.topic.clone(),
             table: table.clone(),
-            dead_letter_table: args.dead_letter_table.clone(),
-            dead_letter_topic: args.dead_letter_topic.clone(),
-            ..Default::default()
+            dead_letter_table: args
+                .dead_letter_table
+                .clone()
+                .or(base.dead_letter_table.clone()),
+            dead_letter_topic: args
+                .dead_letter_topic
+                .clone()
+                .or(base.dead_letter_topic.clone()),
+            ..base
         }]
     } else {
         cfg.pipelines.clone()
