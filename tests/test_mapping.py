@@ -191,3 +191,30 @@ def test_a_mapping_that_cannot_work_is_refused_at_start(sqlite_lake, dev_broker)
                  "--table", "lake.events", "--until-drained", check=False, timeout=60)
     assert p.returncode != 0
     assert "property floe.rule.broken" in p.stderr, p.stderr[-2000:]
+
+
+def test_floe_load_applies_the_mapping_and_a_fixed_rule_replays_its_dead_letters(sqlite_lake, tmp_path):
+    """The configured pipeline's mapping applies to `floe load` of its table; after a rule
+    was relaxed, `floe dlq replay` loads exactly the rows it had rejected, once."""
+    lake = sqlite_lake
+    plain = generated(lake, tmp_path, 3_000, seed=803)
+    src = tmp_path / "wrapped.jsonl"
+    src.write_bytes(b"\n".join(cloud_event(p) for p in plain) + b"\n")
+    lake.run("table", "create", "--all")
+    write_config(lake, 'unnest = "/data"\n[pipelines.rules]\nsmall_value = "value < 50"\n')
+    lake.run("load", "--table", "lake.events", "--input", src)
+    valid = [expected_row(p) for p in plain]
+    small = {o["event_guid"] for o in valid if o["value"] < 50}
+    assert Counter(lake.read_pyiceberg("lake.events").column("event_guid").to_pylist()) == Counter(small)
+    dead = dead_letters(lake)
+    assert {d["error_field"] for d in dead} == {"small_value"} and len(dead) == len(plain) - len(small)
+
+    write_config(lake, 'unnest = "/data"\n[pipelines.rules]\nsmall_value = "value < 75"\n')
+    report = json.loads(lake.run("dlq", "replay", "--table", "lake.events", "--json").stdout)
+    below_75 = {o["event_guid"] for o in valid if o["value"] < 75}
+    assert report["replayed"] == len(below_75 - small), report
+    assert report["still_failing"] == {"rule": len(plain) - len(below_75)}, report
+    again = json.loads(lake.run("dlq", "replay", "--table", "lake.events", "--json").stdout)
+    assert again["replayed"] == 0, again
+    assert Counter(lake.read_pyiceberg("lake.events").column("event_guid").to_pylist()) == Counter(below_75)
+    assert len(dead_letters(lake)) == len(plain) - len(below_75)

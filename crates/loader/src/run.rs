@@ -25,7 +25,7 @@ use arrow_array::RecordBatch;
 use floe_lake::commit::{CommitRequest, OffsetsUpdate};
 use floe_lake::{Committer, DataWriter, OffsetRange, committed_offsets, parse_table_ident};
 use floe_schema::dead_letter::DeadLetter;
-use floe_schema::{DecodeError, Decoder, RecordMeta, TableDefinition};
+use floe_schema::{DecodeError, Decoder, DecoderOptions, RecordMeta, TableDefinition};
 use iceberg::TableIdent;
 use iceberg::spec::TableMetadata;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
@@ -208,8 +208,9 @@ struct Pipe {
     /// A metadata reload in progress (the table may be changed by other tools at any time).
     refreshing: Option<tokio::task::JoinHandle<floe_lake::Result<TableMetadata>>>,
     last_refresh: Instant,
-    /// A schema id the decoder cannot be built for (logged once; not retried every batch).
-    unusable_schema: Option<i32>,
+    /// A schema and mapping the decoder cannot be built for (logged once; not retried every
+    /// batch, but a fixed mapping on the same schema is tried).
+    unusable_schema: Option<(i32, DecoderOptions)>,
     decoder: Decoder,
     /// Computed columns and rules, when the mapping has any.
     stage: Option<Stage>,
@@ -771,16 +772,16 @@ impl Pipe {
         let kept = |i: usize| staged.kept.as_ref().is_none_or(|k| k.value(i));
         // Per decoded row: it goes on (passed, and the raw table or an aggregate needs it).
         let goes_on: Vec<bool> = staged
-            .sources
+            .needed
             .iter()
             .enumerate()
-            .map(|(i, s)| kept(i) && (s.to_raw || s.to_aggs))
+            .map(|(i, (raw, aggs))| kept(i) && (*raw || *aggs))
             .collect();
         self.meters.pending.accepted += staged
-            .sources
+            .needed
             .iter()
             .zip(&goes_on)
-            .filter(|(s, g)| **g && s.to_raw)
+            .filter(|((raw, _), g)| **g && *raw)
             .count() as u64;
         for r in staged.rejected {
             if self.dlq.is_none() {
@@ -860,7 +861,7 @@ impl Pipe {
             return; // a reload that started before a commit we already saw
         }
         self.schema_change_pending = self.decoder.differs_for(&meta)
-            && self.unusable_schema != Some(meta.current_schema_id());
+            && self.unusable_schema.as_ref() != Some(&self.decoding(&meta));
         if self.schema_change_pending && self.batch.messages == 0 && self.decoder.is_empty() {
             self.newer_metadata = None;
             self.adopt(meta);
@@ -901,6 +902,14 @@ impl Pipe {
         );
     }
 
+    /// What decoding `meta`'s table looks like: its schema id and decoder options.
+    fn decoding(&self, meta: &TableMetadata) -> (i32, DecoderOptions) {
+        (
+            meta.current_schema_id(),
+            DecoderOptions::for_pipeline(meta.properties(), &self.decoder.options().pipeline),
+        )
+    }
+
     fn adopt(&mut self, meta: TableMetadata) {
         self.schema_change_pending = false;
         if self.decoder.differs_for(&meta) {
@@ -918,9 +927,10 @@ impl Pipe {
                     self.stage = stage;
                 }
                 Err(e) => {
-                    if self.unusable_schema != Some(meta.current_schema_id()) {
-                        tracing::error!(table = %self.name, schema = meta.current_schema_id(), error = %e, "cannot decode against the new schema; keeping the old one");
-                        self.unusable_schema = Some(meta.current_schema_id());
+                    let unusable = self.decoding(&meta);
+                    if self.unusable_schema.as_ref() != Some(&unusable) {
+                        tracing::error!(table = %self.name, schema = meta.current_schema_id(), error = %e, "cannot decode against the new schema or mapping; keeping the old one");
+                        self.unusable_schema = Some(unusable);
                     }
                     return;
                 }
@@ -1142,7 +1152,10 @@ pub fn run(
         let mut st = state.lock().expect("state lock");
         st.flush_all_and_wait(&consumer, &env);
         if result.is_ok()
-            && let Some(e) = st.fatal.take()
+            && let Some(e) = st
+                .fatal
+                .take()
+                .or_else(|| st.pipes.iter_mut().find_map(|p| p.stop.take()))
         {
             return Err(e);
         }

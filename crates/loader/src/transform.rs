@@ -77,8 +77,8 @@ pub struct Staged {
     pub rows: RecordBatch,
     /// Which decoded rows are in `rows` (`None`: all).
     pub kept: Option<BooleanArray>,
-    /// The sources of the decoded rows, in order.
-    pub sources: Vec<Source>,
+    /// Per decoded row, in order: (the raw table needs it, an aggregate needs it).
+    pub needed: Vec<(bool, bool)>,
     /// The rejected rows.
     pub rejected: Vec<Rejected>,
 }
@@ -187,18 +187,24 @@ impl Stage {
     /// last call) and turns rejected rows into dead letters for `target` failed at
     /// `failed_at_us`.
     pub fn apply(&mut self, rows: RecordBatch, failed_at_us: i64) -> Result<Staged, String> {
-        let sources = std::mem::take(&mut self.sources);
-        let bytes = std::mem::take(&mut self.bytes);
+        // The buffers keep their capacity from chunk to chunk (no regrowth, no page faults).
+        let (sources, bytes) = (&self.sources, &self.bytes);
         if sources.len() != rows.num_rows() {
-            self.meta.clear();
+            let n = sources.len();
+            self.clear();
             return Err(format!(
-                "transform of {}: {} sources for {} decoded rows",
+                "transform of {}: {n} sources for {} decoded rows",
                 self.table,
-                sources.len(),
                 rows.num_rows()
             ));
         }
-        let applied = self.transform.apply(rows, &mut self.meta)?;
+        let applied = match self.transform.apply(rows, &mut self.meta) {
+            Ok(a) => a,
+            Err(e) => {
+                self.clear();
+                return Err(e);
+            }
+        };
         for (s, ok, bad) in &applied.counts {
             if let Some((applied_c, rejected_c)) = self.counters.get(s) {
                 applied_c.increment(*ok);
@@ -232,10 +238,13 @@ impl Stage {
                 }
             })
             .collect();
+        let needed = sources.iter().map(|s| (s.to_raw, s.to_aggs)).collect();
+        self.sources.clear();
+        self.bytes.clear();
         Ok(Staged {
             rows: applied.rows,
             kept: applied.kept,
-            sources,
+            needed,
             rejected,
         })
     }

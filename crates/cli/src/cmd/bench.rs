@@ -1,5 +1,6 @@
 //! `floe bench`: in one run on one broker, consume-only throughput versus the full loader
-//! (decode, Parquet, commits) on the same topic, with peak memory of each phase.
+//! (decode, Parquet, commits) on the same topic, the loader with the aggregates, and the
+//! loader with two computed columns and two rules, with peak memory of each phase.
 
 use std::time::{Duration, Instant};
 
@@ -94,17 +95,44 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
     let consume_rate = consumed as f64 / secs;
 
     // Phase 2: the full loader into a fresh lake; phase 3: the same with the aggregates.
-    let (loaded, load_secs, load_rss) =
-        load_phase(&kafka, events, args.max_rows, Vec::new()).await?;
+    let (loaded, load_secs, load_rss) = load_phase(
+        &kafka,
+        events,
+        args.max_rows,
+        Vec::new(),
+        floe_schema::Mapping::default(),
+    )
+    .await?;
     let load_rate = loaded as f64 / load_secs;
     let (agg_loaded, agg_secs, agg_rss) = load_phase(
         &kafka,
         events,
         args.max_rows,
         floe_aggregate::AggregateDef::builtin()?,
+        floe_schema::Mapping::default(),
     )
     .await?;
     let agg_rate = agg_loaded as f64 / agg_secs;
+    // Phase 4: the loader with two computed columns and two rules (issue 8's cost goal).
+    let mapping = floe_schema::Mapping {
+        computed: [
+            ("country".to_string(), "upper(country)".to_string()),
+            ("value".to_string(), "value * 100".to_string()),
+        ]
+        .into(),
+        rules: [
+            ("value_known".to_string(), "value >= 0".to_string()),
+            (
+                "session_short".to_string(),
+                "session_duration < 590".to_string(),
+            ),
+        ]
+        .into(),
+        ..Default::default()
+    };
+    let (map_loaded, map_secs, map_rss) =
+        load_phase(&kafka, events, args.max_rows, Vec::new(), mapping).await?;
+    let map_rate = map_loaded as f64 / map_secs;
 
     println!("\n| phase | events | seconds | events/s | MB/s | peak RSS |");
     println!("|---|---|---|---|---|---|");
@@ -124,9 +152,15 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
         bytesize::ByteSize(agg_rss)
     );
     println!(
-        "\nloader / consume-only = {:.2}; aggregates cost {:.0} % of loader throughput  (peak RSS includes the in-process broker's copy of the topic)",
+        "| floe run + 2 computed columns + 2 rules (DataFusion expressions) | {map_loaded} | {map_secs:.2} | {map_rate:.0} | {:.0} | {} |",
+        mb / map_secs,
+        bytesize::ByteSize(map_rss)
+    );
+    println!(
+        "\nloader / consume-only = {:.2}; aggregates cost {:.0} % and computed columns + rules {:.0} % of loader throughput  (peak RSS includes the in-process broker's copy of the topic)",
         load_rate / consume_rate,
-        (1.0 - agg_rate / load_rate) * 100.0
+        (1.0 - agg_rate / load_rate) * 100.0,
+        (1.0 - map_rate / load_rate) * 100.0
     );
     Ok(())
 }
@@ -137,6 +171,7 @@ async fn load_phase(
     events: u64,
     max_rows: u64,
     aggregates: Vec<floe_aggregate::AggregateDef>,
+    mapping: floe_schema::Mapping,
 ) -> Result<(u64, f64, u64)> {
     let dir = tempfile::tempdir()?;
     let catalog = Catalog::connect(&CatalogConfig {
@@ -160,6 +195,8 @@ async fn load_phase(
                 interval: Duration::from_secs(30),
                 ..Default::default()
             },
+            computed: mapping.computed,
+            rules: mapping.rules,
             ..Default::default()
         }],
         until_drained: true,
