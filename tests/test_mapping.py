@@ -27,7 +27,10 @@ def write_config(lake, pipeline_toml):
         "[[pipelines]]\ntopics = [\"events\"]\ntable = \"lake.events\"\n" + pipeline_toml)
 
 
-def run_drained(lake, brokers, timeout=180):
+def run_drained(lake, brokers, timeout=180, chunk_rows=None):
+    """`floe run` until drained; `chunk_rows` makes chunks small, so that transforms run on
+    worker threads while the next chunk decodes (as they do with real volumes)."""
+    lake.extra_env = {"FLOE_CHUNK_ROWS": str(chunk_rows)} if chunk_rows else {}
     return lake.run("run", "--brokers", brokers, "--group", "g", "--flush-interval", "500ms",
                     "--aggregates", "none", "--until-drained", timeout=timeout)
 
@@ -80,7 +83,7 @@ def test_cloud_events_unwrap_like_plain_events_and_missing_data_is_a_dead_letter
     lake.run("table", "create", "--all")
     write_config(lake, 'unnest = "/data"\n')
     produce(dev_broker, messages)
-    out = run_drained(lake, dev_broker).stdout
+    out = run_drained(lake, dev_broker, chunk_rows=500).stdout
     assert f"{len(messages)} messages" in out, out
 
     # The same events, unwrapped, loaded by `floe load` into a lake of their own.
@@ -131,7 +134,7 @@ long_session = "session_duration >= 30"
     assert "computed.value_cents" in show and "from pipelines[0].computed.value_cents" in show, show
 
     produce(dev_broker, payloads)
-    out = run_drained(lake, dev_broker).stdout
+    out = run_drained(lake, dev_broker, chunk_rows=700).stdout
     assert f"{len(payloads)} messages" in out, out
 
     valid = {o["event_guid"]: o for o in (expected_row(p) for p in payloads) if o}

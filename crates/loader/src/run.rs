@@ -44,6 +44,19 @@ use crate::{Error, Result};
 
 /// Decoded rows handed to the Parquet encoder at a time.
 const CHUNK_ROWS: usize = 65_536;
+
+/// `CHUNK_ROWS`, or the environment variable `FLOE_CHUNK_ROWS` (a tuning and testing knob:
+/// small chunks exercise the chunk-by-chunk paths with few messages).
+fn chunk_rows() -> usize {
+    static ROWS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *ROWS.get_or_init(|| {
+        std::env::var("FLOE_CHUNK_ROWS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(CHUNK_ROWS)
+    })
+}
 /// Chunks queued per pipeline before the consumer waits (back-pressure).
 const CHANNEL_CHUNKS: usize = 8;
 
@@ -170,6 +183,20 @@ impl Batch {
     }
 }
 
+/// Takes the routing collected for a chunk as it is (to be filtered before it is sent).
+fn take_raw_routing(routing: &mut Option<RowRouting>) -> Option<RowRouting> {
+    let r = routing.as_mut()?;
+    Some(RowRouting {
+        parts: std::mem::take(&mut r.parts),
+        raw: r.raw.as_mut().map(std::mem::take),
+        aggs: r
+            .aggs
+            .iter_mut()
+            .map(|m| m.as_mut().map(std::mem::take))
+            .collect(),
+    })
+}
+
 /// Turns the routing collected for a chunk into the form sent: all-true masks become `None`.
 fn take_routing(routing: &mut Option<RowRouting>) -> Option<Box<RowRouting>> {
     let r = routing.as_mut()?;
@@ -214,6 +241,9 @@ struct Pipe {
     decoder: Decoder,
     /// Computed columns and rules, when the mapping has any.
     stage: Option<Stage>,
+    /// The chunk whose transform runs on a worker, with its routing.
+    staging: Option<(crate::transform::Pending, Option<RowRouting>)>,
+    rt: Handle,
     /// Where the pipeline's mapping is configured, for error messages (`pipelines[0]`).
     section: String,
     /// Why this pipeline must stop (a row rejected with no dead-letter table); its batch is
@@ -680,6 +710,8 @@ impl Pipe {
 
     fn discard(&mut self) {
         let _ = self.decoder.finish();
+        // A chunk being transformed belongs to the dropped batch: its result is ignored.
+        self.staging = None;
         if let Some(stage) = &mut self.stage {
             stage.clear();
         }
@@ -697,7 +729,8 @@ impl Pipe {
         if self.in_flight.is_some() || self.batch.messages == 0 {
             return false;
         }
-        let (last, last_routing) = if self.decoder.is_empty() {
+        self.send_staging();
+        let (last, last_routing) = if self.stop.is_some() || self.decoder.is_empty() {
             (None, None)
         } else {
             match self.take_chunk() {
@@ -762,7 +795,66 @@ impl Pipe {
         let Some(stage) = self.stage.as_mut() else {
             return Some((rows, take_routing(&mut self.batch.routing)));
         };
-        let staged = match stage.apply(rows, chrono::Utc::now().timestamp_micros()) {
+        let staged = stage.apply(rows, chrono::Utc::now().timestamp_micros());
+        let routing = take_raw_routing(&mut self.batch.routing);
+        self.staged(staged, routing)
+    }
+
+    /// A full chunk: without a transform stage it goes to the writer; with one, the chunk
+    /// transformed meanwhile goes, and this one's transform starts on a worker thread (it
+    /// goes with the next chunk or the flush), so decoding never waits for expressions.
+    fn chunk_full(&mut self) {
+        if self.stage.is_none() {
+            if let Some((rows, routing)) = self.take_chunk() {
+                self.send_chunk(rows, routing);
+            }
+            return;
+        }
+        self.send_staging();
+        if self.stop.is_some() {
+            return;
+        }
+        let rows = self.decoder.finish();
+        m::mapping_applied(&self.name, self.decoder.take_mapping_counts());
+        let routing = take_raw_routing(&mut self.batch.routing);
+        let stage = self.stage.as_mut().expect("checked above");
+        let pending = stage.spawn(rows, chrono::Utc::now().timestamp_micros(), &self.rt);
+        self.staging = Some((pending, routing));
+    }
+
+    /// Waits for the chunk being transformed (if any) and sends it to the writer.
+    fn send_staging(&mut self) {
+        let Some((pending, routing)) = self.staging.take() else {
+            return;
+        };
+        let stage = self
+            .stage
+            .as_mut()
+            .expect("a chunk is staged only with a stage");
+        let staged = stage.join(pending, &self.rt);
+        if let Some((rows, routing)) = self.staged(staged, routing) {
+            self.send_chunk(rows, routing);
+        }
+    }
+
+    fn send_chunk(&mut self, rows: RecordBatch, routing: Option<Box<RowRouting>>) {
+        self.batch.chunks_sent = true;
+        let _ = self.to_writer.blocking_send(ToWriter::Chunk {
+            batch: self.batch.id,
+            rows,
+            metadata: self.metadata.clone(),
+            routing,
+        });
+    }
+
+    /// A transformed chunk: rejected rows become dead letters (or stop the pipeline), the
+    /// rest go on with their routing.
+    fn staged(
+        &mut self,
+        staged: std::result::Result<crate::transform::Staged, String>,
+        mut routing: Option<RowRouting>,
+    ) -> Option<(RecordBatch, Option<Box<RowRouting>>)> {
+        let staged = match staged {
             Ok(s) => s,
             Err(e) => {
                 self.halt(Error::Config(e));
@@ -821,7 +913,7 @@ impl Pipe {
                 }
             }
         };
-        if let Some(r) = &mut self.batch.routing {
+        if let Some(r) = &mut routing {
             let keep = |v: &mut Vec<bool>| {
                 let mut i = 0;
                 v.retain(|_| {
@@ -841,7 +933,7 @@ impl Pipe {
                 keep(a);
             }
         }
-        let routing = take_routing(&mut self.batch.routing);
+        let routing = take_routing(&mut routing);
         (rows.num_rows() > 0).then_some((rows, routing))
     }
 
@@ -1102,6 +1194,8 @@ pub fn run(
             unusable_schema: None,
             decoder,
             stage,
+            staging: None,
+            rt: rt.clone(),
             section,
             stop: None,
             batch: Batch::new(0, aggs.len()),
@@ -1515,16 +1609,8 @@ fn process(
     }
     // Chunks of the next batch may go while a flush is in flight: the writer handles them
     // in order, and a rewind discards them by batch id.
-    if pipe.decoder.len() >= CHUNK_ROWS {
-        if let Some((rows, routing)) = pipe.take_chunk() {
-            pipe.batch.chunks_sent = true;
-            let _ = pipe.to_writer.blocking_send(ToWriter::Chunk {
-                batch: pipe.batch.id,
-                rows,
-                metadata: pipe.metadata.clone(),
-                routing,
-            });
-        }
+    if pipe.decoder.len() >= chunk_rows() {
+        pipe.chunk_full();
         if let Some(e) = pipe.stop.take() {
             return Err(e);
         }

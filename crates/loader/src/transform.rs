@@ -7,6 +7,7 @@
 //! letters. Metrics count rows per transform and per rule.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use arrow_array::{BooleanArray, RecordBatch};
 use floe_schema::dead_letter::DeadLetter;
@@ -83,16 +84,41 @@ pub struct Staged {
     pub rejected: Vec<Rejected>,
 }
 
-/// A table's transform with the sources of the rows decoded since the last chunk.
+/// A table's transform with the sources of the rows decoded since the last chunk. A chunk's
+/// transform can run on a worker thread ([`Stage::spawn`]) while the next chunk is decoded.
 pub struct Stage {
+    work: Arc<Work>,
+    input: Input,
+    /// The buffers of the last chunk transformed, kept for the next one (their capacity
+    /// saves regrowing and page-faulting tens of megabytes per chunk).
+    spare: Option<Input>,
+}
+
+/// What is shared by every chunk of a stage.
+struct Work {
     transform: Transform,
+    table: String,
+    counters: HashMap<Setting, (metrics::Counter, metrics::Counter)>,
+}
+
+/// The sources of the rows of one chunk.
+struct Input {
     meta: MetaRows,
     sources: Vec<Source>,
     bytes: Vec<u8>,
     topics: Vec<String>,
-    table: String,
-    counters: HashMap<Setting, (metrics::Counter, metrics::Counter)>,
 }
+
+impl Input {
+    fn clear(&mut self) {
+        self.sources.clear();
+        self.bytes.clear();
+        self.meta.clear();
+    }
+}
+
+/// A chunk being transformed on a worker thread; [`Stage::join`] waits for it.
+pub struct Pending(tokio::task::JoinHandle<(Result<Staged, String>, Input)>);
 
 impl Stage {
     /// The stage of `table` for `mapping` (the table's with the pipeline's laid over it) on
@@ -122,24 +148,24 @@ impl Stage {
                 ),
             );
         }
-        Ok(Some(Self {
-            meta: transform.meta_rows(),
+        let work = Arc::new(Work {
             transform,
-            sources: Vec::new(),
-            bytes: Vec::new(),
-            topics: Vec::new(),
             table: table.to_string(),
             counters,
+        });
+        Ok(Some(Self {
+            input: work.input(),
+            work,
+            spare: None,
         }))
     }
 
     /// Whether the expressions read `_kafka_headers` (then pass the headers to `push`).
     pub fn needs_headers(&self) -> bool {
-        self.meta.needs_headers()
+        self.input.meta.needs_headers()
     }
 
     /// Keeps the source of a row the decoder just kept.
-    #[allow(clippy::too_many_arguments)]
     pub fn push(
         &mut self,
         meta: &RecordMeta<'_>,
@@ -149,27 +175,28 @@ impl Stage {
         to_dlq: bool,
         to_aggs: bool,
     ) {
-        if self.meta.is_needed() {
-            self.meta.push(
+        let input = &mut self.input;
+        if input.meta.is_needed() {
+            input.meta.push(
                 meta,
                 headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())),
             );
         }
-        let topic = match self.topics.iter().position(|t| t == meta.topic) {
+        let topic = match input.topics.iter().position(|t| t == meta.topic) {
             Some(i) => i,
             None => {
-                self.topics.push(meta.topic.to_string());
-                self.topics.len() - 1
+                input.topics.push(meta.topic.to_string());
+                input.topics.len() - 1
             }
         };
         let key = meta.key.map(|k| {
-            let at = self.bytes.len();
-            self.bytes.extend_from_slice(k);
-            (at, self.bytes.len())
+            let at = input.bytes.len();
+            input.bytes.extend_from_slice(k);
+            (at, input.bytes.len())
         });
-        let at = self.bytes.len();
-        self.bytes.extend_from_slice(payload);
-        self.sources.push(Source {
+        let at = input.bytes.len();
+        input.bytes.extend_from_slice(payload);
+        input.sources.push(Source {
             partition: meta.partition,
             offset: meta.offset,
             timestamp_ms: meta.timestamp_ms,
@@ -178,33 +205,84 @@ impl Stage {
             to_aggs,
             topic,
             key,
-            payload: (at, self.bytes.len()),
+            payload: (at, input.bytes.len()),
             headers,
         });
     }
 
     /// Applies the transform to `rows` (the decoder's output for the rows pushed since the
-    /// last call) and turns rejected rows into dead letters for `target` failed at
-    /// `failed_at_us`.
+    /// last chunk) and turns rejected rows into dead letters failed at `failed_at_us`.
     pub fn apply(&mut self, rows: RecordBatch, failed_at_us: i64) -> Result<Staged, String> {
-        // The buffers keep their capacity from chunk to chunk (no regrowth, no page faults).
-        let (sources, bytes) = (&self.sources, &self.bytes);
+        let result = self.work.apply(rows, &mut self.input, failed_at_us);
+        self.input.clear();
+        result
+    }
+
+    /// Like [`Stage::apply`], on a blocking worker of `rt`; rows pushed from now on belong to
+    /// the next chunk.
+    pub fn spawn(
+        &mut self,
+        rows: RecordBatch,
+        failed_at_us: i64,
+        rt: &tokio::runtime::Handle,
+    ) -> Pending {
+        let next = self.spare.take().unwrap_or_else(|| self.work.input());
+        let mut input = std::mem::replace(&mut self.input, next);
+        let work = self.work.clone();
+        Pending(rt.spawn_blocking(move || {
+            let result = work.apply(rows, &mut input, failed_at_us);
+            input.clear();
+            (result, input)
+        }))
+    }
+
+    /// Waits for a chunk started with [`Stage::spawn`].
+    pub fn join(
+        &mut self,
+        pending: Pending,
+        rt: &tokio::runtime::Handle,
+    ) -> Result<Staged, String> {
+        match rt.block_on(pending.0) {
+            Ok((result, input)) => {
+                self.spare = Some(input);
+                result
+            }
+            Err(e) => Err(format!("transform of {}: {e}", self.work.table)),
+        }
+    }
+
+    /// Forgets the rows pushed since the last chunk (the batch was dropped).
+    pub fn clear(&mut self) {
+        self.input.clear();
+    }
+}
+
+impl Work {
+    fn input(&self) -> Input {
+        Input {
+            meta: self.transform.meta_rows(),
+            sources: Vec::new(),
+            bytes: Vec::new(),
+            topics: Vec::new(),
+        }
+    }
+
+    fn apply(
+        &self,
+        rows: RecordBatch,
+        input: &mut Input,
+        failed_at_us: i64,
+    ) -> Result<Staged, String> {
+        let (sources, bytes) = (&input.sources, &input.bytes);
         if sources.len() != rows.num_rows() {
-            let n = sources.len();
-            self.clear();
             return Err(format!(
-                "transform of {}: {n} sources for {} decoded rows",
+                "transform of {}: {} sources for {} decoded rows",
                 self.table,
+                sources.len(),
                 rows.num_rows()
             ));
         }
-        let applied = match self.transform.apply(rows, &mut self.meta) {
-            Ok(a) => a,
-            Err(e) => {
-                self.clear();
-                return Err(e);
-            }
-        };
+        let applied = self.transform.apply(rows, &mut input.meta)?;
         for (s, ok, bad) in &applied.counts {
             if let Some((applied_c, rejected_c)) = self.counters.get(s) {
                 applied_c.increment(*ok);
@@ -218,7 +296,7 @@ impl Stage {
                 let src = sources[why.row].clone();
                 let slice = |(a, b): (usize, usize)| bytes[a..b].to_vec();
                 let dead_letter = DeadLetter {
-                    source_topic: self.topics[src.topic].clone(),
+                    source_topic: input.topics[src.topic].clone(),
                     source_partition: src.partition,
                     source_offset: src.offset,
                     source_key: src.key.map(slice),
@@ -239,20 +317,11 @@ impl Stage {
             })
             .collect();
         let needed = sources.iter().map(|s| (s.to_raw, s.to_aggs)).collect();
-        self.sources.clear();
-        self.bytes.clear();
         Ok(Staged {
             rows: applied.rows,
             kept: applied.kept,
             needed,
             rejected,
         })
-    }
-
-    /// Forgets the rows pushed since the last chunk (the batch was dropped).
-    pub fn clear(&mut self) {
-        self.sources.clear();
-        self.bytes.clear();
-        self.meta.clear();
     }
 }
