@@ -341,16 +341,7 @@ impl Transform {
         for (c, sql) in &mapping.computed {
             let setting = Setting::Computed(c.clone());
             let (column, field) = output.column_with_name(c).expect("check_decoding found it");
-            let expr = coerce(
-                &simplifier,
-                parse(&state, sql, &input, &setting)?,
-                &input,
-                &setting,
-            )?;
-            let found = expr.get_type(input.as_ref()).map_err(|e| MappingError {
-                setting: setting.clone(),
-                message: format!("{sql}: {e}"),
-            })?;
+            let (expr, found) = typed(&state, &simplifier, sql, &input, &setting)?;
             let target = field.data_type();
             if found != *target && !datafusion::arrow::compute::can_cast_types(&found, target) {
                 return Err(MappingError {
@@ -379,16 +370,7 @@ impl Transform {
         let mut rules = Vec::new();
         for (name, sql) in &mapping.rules {
             let setting = Setting::Rule(name.clone());
-            let expr = coerce(
-                &simplifier,
-                parse(&state, sql, &input, &setting)?,
-                &input,
-                &setting,
-            )?;
-            let found = expr.get_type(input.as_ref()).map_err(|e| MappingError {
-                setting: setting.clone(),
-                message: format!("{sql}: {e}"),
-            })?;
+            let (expr, found) = typed(&state, &simplifier, sql, &input, &setting)?;
             if !matches!(found, DataType::Boolean | DataType::Null) {
                 return Err(MappingError {
                     setting,
@@ -641,16 +623,25 @@ fn parse(
     Ok(expr)
 }
 
-fn coerce(
+/// `sql` parsed, type-coerced against `input`, with the type it yields.
+fn typed(
+    state: &SessionState,
     simplifier: &ExprSimplifier,
-    expr: Expr,
+    sql: &str,
     input: &DFSchemaRef,
     setting: &Setting,
-) -> Result<Expr, MappingError> {
-    simplifier.coerce(expr, input).map_err(|e| MappingError {
+) -> Result<(Expr, DataType), MappingError> {
+    let fail = |message: String| MappingError {
         setting: setting.clone(),
-        message: e.strip_backtrace().to_string(),
-    })
+        message,
+    };
+    let expr = simplifier
+        .coerce(parse(state, sql, input, setting)?, input)
+        .map_err(|e| fail(e.strip_backtrace().to_string()))?;
+    let found = expr
+        .get_type(input.as_ref())
+        .map_err(|e| fail(format!("{sql}: {e}")))?;
+    Ok((expr, found))
 }
 
 /// Evaluates `expr` on `batch`; when it fails on the batch, row by row, returning the failing

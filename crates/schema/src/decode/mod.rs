@@ -487,14 +487,7 @@ fn decode_record(
     let start = cur.pos();
     if let Some(envelope) = unnest {
         // The whole message must be JSON; its object at the pointer is the row.
-        cur.skip_value(0)?;
-        if !cur.at_end() {
-            return Err(SyntaxError {
-                at: cur.pos(),
-                what: "trailing characters after the JSON value",
-            }
-            .into());
-        }
+        skip_whole(&mut cur)?;
         cur.set_pos(start);
         if !seek(&mut cur, ctx, envelope.segments())? {
             return Err(DecodeError::new(
@@ -523,14 +516,7 @@ fn decode_record(
             Peek::Object => {}
             _ => {
                 // Text that is not JSON at all (`not json`) is malformed, not a non-object.
-                cur.skip_value(0)?;
-                if !cur.at_end() {
-                    return Err(SyntaxError {
-                        at: cur.pos(),
-                        what: "trailing characters after the JSON value",
-                    }
-                    .into());
-                }
+                skip_whole(&mut cur)?;
                 return Err(DecodeError::new(
                     DecodeErrorKind::NotAnObject,
                     format!(
@@ -573,6 +559,19 @@ fn decode_record(
             return Err(e.in_field(&col.name));
         }
         ctx.found.push(found);
+    }
+    Ok(())
+}
+
+/// Skips the one JSON value the payload must be; anything after it is malformed.
+fn skip_whole(cur: &mut Cursor<'_>) -> Result<(), DecodeError> {
+    cur.skip_value(0)?;
+    if !cur.at_end() {
+        return Err(SyntaxError {
+            at: cur.pos(),
+            what: "trailing characters after the JSON value",
+        }
+        .into());
     }
     Ok(())
 }
