@@ -370,17 +370,32 @@ impl TableSink {
     }
 
     /// Adopts newer table metadata; rebuilds the decoder when messages decode differently
-    /// (schema, aliases, unknown-field policy).
+    /// (schema, aliases, unknown-field policy, mapping). Metadata the decoder cannot be built
+    /// for (say a rule reading a dropped column) is logged and not adopted: loading goes on as
+    /// before, and the commit in progress (dead letters after rows) is not cut short.
     fn refresh_from(&mut self, metadata: TableMetadata) -> Result<()> {
+        self.refreshed_at = Instant::now();
         if self.decoder.differs_for(&metadata) {
-            crate::metrics::schema_changed(&self.name, &self.metadata, &metadata);
-            let (options, stage) = prepare(&self.name, &metadata, &self.mapping, &self.section)
-                .map_err(crate::Error::Config)?;
-            self.decoder = Decoder::new(metadata.current_schema(), &options)?;
-            self.stage = stage;
+            let built = prepare(&self.name, &metadata, &self.mapping, &self.section).and_then(
+                |(options, stage)| {
+                    Decoder::new(metadata.current_schema(), &options)
+                        .map(|d| (d, stage))
+                        .map_err(|e| e.to_string())
+                },
+            );
+            match built {
+                Ok((decoder, stage)) => {
+                    crate::metrics::schema_changed(&self.name, &self.metadata, &metadata);
+                    self.decoder = decoder;
+                    self.stage = stage;
+                }
+                Err(e) => {
+                    tracing::error!(table = %self.name, schema = metadata.current_schema_id(), error = %e, "cannot decode against the table's new schema or mapping; keeping the old one");
+                    return Ok(());
+                }
+            }
         }
         self.metadata = metadata;
-        self.refreshed_at = Instant::now();
         Ok(())
     }
 }

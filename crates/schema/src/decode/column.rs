@@ -132,6 +132,9 @@ pub(crate) struct StructCols {
     /// clearing a bitmap per object).
     pub(crate) stamps: Vec<u64>,
     pub(crate) resolver: KeyResolver,
+    /// Keys that match no column but are read by projections (`columns.<c>` pointers through
+    /// this object, projected columns' own names and aliases): neither unknown nor rejected.
+    pub(crate) consumed: std::collections::HashSet<String>,
 }
 
 pub(crate) struct Column {
@@ -525,16 +528,23 @@ impl StructCols {
             stamps: vec![0; cols.len()],
             fields: cols,
             resolver,
+            consumed: Default::default(),
         })
     }
 
     /// Takes the record's columns `projected` out of key matching (and metadata filling):
     /// they are filled from JSON pointers.
-    pub(crate) fn project(&mut self, projected: &[usize], aliases: &HashMap<String, String>) {
+    pub(crate) fn project(
+        &mut self,
+        projected: &[usize],
+        aliases: &HashMap<String, String>,
+        consumed: std::collections::HashSet<String>,
+    ) {
         for &i in projected {
             self.fields[i].projected = true;
             self.fields[i].meta = None;
         }
+        self.consumed = consumed;
         let names: Vec<Option<&str>> = self
             .fields
             .iter()

@@ -288,13 +288,36 @@ impl Decoder {
                 Pointer::parse(pointer).expect("check_decoding parsed it"),
             ));
         }
-        if !projections.is_empty() {
-            let at: Vec<usize> = projections.iter().map(|(i, _)| *i).collect();
-            root.project(&at, &options.aliases);
-        }
         let unnest = mapping
             .envelope()
             .map(|p| Pointer::parse(p).expect("check_decoding parsed it"));
+        if !projections.is_empty() {
+            let at: Vec<usize> = projections.iter().map(|(i, _)| *i).collect();
+            // Keys of the row object that projections read through, and the projected
+            // columns' own names and aliases: known keys, not unknown fields.
+            let depth = unnest.as_ref().map_or(0, |u| u.segments().len());
+            let mut consumed: std::collections::HashSet<String> = projections
+                .iter()
+                .filter(|(_, p)| {
+                    unnest
+                        .as_ref()
+                        .is_none_or(|u| p.segments().starts_with(u.segments()))
+                })
+                .filter_map(|(_, p)| p.segments().get(depth).cloned())
+                .collect();
+            for (i, _) in &projections {
+                let name = &root.fields[*i].name;
+                consumed.insert(name.clone());
+                consumed.extend(
+                    options
+                        .aliases
+                        .iter()
+                        .filter(|(_, c)| *c == name)
+                        .map(|(k, _)| k.clone()),
+                );
+            }
+            root.project(&at, &options.aliases, consumed);
+        }
         for col in &root.fields {
             if let Some(meta) = col.meta {
                 let ok = match meta {
@@ -668,6 +691,10 @@ fn decode_object(
         loop {
             let key = cur.key(&mut ctx.scratch)?;
             match cols.resolver.resolve(&key, pos) {
+                None if !cols.consumed.is_empty() && cols.consumed.contains(&*key) => {
+                    drop(key);
+                    cur.skip_value(depth + 1)?;
+                }
                 None => {
                     if ctx.reject_unknown {
                         return Err(DecodeError::new(

@@ -830,3 +830,41 @@ fn a_mapping_that_cannot_work_is_refused_naming_the_setting() {
         assert!(err.to_string().contains(setting), "{err}");
     }
 }
+
+#[test]
+fn keys_read_by_projections_are_not_unknown_fields() {
+    let opts = DecoderOptions {
+        reject_unknown_fields: true,
+        mapping: Mapping {
+            unnest: Some("/data".into()),
+            columns: [
+                ("s".to_string(), "/data/user/name".to_string()),
+                ("l".to_string(), "/data/l2".to_string()),
+                ("user_name".to_string(), "/source".to_string()),
+            ]
+            .into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut d = Decoder::new(&schema(), &opts).unwrap();
+    // `user` and `l2` are read by projections; `s` is a projected column's own name.
+    d.decode(
+        br#"{"source":"x","data":{"id":1,"user":{"name":"a"},"s":"not this","l2":3}}"#,
+        &META,
+    )
+    .unwrap();
+    let e = d
+        .decode(br#"{"data":{"id":2,"other":1}}"#, &META)
+        .unwrap_err();
+    assert_eq!(
+        (e.kind, e.field.as_str()),
+        (DecodeErrorKind::UnknownField, "other")
+    );
+    assert_eq!(d.take_unknown_fields(), 0);
+    let b = d.finish();
+    assert_eq!(
+        [cell(&b, "s", 0), cell(&b, "l", 0), cell(&b, "user_name", 0)],
+        ["a", "3", "x"]
+    );
+}
