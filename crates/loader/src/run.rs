@@ -199,17 +199,8 @@ fn take_raw_routing(routing: &mut Option<RowRouting>) -> Option<RowRouting> {
 
 /// Turns the routing collected for a chunk into the form sent: all-true masks become `None`.
 fn take_routing(routing: &mut Option<RowRouting>) -> Option<Box<RowRouting>> {
-    let r = routing.as_mut()?;
-    let n = r.aggs.len();
-    let mut out = RowRouting {
-        parts: std::mem::take(&mut r.parts),
-        raw: r.raw.as_mut().map(std::mem::take),
-        aggs: r
-            .aggs
-            .iter_mut()
-            .map(|m| m.as_mut().map(std::mem::take))
-            .collect(),
-    };
+    let mut out = take_raw_routing(routing)?;
+    let n = out.aggs.len();
     let all = |m: &Option<Vec<bool>>| m.as_ref().is_none_or(|m| m.iter().all(|b| *b));
     if all(&out.raw) {
         out.raw = None;
