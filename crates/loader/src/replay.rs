@@ -208,10 +208,8 @@ pub async fn replay(committer: &Committer, opts: &ReplayOptions) -> Result<Repla
         .await
         .map_err(bad_filter)?;
 
-    let (options, mut stage) =
-        crate::transform::prepare(&opts.table, &metadata, &opts.mapping, &opts.section)
-            .map_err(Error::Config)?;
-    let mut decoder = Decoder::new(metadata.current_schema(), &options)?;
+    let (mut decoder, mut stage) =
+        crate::transform::prepare(&opts.table, &metadata, &opts.mapping, &opts.section)?;
     // Rows decoded and waiting for the transform stage (its rules may still reject them).
     let mut waiting: waiting::Waiting = Default::default();
     let mut writer = (!opts.dry_run)

@@ -996,14 +996,7 @@ impl Pipe {
     fn adopt(&mut self, meta: TableMetadata) {
         self.schema_change_pending = false;
         if self.decoder.differs_for(&meta) {
-            let built =
-                crate::transform::prepare(&self.name, &meta, &self.cfg.mapping(), &self.section)
-                    .and_then(|(options, stage)| {
-                        Decoder::new(meta.current_schema(), &options)
-                            .map(|d| (d, stage))
-                            .map_err(|e| e.to_string())
-                    });
-            match built {
+            match crate::transform::prepare(&self.name, &meta, &self.cfg.mapping(), &self.section) {
                 Ok((d, stage)) => {
                     m::schema_changed(&self.name, &self.metadata, &meta);
                     self.decoder = d;
@@ -1109,10 +1102,8 @@ pub fn run(
             None => None,
         };
         let section = format!("pipelines[{i}]");
-        let (options, stage) =
-            crate::transform::prepare(&raw.to_string(), &metadata, &cfg.mapping(), &section)
-                .map_err(Error::Config)?;
-        let decoder = Decoder::new(metadata.current_schema(), &options)?;
+        let (decoder, stage) =
+            crate::transform::prepare(&raw.to_string(), &metadata, &cfg.mapping(), &section)?;
         metrics::gauge!(m::SCHEMA_ID, "table" => raw.to_string())
             .set(metadata.current_schema_id() as f64);
         let selected =

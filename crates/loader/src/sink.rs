@@ -114,9 +114,8 @@ impl TableSink {
         let ident = parse_table_ident(&opts.table)?;
         let (_, metadata) = catalog.load_metadata(&ident).await?;
         floe_lake::compat::check_metadata(&ident.to_string(), &metadata)?;
-        let (options, stage) = prepare(&ident.to_string(), &metadata, &opts.mapping, &opts.section)
-            .map_err(crate::Error::Config)?;
-        let decoder = Decoder::new(metadata.current_schema(), &options)?;
+        let (decoder, stage) =
+            prepare(&ident.to_string(), &metadata, &opts.mapping, &opts.section)?;
         let dead = match &opts.dead_letter_table {
             None => None,
             Some(name) => {
@@ -376,14 +375,7 @@ impl TableSink {
     fn refresh_from(&mut self, metadata: TableMetadata) -> Result<()> {
         self.refreshed_at = Instant::now();
         if self.decoder.differs_for(&metadata) {
-            let built = prepare(&self.name, &metadata, &self.mapping, &self.section).and_then(
-                |(options, stage)| {
-                    Decoder::new(metadata.current_schema(), &options)
-                        .map(|d| (d, stage))
-                        .map_err(|e| e.to_string())
-                },
-            );
-            match built {
+            match prepare(&self.name, &metadata, &self.mapping, &self.section) {
                 Ok((decoder, stage)) => {
                     crate::metrics::schema_changed(&self.name, &self.metadata, &metadata);
                     self.decoder = decoder;

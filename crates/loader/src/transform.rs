@@ -11,17 +11,28 @@ use std::sync::Arc;
 
 use arrow_array::{BooleanArray, RecordBatch};
 use floe_schema::dead_letter::DeadLetter;
-use floe_schema::{DecoderOptions, Mapping, MappingError, RecordMeta, Setting};
+use floe_schema::{Decoder, DecoderOptions, Mapping, MappingError, RecordMeta, Setting};
 use floe_transform::{MetaRows, Rejection, Transform};
 use iceberg::spec::TableMetadata;
 
+use crate::Error;
 use crate::metrics as m;
 
-/// The decoder options and the transform stage for loading into `table` (its `metadata`)
-/// with `pipeline`'s mapping laid over the table's own (`floe.*` properties). Every entry is
-/// checked against the table's current schema; an error names the entry and where it was set
-/// (`section`, e.g. `pipelines[0]`, or the table property).
+/// The decoder and the transform stage for loading into `table` (its `metadata`) with
+/// `pipeline`'s mapping laid over the table's own (`floe.*` properties). Every entry is
+/// checked against the table's current schema; a mapping error names the entry and where it
+/// was set (`section`, e.g. `pipelines[0]`, or the table property) as [`Error::Config`].
 pub fn prepare(
+    table: &str,
+    metadata: &TableMetadata,
+    pipeline: &Mapping,
+    section: &str,
+) -> crate::Result<(Decoder, Option<Stage>)> {
+    let (options, stage) = check(table, metadata, pipeline, section).map_err(Error::Config)?;
+    Ok((Decoder::new(metadata.current_schema(), &options)?, stage))
+}
+
+fn check(
     table: &str,
     metadata: &TableMetadata,
     pipeline: &Mapping,

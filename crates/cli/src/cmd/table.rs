@@ -411,7 +411,12 @@ fn mapping_in_force(cfg: &FloeConfig, table: &str, meta: &TableMetadata) -> Valu
         let from = format!("{section}.{}", s.config_key());
         entries.insert(s, (v.to_string(), from));
     }
-    let problem = floe_loader::transform::prepare(table, meta, &mapping, &section).err();
+    let problem = floe_loader::transform::prepare(table, meta, &mapping, &section)
+        .err()
+        .map(|e| match e {
+            floe_loader::Error::Config(message) => message,
+            other => other.to_string(),
+        });
     json!({
         "entries": entries
             .iter()
