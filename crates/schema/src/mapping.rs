@@ -176,6 +176,27 @@ impl Mapping {
         self.unnest.as_deref().filter(|p| !p.is_empty())
     }
 
+    /// The Arrow schema the decoder produces for a table whose Arrow schema is `table`: the
+    /// same, with computed columns nullable (they may be absent from the JSON; they are filled
+    /// after decoding).
+    pub fn decoded_schema(&self, table: &arrow_schema::Schema) -> arrow_schema::Schema {
+        if self.computed.is_empty() {
+            return table.clone();
+        }
+        let fields: Vec<arrow_schema::FieldRef> = table
+            .fields()
+            .iter()
+            .map(|f| {
+                if self.computed.contains_key(f.name()) && !f.is_nullable() {
+                    std::sync::Arc::new(f.as_ref().clone().with_nullable(true))
+                } else {
+                    f.clone()
+                }
+            })
+            .collect();
+        arrow_schema::Schema::new_with_metadata(fields, table.metadata().clone())
+    }
+
     /// Every entry with its value, in a stable order (envelope, projections, computed, rules).
     pub fn entries(&self) -> Vec<(Setting, &str)> {
         let mut out = Vec::new();

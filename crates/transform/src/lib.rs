@@ -293,13 +293,11 @@ impl Transform {
         })?;
         let output = Arc::new(output);
         // The decoder's schema: computed columns may be NULL until computed.
-        let decoded: Vec<Field> = output
+        let decoded: Vec<Field> = mapping
+            .decoded_schema(&output)
             .fields()
             .iter()
-            .map(|f| {
-                let relax = mapping.computed.contains_key(f.name());
-                f.as_ref().clone().with_nullable(f.is_nullable() || relax)
-            })
+            .map(|f| f.as_ref().clone())
             .collect();
         let exprs: Vec<(Setting, &str)> = mapping
             .computed
@@ -448,7 +446,7 @@ impl Transform {
             ));
         }
         columns.extend(metas);
-        let input_schema = Arc::new(self.input.as_arrow().clone());
+        let input_schema = self.input.inner().clone();
         let mut input = RecordBatch::try_new(input_schema.clone(), columns)
             .map_err(|e| format!("transform input: {e}"))?;
         let planned = if self.time_dependent {

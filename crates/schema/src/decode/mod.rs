@@ -258,23 +258,8 @@ impl Decoder {
         mapping
             .check_decoding(schema)
             .map_err(|e| Error::Mapping(e.to_string()))?;
-        let mut arrow = iceberg::arrow::schema_to_arrow_schema(schema)?;
-        if !mapping.computed.is_empty() {
-            // Computed columns may be absent from the JSON: they are filled after decoding.
-            let fields: Vec<arrow_schema::FieldRef> = arrow
-                .fields()
-                .iter()
-                .map(|f| {
-                    if mapping.computed.contains_key(f.name()) && !f.is_nullable() {
-                        Arc::new(f.as_ref().clone().with_nullable(true))
-                    } else {
-                        f.clone()
-                    }
-                })
-                .collect();
-            arrow = arrow_schema::Schema::new_with_metadata(fields, arrow.metadata().clone());
-        }
-        let arrow = Arc::new(arrow);
+        let arrow =
+            Arc::new(mapping.decoded_schema(&iceberg::arrow::schema_to_arrow_schema(schema)?));
         let mut root = StructCols::new(arrow.fields(), schema.as_struct(), true, &options.aliases)?;
         let mut projections = Vec::new();
         for (name, pointer) in &mapping.columns {
