@@ -183,6 +183,12 @@ impl Batch {
     }
 }
 
+/// Keeps the entries of `v` (one per row) whose row is kept.
+fn retain_rows<T>(v: &mut Vec<T>, keep: &[bool]) {
+    let mut row = keep.iter();
+    v.retain(|_| *row.next().expect("one entry per row"));
+}
+
 /// Takes the routing collected for a chunk as it is (to be filtered before it is sent).
 fn take_raw_routing(routing: &mut Option<RowRouting>) -> Option<RowRouting> {
     let r = routing.as_mut()?;
@@ -781,8 +787,7 @@ impl Pipe {
     /// to learn their dead-letter status drop out. `None` when no row is left. A rejected row
     /// with no dead-letter table discards the batch and records why the loader must stop.
     fn take_chunk(&mut self) -> Option<(RecordBatch, Option<Box<RowRouting>>)> {
-        let rows = self.decoder.finish();
-        m::mapping_applied(&self.name, self.decoder.take_mapping_counts());
+        let rows = self.decoded();
         let Some(stage) = self.stage.as_mut() else {
             return Some((rows, take_routing(&mut self.batch.routing)));
         };
@@ -805,12 +810,18 @@ impl Pipe {
         if self.stop.is_some() {
             return;
         }
-        let rows = self.decoder.finish();
-        m::mapping_applied(&self.name, self.decoder.take_mapping_counts());
+        let rows = self.decoded();
         let routing = take_raw_routing(&mut self.batch.routing);
         let stage = self.stage.as_mut().expect("checked above");
         let pending = stage.spawn(rows, chrono::Utc::now().timestamp_micros(), &self.rt);
         self.staging = Some((pending, routing));
+    }
+
+    /// The decoder's rows (and its envelope and projection counts to the metrics).
+    fn decoded(&mut self) -> RecordBatch {
+        let rows = self.decoder.finish();
+        m::mapping_applied(&self.name, self.decoder.take_mapping_counts());
+        rows
     }
 
     /// Waits for the chunk being transformed (if any) and sends it to the writer.
@@ -870,11 +881,10 @@ impl Pipe {
             if self.dlq.is_none() {
                 let d = &r.dead_letter;
                 self.halt(Error::Rejected {
-                    source_name: format!(
-                        "{}[{}]@{}",
-                        d.source_topic,
-                        d.source_partition.unwrap_or(-1),
-                        d.source_offset.unwrap_or(-1)
+                    source_name: crate::sink::describe_source(
+                        &d.source_topic,
+                        d.source_partition,
+                        d.source_offset,
                     ),
                     reason: r.why.message,
                 });
@@ -905,23 +915,9 @@ impl Pipe {
             }
         };
         if let Some(r) = &mut routing {
-            let keep = |v: &mut Vec<bool>| {
-                let mut i = 0;
-                v.retain(|_| {
-                    i += 1;
-                    goes_on[i - 1]
-                });
-            };
-            let mut i = 0;
-            r.parts.retain(|_| {
-                i += 1;
-                goes_on[i - 1]
-            });
-            if let Some(raw) = &mut r.raw {
-                keep(raw);
-            }
-            for a in r.aggs.iter_mut().flatten() {
-                keep(a);
+            retain_rows(&mut r.parts, &goes_on);
+            for mask in r.raw.iter_mut().chain(r.aggs.iter_mut().flatten()) {
+                retain_rows(mask, &goes_on);
             }
         }
         let routing = take_routing(&mut routing);
@@ -1513,14 +1509,7 @@ fn process(
             let result = if keep {
                 pipe.decoder.decode(bytes, meta).inspect(|()| {
                     if let Some(stage) = &mut pipe.stage {
-                        let headers = msg
-                            .headers()
-                            .map(|h| {
-                                h.iter()
-                                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
-                                    .collect()
-                            })
-                            .unwrap_or_default();
+                        let headers = owned_headers(msg);
                         stage.push(meta, bytes, headers, to_raw, to_dlq, to_aggs != 0);
                     }
                     if let Some(r) = &mut pipe.batch.routing {
@@ -1548,7 +1537,7 @@ fn process(
         if pipe.dlq.is_none() {
             pipe.batch.messages -= 1;
             return Err(Error::Rejected {
-                source_name: format!("{}[{}]@{offset}", tp.0, tp.1),
+                source_name: crate::sink::describe_source(&tp.0, Some(tp.1), Some(offset)),
                 reason: err.to_string(),
             });
         }
@@ -1566,12 +1555,7 @@ fn process(
             dl.source_key = meta.key.map(<[u8]>::to_vec);
             dl.source_timestamp_ms = meta.timestamp_ms;
             // Parsed only for rejected messages: header parsing allocates.
-            if let Some(h) = msg.headers() {
-                dl.headers = h
-                    .iter()
-                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
-                    .collect();
-            }
+            dl.headers = owned_headers(msg);
             pipe.batch.dead.push(dl);
         }
     } else if payload.is_some() && to_raw && pipe.stage.is_none() {
@@ -1598,6 +1582,17 @@ fn process(
         }
     }
     Ok(())
+}
+
+/// A message's headers, owned (for dead letters and the transform stage).
+fn owned_headers(msg: &rdkafka::message::BorrowedMessage<'_>) -> Vec<(String, Option<Vec<u8>>)> {
+    msg.headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The writer task of one pipeline: encodes chunks, commits on flush.

@@ -225,7 +225,7 @@ impl TableSink {
             Err(err) => {
                 if self.dead.is_none() {
                     return Err(crate::Error::Rejected {
-                        source_name: describe_source(meta),
+                        source_name: describe_source(meta.topic, meta.partition, meta.offset),
                         reason: err.to_string(),
                     });
                 }
@@ -273,11 +273,11 @@ impl TableSink {
                 if self.dead.is_none() {
                     let d = &r.dead_letter;
                     return Err(crate::Error::Rejected {
-                        source_name: match (d.source_partition, d.source_offset) {
-                            (Some(p), Some(o)) => format!("{}[{p}]@{o}", d.source_topic),
-                            (None, Some(line)) => format!("{} line {line}", d.source_topic),
-                            _ => d.source_topic.clone(),
-                        },
+                        source_name: describe_source(
+                            &d.source_topic,
+                            d.source_partition,
+                            d.source_offset,
+                        ),
                         reason: r.why.message,
                     });
                 }
@@ -416,10 +416,11 @@ pub(crate) async fn commit_dead_letters(
     Ok(committer.commit(table, req).await?)
 }
 
-fn describe_source(meta: &RecordMeta<'_>) -> String {
-    match (meta.partition, meta.offset) {
-        (Some(p), Some(o)) => format!("{}[{p}]@{o}", meta.topic),
-        (None, Some(line)) => format!("{} line {line}", meta.topic),
-        _ => meta.topic.to_string(),
+/// Where a message came from, for errors: `topic[partition]@offset` or `file:… line n`.
+pub(crate) fn describe_source(topic: &str, partition: Option<i32>, offset: Option<i64>) -> String {
+    match (partition, offset) {
+        (Some(p), Some(o)) => format!("{topic}[{p}]@{o}"),
+        (None, Some(line)) => format!("{topic} line {line}"),
+        _ => topic.to_string(),
     }
 }
