@@ -72,6 +72,15 @@ impl FloeConfig {
             .find(|(_, p)| p.table == table)
     }
 
+    /// The mapping the configured pipeline of `table` lays over the table's own, with where it
+    /// is configured (`pipelines[0]`); empty when no pipeline loads the table.
+    pub fn mapping_for(&self, table: &str) -> (floe_schema::Mapping, String) {
+        match self.pipeline_for(table) {
+            Some((i, p)) => (p.mapping(), format!("pipelines[{i}]")),
+            None => (floe_schema::Mapping::default(), "pipeline".to_string()),
+        }
+    }
+
     /// Loads the layered config. `file` is `--config`; without it `./floe.toml` is read if
     /// present. `overrides` are flag values as a partial config.
     pub fn load(file: Option<&Path>, overrides: Figment) -> Result<Self> {

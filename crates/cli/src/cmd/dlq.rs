@@ -51,10 +51,7 @@ async fn run_replay(cfg: &FloeConfig, args: ReplayArgs) -> Result<()> {
     if let Some(dl) = args.dead_letter_table.or(configured) {
         opts.dead_letter_table = dl;
     }
-    if let Some((i, p)) = cfg.pipeline_for(&args.table) {
-        opts.mapping = p.mapping();
-        opts.section = format!("pipelines[{i}]");
-    }
+    (opts.mapping, opts.section) = cfg.mapping_for(&args.table);
     opts.filter = args.filter;
     opts.dry_run = args.dry_run;
     let report = replay(&committer, &opts).await?;

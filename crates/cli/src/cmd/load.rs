@@ -43,10 +43,7 @@ pub async fn run(cfg: &FloeConfig, args: LoadArgs) -> Result<()> {
     if args.no_dead_letters {
         opts.dead_letter_table = None;
     }
-    if let Some((i, p)) = cfg.pipeline_for(&args.table) {
-        opts.mapping = p.mapping();
-        opts.section = format!("pipelines[{i}]");
-    }
+    (opts.mapping, opts.section) = cfg.mapping_for(&args.table);
     let mut sink = TableSink::open(committer, &opts).await?;
     let (reader, name, total): (Box<dyn BufRead>, String, Option<u64>) =
         if args.input.as_os_str() == "-" {

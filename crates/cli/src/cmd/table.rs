@@ -389,7 +389,6 @@ pub fn describe(meta: &TableMetadata, name: &str, metadata_location: &str) -> Re
 /// current schema.
 fn mapping_in_force(cfg: &FloeConfig, table: &str, meta: &TableMetadata) -> Value {
     let own = floe_schema::Mapping::from_table_properties(meta.properties());
-    let pipeline = cfg.pipeline_for(table);
     let mut entries: BTreeMap<floe_schema::Setting, (String, String)> = own
         .entries()
         .into_iter()
@@ -403,10 +402,7 @@ fn mapping_in_force(cfg: &FloeConfig, table: &str, meta: &TableMetadata) -> Valu
             )
         })
         .collect();
-    let (mapping, section) = match pipeline {
-        Some((i, p)) => (p.mapping(), format!("pipelines[{i}]")),
-        None => (floe_schema::Mapping::default(), "pipeline".to_string()),
-    };
+    let (mapping, section) = cfg.mapping_for(table);
     for (s, v) in mapping.entries() {
         let from = format!("{section}.{}", s.config_key());
         entries.insert(s, (v.to_string(), from));
