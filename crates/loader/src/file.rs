@@ -54,6 +54,16 @@ pub struct LoadReport {
 }
 
 impl LoadReport {
+    /// Counts the rows the sink's computed columns and rules rejected since the last call.
+    fn count_rejected(&mut self, sink: &mut TableSink) {
+        for kind in sink.take_rejected() {
+            *self
+                .dead_letters_by_kind
+                .entry(kind.to_string())
+                .or_default() += 1;
+        }
+    }
+
     fn add_flush(&mut self, f: &FlushReport) {
         self.accepted += f.rows;
         self.dead_lettered += f.dead_letters;
@@ -125,24 +135,14 @@ pub async fn load_lines(
             report.add_flush(&f);
             in_batch = 0;
         }
-        for kind in sink.take_rejected() {
-            *report
-                .dead_letters_by_kind
-                .entry(kind.to_string())
-                .or_default() += 1;
-        }
+        report.count_rejected(sink);
         progress(&report);
     }
     if in_batch > 0 {
         let f = sink.flush(None).await?;
         report.add_flush(&f);
     }
-    for kind in sink.take_rejected() {
-        *report
-            .dead_letters_by_kind
-            .entry(kind.to_string())
-            .or_default() += 1;
-    }
+    report.count_rejected(sink);
     report.unknown_fields = sink.take_unknown_fields();
     progress(&report);
     Ok(report)

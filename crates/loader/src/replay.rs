@@ -116,50 +116,46 @@ mod waiting {
     }
 }
 
-/// The rows decoded since the last chunk, on their way to the writer.
-struct Chunk<'a> {
-    decoder: &'a mut Decoder,
-    stage: Option<&'a mut crate::transform::Stage>,
-    waiting: &'a mut waiting::Waiting,
-    positions: &'a mut PositionSet,
-    report: &'a mut ReplayReport,
-}
-
-impl Chunk<'_> {
-    /// Runs the rows through the transform stage (those it rejects stay dead letters) and
-    /// writes them (unless a dry run).
-    async fn write(self, writer: Option<&mut DataWriter>) -> Result<()> {
-        if self.decoder.is_empty() {
-            return Ok(());
-        }
-        let rows = self.decoder.finish();
-        let rows = match self.stage {
-            None => rows,
-            Some(stage) => {
-                let staged = stage
-                    .apply(rows, chrono::Utc::now().timestamp_micros())
-                    .map_err(Error::Config)?;
-                for (i, (source, slot, offset)) in self.waiting.drain().enumerate() {
-                    if staged.kept.as_ref().is_none_or(|k| k.value(i)) {
-                        self.positions.insert(&source, slot, offset);
-                        self.report.replayed += 1;
-                    }
-                }
-                for r in &staged.rejected {
-                    *self
-                        .report
-                        .still_failing
-                        .entry(r.why.kind.to_string())
-                        .or_default() += 1;
-                }
-                staged.rows
-            }
-        };
-        if let Some(w) = writer {
-            w.write(&rows).await?;
-        }
-        Ok(())
+/// Runs the rows decoded since the last chunk through the transform stage (the rows it
+/// rejects stay dead letters; the others are `waiting` no more: they count as replayed) and
+/// writes them (unless a dry run).
+async fn write_chunk(
+    decoder: &mut Decoder,
+    stage: Option<&mut crate::transform::Stage>,
+    waiting: &mut waiting::Waiting,
+    positions: &mut PositionSet,
+    report: &mut ReplayReport,
+    writer: Option<&mut DataWriter>,
+) -> Result<()> {
+    if decoder.is_empty() {
+        return Ok(());
     }
+    let rows = decoder.finish();
+    let rows = match stage {
+        None => rows,
+        Some(stage) => {
+            let staged = stage
+                .apply(rows, chrono::Utc::now().timestamp_micros())
+                .map_err(Error::Config)?;
+            for (i, (source, slot, offset)) in waiting.drain().enumerate() {
+                if staged.kept.as_ref().is_none_or(|k| k.value(i)) {
+                    positions.insert(&source, slot, offset);
+                    report.replayed += 1;
+                }
+            }
+            for r in &staged.rejected {
+                *report
+                    .still_failing
+                    .entry(r.why.kind.to_string())
+                    .or_default() += 1;
+            }
+            staged.rows
+        }
+    };
+    if let Some(w) = writer {
+        w.write(&rows).await?;
+    }
+    Ok(())
 }
 
 /// Replays dead letters as described in the module docs.
@@ -282,25 +278,27 @@ pub async fn replay(committer: &Committer, opts: &ReplayOptions) -> Result<Repla
                     }
                 }
                 if decoder.len() >= ENCODE_ROWS {
-                    let chunk = Chunk {
-                        decoder: &mut decoder,
-                        stage: stage.as_mut(),
-                        waiting: &mut waiting,
-                        positions: &mut positions,
-                        report: &mut report,
-                    };
-                    chunk.write(writer.as_mut()).await?;
+                    write_chunk(
+                        &mut decoder,
+                        stage.as_mut(),
+                        &mut waiting,
+                        &mut positions,
+                        &mut report,
+                        writer.as_mut(),
+                    )
+                    .await?;
                 }
             }
         }
-        let chunk = Chunk {
-            decoder: &mut decoder,
-            stage: stage.as_mut(),
-            waiting: &mut waiting,
-            positions: &mut positions,
-            report: &mut report,
-        };
-        chunk.write(writer.as_mut()).await
+        write_chunk(
+            &mut decoder,
+            stage.as_mut(),
+            &mut waiting,
+            &mut positions,
+            &mut report,
+            writer.as_mut(),
+        )
+        .await
     }
     .await;
     if let Err(e) = outcome {
