@@ -2,9 +2,9 @@
 //!
 //! Producers send every copy of an event to the same partition (the key is the event id), so
 //! the owner of a partition sees all copies and can keep, per partition, the keys seen within
-//! the window. A flush's decisions are *pending* until its commits land ([`Deduper::commit`]);
-//! a failed or discarded flush forgets them ([`Deduper::discard`]) so the replayed messages
-//! are judged again the same way. After a restart or a rebalance, a partition's state is
+//! the window, which trails the newest event of the partition. A flush's decisions are
+//! *pending* until its commits land ([`Deduper::commit`]); a failed or discarded flush
+//! forgets them ([`Deduper::discard`]) so the replayed messages are judged again the same way. After a restart or a rebalance, a partition's state is
 //! rebuilt from the rows the raw table already holds ([`Deduper::load`]).
 //!
 //! Keys are held as their 128-bit XXH3 hash ([`key_hash`]): 16 bytes and no allocation per
@@ -42,81 +42,135 @@ impl Hasher for Prehashed {
     }
 }
 
-type Seen = HashMap<u128, i64, BuildHasherDefault<Prehashed>>;
-
-/// One partition's keys: committed and pending ones in one map (one probe per row); the
-/// pending ones are also listed so a discarded flush can take them out.
-pub struct PartState {
-    seen: Seen,
-    pending: Vec<u128>,
-    pending_watermark: i64,
-    watermark: i64,
-    /// Keys older than this (the committed watermark less the window) no longer count.
-    horizon: i64,
-    /// The horizon at the last trim: the map is trimmed when it has moved on enough.
-    trimmed: i64,
+/// A key's event time, and whether the pending flush remembered it.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    at: i64,
+    pending: bool,
 }
 
-impl Default for PartState {
-    fn default() -> Self {
-        Self {
-            seen: Seen::default(),
-            pending: Vec::new(),
-            pending_watermark: i64::MIN,
-            watermark: i64::MIN,
-            horizon: i64::MIN,
-            trimmed: i64::MIN,
-        }
-    }
+type SeenMap = HashMap<u128, Seen, BuildHasherDefault<Prehashed>>;
+
+/// One partition's keys: committed and pending ones in one map (one probe per row).
+///
+/// The window trails the partition's newest event, pending ones included, and keys behind
+/// it are trimmed as the stream moves on, also in the middle of a flush: the map holds about
+/// one window of keys, small enough to stay in cache, however long a flush spans. Committed
+/// keys a pending flush trims or overwrites are set aside, so a discarded flush restores the
+/// committed state exactly and its messages are judged again the same way.
+pub struct PartState {
+    seen: SeenMap,
+    /// Committed keys the pending flush trimmed or overwrote (key, event time).
+    displaced: Vec<(u128, i64)>,
+    /// Keys the pending flush remembered.
+    pending: usize,
+    /// Newest event time committed.
+    watermark: i64,
+    /// Newest event time seen, pending included (≥ `watermark`).
+    newest: i64,
+    /// The horizon at the last trim: the map is trimmed when it has moved on enough.
+    trimmed: i64,
+    window_us: i64,
 }
 
 impl PartState {
-    /// Whether `key` (event time `event_us`) is the first occurrence; if so it is remembered
-    /// (pending until [`Deduper::commit`]).
+    fn new(window_us: i64) -> Self {
+        Self {
+            seen: SeenMap::default(),
+            displaced: Vec::new(),
+            pending: 0,
+            watermark: i64::MIN,
+            newest: i64::MIN,
+            trimmed: i64::MIN,
+            window_us,
+        }
+    }
+
+    /// Keys older than this (the window behind the newest event) no longer count.
+    fn horizon(&self) -> i64 {
+        self.newest.saturating_sub(self.window_us)
+    }
+
+    /// Whether `key` (event time `event_us`) is the first occurrence within the window; if
+    /// so it is remembered (pending until [`Deduper::commit`]).
     #[inline]
     pub fn first(&mut self, key: &[u8], event_us: i64) -> bool {
         let h = key_hash(key);
+        let horizon = self.horizon();
+        let fresh = Seen {
+            at: event_us,
+            pending: true,
+        };
         match self.seen.entry(h) {
+            std::collections::hash_map::Entry::Occupied(o) if o.get().at >= horizon => {
+                return false;
+            }
             // A key past the window (not trimmed yet) counts again, as if forgotten.
-            std::collections::hash_map::Entry::Occupied(o) if *o.get() >= self.horizon => false,
             std::collections::hash_map::Entry::Occupied(mut o) => {
-                o.insert(event_us);
-                self.pending.push(h);
-                self.pending_watermark = self.pending_watermark.max(event_us);
-                true
+                let old = o.insert(fresh);
+                if !old.pending {
+                    self.displaced.push((h, old.at));
+                    self.pending += 1;
+                }
             }
             std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(event_us);
-                self.pending.push(h);
-                self.pending_watermark = self.pending_watermark.max(event_us);
-                true
+                v.insert(fresh);
+                self.pending += 1;
             }
         }
+        if event_us > self.newest {
+            self.newest = event_us;
+            // Trimming walks the whole map: once the horizon has moved a quarter window.
+            if self.horizon().saturating_sub(self.trimmed) >= self.window_us / 4 {
+                self.trim();
+            }
+        }
+        true
     }
 
-    fn commit(&mut self, window_us: i64) {
-        self.pending.clear();
-        self.watermark = self.watermark.max(self.pending_watermark);
-        self.trim(window_us);
+    fn trim(&mut self) {
+        let horizon = self.horizon();
+        let (displaced, pending) = (&mut self.displaced, &mut self.pending);
+        self.seen.retain(|k, v| {
+            let keep = v.at >= horizon;
+            if !keep {
+                if v.pending {
+                    *pending -= 1;
+                } else {
+                    displaced.push((*k, v.at));
+                }
+            }
+            keep
+        });
+        self.trimmed = horizon;
+    }
+
+    fn commit(&mut self) {
+        if self.pending > 0 {
+            for v in self.seen.values_mut() {
+                v.pending = false;
+            }
+        }
+        self.pending = 0;
+        self.displaced.clear();
+        self.watermark = self.newest;
     }
 
     fn discard(&mut self) {
-        for h in self.pending.drain(..) {
-            self.seen.remove(&h);
+        if self.pending > 0 {
+            self.seen.retain(|_, v| !v.pending);
         }
-        self.pending_watermark = self.watermark;
+        for (k, at) in self.displaced.drain(..) {
+            self.seen.insert(k, Seen { at, pending: false });
+        }
+        self.pending = 0;
+        self.newest = self.watermark;
+        self.trimmed = self.trimmed.min(self.horizon());
     }
 
-    fn trim(&mut self, window_us: i64) {
-        let horizon = self.watermark.saturating_sub(window_us);
-        self.horizon = horizon;
-        // Trimming walks the whole map: do it when the horizon has moved a sixteenth of the
-        // window (keys behind the horizon no longer count even while still held).
-        if self.seen.is_empty() || horizon.saturating_sub(self.trimmed) < window_us / 16 {
-            return;
-        }
-        self.seen.retain(|_, t| *t >= horizon);
-        self.trimmed = horizon;
+    /// Committed keys held.
+    fn committed(&self) -> usize {
+        self.seen.len() - self.pending
     }
 }
 
@@ -139,7 +193,8 @@ impl Deduper {
     /// The state of `part`, to judge its rows with [`PartState::first`].
     pub fn part(&mut self, part: &Part) -> &mut PartState {
         if !self.parts.contains_key(part) {
-            self.parts.insert(part.clone(), PartState::default());
+            self.parts
+                .insert(part.clone(), PartState::new(self.window_us));
         }
         self.parts.get_mut(part).expect("inserted above")
     }
@@ -150,11 +205,10 @@ impl Deduper {
         self.part(part).first(key.as_bytes(), event_us)
     }
 
-    /// The flush landed: pending keys become state, and keys older than the window behind
-    /// each partition's newest event are forgotten.
+    /// The flush landed: its keys become committed state.
     pub fn commit(&mut self) {
         for state in self.parts.values_mut() {
-            state.commit(self.window_us);
+            state.commit();
         }
     }
 
@@ -175,22 +229,19 @@ impl Deduper {
     /// Replaces a partition's state with keys already committed (rebuilt from the raw table),
     /// given as [`key_hash`]es with their event times.
     pub fn load(&mut self, part: Part, keys: impl IntoIterator<Item = (u128, i64)>) {
-        let mut state = PartState::default();
-        for (k, t) in keys {
-            state.watermark = state.watermark.max(t);
-            state.seen.insert(k, t);
+        let mut state = PartState::new(self.window_us);
+        for (k, at) in keys {
+            state.watermark = state.watermark.max(at);
+            state.seen.insert(k, Seen { at, pending: false });
         }
-        state.pending_watermark = state.watermark;
-        state.trim(self.window_us);
+        state.newest = state.watermark;
+        state.trim();
         self.parts.insert(part, state);
     }
 
     /// Keys held (committed state only).
     pub fn len(&self) -> usize {
-        self.parts
-            .values()
-            .map(|s| s.seen.len() - s.pending.len())
-            .sum()
+        self.parts.values().map(PartState::committed).sum()
     }
 
     /// Whether no key is held.
@@ -270,5 +321,83 @@ mod tests {
             d.first(&p(0), "k", H + 60_000_000),
             "the discarded flush decided nothing"
         );
+    }
+
+    #[test]
+    fn a_long_flush_holds_about_one_window_of_keys() {
+        let mut d = Deduper::new(Duration::from_secs(3600));
+        // Ten windows of events in one flush, 100 per window.
+        for i in 0..1000i64 {
+            assert!(d.first(&p(0), &format!("k{i}"), i * H / 100));
+        }
+        let held = d.parts[&p(0)].seen.len();
+        assert!(held <= 126, "{held} keys held for a window of 100");
+        d.commit();
+        assert!(!d.first(&p(0), "k999", 999 * H / 100));
+        assert!(d.first(&p(0), "k0", 0), "long behind the window");
+    }
+
+    /// What the deduper must decide: a message counts unless its key counted before at an
+    /// event time within the window behind the newest counted event; a discarded flush
+    /// decided nothing.
+    #[derive(Clone, Default)]
+    struct Model {
+        counted: HashMap<String, i64>,
+        newest: Option<i64>,
+    }
+
+    impl Model {
+        fn first(&mut self, key: &str, at: i64, window: i64) -> bool {
+            let horizon = self.newest.map_or(i64::MIN, |n| n - window);
+            if self.counted.get(key).is_some_and(|t| *t >= horizon) {
+                return false;
+            }
+            self.counted.insert(key.to_string(), at);
+            self.newest = Some(self.newest.map_or(at, |n| n.max(at)));
+            true
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decisions_match_the_model_across_commits_and_discards(
+            flushes in proptest::collection::vec(
+                (proptest::collection::vec((0u8..12, 0i64..40, 0i64..6), 1..60), proptest::bool::weighted(0.7)),
+                1..8,
+            ),
+        ) {
+            // A window of 10 time units; events drift forward with jitter, keys repeat.
+            let window = 10;
+            let mut d = Deduper::new(Duration::from_micros(window as u64));
+            let mut model = Model::default();
+            let mut clock = 0i64;
+            for (messages, lands) in flushes {
+                let events: Vec<(String, i64)> = messages
+                    .iter()
+                    .map(|(key, step, back)| {
+                        clock += step / 8;
+                        (format!("k{key}"), clock - back)
+                    })
+                    .collect();
+                let before = model.clone();
+                let mut decided = Vec::new();
+                for (key, at) in &events {
+                    let ours = d.first(&p(0), key, *at);
+                    proptest::prop_assert_eq!(ours, model.first(key, *at, window), "{} at {}", key, at);
+                    decided.push(ours);
+                }
+                if !lands {
+                    // The flush fails; its messages are read and judged again, the same way.
+                    d.discard();
+                    model = before;
+                    for ((key, at), first_time) in events.iter().zip(&decided) {
+                        let ours = d.first(&p(0), key, *at);
+                        proptest::prop_assert_eq!(ours, model.first(key, *at, window));
+                        proptest::prop_assert_eq!(ours, *first_time, "{} at {} judged otherwise on replay", key, at);
+                    }
+                }
+                d.commit();
+            }
+        }
     }
 }

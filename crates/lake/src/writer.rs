@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use arrow_array::RecordBatch;
 use iceberg::io::FileIO;
 use iceberg::spec::{
-    DataFile, DataFileFormat, PartitionKey, SchemaRef, Struct, TableMetadata, TableProperties,
+    DataFile, DataFileFormat, PartitionKey, PrimitiveType, SchemaRef, Struct, TableMetadata,
+    TableProperties, Type,
 };
 use iceberg::writer::base_writer::data_file_writer::{DataFileWriter, DataFileWriterBuilder};
 use iceberg::writer::file_writer::ParquetWriterBuilder;
@@ -23,6 +24,7 @@ use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use parquet::basic::{Compression, GzipLevel, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 
 use crate::partition::PartitionSplitter;
 use crate::{Error, Result};
@@ -138,12 +140,15 @@ impl DataWriter {
         metadata: &TableMetadata,
         schema: SchemaRef,
     ) -> Result<Self> {
-        Self::build(file_io, metadata, schema, metadata.properties())
+        let props = metadata.properties();
+        Self::build(file_io, metadata, schema, writer_properties(props)?, props)
     }
 
     /// A writer for the partial files a loader adds to an aggregate table. They are written
-    /// with the codec of table property [`PARTIALS_CODEC`] (default `uncompressed`: they are
-    /// on the loader's hot path, and compaction rewrites them with the table's own codec).
+    /// with the codec of table property [`PARTIALS_CODEC`] (default `uncompressed`) and
+    /// without statistics on string and binary columns (comparing every value for the
+    /// bounds costs a third of the encoding): they are on the loader's hot path, and
+    /// compaction rewrites them with the table's own codec and full statistics.
     pub fn for_partials(file_io: &FileIO, metadata: &TableMetadata) -> Result<Self> {
         let mut props = metadata.properties().clone();
         let codec = props
@@ -154,13 +159,27 @@ impl DataWriter {
             props.remove("write.parquet.compression-level");
         }
         props.insert("write.parquet.compression-codec".into(), codec);
-        Self::build(file_io, metadata, metadata.current_schema().clone(), &props)
+        let schema = metadata.current_schema().clone();
+        let mut parquet = writer_properties(&props)?.into_builder();
+        for field in schema.as_struct().fields() {
+            if matches!(
+                *field.field_type,
+                Type::Primitive(PrimitiveType::String | PrimitiveType::Binary)
+            ) {
+                parquet = parquet.set_column_statistics_enabled(
+                    ColumnPath::from(field.name.as_str()),
+                    EnabledStatistics::None,
+                );
+            }
+        }
+        Self::build(file_io, metadata, schema, parquet.build(), &props)
     }
 
     fn build(
         file_io: &FileIO,
         metadata: &TableMetadata,
         schema: SchemaRef,
+        parquet: WriterProperties,
         props: &HashMap<String, String>,
     ) -> Result<Self> {
         let spec = metadata.default_partition_spec().clone();
@@ -174,7 +193,7 @@ impl DataWriter {
             None,
             DataFileFormat::Parquet,
         );
-        let parquet = ParquetWriterBuilder::new(writer_properties(props)?, schema.clone());
+        let parquet = ParquetWriterBuilder::new(parquet, schema.clone());
         let rolling = RollingFileWriterBuilder::new(
             parquet,
             target_file_size(props),

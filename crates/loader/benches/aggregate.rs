@@ -1,6 +1,7 @@
 //! The aggregate path's cost per event, by stage, on `floe generate`'s default stream decoded
 //! into 64k-row chunks (as the loader's writer task gets them): dedup, the DataFusion partials
-//! of each built-in aggregate, and the merge of a flush's partials.
+//! of each built-in aggregate, the encoding of those partials to Parquet, and the merge of a
+//! flush's partials.
 //!
 //! `cargo bench -p floe-loader --bench aggregate`; the loader's own cost per event is in
 //! `floe bench` (the aggregate path should stay within 15 % of it).
@@ -54,7 +55,12 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     let input = chunks(4 * CHUNK);
     let rows: usize = input.iter().map(RecordBatch::num_rows).sum();
-    let defs = AggregateDef::builtin().unwrap();
+    // `FLOE_BENCH_SQL=<dir>`: the definitions of a folder instead of the built-in ones (to
+    // compare variants of a query without rebuilding).
+    let defs = match std::env::var_os("FLOE_BENCH_SQL") {
+        Some(dir) => AggregateDef::load_dir(Path::new(&dir)).unwrap(),
+        None => AggregateDef::builtin().unwrap(),
+    };
     let mut group = c.benchmark_group("aggregate_path");
     group.throughput(Throughput::Elements(rows as u64));
     group.sample_size(10);
@@ -109,6 +115,101 @@ fn bench(c: &mut Criterion) {
                 v.extend(agg.partials(batch).await.unwrap());
             }
             v
+        });
+        // Encoding the partials as the loader's partial files are encoded (conformed to the
+        // table's types, Parquet with the partials' writer settings, in memory).
+        let table = TableDefinition::from_file(
+            &Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(format!("../../schemas/{}.json", def.target)),
+        )
+        .unwrap();
+        let target =
+            std::sync::Arc::new(iceberg::arrow::schema_to_arrow_schema(&table.schema).unwrap());
+        let props = floe_lake::writer::writer_properties(
+            &[(
+                "write.parquet.compression-codec".to_string(),
+                "uncompressed".to_string(),
+            )]
+            .into(),
+        )
+        .unwrap();
+        use parquet::file::properties::EnabledStatistics;
+        let strings: Vec<parquet::schema::types::ColumnPath> = target
+            .fields()
+            .iter()
+            .filter(|f| f.data_type() == &arrow_schema::DataType::Utf8)
+            .map(|f| parquet::schema::types::ColumnPath::from(f.name().as_str()))
+            .collect();
+        let variant = |dict: bool, stats: bool| {
+            let mut b = props.clone().into_builder();
+            for c in &strings {
+                b = b.set_column_dictionary_enabled(c.clone(), dict);
+                if !stats {
+                    b = b.set_column_statistics_enabled(c.clone(), EnabledStatistics::None);
+                }
+            }
+            b.build()
+        };
+        for (label, props) in [
+            ("", props.clone()),
+            ("_nostats", variant(true, false)),
+            ("_nodict", variant(false, true)),
+            ("_plain", variant(false, false)),
+        ] {
+            let size = std::cell::Cell::new(0);
+            group.bench_function(format!("write{label}/{}", def.name), |b| {
+                b.iter(|| {
+                    let mut w = parquet::arrow::ArrowWriter::try_new(
+                        Vec::new(),
+                        target.clone(),
+                        Some(props.clone()),
+                    )
+                    .unwrap();
+                    for p in &partials {
+                        let shaped = floe_aggregate::engine::conform(def, p, &target).unwrap();
+                        w.write(&shaped).unwrap();
+                    }
+                    size.set(w.into_inner().unwrap().len());
+                    black_box(size.get())
+                })
+            });
+            println!("write{label}/{}: {} bytes", def.name, size.get());
+        }
+        // The same partials from string columns as views.
+        let views: Vec<RecordBatch> = input
+            .iter()
+            .map(|b| {
+                let fields: Vec<arrow_schema::Field> = b
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| {
+                        let t = if f.data_type() == &arrow_schema::DataType::Utf8 {
+                            arrow_schema::DataType::Utf8View
+                        } else {
+                            f.data_type().clone()
+                        };
+                        arrow_schema::Field::new(f.name(), t, true)
+                    })
+                    .collect();
+                let cols = b
+                    .columns()
+                    .iter()
+                    .zip(&fields)
+                    .map(|(c, f)| arrow::compute::cast(c, f.data_type()).unwrap())
+                    .collect();
+                RecordBatch::try_new(std::sync::Arc::new(arrow_schema::Schema::new(fields)), cols)
+                    .unwrap()
+            })
+            .collect();
+        group.bench_function(format!("partials_views/{}", def.name), |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    for batch in &views {
+                        black_box(agg.partials(batch).await.unwrap());
+                    }
+                })
+            })
         });
         let all = Aggregator::new(defs.clone());
         group.bench_function(format!("merge/{}", def.name), |b| {

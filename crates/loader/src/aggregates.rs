@@ -233,7 +233,8 @@ impl Aggregation {
                     self.columns.time
                 ))
             })?;
-        let wanted = |i: usize| routing.aggs.iter().any(|m| m.as_ref().is_none_or(|m| m[i]));
+        let every_row = routing.aggs.iter().any(Option::is_none);
+        let wanted = |i: usize| every_row || routing.aggs.iter().flatten().any(|m| m[i]);
         let mut first = arrow_array::builder::BooleanBufferBuilder::new(n);
         let mut i = 0;
         while i < n {

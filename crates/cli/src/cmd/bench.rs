@@ -1,11 +1,13 @@
 //! `floe bench`: in one run on one broker, consume-only throughput versus the full loader
 //! (decode, Parquet, commits) on the same topic, the loader with the aggregates, and the
-//! loader with two computed columns and two rules, with peak memory of each phase.
+//! loader with two computed columns and two rules, with the CPU time and peak memory of each
+//! phase. `--phases` picks phases; `--repeat` runs rounds of them, interleaved, and keeps each
+//! phase's fastest round.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use floe_lake::{Catalog, CatalogConfig};
 use floe_loader::config::{FlushConfig, KafkaConfig, PipelineConfig};
 use floe_loader::kafka::DevBroker;
@@ -25,9 +27,12 @@ pub struct BenchArgs {
     /// Messages per commit in the loader phase.
     #[arg(long, default_value_t = 1_000_000)]
     max_rows: u64,
-    /// Runs of each loader phase; the fastest counts (less noise on a busy machine).
+    /// Rounds of the phases; each phase's fastest round counts (less noise on a busy machine).
     #[arg(long, default_value_t = 1)]
     repeat: u32,
+    /// Phases to run, in order (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    phases: Vec<Phase>,
 }
 
 /// Peak resident memory since the last reset (VmHWM), in bytes.
@@ -47,8 +52,54 @@ fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
+/// A phase of the benchmark.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Phase {
+    /// Consume only, with the loader's client settings.
+    Consume,
+    /// `floe run`: decode, Parquet, commits.
+    Load,
+    /// `floe run` with the aggregates.
+    Aggregates,
+    /// `floe run` with two computed columns and two rules.
+    Mapping,
+}
+
+/// CPU time of the whole process so far (user + system), in seconds.
+fn cpu_seconds() -> f64 {
+    // Fields 14 and 15 of /proc/self/stat, after the parenthesised command name; in clock
+    // ticks of 1/100 s on Linux.
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+        })
+        .unwrap_or(0.0)
+        / 100.0
+}
+
+/// One measured phase.
+struct Measured {
+    events: u64,
+    secs: f64,
+    cpu: f64,
+    rss: u64,
+}
+
 pub async fn run_bench(args: BenchArgs) -> Result<()> {
     let events = args.gen_args.events;
+    let phases = if args.phases.is_empty() {
+        vec![
+            Phase::Consume,
+            Phase::Load,
+            Phase::Aggregates,
+            Phase::Mapping,
+        ]
+    } else {
+        args.phases.clone()
+    };
     let partitions = args
         .partitions
         .unwrap_or_else(|| ((events / 12_000) as i32 + 1).max(4));
@@ -69,8 +120,116 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
         produced.elapsed.as_secs_f64()
     );
 
-    // Phase 1: consume only, same client settings as the loader.
+    // Each round runs every phase once; a phase's fastest round counts. Interleaving the
+    // phases spreads a busy spell of the machine over all of them.
+    let mut results: Vec<(Phase, Measured)> = Vec::new();
+    for _ in 0..args.repeat.max(1) {
+        for &phase in &phases {
+            let m = match phase {
+                Phase::Consume => consume_phase(&kafka, partitions, events).await?,
+                Phase::Load => {
+                    load_once(&kafka, &args, Vec::new(), floe_schema::Mapping::default()).await?
+                }
+                Phase::Aggregates => {
+                    load_once(
+                        &kafka,
+                        &args,
+                        floe_aggregate::AggregateDef::builtin()?,
+                        floe_schema::Mapping::default(),
+                    )
+                    .await?
+                }
+                // The examples of the mapping's documentation (normalizing, scaling); the
+                // rules hold for seed events, so the cost measured is evaluating them, not
+                // writing dead letters.
+                Phase::Mapping => load_once(&kafka, &args, Vec::new(), bench_mapping()).await?,
+            };
+            match results.iter_mut().find(|(p, _)| *p == phase) {
+                Some((_, best)) => {
+                    let rss = best.rss.max(m.rss);
+                    if m.secs < best.secs {
+                        *best = m;
+                    }
+                    best.rss = rss;
+                }
+                None => results.push((phase, m)),
+            }
+        }
+    }
+
+    println!("\n| phase | events | seconds | events/s | MB/s | CPU s | peak RSS |");
+    println!("|---|---|---|---|---|---|---|");
+    for (phase, m) in &results {
+        let name = match phase {
+            Phase::Consume => "consume only",
+            Phase::Load => "floe run (decode + Parquet + commit)",
+            Phase::Aggregates => "floe run + aggregates (dedup + DataFusion)",
+            Phase::Mapping => "floe run + 2 computed columns + 2 rules (DataFusion expressions)",
+        };
+        println!(
+            "| {name} | {} | {:.2} | {:.0} | {:.0} | {:.1} | {} |",
+            m.events,
+            m.secs,
+            m.events as f64 / m.secs,
+            mb / m.secs,
+            m.cpu,
+            bytesize::ByteSize(m.rss)
+        );
+    }
+    let rate = |p: Phase| {
+        results
+            .iter()
+            .find(|(q, _)| *q == p)
+            .map(|(_, m)| m.events as f64 / m.secs)
+    };
+    println!();
+    if let (Some(load), Some(consume)) = (rate(Phase::Load), rate(Phase::Consume)) {
+        println!("loader / consume-only = {:.2}", load / consume);
+    }
+    if let Some(load) = rate(Phase::Load) {
+        if let Some(agg) = rate(Phase::Aggregates) {
+            println!(
+                "aggregates cost {:.0} % of loader throughput",
+                (1.0 - agg / load) * 100.0
+            );
+        }
+        if let Some(map) = rate(Phase::Mapping) {
+            println!(
+                "computed columns + rules cost {:.0} % of loader throughput",
+                (1.0 - map / load) * 100.0
+            );
+        }
+    }
+    println!(
+        "(CPU s: the whole process, the in-process broker included; peak RSS includes the broker's copy of the topic)"
+    );
+    Ok(())
+}
+
+/// The mapping of the computed-columns phase: two computed columns, two rules.
+fn bench_mapping() -> floe_schema::Mapping {
+    floe_schema::Mapping {
+        computed: [
+            ("country".to_string(), "lower(country)".to_string()),
+            ("value".to_string(), "value * 100".to_string()),
+        ]
+        .into(),
+        rules: [
+            ("non_negative_value".to_string(), "value >= 0".to_string()),
+            (
+                "known_country".to_string(),
+                "country IS NOT NULL".to_string(),
+            ),
+        ]
+        .into(),
+        ..Default::default()
+    }
+}
+
+/// Consumes the whole topic with the loader's client settings.
+async fn consume_phase(kafka: &KafkaConfig, partitions: i32, events: u64) -> Result<Measured> {
     reset_peak_rss();
+    let cpu = cpu_seconds();
     let k = kafka.clone();
     let (consumed, secs) = tokio::task::spawn_blocking(move || -> Result<(u64, f64)> {
         let consumer: BaseConsumer = floe_loader::kafka::consumer_config(&k)
@@ -94,117 +253,21 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
         Ok((n, started.elapsed().as_secs_f64()))
     })
     .await??;
-    let consume_rss = peak_rss();
-    let consume_rate = consumed as f64 / secs;
-
-    // Phase 2: the full loader into a fresh lake; phase 3: the same with the aggregates.
-    let (loaded, load_secs, load_rss) = load_phase(
-        &kafka,
-        events,
-        (args.max_rows, args.repeat),
-        Vec::new(),
-        floe_schema::Mapping::default(),
-    )
-    .await?;
-    let load_rate = loaded as f64 / load_secs;
-    let (agg_loaded, agg_secs, agg_rss) = load_phase(
-        &kafka,
-        events,
-        (args.max_rows, args.repeat),
-        floe_aggregate::AggregateDef::builtin()?,
-        floe_schema::Mapping::default(),
-    )
-    .await?;
-    let agg_rate = agg_loaded as f64 / agg_secs;
-    // Phase 4: the loader with two computed columns and two rules, the examples of the
-    // mapping's documentation (normalizing, scaling; the rules hold for seed events, so the
-    // cost measured is evaluating them, not writing dead letters).
-    let mapping = floe_schema::Mapping {
-        computed: [
-            ("country".to_string(), "lower(country)".to_string()),
-            ("value".to_string(), "value * 100".to_string()),
-        ]
-        .into(),
-        rules: [
-            ("non_negative_value".to_string(), "value >= 0".to_string()),
-            (
-                "known_country".to_string(),
-                "country IS NOT NULL".to_string(),
-            ),
-        ]
-        .into(),
-        ..Default::default()
-    };
-    let (map_loaded, map_secs, map_rss) = load_phase(
-        &kafka,
-        events,
-        (args.max_rows, args.repeat),
-        Vec::new(),
-        mapping,
-    )
-    .await?;
-    let map_rate = map_loaded as f64 / map_secs;
-
-    println!("\n| phase | events | seconds | events/s | MB/s | peak RSS |");
-    println!("|---|---|---|---|---|---|");
-    println!(
-        "| consume only | {consumed} | {secs:.2} | {consume_rate:.0} | {:.0} | {} |",
-        mb / secs,
-        bytesize::ByteSize(consume_rss)
-    );
-    println!(
-        "| floe run (decode + Parquet + commit) | {loaded} | {load_secs:.2} | {load_rate:.0} | {:.0} | {} |",
-        mb / load_secs,
-        bytesize::ByteSize(load_rss)
-    );
-    println!(
-        "| floe run + aggregates (dedup + DataFusion) | {agg_loaded} | {agg_secs:.2} | {agg_rate:.0} | {:.0} | {} |",
-        mb / agg_secs,
-        bytesize::ByteSize(agg_rss)
-    );
-    println!(
-        "| floe run + 2 computed columns + 2 rules (DataFusion expressions) | {map_loaded} | {map_secs:.2} | {map_rate:.0} | {:.0} | {} |",
-        mb / map_secs,
-        bytesize::ByteSize(map_rss)
-    );
-    println!(
-        "\nloader / consume-only = {:.2}; aggregates cost {:.0} % and computed columns + rules {:.0} % of loader throughput  (peak RSS includes the in-process broker's copy of the topic)",
-        load_rate / consume_rate,
-        (1.0 - agg_rate / load_rate) * 100.0,
-        (1.0 - map_rate / load_rate) * 100.0
-    );
-    Ok(())
+    Ok(Measured {
+        events: consumed,
+        secs,
+        cpu: cpu_seconds() - cpu,
+        rss: peak_rss(),
+    })
 }
 
-/// The fastest of `repeat` runs of [`load_once`] (and the highest peak RSS).
-async fn load_phase(
-    kafka: &KafkaConfig,
-    events: u64,
-    (max_rows, repeat): (u64, u32),
-    aggregates: Vec<floe_aggregate::AggregateDef>,
-    mapping: floe_schema::Mapping,
-) -> Result<(u64, f64, u64)> {
-    let mut best: Option<(u64, f64, u64)> = None;
-    for _ in 0..repeat.max(1) {
-        let (n, secs, rss) =
-            load_once(kafka, events, max_rows, aggregates.clone(), mapping.clone()).await?;
-        best = Some(match best {
-            Some((_, s, r)) if s <= secs => (n, s, r.max(rss)),
-            Some((_, _, r)) => (n, secs, r.max(rss)),
-            None => (n, secs, rss),
-        });
-    }
-    Ok(best.expect("at least one run"))
-}
-
-/// Loads the whole topic into a fresh lake; returns (messages, seconds, peak RSS).
+/// Loads the whole topic into a fresh lake.
 async fn load_once(
     kafka: &KafkaConfig,
-    events: u64,
-    max_rows: u64,
+    args: &BenchArgs,
     aggregates: Vec<floe_aggregate::AggregateDef>,
     mapping: floe_schema::Mapping,
-) -> Result<(u64, f64, u64)> {
+) -> Result<Measured> {
     let dir = tempfile::tempdir()?;
     let catalog = Catalog::connect(&CatalogConfig {
         uri: format!("sqlite://{}/catalog.db", dir.path().display()),
@@ -223,7 +286,7 @@ async fn load_once(
             table: "lake.events".into(),
             dead_letter_topic: Some(String::new()),
             flush: FlushConfig {
-                max_rows,
+                max_rows: args.max_rows,
                 interval: Duration::from_secs(30),
                 ..Default::default()
             },
@@ -237,6 +300,7 @@ async fn load_once(
         table_definitions: definitions,
     };
     reset_peak_rss();
+    let cpu = cpu_seconds();
     let started = Instant::now();
     let totals = run_to_end(floe_lake::Committer::new(catalog.clone()), opts).await?;
     let secs = started.elapsed().as_secs_f64();
@@ -245,6 +309,12 @@ async fn load_once(
         .iter()
         .map(|(_, t)| t.accepted + t.dead_lettered)
         .sum();
+    let events = args.gen_args.events;
     anyhow::ensure!(loaded == events, "loaded {loaded} of {events} messages");
-    Ok((loaded, secs, rss))
+    Ok(Measured {
+        events: loaded,
+        secs,
+        cpu: cpu_seconds() - cpu,
+        rss,
+    })
 }
