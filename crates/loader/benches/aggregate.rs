@@ -17,7 +17,13 @@ use floe_aggregate::{AggregateDef, Aggregator};
 use floe_loader::generate::{Generator, GeneratorOptions};
 use floe_schema::{Decoder, DecoderOptions, RecordMeta, TableDefinition};
 
-const CHUNK: usize = 65_536;
+/// Rows per chunk: the loader's, or `FLOE_BENCH_CHUNK` to compare sizes.
+fn chunk_rows() -> usize {
+    std::env::var("FLOE_BENCH_CHUNK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(65_536)
+}
 
 fn chunks(n: usize) -> Vec<RecordBatch> {
     let def = TableDefinition::from_file(
@@ -42,7 +48,7 @@ fn chunks(n: usize) -> Vec<RecordBatch> {
             ..Default::default()
         };
         d.decode(&m.payload, &meta).unwrap();
-        if d.len() == CHUNK {
+        if d.len() == chunk_rows() {
             out.push(d.finish());
         }
     }
@@ -53,7 +59,7 @@ fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let input = chunks(4 * CHUNK);
+    let input = chunks(4 * 65_536);
     let rows: usize = input.iter().map(RecordBatch::num_rows).sum();
     // `FLOE_BENCH_SQL=<dir>`: the definitions of a folder instead of the built-in ones (to
     // compare variants of a query without rebuilding).
