@@ -14,29 +14,10 @@ use arrow_array::RecordBatch;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use floe_loader::generate::{Generator, GeneratorOptions};
 use floe_loader::transform::Stage;
-use floe_schema::{Decoder, DecoderOptions, Mapping, RecordMeta, TableDefinition};
+use floe_schema::{Decoder, DecoderOptions, RecordMeta, TableDefinition};
 
 const CHUNK: usize = 65_536;
 const CHUNKS: usize = 4;
-
-fn mapping() -> Mapping {
-    Mapping {
-        computed: [
-            ("country".to_string(), "lower(country)".to_string()),
-            ("value".to_string(), "value * 100".to_string()),
-        ]
-        .into(),
-        rules: [
-            ("non_negative_value".to_string(), "value >= 0".to_string()),
-            (
-                "known_country".to_string(),
-                "country IS NOT NULL".to_string(),
-            ),
-        ]
-        .into(),
-        ..Default::default()
-    }
-}
 
 fn meta(i: usize) -> RecordMeta<'static> {
     RecordMeta {
@@ -54,7 +35,7 @@ fn bench(c: &mut Criterion) {
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/lake.events.json"),
     )
     .unwrap();
-    let mapping = mapping();
+    let mapping = floe_loader::transform::benchmark_mapping();
     let opts = DecoderOptions::for_pipeline(&def.properties, &mapping);
     let mut g = Generator::new(GeneratorOptions {
         start_ms: 1_742_199_657_865,

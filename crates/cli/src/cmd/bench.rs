@@ -139,10 +139,15 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
                     )
                     .await?
                 }
-                // The examples of the mapping's documentation (normalizing, scaling); the
-                // rules hold for seed events, so the cost measured is evaluating them, not
-                // writing dead letters.
-                Phase::Mapping => load_once(&kafka, &args, Vec::new(), bench_mapping()).await?,
+                Phase::Mapping => {
+                    load_once(
+                        &kafka,
+                        &args,
+                        Vec::new(),
+                        floe_loader::transform::benchmark_mapping(),
+                    )
+                    .await?
+                }
             };
             match results.iter_mut().find(|(p, _)| *p == phase) {
                 Some((_, best)) => {
@@ -204,26 +209,6 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
         "(CPU s: the whole process, the in-process broker included; peak RSS includes the broker's copy of the topic)"
     );
     Ok(())
-}
-
-/// The mapping of the computed-columns phase: two computed columns, two rules.
-fn bench_mapping() -> floe_schema::Mapping {
-    floe_schema::Mapping {
-        computed: [
-            ("country".to_string(), "lower(country)".to_string()),
-            ("value".to_string(), "value * 100".to_string()),
-        ]
-        .into(),
-        rules: [
-            ("non_negative_value".to_string(), "value >= 0".to_string()),
-            (
-                "known_country".to_string(),
-                "country IS NOT NULL".to_string(),
-            ),
-        ]
-        .into(),
-        ..Default::default()
-    }
 }
 
 /// Consumes the whole topic with the loader's client settings.
