@@ -4,8 +4,9 @@
 //! the owner of a partition sees all copies and can keep, per partition, the keys seen within
 //! the window, which trails the newest event of the partition. A flush's decisions are
 //! *pending* until its commits land ([`Deduper::commit`]); a failed or discarded flush
-//! forgets them ([`Deduper::discard`]) so the replayed messages are judged again the same way. After a restart or a rebalance, a partition's state is
-//! rebuilt from the rows the raw table already holds ([`Deduper::load`]).
+//! forgets them ([`Deduper::discard`]) so the replayed messages are judged again the same
+//! way. After a restart or a rebalance, a partition's state is rebuilt from the rows the raw
+//! table already holds ([`Deduper::load`]).
 //!
 //! Keys are held as their 128-bit XXH3 hash ([`key_hash`]): 16 bytes and no allocation per
 //! key. Two distinct ids of one partition's window share a hash with a probability of about

@@ -127,10 +127,8 @@ fn group_ints(values: &Int32Array) -> Vec<(usize, Vec<u32>)> {
         return Vec::new();
     }
     let raw = values.values();
-    if values.null_count() == 0 && raw.iter().all(|v| *v == raw[0]) {
-        return vec![(0, Vec::new())];
-    }
-    if values.null_count() == n {
+    let nulls = values.null_count();
+    if nulls == n || (nulls == 0 && raw.iter().all(|v| *v == raw[0])) {
         return vec![(0, Vec::new())];
     }
     // Few distinct values per batch: a linear search beats a map.

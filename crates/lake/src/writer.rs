@@ -147,7 +147,7 @@ impl DataWriter {
     /// A writer for the partial files a loader adds to an aggregate table. They are written
     /// with the codec of table property [`PARTIALS_CODEC`] (default `uncompressed`) and
     /// without statistics on string and binary columns (comparing every value for the
-    /// bounds costs a third of the encoding): they are on the loader's hot path, and
+    /// bounds costs over a quarter of the encoding): they are on the loader's hot path, and
     /// compaction rewrites them with the table's own codec and full statistics.
     pub fn for_partials(file_io: &FileIO, metadata: &TableMetadata) -> Result<Self> {
         let mut props = metadata.properties().clone();
