@@ -175,10 +175,13 @@ class Tansu:
         self.url = f"tcp://{self.bootstrap}"
         self.proc = None
 
-    def start(self, authentication=False):
+    def start(self, authentication=False, advertised=None):
+        """Starts the broker; `advertised` (host:port) is the address it gives clients, e.g.
+        a proxy's."""
         log = open(self.dir / "broker.log", "a")
+        advertised = f"tcp://{advertised}" if advertised else self.url
         self.proc = subprocess.Popen(
-            [self.bin, "broker", "--listener-url", self.url, "--advertised-listener-url", self.url,
+            [self.bin, "broker", "--listener-url", self.url, "--advertised-listener-url", advertised,
              "--storage-engine", "sqlite://tansu.db", *(["--authentication"] if authentication else [])],
             cwd=self.dir, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -205,6 +208,76 @@ class Tansu:
 
     def user(self, name, password):
         self._cli("user", "create", "--broker", self.url, "--mechanism", "scram512", name, password)
+
+
+class SlowProxy:
+    """A TCP proxy to 127.0.0.1:`target` that holds every byte the server sends for `delay`
+    seconds (order kept): a broker slow to answer, e.g. a large fetch from cold storage."""
+
+    def __init__(self, target, delay):
+        import asyncio
+        import threading
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        async def pipe(reader, writer, delay):
+            queue = asyncio.Queue()
+
+            async def send():
+                while (item := await queue.get()) is not None:
+                    due, data = item
+                    await asyncio.sleep(max(0.0, due - self.loop.time()))
+                    writer.write(data)
+                    await writer.drain()
+                writer.close()
+
+            sender = asyncio.ensure_future(send())
+            try:
+                while data := await reader.read(65536):
+                    await queue.put((self.loop.time() + delay, data))
+            except ConnectionError:
+                pass
+            await queue.put(None)
+            await sender
+
+        async def client(reader, writer):
+            try:
+                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target)
+            except OSError:
+                writer.close()
+                return
+            await asyncio.gather(pipe(reader, up_writer, 0.0), pipe(up_reader, writer, delay),
+                                 return_exceptions=True)
+
+        async def serve():
+            self.server = await asyncio.start_server(client, "127.0.0.1", self.port)
+            ready.set()
+            try:
+                await self.server.serve_forever()
+            except asyncio.CancelledError:
+                pass
+            # Let the cancelled connections finish before the loop stops.
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            await asyncio.gather(*others, return_exceptions=True)
+
+        self.thread = threading.Thread(
+            target=lambda: self.loop.run_until_complete(serve()), daemon=True)
+        self.thread.start()
+        ready.wait(10)
+
+    def close(self):
+        import asyncio
+
+        async def stop():
+            self.server.close()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
+        self.thread.join(10)
 
 
 @pytest.fixture(scope="session")

@@ -166,14 +166,11 @@ def test_loaders_in_one_group_share_partitions_and_survive_one_leaving(sqlite_la
     assert len(writers) >= 2, writers
 
 
-def test_sigterm_commits_what_was_consumed_and_exits_zero(sqlite_lake, dev_broker, tmp_path):
-    lake = sqlite_lake
-    payloads = prepared(lake, dev_broker, tmp_path, 5_000, seed=51)
-    port = free_port()
-    p = lake.popen(*run_args(dev_broker, "--flush-interval", "1h"),
-                   env={"FLOE__METRICS__LISTEN": f"127.0.0.1:{port}"})
-    received, deadline = 0, time.time() + 60
-    while received < 5_000 and time.time() < deadline:
+def messages_received(port, expect, proc, timeout=90):
+    """The loader's count of received messages (its /metrics on `port`) once it reaches
+    `expect`, or when `timeout` seconds pass or `proc` exits."""
+    received, deadline = 0, time.time() + timeout
+    while received < expect and time.time() < deadline and proc.poll() is None:
         time.sleep(0.3)
         try:
             text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
@@ -181,7 +178,16 @@ def test_sigterm_commits_what_was_consumed_and_exits_zero(sqlite_lake, dev_broke
             continue
         received = sum(float(l.split()[-1]) for l in text.splitlines()
                        if l.startswith("floe_messages_received_total"))
-    assert received == 5_000
+    return received
+
+
+def test_sigterm_commits_what_was_consumed_and_exits_zero(sqlite_lake, dev_broker, tmp_path):
+    lake = sqlite_lake
+    payloads = prepared(lake, dev_broker, tmp_path, 5_000, seed=51)
+    port = free_port()
+    p = lake.popen(*run_args(dev_broker, "--flush-interval", "1h"),
+                   env={"FLOE__METRICS__LISTEN": f"127.0.0.1:{port}"})
+    assert messages_received(port, 5_000, p) == 5_000
     assert lake.read_pyiceberg("lake.events").num_rows == 0  # nothing committed yet
     health = urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read().decode()
     assert health.startswith("ok")

@@ -1,6 +1,7 @@
 """A real Kafka-protocol broker no one here wrote: Tansu (SQLite storage), fed by an independent
 client (Python confluent-kafka). `floe run` loads exactly once across loader SIGKILLs and a
-broker restart, and authenticates with SASL/SCRAM, its password read from a file."""
+broker restart, drains a broker slow to answer, stops on SIGTERM during a broker outage without
+losing a message, and authenticates with SASL/SCRAM, its password read from a file."""
 
 import json
 import signal
@@ -8,7 +9,11 @@ import threading
 import time
 from collections import Counter
 
-from test_kafka_loader import assert_exactly, generated, kill_at_random_moments, run_args
+import pytest
+
+from conftest import SlowProxy, free_port
+from test_kafka_loader import (assert_exactly, generated, kill_at_random_moments,
+                               messages_received, run_args, split)
 
 
 def produce_slowly(bootstrap, payloads, slices=10, pause=0.6, conf=None):
@@ -91,6 +96,70 @@ def test_independent_producer_to_tansu_loads_exactly_once_across_sigkills_and_a_
     # at least once across kills, so compare as sets.
     dead = consume_all(tansu.bootstrap, "events.dead-letters", len(set(bad)), distinct=True)
     assert set(dead) == set(bad)
+
+
+def test_a_broker_slow_to_answer_still_drains(sqlite_lake, tansu, tmp_path):
+    """Every answer of the broker comes 1.5 s late (the loader asks with 1 s timeouts here
+    and there): `--until-drained` still loads everything once and stops. (It once asked for
+    the watermarks behind the in-flight fetch, whose timeout failed the fetch with it, and
+    re-sent both for ever.)"""
+    lake = sqlite_lake
+    tansu.start()
+    tansu.topic("events", 2)
+    tansu.topic("events.dead-letters", 1)
+    tansu.stop()
+    proxy = SlowProxy(tansu.port, delay=1.5)
+    tansu.start(advertised=proxy.address)
+    try:
+        lake.run("table", "create", "--all")
+        payloads = generated(lake, tmp_path, 3_000, seed=83, malformed=0.02)
+        produce_slowly(proxy.address, payloads, slices=1, pause=0)
+        lake.run(*run_args(proxy.address, "--until-drained"), timeout=180)
+        assert_exactly(lake, payloads)
+    finally:
+        proxy.close()
+
+
+@pytest.mark.parametrize("malformed", [0.0, 0.02])
+def test_sigterm_during_a_broker_outage_exits_and_loses_nothing(sqlite_lake, tansu, tmp_path,
+                                                                malformed):
+    """The broker goes away under a loader holding consumed rows, then SIGTERM.
+    - Without dead letters, the final commit needs no broker: the loader commits and exits 0
+      (librdkafka's consumer close alone would wait for the broker for ever).
+    - With dead letters, the rows still commit, but the dead letters cannot reach their topic:
+      the loader gives up on them after --shutdown-timeout and exits 1 (the dead-letter table
+      keeps its own offsets, so they are read again).
+    Either way, with the broker back, a drain leaves each message once in the tables."""
+    lake = sqlite_lake
+    tansu.start()
+    tansu.topic("events", 2)
+    tansu.topic("events.dead-letters", 1)
+    lake.run("table", "create", "--all")
+    payloads = generated(lake, tmp_path, 3_000, seed=84, malformed=malformed)
+    produce_slowly(tansu.bootstrap, payloads, slices=1, pause=0)
+    port = free_port()
+    p = lake.popen(*run_args(tansu.bootstrap, "--flush-interval", "1h", "--shutdown-timeout", "12s"),
+                   env={"FLOE__METRICS__LISTEN": f"127.0.0.1:{port}"})
+    assert messages_received(port, len(payloads), p) == len(payloads)
+    tansu.stop()
+    time.sleep(1)
+    stopped = time.time()
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    took = time.time() - stopped
+    good, bad = split(payloads)
+    assert lake.read_pyiceberg("lake.events").num_rows == len(good)
+    assert lake.read_pyiceberg("lake.events_dead_letters").num_rows == 0
+    if bad:
+        assert p.returncode == 1, err[-3000:]
+        assert "did not finish in the shutdown timeout" in err and 12 <= took < 40, took
+    else:
+        assert p.returncode == 0, err[-3000:]
+        assert took < 12, took
+
+    tansu.start()
+    lake.run(*run_args(tansu.bootstrap, "--until-drained"), timeout=180)
+    assert_exactly(lake, payloads)
 
 
 def test_sasl_scram_with_the_password_from_a_file_and_never_logged(sqlite_lake, tansu, tmp_path):

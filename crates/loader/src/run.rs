@@ -1238,7 +1238,7 @@ pub fn run(
     }
     // Close the Kafka clients before returning: the consumer, then the writer tasks (which
     // hold the dead-letter producer) once their channels close.
-    drop(consumer);
+    close_consumer(consumer, CONSUMER_CLOSE);
     let pipes = std::mem::take(&mut state.lock().expect("state lock").pipes);
     let totals = pipes
         .iter()
@@ -1249,6 +1249,31 @@ pub fn run(
         let _ = rt.block_on(w);
     }
     Ok(totals)
+}
+
+/// How long a stopping loader waits for the consumer to leave its group.
+const CONSUMER_CLOSE: Duration = Duration::from_secs(5);
+
+/// Closes `consumer` (leaving the group), waiting at most `within`: librdkafka's close waits
+/// for the broker without a deadline, and a loader stopped during a broker outage would never
+/// exit. Everything consumed is committed by then; the group's coordinator drops the member
+/// at its session timeout instead.
+fn close_consumer(consumer: BaseConsumer<Ctx>, within: Duration) {
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let closing = std::thread::Builder::new()
+        .name("kafka-close".into())
+        .spawn(move || {
+            drop(consumer);
+            let _ = done_tx.send(());
+        });
+    // (A thread that cannot start dropped the consumer here, waiting.)
+    if closing.is_ok() && done.recv_timeout(within).is_err() {
+        tracing::warn!(
+            waited_s = within.as_secs(),
+            "the Kafka consumer did not close (broker unreachable?); stopping without it: \
+             everything consumed is committed"
+        );
+    }
 }
 
 /// Runs the loader in this process until every partition is read to its end (quickstart,
@@ -1309,6 +1334,10 @@ fn assign_all(
     Ok(())
 }
 
+/// How long a loader waits without any partition before it says so (and again every as
+/// long while it goes on).
+const UNASSIGNED_WARNING: Duration = Duration::from_secs(60);
+
 fn consume_loop(
     consumer: &BaseConsumer<Ctx>,
     state: &Arc<Mutex<State>>,
@@ -1318,6 +1347,8 @@ fn consume_loop(
 ) -> Result<()> {
     let mut since_clock = 0u32;
     let mut last_drain_check = Instant::now();
+    // Since when no partition has been assigned, and when that was last reported.
+    let mut unassigned = (Instant::now(), Instant::now());
     let mut tp: Tp = (String::new(), -1);
     loop {
         if shutdown.load(Ordering::Relaxed) {
@@ -1406,6 +1437,20 @@ fn consume_loop(
                 st.pipes[i].start_flush();
             }
         }
+        if st.assigned.is_empty() {
+            let (since, reported) = &mut unassigned;
+            if since.elapsed() >= UNASSIGNED_WARNING && reported.elapsed() >= UNASSIGNED_WARNING {
+                *reported = Instant::now();
+                tracing::warn!(
+                    group = %env.group,
+                    waiting_s = since.elapsed().as_secs(),
+                    "no partition assigned: the group has more members than the topics have \
+                     partitions, or the broker's coordinator lost the assignment; still waiting"
+                );
+            }
+        } else {
+            unassigned = (Instant::now(), Instant::now());
+        }
         if opts.until_drained && idle && last_drain_check.elapsed() >= Duration::from_millis(200) {
             last_drain_check = Instant::now();
             let t = Instant::now();
@@ -1447,19 +1492,15 @@ fn drained(consumer: &BaseConsumer<Ctx>, st: &State) -> bool {
     if st.assigned.is_empty() {
         return false;
     }
+    // Only the watermarks cached from fetch responses: a partition is judged once its first
+    // fetch answered. Asking the broker (ListOffsets) would queue behind the in-flight fetch on
+    // the same connection; on a broker slow to answer a large fetch, the request's timeout
+    // failed the fetch with it, and the loader re-sent both for ever.
     st.assigned.iter().all(|tp| {
-        // Cached from the last fetch response: no network round trip.
-        let marks = match cached_watermarks(consumer, &tp.0, tp.1) {
-            Some(m) => Ok(m),
-            None => consumer.fetch_watermarks(&tp.0, tp.1, Duration::from_secs(1)),
-        };
-        match marks {
-            Ok((low, high)) => {
-                let next = st.next_offset.get(tp).copied().unwrap_or(low);
-                next >= high
-            }
-            Err(_) => false,
-        }
+        cached_watermarks(consumer, &tp.0, tp.1).is_some_and(|(low, high)| {
+            let next = st.next_offset.get(tp).copied().unwrap_or(low);
+            next >= high
+        })
     })
 }
 

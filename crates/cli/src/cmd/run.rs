@@ -12,7 +12,7 @@ use floe_loader::run::{RunOptions, run};
 
 use crate::config::FloeConfig;
 
-#[derive(Args, Default)]
+#[derive(Args)]
 pub struct RunArgs {
     /// Kafka bootstrap servers (kafka.brokers).
     #[arg(long, value_name = "HOST:PORT")]
@@ -44,6 +44,11 @@ pub struct RunArgs {
     /// Stop at the first rejected message instead of dead-lettering it.
     #[arg(long)]
     pub no_dead_letters: bool,
+    /// After SIGTERM or ctrl-c, how long the final commits may take before the loader exits
+    /// without them (status 1; what they held is read again on restart, exactly once as
+    /// after a crash). A second signal exits at once.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION", default_value = "30s")]
+    pub shutdown_timeout: Duration,
     /// Exit (after committing) once every assigned partition is read to its end.
     #[arg(long)]
     pub until_drained: bool,
@@ -103,19 +108,50 @@ pub fn pipelines(cfg: &FloeConfig, args: &RunArgs) -> Vec<PipelineConfig> {
     pipelines
 }
 
-/// Sets the flag on SIGTERM or ctrl-c.
-pub fn shutdown_flag() -> Arc<AtomicBool> {
+/// Sets the flag on SIGTERM or ctrl-c. From then on, the process exits with status 1 after
+/// `grace` (`None`: no limit) or at a second signal, whatever it is doing: a final commit
+/// that hangs (a broker or object store down) must not keep a stopping loader alive, and
+/// leaving mid-commit is a crash the exactly-once protocol recovers from.
+pub fn shutdown_flag(grace: Option<Duration>) -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
     tokio::spawn(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("installing the SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        let signal = async {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        signal.await;
         tracing::info!("shutdown requested");
         f.store(true, Ordering::Relaxed);
+        let Some(grace) = grace else { return };
+        // A thread of its own: the runtime's workers may be the ones stuck.
+        let _ = std::thread::Builder::new()
+            .name("shutdown-timeout".into())
+            .spawn(move || {
+                std::thread::sleep(grace);
+                tracing::error!(
+                    waited = %humantime::format_duration(grace),
+                    "the final commits did not finish in the shutdown timeout; exiting \
+                     without them: their messages are read again on restart"
+                );
+                std::process::exit(1);
+            });
+        let again = async {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        again.await;
+        tracing::error!(
+            "second shutdown signal: exiting without the final commits; their messages are \
+             read again on restart"
+        );
+        std::process::exit(1);
     });
     flag
 }
@@ -146,7 +182,7 @@ pub async fn execute(cfg: &FloeConfig, args: RunArgs) -> Result<()> {
         crate::telemetry::serve(&cfg.metrics.listen, handle, health.clone()).await?;
     }
     let committer = super::committer(cfg).await?;
-    let shutdown = shutdown_flag();
+    let shutdown = shutdown_flag(Some(args.shutdown_timeout));
     let rt = tokio::runtime::Handle::current();
     let opts = RunOptions {
         kafka,
