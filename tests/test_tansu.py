@@ -11,7 +11,8 @@ from collections import Counter
 
 import pytest
 
-from conftest import SlowProxy, free_port
+from conftest import free_port
+from faultproxy import FaultProxy
 from test_kafka_loader import (assert_exactly, generated, kill_at_random_moments,
                                messages_received, run_args, split)
 
@@ -108,7 +109,7 @@ def test_a_broker_slow_to_answer_still_drains(sqlite_lake, tansu, tmp_path):
     tansu.topic("events", 2)
     tansu.topic("events.dead-letters", 1)
     tansu.stop()
-    proxy = SlowProxy(tansu.port, delay=1.5)
+    proxy = FaultProxy("127.0.0.1", tansu.port, delay=1.5)
     tansu.start(advertised=proxy.address)
     try:
         lake.run("table", "create", "--all")
@@ -117,7 +118,7 @@ def test_a_broker_slow_to_answer_still_drains(sqlite_lake, tansu, tmp_path):
         lake.run(*run_args(proxy.address, "--until-drained"), timeout=180)
         assert_exactly(lake, payloads)
     finally:
-        proxy.close()
+        proxy.stop()
 
 
 @pytest.mark.parametrize("malformed", [0.0, 0.02])

@@ -891,7 +891,7 @@ impl Pipe {
                 return None;
             }
             self.meters.dead_lettered(r.why.kind);
-            if r.source.to_dlq {
+            if r.source.to_dlq() {
                 self.batch.dead.push(r.dead_letter);
             }
         }

@@ -50,25 +50,69 @@ fn check(
     Ok((options, stage))
 }
 
-/// Where a decoded row came from, and which tables still need it.
-#[derive(Debug, Clone)]
+/// Where a decoded row came from, and which tables still need it. Packed (40 bytes): one is
+/// kept per decoded row until its chunk is transformed; its key and payload are in the
+/// chunk's byte buffer, its headers (rarely any) in a side table.
+#[derive(Debug, Clone, Copy)]
 pub struct Source {
-    /// Kafka partition.
-    pub partition: Option<i32>,
-    /// Kafka offset (or line number).
-    pub offset: Option<i64>,
-    /// Message timestamp, epoch millis.
-    pub timestamp_ms: Option<i64>,
+    offset: i64,
+    timestamp_ms: i64,
+    /// Where the key (then the payload) starts in the chunk's bytes.
+    at: usize,
+    key_len: u32,
+    payload_len: u32,
+    partition: i32,
+    topic: u16,
+    flags: u8,
+}
+
+const TO_RAW: u8 = 1;
+const TO_DLQ: u8 = 2;
+const TO_AGGS: u8 = 4;
+const HAS_PARTITION: u8 = 8;
+const HAS_OFFSET: u8 = 16;
+const HAS_TIMESTAMP: u8 = 32;
+const HAS_KEY: u8 = 64;
+
+impl Source {
     /// The raw table still needs the row (it is not a row only checked for the dead letters).
-    pub to_raw: bool,
+    pub fn to_raw(&self) -> bool {
+        self.flags & TO_RAW != 0
+    }
+
     /// The dead-letter table still needs the message.
-    pub to_dlq: bool,
+    pub fn to_dlq(&self) -> bool {
+        self.flags & TO_DLQ != 0
+    }
+
     /// Some aggregate table still needs the row.
-    pub to_aggs: bool,
-    topic: usize,
-    key: Option<(usize, usize)>,
-    payload: (usize, usize),
-    headers: Vec<(String, Option<Vec<u8>>)>,
+    pub fn to_aggs(&self) -> bool {
+        self.flags & TO_AGGS != 0
+    }
+
+    /// Kafka partition.
+    pub fn partition(&self) -> Option<i32> {
+        (self.flags & HAS_PARTITION != 0).then_some(self.partition)
+    }
+
+    /// Kafka offset (or line number).
+    pub fn offset(&self) -> Option<i64> {
+        (self.flags & HAS_OFFSET != 0).then_some(self.offset)
+    }
+
+    /// Message timestamp, epoch millis.
+    pub fn timestamp_ms(&self) -> Option<i64> {
+        (self.flags & HAS_TIMESTAMP != 0).then_some(self.timestamp_ms)
+    }
+
+    fn key<'a>(&self, bytes: &'a [u8]) -> Option<&'a [u8]> {
+        (self.flags & HAS_KEY != 0).then(|| &bytes[self.at..self.at + self.key_len as usize])
+    }
+
+    fn payload<'a>(&self, bytes: &'a [u8]) -> &'a [u8] {
+        let start = self.at + self.key_len as usize;
+        &bytes[start..start + self.payload_len as usize]
+    }
 }
 
 /// A rejected row, ready to be a dead letter.
@@ -118,13 +162,18 @@ struct Input {
     sources: Vec<Source>,
     bytes: Vec<u8>,
     topics: Vec<String>,
+    /// The headers of the rows that have any, by row.
+    headers: HashMap<usize, Headers>,
 }
+
+type Headers = Vec<(String, Option<Vec<u8>>)>;
 
 impl Input {
     fn clear(&mut self) {
         self.sources.clear();
         self.bytes.clear();
         self.meta.clear();
+        self.headers.clear();
     }
 }
 
@@ -181,7 +230,7 @@ impl Stage {
         &mut self,
         meta: &RecordMeta<'_>,
         payload: &[u8],
-        headers: Vec<(String, Option<Vec<u8>>)>,
+        headers: Headers,
         to_raw: bool,
         to_dlq: bool,
         to_aggs: bool,
@@ -200,24 +249,38 @@ impl Stage {
                 input.topics.len() - 1
             }
         };
-        let key = meta.key.map(|k| {
-            let at = input.bytes.len();
-            input.bytes.extend_from_slice(k);
-            (at, input.bytes.len())
-        });
+        let mut flags = 0;
+        for (set, flag) in [
+            (to_raw, TO_RAW),
+            (to_dlq, TO_DLQ),
+            (to_aggs, TO_AGGS),
+            (meta.partition.is_some(), HAS_PARTITION),
+            (meta.offset.is_some(), HAS_OFFSET),
+            (meta.timestamp_ms.is_some(), HAS_TIMESTAMP),
+            (meta.key.is_some(), HAS_KEY),
+        ] {
+            if set {
+                flags |= flag;
+            }
+        }
+        if !headers.is_empty() {
+            input.headers.insert(input.sources.len(), headers);
+        }
         let at = input.bytes.len();
+        let key = meta.key.unwrap_or_default();
+        input.bytes.extend_from_slice(key);
         input.bytes.extend_from_slice(payload);
+        // A Kafka message is far below 4 GiB (the broker's limit is a few MB by default).
+        let len = |b: &[u8]| u32::try_from(b.len()).unwrap_or(u32::MAX);
         input.sources.push(Source {
-            partition: meta.partition,
-            offset: meta.offset,
-            timestamp_ms: meta.timestamp_ms,
-            to_raw,
-            to_dlq,
-            to_aggs,
-            topic,
-            key,
-            payload: (at, input.bytes.len()),
-            headers,
+            offset: meta.offset.unwrap_or_default(),
+            timestamp_ms: meta.timestamp_ms.unwrap_or_default(),
+            at,
+            key_len: len(key),
+            payload_len: len(payload),
+            partition: meta.partition.unwrap_or_default(),
+            topic: u16::try_from(topic).unwrap_or(u16::MAX),
+            flags,
         });
     }
 
@@ -275,6 +338,7 @@ impl Work {
             sources: Vec::new(),
             bytes: Vec::new(),
             topics: Vec::new(),
+            headers: HashMap::new(),
         }
     }
 
@@ -304,21 +368,20 @@ impl Work {
             .rejected
             .into_iter()
             .map(|why| {
-                let src = sources[why.row].clone();
-                let slice = |(a, b): (usize, usize)| bytes[a..b].to_vec();
+                let src = sources[why.row];
                 let dead_letter = DeadLetter {
-                    source_topic: input.topics[src.topic].clone(),
-                    source_partition: src.partition,
-                    source_offset: src.offset,
-                    source_key: src.key.map(slice),
-                    source_timestamp_ms: src.timestamp_ms,
-                    payload: Some(slice(src.payload)),
+                    source_topic: input.topics[usize::from(src.topic)].clone(),
+                    source_partition: src.partition(),
+                    source_offset: src.offset(),
+                    source_key: src.key(bytes).map(<[u8]>::to_vec),
+                    source_timestamp_ms: src.timestamp_ms(),
+                    payload: Some(src.payload(bytes).to_vec()),
                     target_table: self.table.clone(),
                     error_kind: why.kind.to_string(),
                     error_field: Some(why.field.clone()),
                     error_message: why.message.clone(),
                     failed_at_us,
-                    headers: src.headers.clone(),
+                    headers: input.headers.remove(&why.row).unwrap_or_default(),
                 };
                 Rejected {
                     source: src,
@@ -327,7 +390,7 @@ impl Work {
                 }
             })
             .collect();
-        let needed = sources.iter().map(|s| (s.to_raw, s.to_aggs)).collect();
+        let needed = sources.iter().map(|s| (s.to_raw(), s.to_aggs())).collect();
         Ok(Staged {
             rows: applied.rows,
             kept: applied.kept,
@@ -356,5 +419,115 @@ pub fn benchmark_mapping() -> Mapping {
         ]
         .into(),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use floe_schema::TableDefinition;
+
+    /// A rejected row's dead letter carries its own source exactly (key, payload, headers,
+    /// coordinates, missing ones as missing), whatever the rows around it had; the rows that
+    /// pass keep their routing flags.
+    #[test]
+    fn dead_letters_carry_each_rows_own_source() {
+        let def = TableDefinition::from_file(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../schemas/lake.events.json"),
+        )
+        .unwrap();
+        let mapping = benchmark_mapping();
+        let opts = DecoderOptions::for_pipeline(&def.properties, &mapping);
+        let mut decoder = Decoder::new(&def.schema, &opts).unwrap();
+        let mut stage = Stage::new("lake.events", &def.schema, &opts.mapping)
+            .unwrap()
+            .unwrap();
+        let event = |guid: &str, value: f64| {
+            format!(
+                r#"{{"eventGuid":"{guid}","timestamp":1742199657865,"country":"country_1","is_returning":true,"user_id":"u","action":"a","device_type":"d","page":"p","category":"c","value":{value},"session_duration":3}}"#
+            )
+        };
+        // (payload, partition, offset, timestamp, key, headers)
+        type Row = (
+            String,
+            Option<i32>,
+            Option<i64>,
+            Option<i64>,
+            Option<&'static [u8]>,
+            Headers,
+        );
+        let rows: Vec<Row> = vec![
+            (
+                event("a", 1.0),
+                Some(3),
+                Some(10),
+                Some(5),
+                Some(b"ka"),
+                vec![],
+            ),
+            (
+                event("b", -1.0),
+                Some(3),
+                Some(11),
+                None,
+                None,
+                vec![("h".into(), Some(b"v".to_vec())), ("n".into(), None)],
+            ),
+            (
+                event("c", 2.0),
+                Some(4),
+                Some(7),
+                Some(6),
+                None,
+                vec![("x".into(), None)],
+            ),
+            (event("d", -2.0), None, Some(12), Some(8), Some(b""), vec![]),
+        ];
+        for (i, (payload, partition, offset, timestamp_ms, key, headers)) in rows.iter().enumerate()
+        {
+            let meta = RecordMeta {
+                topic: if i == 2 { "other" } else { "events" },
+                partition: *partition,
+                offset: *offset,
+                timestamp_ms: *timestamp_ms,
+                key: *key,
+                ingested_at_us: 1,
+            };
+            decoder.decode(payload.as_bytes(), &meta).unwrap();
+            stage.push(
+                &meta,
+                payload.as_bytes(),
+                headers.clone(),
+                i != 1,
+                true,
+                i == 0,
+            );
+        }
+        let staged = stage.apply(decoder.finish(), 99).unwrap();
+        assert_eq!(staged.rows.num_rows(), 2);
+        assert_eq!(
+            staged.needed,
+            vec![(true, true), (false, false), (true, false), (true, false)]
+        );
+        let dead: Vec<&DeadLetter> = staged.rejected.iter().map(|r| &r.dead_letter).collect();
+        assert_eq!(dead.len(), 2);
+        for (d, row) in dead.iter().zip([&rows[1], &rows[3]]) {
+            assert_eq!(d.payload.as_deref(), Some(row.0.as_bytes()));
+            assert_eq!(d.source_partition, row.1);
+            assert_eq!(d.source_offset, row.2);
+            assert_eq!(d.source_timestamp_ms, row.3);
+            assert_eq!(d.source_key.as_deref(), row.4);
+            assert_eq!(d.headers, row.5);
+            assert_eq!(d.source_topic, "events");
+            assert_eq!(d.failed_at_us, 99);
+            assert!(
+                d.error_message.contains("non_negative_value"),
+                "{}",
+                d.error_message
+            );
+        }
+        assert!(staged.rejected.iter().all(|r| r.source.to_dlq()));
+        assert!(!staged.rejected[0].source.to_raw() && staged.rejected[1].source.to_raw());
     }
 }
