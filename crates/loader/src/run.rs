@@ -238,9 +238,6 @@ struct Pipe {
     decoder: Decoder,
     /// Computed columns and rules, when the mapping has any.
     stage: Option<Stage>,
-    /// The chunk whose transform runs on a worker, with its routing.
-    staging: Option<(crate::transform::Pending, Option<RowRouting>)>,
-    rt: Handle,
     /// Where the pipeline's mapping is configured, for error messages (`pipelines[0]`).
     section: String,
     /// Why this pipeline must stop (a row rejected with no dead-letter table); its batch is
@@ -707,8 +704,6 @@ impl Pipe {
 
     fn discard(&mut self) {
         let _ = self.decoder.finish();
-        // A chunk being transformed belongs to the dropped batch: its result is ignored.
-        self.staging = None;
         if let Some(stage) = &mut self.stage {
             stage.clear();
         }
@@ -726,7 +721,6 @@ impl Pipe {
         if self.in_flight.is_some() || self.batch.messages == 0 {
             return false;
         }
-        self.send_staging();
         let (last, last_routing) = if self.stop.is_some() || self.decoder.is_empty() {
             (None, None)
         } else {
@@ -796,25 +790,13 @@ impl Pipe {
         self.staged(staged, routing)
     }
 
-    /// A full chunk: without a transform stage it goes to the writer; with one, the chunk
-    /// transformed meanwhile goes, and this one's transform starts on a worker thread (it
-    /// goes with the next chunk or the flush), so decoding never waits for expressions.
+    /// A full chunk goes to the writer (through the transform stage, if any: its
+    /// expressions cost a few nanoseconds per row next to decoding; on a worker thread, the
+    /// hand-over and its waits cost more than they saved).
     fn chunk_full(&mut self) {
-        if self.stage.is_none() {
-            if let Some((rows, routing)) = self.take_chunk() {
-                self.send_chunk(rows, routing);
-            }
-            return;
+        if let Some((rows, routing)) = self.take_chunk() {
+            self.send_chunk(rows, routing);
         }
-        self.send_staging();
-        if self.stop.is_some() {
-            return;
-        }
-        let rows = self.decoded();
-        let routing = take_raw_routing(&mut self.batch.routing);
-        let stage = self.stage.as_mut().expect("checked above");
-        let pending = stage.spawn(rows, chrono::Utc::now().timestamp_micros(), &self.rt);
-        self.staging = Some((pending, routing));
     }
 
     /// The decoder's rows (and its envelope and projection counts to the metrics).
@@ -822,21 +804,6 @@ impl Pipe {
         let rows = self.decoder.finish();
         m::mapping_applied(&self.name, self.decoder.take_mapping_counts());
         rows
-    }
-
-    /// Waits for the chunk being transformed (if any) and sends it to the writer.
-    fn send_staging(&mut self) {
-        let Some((pending, routing)) = self.staging.take() else {
-            return;
-        };
-        let stage = self
-            .stage
-            .as_mut()
-            .expect("a chunk is staged only with a stage");
-        let staged = stage.join(pending, &self.rt);
-        if let Some((rows, routing)) = self.staged(staged, routing) {
-            self.send_chunk(rows, routing);
-        }
     }
 
     fn send_chunk(&mut self, rows: RecordBatch, routing: Option<Box<RowRouting>>) {
@@ -1172,8 +1139,6 @@ pub fn run(
             unusable_schema: None,
             decoder,
             stage,
-            staging: None,
-            rt: rt.clone(),
             section,
             stop: None,
             batch: Batch::new(0, aggs.len()),

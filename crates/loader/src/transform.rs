@@ -7,7 +7,6 @@
 //! letters. Metrics count rows per transform and per rule.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use arrow_array::{BooleanArray, RecordBatch};
 use floe_schema::dead_letter::DeadLetter;
@@ -139,14 +138,12 @@ pub struct Staged {
     pub rejected: Vec<Rejected>,
 }
 
-/// A table's transform with the sources of the rows decoded since the last chunk. A chunk's
-/// transform can run on a worker thread ([`Stage::spawn`]) while the next chunk is decoded.
+/// A table's transform with the sources of the rows decoded since the last chunk.
 pub struct Stage {
-    work: Arc<Work>,
+    work: Work,
+    /// Its buffers are cleared, not freed, between chunks (their capacity saves regrowing and
+    /// page-faulting tens of megabytes per chunk).
     input: Input,
-    /// The buffers of the last chunk transformed, kept for the next one (their capacity
-    /// saves regrowing and page-faulting tens of megabytes per chunk).
-    spare: Option<Input>,
 }
 
 /// What is shared by every chunk of a stage.
@@ -177,9 +174,6 @@ impl Input {
     }
 }
 
-/// A chunk being transformed on a worker thread; [`Stage::join`] waits for it.
-pub struct Pending(tokio::task::JoinHandle<(Result<Staged, String>, Input)>);
-
 impl Stage {
     /// The stage of `table` for `mapping` (the table's with the pipeline's laid over it) on
     /// `schema`; `None` when the mapping has no computed columns or rules.
@@ -208,15 +202,14 @@ impl Stage {
                 ),
             );
         }
-        let work = Arc::new(Work {
+        let work = Work {
             transform,
             table: table.to_string(),
             counters,
-        });
+        };
         Ok(Some(Self {
             input: work.input(),
             work,
-            spare: None,
         }))
     }
 
@@ -290,39 +283,6 @@ impl Stage {
         let result = self.work.apply(rows, &mut self.input, failed_at_us);
         self.input.clear();
         result
-    }
-
-    /// Like [`Stage::apply`], on a blocking worker of `rt`; rows pushed from now on belong to
-    /// the next chunk.
-    pub fn spawn(
-        &mut self,
-        rows: RecordBatch,
-        failed_at_us: i64,
-        rt: &tokio::runtime::Handle,
-    ) -> Pending {
-        let next = self.spare.take().unwrap_or_else(|| self.work.input());
-        let mut input = std::mem::replace(&mut self.input, next);
-        let work = self.work.clone();
-        Pending(rt.spawn_blocking(move || {
-            let result = work.apply(rows, &mut input, failed_at_us);
-            input.clear();
-            (result, input)
-        }))
-    }
-
-    /// Waits for a chunk started with [`Stage::spawn`].
-    pub fn join(
-        &mut self,
-        pending: Pending,
-        rt: &tokio::runtime::Handle,
-    ) -> Result<Staged, String> {
-        match rt.block_on(pending.0) {
-            Ok((result, input)) => {
-                self.spare = Some(input);
-                result
-            }
-            Err(e) => Err(format!("transform of {}: {e}", self.work.table)),
-        }
     }
 
     /// Forgets the rows pushed since the last chunk (the batch was dropped).

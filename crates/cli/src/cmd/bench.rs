@@ -1,8 +1,9 @@
 //! `floe bench`: in one run on one broker, consume-only throughput versus the full loader
 //! (decode, Parquet, commits) on the same topic, the loader with the aggregates, and the
 //! loader with two computed columns and two rules, with the CPU time and peak memory of each
-//! phase. `--phases` picks phases; `--repeat` runs rounds of them, interleaved, and keeps each
-//! phase's fastest round.
+//! phase. `--phases` picks phases; `--repeat` runs rounds of them, interleaved: the table
+//! shows each phase's fastest round, and a cost is the median over rounds of the phase against
+//! the loader in the same round.
 
 use std::time::{Duration, Instant};
 
@@ -27,7 +28,8 @@ pub struct BenchArgs {
     /// Messages per commit in the loader phase.
     #[arg(long, default_value_t = 1_000_000)]
     max_rows: u64,
-    /// Rounds of the phases; each phase's fastest round counts (less noise on a busy machine).
+    /// Rounds of the phases, interleaved; costs are the median round's (less noise on a busy
+    /// machine).
     #[arg(long, default_value_t = 1)]
     repeat: u32,
     /// Phases to run, in order (default: all).
@@ -120,10 +122,13 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
         produced.elapsed.as_secs_f64()
     );
 
-    // Each round runs every phase once; a phase's fastest round counts. Interleaving the
-    // phases spreads a busy spell of the machine over all of them.
+    // Each round runs every phase once; interleaving the phases spreads a busy spell of the
+    // machine over all of them. The table shows each phase's fastest round; the costs compare
+    // phases within each round (pairs run back to back) and take the median round.
     let mut results: Vec<(Phase, Measured)> = Vec::new();
+    let mut rounds: Vec<Vec<(Phase, f64)>> = Vec::new();
     for _ in 0..args.repeat.max(1) {
+        let mut round = Vec::new();
         for &phase in &phases {
             let m = match phase {
                 Phase::Consume => consume_phase(&kafka, partitions, events).await?,
@@ -149,6 +154,7 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
                     .await?
                 }
             };
+            round.push((phase, m.events as f64 / m.secs));
             match results.iter_mut().find(|(p, _)| *p == phase) {
                 Some((_, best)) => {
                     let rss = best.rss.max(m.rss);
@@ -160,6 +166,7 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
                 None => results.push((phase, m)),
             }
         }
+        rounds.push(round);
     }
 
     println!("\n| phase | events | seconds | events/s | MB/s | CPU s | peak RSS |");
@@ -181,34 +188,45 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
             bytesize::ByteSize(m.rss)
         );
     }
-    let rate = |p: Phase| {
-        results
-            .iter()
-            .find(|(q, _)| *q == p)
-            .map(|(_, m)| m.events as f64 / m.secs)
-    };
     println!();
-    if let (Some(load), Some(consume)) = (rate(Phase::Load), rate(Phase::Consume)) {
-        println!("loader / consume-only = {:.2}", load / consume);
+    if let Some(r) = median_ratio(&rounds, Phase::Load, Phase::Consume) {
+        println!("loader / consume-only = {r:.2}");
     }
-    if let Some(load) = rate(Phase::Load) {
-        if let Some(agg) = rate(Phase::Aggregates) {
-            println!(
-                "aggregates cost {:.0} % of loader throughput",
-                (1.0 - agg / load) * 100.0
-            );
-        }
-        if let Some(map) = rate(Phase::Mapping) {
-            println!(
-                "computed columns + rules cost {:.0} % of loader throughput",
-                (1.0 - map / load) * 100.0
-            );
-        }
+    for (phase, what) in [
+        (Phase::Aggregates, "aggregates"),
+        (Phase::Mapping, "computed columns + rules"),
+    ] {
+        let Some(r) = median_ratio(&rounds, phase, Phase::Load) else {
+            continue;
+        };
+        let costs: Vec<String> = rounds
+            .iter()
+            .filter_map(|round| ratio(round, phase, Phase::Load))
+            .map(|r| format!("{:.0}", (1.0 - r) * 100.0))
+            .collect();
+        println!(
+            "{what} cost {:.0} % of loader throughput (median round; rounds: {} %)",
+            (1.0 - r) * 100.0,
+            costs.join(", ")
+        );
     }
     println!(
         "(CPU s: the whole process, the in-process broker included; peak RSS includes the broker's copy of the topic)"
     );
     Ok(())
+}
+
+/// Events/s of phase `a` over phase `b` in one round.
+fn ratio(round: &[(Phase, f64)], a: Phase, b: Phase) -> Option<f64> {
+    let rate = |p: Phase| round.iter().find(|(q, _)| *q == p).map(|(_, r)| *r);
+    Some(rate(a)? / rate(b)?)
+}
+
+/// The median over rounds of [`ratio`] (the lower middle for an even count).
+fn median_ratio(rounds: &[Vec<(Phase, f64)>], a: Phase, b: Phase) -> Option<f64> {
+    let mut rs: Vec<f64> = rounds.iter().filter_map(|r| ratio(r, a, b)).collect();
+    rs.sort_by(f64::total_cmp);
+    rs.get(rs.len().checked_sub(1)? / 2).copied()
 }
 
 /// Consumes the whole topic with the loader's client settings.
