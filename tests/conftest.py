@@ -36,12 +36,23 @@ def floe_bin() -> Path:
 
 @pytest.fixture(scope="session")
 def pg_server():
-    """A PostgreSQL server on 127.0.0.1 for the whole session (scripts/postgres)."""
-    port = str(55000 + os.getpid() % 1000)
-    data = Path(f"/tmp/floe-pg-{os.getuid()}-{port}")
-    shutil.rmtree(data, ignore_errors=True)
-    uri = subprocess.run([ROOT / "scripts" / "postgres", "start", str(data), port],
-                         check=True, stdout=subprocess.PIPE, text=True).stdout.strip()
+    """A PostgreSQL server on 127.0.0.1 for the whole session (scripts/postgres). A free port
+    can be taken by another process (an outgoing connection's ephemeral port) before the
+    server binds it: then it starts again on another one."""
+    for attempt in range(5):
+        port = str(free_port())
+        data = Path(f"/tmp/floe-pg-{os.getuid()}-{port}")
+        shutil.rmtree(data, ignore_errors=True)
+        started = subprocess.run([ROOT / "scripts" / "postgres", "start", str(data), port],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if started.returncode == 0:
+            break
+        log = data / "server.log"
+        reason = log.read_text()[-2000:] if log.exists() else started.stderr[-2000:]
+        shutil.rmtree(data, ignore_errors=True)
+        if attempt == 4 or "Address already in use" not in reason:
+            raise RuntimeError(f"postgres did not start on port {port}: {reason}")
+    uri = started.stdout.strip()
     yield uri
     subprocess.run([ROOT / "scripts" / "postgres", "stop", str(data)], check=False)
     shutil.rmtree(data, ignore_errors=True)
