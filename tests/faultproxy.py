@@ -98,6 +98,7 @@ class FaultProxy:
                 self._open.discard(s)
             _close(s)
 
+
 def _close(s):
     try:
         s.shutdown(socket.SHUT_RDWR)

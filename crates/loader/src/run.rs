@@ -1312,8 +1312,8 @@ fn consume_loop(
 ) -> Result<()> {
     let mut since_clock = 0u32;
     let mut last_drain_check = Instant::now();
-    // Since when no partition has been assigned, and when that was last reported.
-    let mut unassigned = (Instant::now(), Instant::now());
+    // While no partition is assigned: since when, and when that was last reported.
+    let mut unassigned: Option<(Instant, Instant)> = None;
     let mut tp: Tp = (String::new(), -1);
     loop {
         if shutdown.load(Ordering::Relaxed) {
@@ -1403,18 +1403,19 @@ fn consume_loop(
             }
         }
         if st.assigned.is_empty() {
-            let (since, reported) = &mut unassigned;
-            if since.elapsed() >= UNASSIGNED_WARNING && reported.elapsed() >= UNASSIGNED_WARNING {
-                *reported = Instant::now();
+            let now = Instant::now();
+            let (since, reported) = unassigned.get_or_insert((now, now));
+            if now - *reported >= UNASSIGNED_WARNING {
+                *reported = now;
                 tracing::warn!(
                     group = %env.group,
-                    waiting_s = since.elapsed().as_secs(),
+                    waiting_s = (now - *since).as_secs(),
                     "no partition assigned: the group has more members than the topics have \
                      partitions, or the broker's coordinator lost the assignment; still waiting"
                 );
             }
         } else {
-            unassigned = (Instant::now(), Instant::now());
+            unassigned = None;
         }
         if opts.until_drained && idle && last_drain_check.elapsed() >= Duration::from_millis(200) {
             last_drain_check = Instant::now();

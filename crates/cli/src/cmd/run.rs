@@ -109,25 +109,18 @@ pub fn pipelines(cfg: &FloeConfig, args: &RunArgs) -> Vec<PipelineConfig> {
 }
 
 /// Sets the flag on SIGTERM or ctrl-c. From then on, the process exits with status 1 after
-/// `grace` (`None`: no limit) or at a second signal, whatever it is doing: a final commit
-/// that hangs (a broker or object store down) must not keep a stopping loader alive, and
-/// leaving mid-commit is a crash the exactly-once protocol recovers from.
-pub fn shutdown_flag(grace: Option<Duration>) -> Arc<AtomicBool> {
+/// `grace` or at a second signal, whatever it is doing: a final commit that hangs (a broker
+/// or object store down) must not keep a stopping loader alive, and leaving mid-commit is a
+/// crash the exactly-once protocol recovers from.
+pub fn shutdown_flag(grace: Duration) -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
     tokio::spawn(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("installing the SIGTERM handler");
-        let signal = async {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        };
-        signal.await;
+        next_signal(&mut term).await;
         tracing::info!("shutdown requested");
         f.store(true, Ordering::Relaxed);
-        let Some(grace) = grace else { return };
         // A thread of its own: the runtime's workers may be the ones stuck.
         let _ = std::thread::Builder::new()
             .name("shutdown-timeout".into())
@@ -140,13 +133,7 @@ pub fn shutdown_flag(grace: Option<Duration>) -> Arc<AtomicBool> {
                 );
                 std::process::exit(1);
             });
-        let again = async {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        };
-        again.await;
+        next_signal(&mut term).await;
         tracing::error!(
             "second shutdown signal: exiting without the final commits; their messages are \
              read again on restart"
@@ -154,6 +141,14 @@ pub fn shutdown_flag(grace: Option<Duration>) -> Arc<AtomicBool> {
         std::process::exit(1);
     });
     flag
+}
+
+/// The next SIGTERM or ctrl-c.
+async fn next_signal(term: &mut tokio::signal::unix::Signal) {
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }
 
 pub async fn execute(cfg: &FloeConfig, args: RunArgs) -> Result<()> {
@@ -182,7 +177,7 @@ pub async fn execute(cfg: &FloeConfig, args: RunArgs) -> Result<()> {
         crate::telemetry::serve(&cfg.metrics.listen, handle, health.clone()).await?;
     }
     let committer = super::committer(cfg).await?;
-    let shutdown = shutdown_flag(Some(args.shutdown_timeout));
+    let shutdown = shutdown_flag(args.shutdown_timeout);
     let rt = tokio::runtime::Handle::current();
     let opts = RunOptions {
         kafka,
