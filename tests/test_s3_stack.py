@@ -5,6 +5,8 @@ back with PyIceberg and DuckDB over S3; S3 outages mid-run; maintenance listing 
 import signal
 import time
 
+import pytest
+
 from readers import s3_client
 from test_kafka_loader import assert_exactly, generated, prepared, produce, run_args, split
 
@@ -82,7 +84,11 @@ def test_an_s3_outage_mid_run_is_retried_and_loses_or_duplicates_nothing(s3_lake
     produce(lake, dev_broker, 8_000, seed=83, malformed=0.01)
     everything = [m for s in seeds for m in payloads[s]]
     good, _ = split(everything)
-    assert wait_for(len(good), timeout=180) == len(good)
+    n = wait_for(len(good), timeout=180)
+    if n != len(good):
+        p.kill()
+        _, err = p.communicate()
+        pytest.fail(f"{n} of {len(good)} rows committed; the loader's log:\n{err[-30000:]}")
     time.sleep(1)
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=120)
