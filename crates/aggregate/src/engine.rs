@@ -8,6 +8,7 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{Schema, SchemaRef};
 use datafusion::execution::TaskContext;
 use datafusion::execution::session_state::SessionState;
+use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, Projection};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
@@ -30,8 +31,26 @@ use crate::{AggregateDef, Error, Result};
 enum Stage {
     /// The definition's SQL over `batch`.
     Partial,
+    /// Its rows form over `batch` (see [`Form::Rows`]).
+    Rows,
     /// The merge of its partials (`partials`).
     Merge,
+}
+
+/// How a definition's partials of a batch are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Form {
+    /// The query as written: one partial row per key of the batch.
+    Grouped,
+    /// One partial row per input row: each aggregation replaced by its value over that row
+    /// alone (`count(*)` → 1, `sum(x)`/`min(x)`/`max(x)` → `x`, `count(x)` → 0 or 1), the
+    /// keys computed as written. Exactly what grouping would give for keys that occur once,
+    /// and still partials for keys that repeat (their merge functions combine them): the
+    /// cheaper form when keys rarely repeat within a batch, as adaptive partial aggregation
+    /// in Trino and DataFusion does. Exists for queries whose every aggregation is a
+    /// `count`, `sum`, `min` or `max` (no DISTINCT, FILTER or ORDER BY) with nothing but
+    /// projections, unions and aliases above it ([`Aggregator::has_rows_form`]).
+    Rows,
 }
 
 /// A physical plan made for an input schema.
@@ -87,9 +106,40 @@ impl Aggregator {
     ) -> Result<Vec<RecordBatch>> {
         let mut out = Vec::new();
         for i in indices {
-            out.push(self.run(i, Stage::Partial, vec![batch.clone()]).await?);
+            out.push(self.partial(i, Form::Grouped, batch).await?);
         }
         Ok(out)
+    }
+
+    /// The partials of definition `index` on `batch`, in `form` (which must exist for it:
+    /// [`Self::has_rows_form`]).
+    pub async fn partial(
+        &self,
+        index: usize,
+        form: Form,
+        batch: &RecordBatch,
+    ) -> Result<RecordBatch> {
+        let stage = match form {
+            Form::Grouped => Stage::Partial,
+            Form::Rows => Stage::Rows,
+        };
+        self.run(index, stage, vec![batch.clone()]).await
+    }
+
+    /// Whether definition `index` has a [`Form::Rows`] for a `batch` of `schema`.
+    pub async fn has_rows_form(&self, index: usize, schema: &SchemaRef) -> Result<bool> {
+        let def = &self.defs[index];
+        let ctx = context();
+        register(&ctx, "batch", &loose(schema), &def.name)?;
+        let plan = ctx
+            .sql(&def.sql)
+            .await
+            .map_err(|source| Error::Query {
+                name: def.name.clone(),
+                source,
+            })?
+            .into_unoptimized_plan();
+        Ok(rows_form(&plan).is_some())
     }
 
     /// Merges partial rows of definition `index` into one row per key.
@@ -107,7 +157,6 @@ impl Aggregator {
     /// order: the rest need not be copied when a batch is filtered for them.
     pub async fn columns_read(&self, schema: &SchemaRef) -> Result<Vec<usize>> {
         use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-        use datafusion::logical_expr::LogicalPlan;
         if self.defs.is_empty() {
             return Ok(Vec::new());
         }
@@ -207,17 +256,25 @@ impl Aggregator {
         };
         let ctx = context();
         let (table, sql) = match stage {
-            Stage::Partial => ("batch", def.sql.clone()),
+            Stage::Partial | Stage::Rows => ("batch", def.sql.clone()),
             Stage::Merge => ("partials", merge_sql(def, schema)),
         };
         register(&ctx, table, schema, &def.name)?;
-        let plan = ctx
-            .sql(&sql)
-            .await
-            .map_err(err)?
-            .create_physical_plan()
-            .await
-            .map_err(err)?;
+        let frame = ctx.sql(&sql).await.map_err(err)?;
+        let plan = match stage {
+            Stage::Rows => {
+                // The query as written (the optimizer may turn a DISTINCT into a grouping).
+                let grouped = frame.into_unoptimized_plan();
+                let rows = rows_form(&grouped).ok_or_else(|| {
+                    Error::Definition(format!(
+                        "{}: the query has no rows form (an aggregation other than count, sum, min or max, or an operator above one)",
+                        def.name
+                    ))
+                })?;
+                ctx.state().create_physical_plan(&rows).await.map_err(err)?
+            }
+            Stage::Partial | Stage::Merge => frame.create_physical_plan().await.map_err(err)?,
+        };
         self.plans.lock().expect("plans lock").insert(
             (index, stage),
             Prepared {
@@ -227,6 +284,73 @@ impl Aggregator {
         );
         Ok(plan)
     }
+}
+
+/// The plan with every aggregation replaced by its value over one row ([`Form::Rows`]), or
+/// `None` if that would not give partials of the same totals.
+fn rows_form(plan: &LogicalPlan) -> Option<LogicalPlan> {
+    match plan {
+        LogicalPlan::Aggregate(agg) => rows_of(agg),
+        // Above an aggregation, only operators that treat rows one by one: a filter (HAVING),
+        // a sort with a limit, a window or a join would see other rows than the query's.
+        LogicalPlan::Projection(_) | LogicalPlan::Union(_) | LogicalPlan::SubqueryAlias(_) => {
+            let children = plan
+                .inputs()
+                .into_iter()
+                .map(rows_form)
+                .collect::<Option<Vec<_>>>()?;
+            plan.with_new_exprs(plan.expressions(), children).ok()
+        }
+        _ => None,
+    }
+}
+
+/// An aggregation as a projection of its input with the same output schema.
+fn rows_of(agg: &Aggregate) -> Option<LogicalPlan> {
+    use datafusion::logical_expr::expr::AggregateFunction;
+    use datafusion::prelude::{cast, lit, when};
+    if matches!(agg.group_expr.as_slice(), [Expr::GroupingSet(_)]) {
+        return None;
+    }
+    let n_group = agg.group_expr.len();
+    let mut exprs = Vec::with_capacity(agg.schema.fields().len());
+    for (i, e) in agg.group_expr.iter().chain(&agg.aggr_expr).enumerate() {
+        let (qualifier, field) = agg.schema.qualified_field(i);
+        let value = if i < n_group {
+            e.clone()
+        } else {
+            let mut e = e;
+            while let Expr::Alias(a) = e {
+                e = &a.expr;
+            }
+            let Expr::AggregateFunction(AggregateFunction { func, params }) = e else {
+                return None;
+            };
+            if params.distinct || params.filter.is_some() || !params.order_by.is_empty() {
+                return None;
+            }
+            let typed = |x: &Expr| cast(x.clone(), field.data_type().clone());
+            match (func.name(), params.args.as_slice()) {
+                ("count", [x]) => when(x.clone().is_null(), lit(0i64))
+                    .otherwise(lit(1i64))
+                    .ok()?,
+                ("sum" | "min" | "max", [x]) => typed(x),
+                _ => return None,
+            }
+        };
+        exprs.push(value.alias_qualified(qualifier.cloned(), field.name()));
+    }
+    let projection = Projection::try_new(exprs, agg.input.clone()).ok()?;
+    // The rows form must yield what the aggregation did, column for column.
+    let same = projection.schema.fields().len() == agg.schema.fields().len()
+        && projection
+            .schema
+            .iter()
+            .zip(agg.schema.iter())
+            .all(|((q1, f1), (q2, f2))| {
+                q1 == q2 && f1.name() == f2.name() && f1.data_type() == f2.data_type()
+            });
+    same.then_some(LogicalPlan::Projection(projection))
 }
 
 /// `schema` with every field nullable and no metadata.

@@ -11,7 +11,7 @@ pub mod engine;
 pub mod input;
 
 pub use definition::{AggregateDef, Merge};
-pub use engine::Aggregator;
+pub use engine::{Aggregator, Form};
 
 /// Errors of aggregates.
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,6 @@
 //! One golden file per `sql/aggregates/*.sql` on a fixed input batch, plus the property the
-//! whole design rests on: merging the partials of two halves gives the partials of the whole.
+//! whole design rests on: merging the partials of two halves gives the partials of the whole,
+//! and merging a batch's partials in rows form gives its grouped partials.
 //!
 //! To accept a changed output: `FLOE_BLESS=1 cargo test -p floe-aggregate --test golden`, then
 //! review the diff of `crates/aggregate/tests/golden/`.
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use arrow_array::RecordBatch;
 use floe_aggregate::engine::conform;
-use floe_aggregate::{AggregateDef, Aggregator};
+use floe_aggregate::{AggregateDef, Aggregator, Form};
 use floe_schema::{Decoder, DecoderOptions, RecordMeta, TableDefinition};
 
 fn root() -> PathBuf {
@@ -20,6 +21,11 @@ fn root() -> PathBuf {
 /// 90 seed-like events over three hours; values are quarters so float sums are exact in any
 /// order.
 fn input() -> RecordBatch {
+    events(|_, _| true)
+}
+
+/// [`input`] with optional fields left out here and there (`keep(event, field)`).
+fn events(keep: impl Fn(u64, &str) -> bool) -> RecordBatch {
     let def = TableDefinition::from_file(&root().join("schemas/lake.events.json")).unwrap();
     let mut dec = Decoder::new(
         &def.schema,
@@ -35,18 +41,24 @@ fn input() -> RecordBatch {
     };
     for i in 0..90u64 {
         let ts = 1_763_000_000_000u64 + i * 120_000 + next(60_000);
-        let json = format!(
-            r#"{{"eventGuid":"g{i}","timestamp":{ts},"country":"country_{}","is_returning":{},"user_id":"user_id_{}","action":"action_{}","device_type":"device_type_{}","page":"page_{}","category":"category_{}","value":{},"session_duration":{}}}"#,
-            next(3),
-            next(2) == 1,
-            next(10),
-            next(2),
-            next(2),
-            next(3),
-            next(2),
-            next(400) as f64 / 4.0,
-            next(600)
-        );
+        let fields = [
+            ("country", format!(r#""country_{}""#, next(3))),
+            ("is_returning", (next(2) == 1).to_string()),
+            ("user_id", format!(r#""user_id_{}""#, next(10))),
+            ("action", format!(r#""action_{}""#, next(2))),
+            ("device_type", format!(r#""device_type_{}""#, next(2))),
+            ("page", format!(r#""page_{}""#, next(3))),
+            ("category", format!(r#""category_{}""#, next(2))),
+            ("value", (next(400) as f64 / 4.0).to_string()),
+            ("session_duration", next(600).to_string()),
+        ];
+        let mut json = format!(r#"{{"eventGuid":"g{i}","timestamp":{ts}"#);
+        for (name, value) in fields {
+            if keep(i, name) {
+                json.push_str(&format!(r#","{name}":{value}"#));
+            }
+        }
+        json.push('}');
         dec.decode(json.as_bytes(), &RecordMeta::default()).unwrap();
     }
     dec.finish()
@@ -141,4 +153,115 @@ async fn merged_partials_of_two_halves_equal_the_partials_of_the_whole() {
             def.name
         );
     }
+}
+
+/// The rows form of each shipped definition, and of one that counts a column, on events with
+/// NULLs: one partial row per event, merging to the grouped partials.
+#[tokio::test]
+async fn rows_form_partials_merge_to_the_grouped_partials() {
+    let mut defs = AggregateDef::load_dir(&root().join("sql/aggregates")).unwrap();
+    defs.push(
+        AggregateDef::parse(
+            "counts",
+            "-- target: lake.events_counts\n-- key: window_start, country\n\
+             -- merge: low=min, high=max\n\
+             SELECT date_bin(INTERVAL '1 hour', event_ts) AS window_start, country, \
+             count(value) AS valued, count(*) + 0 AS n, sum(session_duration) AS sd, \
+             min(page) AS low, max(is_returning) AS high \
+             FROM batch GROUP BY 1, country",
+        )
+        .unwrap(),
+    );
+    let agg = Aggregator::new(defs.clone());
+    let holes = |i: u64, field: &str| match field {
+        "value" => !i.is_multiple_of(7),
+        "country" => !i.is_multiple_of(5),
+        "is_returning" => !i.is_multiple_of(11),
+        "session_duration" => !i.is_multiple_of(13),
+        "page" => !i.is_multiple_of(4),
+        _ => true,
+    };
+    for batch in [input(), events(holes)] {
+        for (i, def) in defs.iter().enumerate() {
+            assert!(
+                agg.has_rows_form(i, &batch.schema()).await.unwrap(),
+                "{}",
+                def.name
+            );
+            let grouped = agg.partial(i, Form::Grouped, &batch).await.unwrap();
+            let rows = agg.partial(i, Form::Rows, &batch).await.unwrap();
+            // One partial per event (and per dimension for a union of them).
+            assert_eq!(rows.num_rows() % batch.num_rows(), 0, "{}", def.name);
+            assert!(rows.num_rows() >= grouped.num_rows(), "{}", def.name);
+            let schema = |b: &RecordBatch| {
+                b.schema()
+                    .fields()
+                    .iter()
+                    .map(|f| (f.name().clone(), f.data_type().clone()))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(schema(&rows), schema(&grouped), "{}", def.name);
+            let merged = agg.merge(i, &[rows]).await.unwrap();
+            assert_eq!(render(&merged), render(&grouped), "{}", def.name);
+        }
+    }
+}
+
+/// Queries whose partials are not the per-row values merged have no rows form.
+#[tokio::test]
+async fn only_count_sum_min_max_under_projections_have_a_rows_form() {
+    let head = "-- target: lake.t\n-- key: country\n";
+    let cases = [
+        (
+            "SELECT country, count(*) AS n FROM batch GROUP BY country",
+            true,
+        ),
+        (
+            "SELECT country, sum(value) AS v FROM batch GROUP BY country UNION ALL SELECT page, sum(value) FROM batch GROUP BY page",
+            true,
+        ),
+        (
+            "SELECT country, avg(value) AS v FROM batch GROUP BY country",
+            false,
+        ),
+        (
+            "SELECT country, count(DISTINCT page) AS n FROM batch GROUP BY country",
+            false,
+        ),
+        (
+            "SELECT country, count(*) FILTER (WHERE value > 1) AS n FROM batch GROUP BY country",
+            false,
+        ),
+        (
+            "SELECT country, count(*) AS n FROM batch GROUP BY country HAVING count(*) > 1",
+            false,
+        ),
+        (
+            "SELECT country, count(*) AS n FROM batch GROUP BY country ORDER BY n DESC LIMIT 3",
+            false,
+        ),
+        (
+            "SELECT country, count(*) AS n FROM batch GROUP BY GROUPING SETS ((country), (page))",
+            false,
+        ),
+        ("SELECT country, value AS n FROM batch", false),
+    ];
+    let defs: Vec<AggregateDef> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (sql, _))| {
+            AggregateDef::parse(&format!("q{i}"), &format!("{head}{sql}")).unwrap()
+        })
+        .collect();
+    let agg = Aggregator::new(defs);
+    let schema = input().schema();
+    for (i, (sql, want)) in cases.iter().enumerate() {
+        assert_eq!(agg.has_rows_form(i, &schema).await.unwrap(), *want, "{sql}");
+    }
+    let err = agg
+        .partial(2, Form::Rows, &input())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("q2") && err.contains("no rows form"), "{err}");
 }

@@ -104,6 +104,25 @@ fn bench(c: &mut Criterion) {
                 })
             })
         });
+        // The rows form (one partial per event, no grouping), where the definition has one.
+        if rt
+            .block_on(agg.has_rows_form(0, &input[0].schema()))
+            .unwrap()
+        {
+            group.bench_function(format!("partials_rows/{}", def.name), |b| {
+                b.iter(|| {
+                    rt.block_on(async {
+                        for batch in &input {
+                            black_box(
+                                agg.partial(0, floe_aggregate::Form::Rows, batch)
+                                    .await
+                                    .unwrap(),
+                            );
+                        }
+                    })
+                })
+            });
+        }
         // Planning and set-up per run, the same for any batch size.
         let tiny = input[0].slice(0, 64);
         group.bench_function(format!("overhead_x4/{}", def.name), |b| {

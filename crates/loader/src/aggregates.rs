@@ -20,7 +20,7 @@ use arrow_array::types::{Int32Type, Int64Type, TimestampMicrosecondType};
 use arrow_array::{Array, BooleanArray, RecordBatch};
 use floe_aggregate::dedup::{Deduper, Part, key_hash};
 use floe_aggregate::engine::conform;
-use floe_aggregate::{AggregateDef, Aggregator};
+use floe_aggregate::{AggregateDef, Aggregator, Form};
 use floe_lake::commit::{CommitRequest, OffsetsUpdate};
 use floe_lake::{Committer, DataWriter, OffsetRange, parse_table_ident};
 use futures::TryStreamExt;
@@ -40,6 +40,26 @@ const MERGE_ROWS: usize = 200_000;
 /// repeats within a chunk (a high-cardinality combination) rarely repeats across chunks of
 /// the same hours either; merging such partials costs a second aggregation for nothing.
 const MERGE_PAYS: f64 = 0.8;
+
+/// An aggregate whose latest grouped chunk yielded more than this share of its rows makes its
+/// partials in [`Form::Rows`] (one row per event, no grouping): grouping keys that hardly
+/// repeat costs a hash aggregation for a few percent fewer rows.
+const ROWS_PAY: f64 = 0.9;
+
+/// [`ROWS_PAY`], or the environment variable `FLOE_AGGREGATE_ROWS_PAY` (a tuning knob: above
+/// 1, partials are always grouped).
+fn rows_pay() -> f64 {
+    static PAY: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *PAY.get_or_init(|| {
+        std::env::var("FLOE_AGGREGATE_ROWS_PAY")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(ROWS_PAY)
+    })
+}
+
+/// In [`Form::Rows`], every this many chunks run grouped, to see whether keys repeat now.
+const ROWS_PROBE_EVERY: u32 = 16;
 
 /// Partials queued per streaming writer (backpressure on the writer task beyond it).
 const STREAM_QUEUE: usize = 4;
@@ -159,8 +179,12 @@ pub struct Aggregation {
     read: Option<(arrow_schema::SchemaRef, Vec<usize>)>,
     /// Per aggregate: rows the last merge left (during this flush).
     merged_rows: Vec<usize>,
-    /// Per aggregate: partial rows / input rows of the latest chunk.
+    /// Per aggregate: partial rows / input rows of the latest chunk run grouped.
     chunk_ratio: Vec<f64>,
+    /// Per aggregate: whether it has a [`Form::Rows`] (for the chunk schema in `read`).
+    rows_form: Vec<bool>,
+    /// Per aggregate: chunks made in [`Form::Rows`] since the last grouped one.
+    rows_run: Vec<u32>,
     /// Queries running on the runtime's other threads while the writer encodes Parquet: per
     /// chunk, the partials of every aggregate (in order).
     running: std::collections::VecDeque<Running>,
@@ -170,8 +194,8 @@ pub struct Aggregation {
     catalog: floe_lake::Catalog,
 }
 
-/// One chunk's queries: (aggregate index, input rows, partial) when done.
-type Running = tokio::task::JoinHandle<Result<Vec<(usize, usize, RecordBatch)>>>;
+/// One chunk's queries: (aggregate index, form, input rows, partial) when done.
+type Running = tokio::task::JoinHandle<Result<Vec<(usize, Form, usize, RecordBatch)>>>;
 
 /// Chunks whose queries may run at once.
 const RUNNING_CHUNKS: usize = 3;
@@ -198,6 +222,8 @@ impl Aggregation {
             read: None,
             merged_rows: vec![0; n],
             chunk_ratio: vec![0.0; n],
+            rows_form: vec![false; n],
+            rows_run: vec![0; n],
             running: std::collections::VecDeque::new(),
             streams: (0..n).map(|_| None).collect(),
             catalog,
@@ -263,6 +289,12 @@ impl Aggregation {
             Some((s, read)) if *s == schema => read.clone(),
             _ => {
                 let read = self.aggregator.columns_read(&schema).await?;
+                let projected = Arc::new(schema.project(&read).map_err(|e| {
+                    Error::Config(format!("projecting the aggregates' columns: {e}"))
+                })?);
+                for i in 0..self.tables.len() {
+                    self.rows_form[i] = self.aggregator.has_rows_form(i, &projected).await?;
+                }
                 self.read = Some((schema, read.clone()));
                 read
             }
@@ -270,6 +302,7 @@ impl Aggregation {
         let rows = rows
             .project(&read)
             .map_err(|e| Error::Config(format!("projecting the aggregates' columns: {e}")))?;
+        let forms: Vec<Form> = (0..self.tables.len()).map(|i| self.form(i)).collect();
         let keep = |mask: &BooleanArray| -> Result<RecordBatch> {
             if mask.true_count() == n {
                 return Ok(rows.clone());
@@ -297,11 +330,11 @@ impl Aggregation {
                 if batch.num_rows() == 0 {
                     continue;
                 }
-                let partials = aggregator
-                    .partials_of(which.iter().copied(), &batch)
-                    .await?;
                 let rows = batch.num_rows();
-                out.extend(which.into_iter().zip(partials).map(|(i, p)| (i, rows, p)));
+                for i in which {
+                    let partial = aggregator.partial(i, forms[i], &batch).await?;
+                    out.push((i, forms[i], rows, partial));
+                }
             }
             Ok(out)
         }));
@@ -319,11 +352,31 @@ impl Aggregation {
         let partials = handle
             .await
             .map_err(|e| Error::Config(format!("aggregate task: {e}")))??;
-        for (i, rows, p) in partials {
-            self.chunk_ratio[i] = p.num_rows() as f64 / rows.max(1) as f64;
+        for (i, form, rows, p) in partials {
+            if form == Form::Grouped {
+                self.chunk_ratio[i] = p.num_rows() as f64 / rows.max(1) as f64;
+            }
             self.push(i, p).await?;
         }
         Ok(())
+    }
+
+    /// The form of aggregate `i`'s next partials: rows while its keys hardly repeat, grouped
+    /// now and then to measure again.
+    fn form(&mut self, i: usize) -> Form {
+        if self.rows_form[i]
+            && self.chunk_ratio[i] > rows_pay()
+            && self.rows_run[i] < ROWS_PROBE_EVERY
+        {
+            self.rows_run[i] += 1;
+            Form::Rows
+        } else {
+            if self.rows_run[i] > 0 {
+                tracing::trace!(table = %self.tables[i].ident, "aggregating a chunk grouped to measure its keys");
+            }
+            self.rows_run[i] = 0;
+            Form::Grouped
+        }
     }
 
     async fn push(&mut self, i: usize, partial: RecordBatch) -> Result<()> {

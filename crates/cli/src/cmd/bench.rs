@@ -127,8 +127,11 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
     // phases within each round (pairs run back to back) and take the median round.
     let mut results: Vec<(Phase, Measured)> = Vec::new();
     let mut rounds: Vec<Vec<(Phase, f64)>> = Vec::new();
+    // Per round: CPU seconds per event of each phase.
+    let mut cpu_rounds: Vec<Vec<(Phase, f64)>> = Vec::new();
     for _ in 0..args.repeat.max(1) {
         let mut round = Vec::new();
+        let mut cpu_round = Vec::new();
         for &phase in &phases {
             let m = match phase {
                 Phase::Consume => consume_phase(&kafka, partitions, events).await?,
@@ -155,6 +158,7 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
                 }
             };
             round.push((phase, m.events as f64 / m.secs));
+            cpu_round.push((phase, m.cpu / m.events as f64));
             match results.iter_mut().find(|(p, _)| *p == phase) {
                 Some((_, best)) => {
                     let rss = best.rss.max(m.rss);
@@ -167,6 +171,7 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
             }
         }
         rounds.push(round);
+        cpu_rounds.push(cpu_round);
     }
 
     println!("\n| phase | events | seconds | events/s | MB/s | CPU s | peak RSS |");
@@ -209,6 +214,19 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
             (1.0 - r) * 100.0,
             costs.join(", ")
         );
+        // The same in CPU time per event, which a busy spell of the machine disturbs less.
+        if let Some(c) = median_ratio(&cpu_rounds, phase, Phase::Load) {
+            let costs: Vec<String> = cpu_rounds
+                .iter()
+                .filter_map(|round| ratio(round, phase, Phase::Load))
+                .map(|r| format!("{:.0}", (r - 1.0) * 100.0))
+                .collect();
+            println!(
+                "{what} add {:.0} % to the loader's CPU time per event (median round; rounds: {} %)",
+                (c - 1.0) * 100.0,
+                costs.join(", ")
+            );
+        }
     }
     println!(
         "(CPU s: the whole process, the in-process broker included; peak RSS includes the broker's copy of the topic)"
