@@ -95,17 +95,8 @@ impl Aggregator {
     /// Runs every definition on `batch` (registered as table `batch`); one partial result per
     /// definition, in order.
     pub async fn partials(&self, batch: &RecordBatch) -> Result<Vec<RecordBatch>> {
-        self.partials_of(0..self.defs.len(), batch).await
-    }
-
-    /// Runs the definitions at `indices` on `batch`; one partial result per index, in order.
-    pub async fn partials_of(
-        &self,
-        indices: impl IntoIterator<Item = usize>,
-        batch: &RecordBatch,
-    ) -> Result<Vec<RecordBatch>> {
-        let mut out = Vec::new();
-        for i in indices {
+        let mut out = Vec::with_capacity(self.defs.len());
+        for i in 0..self.defs.len() {
             out.push(self.partial(i, Form::Grouped, batch).await?);
         }
         Ok(out)
@@ -128,10 +119,21 @@ impl Aggregator {
 
     /// Whether definition `index` has a [`Form::Rows`] for a `batch` of `schema`.
     pub async fn has_rows_form(&self, index: usize, schema: &SchemaRef) -> Result<bool> {
+        Ok(self.rows_plan(index, &loose(schema)).await?.is_some())
+    }
+
+    /// The logical plan of definition `index`'s [`Form::Rows`] over a `batch` of `schema`
+    /// (loose), with the context it was planned in; `None` if it has none.
+    async fn rows_plan(
+        &self,
+        index: usize,
+        schema: &SchemaRef,
+    ) -> Result<Option<(SessionContext, LogicalPlan)>> {
         let def = &self.defs[index];
         let ctx = context();
-        register(&ctx, "batch", &loose(schema), &def.name)?;
-        let plan = ctx
+        register(&ctx, "batch", schema, &def.name)?;
+        // The query as written (the optimizer may turn a DISTINCT into a grouping).
+        let grouped = ctx
             .sql(&def.sql)
             .await
             .map_err(|source| Error::Query {
@@ -139,7 +141,7 @@ impl Aggregator {
                 source,
             })?
             .into_unoptimized_plan();
-        Ok(rows_form(&plan).is_some())
+        Ok(rows_form(&grouped).map(|rows| (ctx, rows)))
     }
 
     /// Merges partial rows of definition `index` into one row per key.
@@ -254,18 +256,9 @@ impl Aggregator {
             name: def.name.clone(),
             source,
         };
-        let ctx = context();
-        let (table, sql) = match stage {
-            Stage::Partial | Stage::Rows => ("batch", def.sql.clone()),
-            Stage::Merge => ("partials", merge_sql(def, schema)),
-        };
-        register(&ctx, table, schema, &def.name)?;
-        let frame = ctx.sql(&sql).await.map_err(err)?;
         let plan = match stage {
             Stage::Rows => {
-                // The query as written (the optimizer may turn a DISTINCT into a grouping).
-                let grouped = frame.into_unoptimized_plan();
-                let rows = rows_form(&grouped).ok_or_else(|| {
+                let (ctx, rows) = self.rows_plan(index, schema).await?.ok_or_else(|| {
                     Error::Definition(format!(
                         "{}: the query has no rows form (an aggregation other than count, sum, min or max, or an operator above one)",
                         def.name
@@ -273,7 +266,20 @@ impl Aggregator {
                 })?;
                 ctx.state().create_physical_plan(&rows).await.map_err(err)?
             }
-            Stage::Partial | Stage::Merge => frame.create_physical_plan().await.map_err(err)?,
+            Stage::Partial | Stage::Merge => {
+                let ctx = context();
+                let (table, sql) = match stage {
+                    Stage::Merge => ("partials", merge_sql(def, schema)),
+                    _ => ("batch", def.sql.clone()),
+                };
+                register(&ctx, table, schema, &def.name)?;
+                ctx.sql(&sql)
+                    .await
+                    .map_err(err)?
+                    .create_physical_plan()
+                    .await
+                    .map_err(err)?
+            }
         };
         self.plans.lock().expect("plans lock").insert(
             (index, stage),
@@ -329,12 +335,11 @@ fn rows_of(agg: &Aggregate) -> Option<LogicalPlan> {
             if params.distinct || params.filter.is_some() || !params.order_by.is_empty() {
                 return None;
             }
-            let typed = |x: &Expr| cast(x.clone(), field.data_type().clone());
             match (func.name(), params.args.as_slice()) {
                 ("count", [x]) => when(x.clone().is_null(), lit(0i64))
                     .otherwise(lit(1i64))
                     .ok()?,
-                ("sum" | "min" | "max", [x]) => typed(x),
+                ("sum" | "min" | "max", [x]) => cast(x.clone(), field.data_type().clone()),
                 _ => return None,
             }
         };

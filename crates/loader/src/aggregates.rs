@@ -285,23 +285,20 @@ impl Aggregation {
         let first = BooleanArray::new(first.finish(), None);
         // Only the columns the queries read are copied by the filter.
         let schema = rows.schema();
-        let read = match &self.read {
-            Some((s, read)) if *s == schema => read.clone(),
-            _ => {
-                let read = self.aggregator.columns_read(&schema).await?;
-                let projected = Arc::new(schema.project(&read).map_err(|e| {
-                    Error::Config(format!("projecting the aggregates' columns: {e}"))
-                })?);
-                for i in 0..self.tables.len() {
-                    self.rows_form[i] = self.aggregator.has_rows_form(i, &projected).await?;
-                }
-                self.read = Some((schema, read.clone()));
-                read
-            }
+        let (read, known) = match &self.read {
+            Some((s, read)) if *s == schema => (read.clone(), true),
+            _ => (self.aggregator.columns_read(&schema).await?, false),
         };
         let rows = rows
             .project(&read)
             .map_err(|e| Error::Config(format!("projecting the aggregates' columns: {e}")))?;
+        if !known {
+            // A new chunk schema: which aggregates have a rows form for it (then it is known).
+            for i in 0..self.tables.len() {
+                self.rows_form[i] = self.aggregator.has_rows_form(i, &rows.schema()).await?;
+            }
+            self.read = Some((schema, read));
+        }
         let forms: Vec<Form> = (0..self.tables.len()).map(|i| self.form(i)).collect();
         let keep = |mask: &BooleanArray| -> Result<RecordBatch> {
             if mask.true_count() == n {
