@@ -11,6 +11,7 @@ use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, Projection};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use futures::StreamExt;
 
 /// One partition, large batches: the inputs are one flush's chunk, already in memory;
 /// repartitioning them across threads only adds copies (the loader's other threads keep the
@@ -229,9 +230,16 @@ impl Aggregator {
             .with_extension(Arc::new(Input(input)));
         let task = Arc::new(TaskContext::from(&self.state).with_session_config(config));
         let out_schema = plan.schema();
-        let batches = datafusion::physical_plan::collect(plan, task)
-            .await
-            .map_err(err)?;
+        // Partition by partition on this task (a UNION's branches are partitions): the
+        // caller runs chunks concurrently already, and the work stays on the future it
+        // polls (where its CPU time is counted), without a task and a channel per branch.
+        let mut batches = Vec::new();
+        for partition in 0..plan.properties().output_partitioning().partition_count() {
+            let mut stream = plan.execute(partition, task.clone()).map_err(err)?;
+            while let Some(batch) = stream.next().await {
+                batches.push(batch.map_err(err)?);
+            }
+        }
         datafusion::arrow::compute::concat_batches(&out_schema, &batches).map_err(|e| {
             err(datafusion::error::DataFusionError::ArrowError(
                 Box::new(e),

@@ -7,7 +7,10 @@
 //! into comparable byte rows (arrow-row), and rows are grouped by those bytes — with a fast
 //! path for runs of equal values, since streams arrive roughly in time order. A spec of one
 //! time transform (the usual case) is grouped on its int values directly, and a batch of one
-//! partition is not copied. Only one value per group is converted to a `Literal`.
+//! partition is not copied; nor is a batch whose values come in long runs (a stream's rows in
+//! event-time order, a day partition of hourly partials): it is cut into zero-copy slices, one
+//! per run, instead of gathered per partition. Only one value per partition is converted to a
+//! `Literal`.
 
 use std::collections::HashMap;
 
@@ -53,8 +56,10 @@ impl PartitionSplitter {
         })
     }
 
-    /// The batch's rows grouped by partition, each group with its partition key (groups in
-    /// order of first appearance, rows in their original order).
+    /// The batch's rows by partition, each part with its partition key, rows in their
+    /// original order. Parts are whole partitions in order of first appearance, or, when the
+    /// partition values come in long runs, consecutive slices of the batch (then a partition
+    /// may have several parts).
     pub fn split(&self, batch: &RecordBatch) -> Result<Vec<(PartitionKey, RecordBatch)>> {
         let values = self.calculator.calculate(batch)?;
         let structs = values
@@ -65,23 +70,18 @@ impl PartitionSplitter {
             // One time transform (hour, day, month, year) or an int identity: grouped on the
             // values themselves, without encoding rows.
             [one] if one.as_primitive_opt::<Int32Type>().is_some() => {
-                group_ints(one.as_primitive::<Int32Type>())
+                let ints = one.as_primitive::<Int32Type>();
+                if let Some(runs) = long_runs(ints) {
+                    return self.slices(batch, structs, ints, &runs);
+                }
+                group_ints(ints)
             }
             columns => self.group_rows(columns)?,
         };
         let mut out = Vec::with_capacity(groups.len());
         let single = groups.len() == 1;
         for (first, indices) in groups {
-            let one: ArrayRef = std::sync::Arc::new(structs.slice(first, 1));
-            let data = match arrow_struct_to_literal(&one, &self.partition_type)?
-                .into_iter()
-                .next()
-                .flatten()
-            {
-                Some(Literal::Struct(s)) => s,
-                _ => return Err(Error::Config("partition value is not a struct".into())),
-            };
-            let key = PartitionKey::new(self.spec.as_ref().clone(), self.schema.clone(), data);
+            let key = self.key(structs, first)?;
             let part = if single {
                 batch.clone()
             } else {
@@ -89,6 +89,50 @@ impl PartitionSplitter {
                     .map_err(arrow_error)?
             };
             out.push((key, part));
+        }
+        Ok(out)
+    }
+
+    /// The partition key of row `row`.
+    fn key(&self, structs: &StructArray, row: usize) -> Result<PartitionKey> {
+        let one: ArrayRef = std::sync::Arc::new(structs.slice(row, 1));
+        let data = match arrow_struct_to_literal(&one, &self.partition_type)?
+            .into_iter()
+            .next()
+            .flatten()
+        {
+            Some(Literal::Struct(s)) => s,
+            _ => return Err(Error::Config("partition value is not a struct".into())),
+        };
+        Ok(PartitionKey::new(
+            self.spec.as_ref().clone(),
+            self.schema.clone(),
+            data,
+        ))
+    }
+
+    /// One zero-copy slice of `batch` per run of `runs` (start row, rows), with its key
+    /// (made once per distinct value).
+    fn slices(
+        &self,
+        batch: &RecordBatch,
+        structs: &StructArray,
+        values: &Int32Array,
+        runs: &[(usize, usize)],
+    ) -> Result<Vec<(PartitionKey, RecordBatch)>> {
+        let mut keys: Vec<(Option<i32>, PartitionKey)> = Vec::new();
+        let mut out = Vec::with_capacity(runs.len());
+        for &(start, len) in runs {
+            let v = values.is_valid(start).then(|| values.value(start));
+            let key = match keys.iter().find(|(k, _)| *k == v) {
+                Some((_, key)) => key.clone(),
+                None => {
+                    let key = self.key(structs, start)?;
+                    keys.push((v, key.clone()));
+                    key
+                }
+            };
+            out.push((key, batch.slice(start, len)));
         }
         Ok(out)
     }
@@ -117,6 +161,39 @@ impl PartitionSplitter {
         }
         Ok(groups)
     }
+}
+
+/// Runs of equal values (NULL being one) shorter than this on average are gathered per
+/// partition (`take`); longer ones are sliced. A slice costs the Parquet writer a call per
+/// column (about a microsecond) where a gather copies every value of the run, so slicing pays
+/// long before this; below it, the writer's per-call work and small pages would dominate.
+const SLICE_MIN_ROWS: usize = 1024;
+
+/// (start row, rows) of each run of equal values, when the runs are at least
+/// [`SLICE_MIN_ROWS`] long on average and there are several; `None` otherwise.
+fn long_runs(values: &Int32Array) -> Option<Vec<(usize, usize)>> {
+    let n = values.len();
+    let most = n / SLICE_MIN_ROWS;
+    if most < 2 {
+        return None;
+    }
+    let raw = values.values();
+    let same = |a: usize, b: usize| {
+        values.is_valid(a) == values.is_valid(b) && (values.is_null(a) || raw[a] == raw[b])
+    };
+    let mut runs = Vec::new();
+    let mut start = 0;
+    for i in 1..n {
+        if !same(i, start) {
+            if runs.len() + 1 >= most {
+                return None;
+            }
+            runs.push((start, i - start));
+            start = i;
+        }
+    }
+    runs.push((start, n - start));
+    (runs.len() > 1).then_some(runs)
 }
 
 /// (first row, rows) per distinct value (NULL being one); a single value yields no row list
@@ -226,17 +303,79 @@ mod tests {
         Arc::new(b.build().unwrap())
     }
 
-    /// partition value → ids, for comparing splitters.
+    /// partition value → ids (the parts of a partition joined in order), for comparing
+    /// splitters.
     fn grouped(parts: Vec<(PartitionKey, RecordBatch)>) -> Vec<(Struct, Vec<i64>)> {
-        let mut out: Vec<(Struct, Vec<i64>)> = parts
-            .into_iter()
-            .map(|(k, b)| {
-                let ids = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
-                (k.data().clone(), ids.values().to_vec())
-            })
-            .collect();
+        let mut out: Vec<(Struct, Vec<i64>)> = Vec::new();
+        for (k, b) in parts {
+            let ids = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+            match out.iter_mut().find(|(s, _)| s == k.data()) {
+                Some((_, v)) => v.extend(ids.values()),
+                None => out.push((k.data().clone(), ids.values().to_vec())),
+            }
+        }
         out.sort_by_key(|(_, ids)| ids[0]);
         out
+    }
+
+    /// A batch of `schema()` with the given times (ids 0..).
+    fn batch_of(times: &[Option<i64>], country: impl Fn(usize) -> Option<String>) -> RecordBatch {
+        let arrow = Arc::new(schema_to_arrow_schema(&schema()).unwrap());
+        RecordBatch::try_new(
+            arrow,
+            vec![
+                Arc::new(Int64Array::from_iter_values(0..times.len() as i64)),
+                Arc::new(
+                    TimestampMicrosecondArray::from_iter(times.iter().copied())
+                        .with_timezone("+00:00"),
+                ),
+                Arc::new(StringArray::from_iter((0..times.len()).map(country))),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn long_runs_are_sliced_without_copying() {
+        const HOUR: i64 = 3_600_000_000;
+        // Hours 0, 1, 0 (again), NULL, 2 in runs of 1500 rows: five parts, in order.
+        let times: Vec<Option<i64>> = [Some(0), Some(HOUR), Some(10), None, Some(2 * HOUR + 5)]
+            .iter()
+            .flat_map(|t| std::iter::repeat_n(*t, 1500))
+            .collect();
+        let batch = batch_of(&times, |i| Some(format!("c{}", i % 7)));
+        let schema = schema();
+        let parts = PartitionSplitter::new(schema.clone(), spec(&schema, false))
+            .unwrap()
+            .split(&batch)
+            .unwrap();
+        assert_eq!(parts.len(), 5);
+        let country = batch.column(2).as_string::<i32>();
+        for (i, (_, part)) in parts.iter().enumerate() {
+            assert_eq!(part.num_rows(), 1500);
+            let ids = part
+                .column(0)
+                .as_primitive::<arrow_array::types::Int64Type>();
+            assert_eq!(ids.value(0), i as i64 * 1500);
+            // A slice shares the batch's buffers.
+            let sliced = part.column(2).as_string::<i32>();
+            assert_eq!(sliced.values().as_ptr(), country.values().as_ptr());
+        }
+        assert_eq!(
+            parts[0].0.data(),
+            parts[2].0.data(),
+            "the same hour has the same key"
+        );
+        assert_ne!(parts[0].0.data(), parts[1].0.data());
+        assert_eq!(parts[3].0.data().fields(), &[None]);
+        // Runs shorter than the threshold on average are gathered per partition instead.
+        let short: Vec<Option<i64>> = (0..6000).map(|i| Some((i % 3) * HOUR)).collect();
+        let parts = PartitionSplitter::new(schema.clone(), spec(&schema, false))
+            .unwrap()
+            .split(&batch_of(&short, |_| None))
+            .unwrap();
+        assert_eq!(parts.len(), 3);
+        assert!(parts.iter().all(|(_, p)| p.num_rows() == 2000));
     }
 
     proptest! {
@@ -246,16 +385,15 @@ mod tests {
             with_country in any::<bool>(),
             // Within one hour: one partition (unless a NULL time makes a second).
             one_hour in any::<bool>(),
+            // Each row repeated `run` times: long runs take the slicing path.
+            run in prop_oneof![Just(1usize), 1usize..20, 900usize..3000],
         ) {
             let ts = |t: Option<i64>| t.map(|t| if one_hour { t % 3_600_000_000 } else { t });
             let schema = schema();
             let spec = spec(&schema, with_country);
-            let arrow = Arc::new(schema_to_arrow_schema(&schema).unwrap());
-            let batch = RecordBatch::try_new(arrow, vec![
-                Arc::new(Int64Array::from_iter_values(0..rows.len() as i64)),
-                Arc::new(TimestampMicrosecondArray::from_iter(rows.iter().map(|r| ts(r.0))).with_timezone("+00:00")),
-                Arc::new(StringArray::from_iter(rows.iter().map(|r| r.1.map(|c| format!("c{c}"))))),
-            ]).unwrap();
+            let rows: Vec<_> = rows.iter().flat_map(|r| std::iter::repeat_n(*r, run)).take(20_000).collect();
+            let times: Vec<Option<i64>> = rows.iter().map(|r| ts(r.0)).collect();
+            let batch = batch_of(&times, |i| rows[i].1.map(|c| format!("c{c}")));
             let ours = PartitionSplitter::new(schema.clone(), spec.clone()).unwrap().split(&batch).unwrap();
             for (key, part) in &ours {
                 prop_assert_eq!(part.num_rows() > 0, true);

@@ -28,6 +28,7 @@ use iceberg::TableIdent;
 use iceberg::expr::Reference;
 use iceberg::spec::{Datum, TableMetadata};
 
+use crate::metrics::{AggregateStage, CpuMeter, thread_cpu};
 use crate::{Error, Result};
 
 /// Partial rows per aggregate beyond which they are merged during a batch (and twice the rows
@@ -81,9 +82,9 @@ struct PartialStream {
 }
 
 impl PartialStream {
-    fn open(catalog: floe_lake::Catalog, table: AggTable) -> Self {
+    fn open(catalog: floe_lake::Catalog, table: AggTable, cpu: CpuMeter) -> Self {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<ToStream>(STREAM_QUEUE);
-        let done = tokio::spawn(async move {
+        let work = async move {
             let (_, meta) = catalog.load_metadata(&table.ident).await?;
             let target = Arc::new(iceberg::arrow::schema_to_arrow_schema(
                 meta.current_schema(),
@@ -107,7 +108,8 @@ impl PartialStream {
                 }
             }
             w.close().await
-        });
+        };
+        let done = tokio::spawn(async move { cpu.time(work).await });
         Self { tx, done }
     }
 
@@ -185,6 +187,8 @@ pub struct Aggregation {
     rows_form: Vec<bool>,
     /// Per aggregate: chunks made in [`Form::Rows`] since the last grouped one.
     rows_run: Vec<u32>,
+    /// CPU time of each stage, counted.
+    cpu: StageMeters,
     /// Queries running on the runtime's other threads while the writer encodes Parquet: per
     /// chunk, the partials of every aggregate (in order).
     running: std::collections::VecDeque<Running>,
@@ -194,6 +198,13 @@ pub struct Aggregation {
     catalog: floe_lake::Catalog,
 }
 
+/// The CPU meters of a pipeline's aggregate path.
+struct StageMeters {
+    dedup: CpuMeter,
+    query: CpuMeter,
+    write: CpuMeter,
+}
+
 /// One chunk's queries: (aggregate index, form, input rows, partial) when done.
 type Running = tokio::task::JoinHandle<Result<Vec<(usize, Form, usize, RecordBatch)>>>;
 
@@ -201,8 +212,10 @@ type Running = tokio::task::JoinHandle<Result<Vec<(usize, Form, usize, RecordBat
 const RUNNING_CHUNKS: usize = 3;
 
 impl Aggregation {
-    /// Aggregation of `tables` for a pipeline reading `topics`.
+    /// Aggregation of `tables` for a pipeline reading `topics` into `source` (the raw table,
+    /// which labels its CPU metrics).
     pub fn new(
+        source: &str,
         tables: Vec<AggTable>,
         columns: DedupColumns,
         window: std::time::Duration,
@@ -224,6 +237,11 @@ impl Aggregation {
             chunk_ratio: vec![0.0; n],
             rows_form: vec![false; n],
             rows_run: vec![0; n],
+            cpu: StageMeters {
+                dedup: CpuMeter::new(source, AggregateStage::Dedup),
+                query: CpuMeter::new(source, AggregateStage::Query),
+                write: CpuMeter::new(source, AggregateStage::Write),
+            },
             running: std::collections::VecDeque::new(),
             streams: (0..n).map(|_| None).collect(),
             catalog,
@@ -241,6 +259,7 @@ impl Aggregation {
         if n == 0 {
             return Ok(());
         }
+        let cpu = thread_cpu();
         let keys = rows
             .column_by_name(&self.columns.key)
             .and_then(|c| c.as_string_opt::<i32>())
@@ -320,8 +339,10 @@ impl Aggregation {
                 inputs.push((vec![i], keep(&mask)?));
             }
         }
+        self.cpu.dedup.since(cpu);
         let aggregator = self.aggregator.clone();
-        self.running.push_back(tokio::spawn(async move {
+        let cpu = self.cpu.query.clone();
+        let queries = async move {
             let mut out = Vec::new();
             for (which, batch) in inputs {
                 if batch.num_rows() == 0 {
@@ -334,7 +355,9 @@ impl Aggregation {
                 }
             }
             Ok(out)
-        }));
+        };
+        self.running
+            .push_back(tokio::spawn(async move { cpu.time(queries).await }));
         while self.running.len() > RUNNING_CHUNKS {
             self.collect_one().await?;
         }
@@ -384,7 +407,11 @@ impl Aggregation {
             // Merging would not pay: write the partials out now, on the stream's task.
             let stream = self.streams[i].get_or_insert_with(|| {
                 tracing::debug!(table = %self.tables[i].ident, ratio = self.chunk_ratio[i], "partials do not fold; writing them as they come");
-                PartialStream::open(self.catalog.clone(), self.tables[i].clone())
+                PartialStream::open(
+                    self.catalog.clone(),
+                    self.tables[i].clone(),
+                    self.cpu.write.clone(),
+                )
             });
             for held in self.partials[i].drain(..) {
                 stream.send(held).await;
@@ -405,7 +432,11 @@ impl Aggregation {
     }
 
     async fn merge(&mut self, i: usize) -> Result<()> {
-        let merged = self.aggregator.merge(i, &self.partials[i]).await?;
+        let merged = self
+            .cpu
+            .query
+            .time(self.aggregator.merge(i, &self.partials[i]))
+            .await?;
         self.partial_rows[i] = merged.num_rows();
         self.merged_rows[i] = merged.num_rows();
         self.partials[i] = vec![merged];
@@ -441,8 +472,9 @@ impl Aggregation {
             let table = &self.tables[i];
             // Held partials go the way streamed ones went (or open a stream of their own).
             let stream = self.streams[i].take().or_else(|| {
-                (!self.partials[i].is_empty())
-                    .then(|| PartialStream::open(catalog.clone(), table.clone()))
+                (!self.partials[i].is_empty()).then(|| {
+                    PartialStream::open(catalog.clone(), table.clone(), self.cpu.write.clone())
+                })
             });
             let files = match stream {
                 Some(stream) => {
@@ -463,7 +495,11 @@ impl Aggregation {
                 .insert("floe.operation".into(), "aggregate".into());
             req.properties
                 .insert("floe.aggregate".into(), table.def.name.clone());
-            let done = committer.commit(&table.ident, req).await?;
+            let done = self
+                .cpu
+                .write
+                .time(committer.commit(&table.ident, req))
+                .await?;
             floe_lake::metrics::record_commit(&table.ident.to_string(), &done);
             floe_lake::fail::point("after-aggregate-commit");
         }

@@ -1088,6 +1088,7 @@ pub fn run(
             ))?;
             tracing::info!(table = %cfg.table, aggregates = ?tables.iter().map(|t| t.ident.to_string()).collect::<Vec<_>>(), "aggregating");
             Some(Aggregation::new(
+                &cfg.table,
                 tables,
                 columns,
                 cfg.dedup_window,

@@ -88,6 +88,13 @@ struct Measured {
     secs: f64,
     cpu: f64,
     rss: u64,
+    /// CPU seconds of the aggregate path, per stage (dedup, query, write).
+    aggregate_cpu: [f64; 3],
+}
+
+/// [`floe_loader::metrics::aggregate_cpu`] in seconds.
+fn aggregate_cpu() -> [f64; 3] {
+    floe_loader::metrics::aggregate_cpu().map(|d| d.as_secs_f64())
 }
 
 pub async fn run_bench(args: BenchArgs) -> Result<()> {
@@ -129,6 +136,8 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
     let mut rounds: Vec<Vec<(Phase, f64)>> = Vec::new();
     // Per round: CPU seconds per event of each phase.
     let mut cpu_rounds: Vec<Vec<(Phase, f64)>> = Vec::new();
+    // Per round of the aggregates phase: the aggregate path's CPU seconds per event, by stage.
+    let mut aggregate_rounds: Vec<[f64; 3]> = Vec::new();
     for _ in 0..args.repeat.max(1) {
         let mut round = Vec::new();
         let mut cpu_round = Vec::new();
@@ -159,6 +168,9 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
             };
             round.push((phase, m.events as f64 / m.secs));
             cpu_round.push((phase, m.cpu / m.events as f64));
+            if phase == Phase::Aggregates {
+                aggregate_rounds.push(m.aggregate_cpu.map(|s| s / m.events as f64));
+            }
             match results.iter_mut().find(|(p, _)| *p == phase) {
                 Some((_, best)) => {
                     let rss = best.rss.max(m.rss);
@@ -228,6 +240,42 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
             );
         }
     }
+    // The aggregate path's own CPU time (thread CPU of its work, counted where it runs), which
+    // the broker's share and the machine's other load do not blur as much.
+    if !aggregate_rounds.is_empty() {
+        let mut totals: Vec<(f64, [f64; 3])> = aggregate_rounds
+            .iter()
+            .map(|s| (s.iter().sum::<f64>(), *s))
+            .collect();
+        totals.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (total, stages) = totals[(totals.len() - 1) / 2];
+        let ns = |s: f64| s * 1e9;
+        let all: Vec<String> = aggregate_rounds
+            .iter()
+            .map(|s| format!("{:.0}", ns(s.iter().sum::<f64>())))
+            .collect();
+        print!(
+            "aggregate path CPU: {:.0} ns per event (dedup {:.0}, queries {:.0}, partial files {:.0}; median round; rounds: {} ns)",
+            ns(total),
+            ns(stages[0]),
+            ns(stages[1]),
+            ns(stages[2]),
+            all.join(", ")
+        );
+        let mut load: Vec<f64> = cpu_rounds
+            .iter()
+            .filter_map(|r| r.iter().find(|(p, _)| *p == Phase::Load).map(|(_, c)| *c))
+            .collect();
+        load.sort_by(f64::total_cmp);
+        match load.get(load.len().saturating_sub(1) / 2) {
+            Some(l) => println!(
+                ", {:.0} % of the loader-only phase's {:.0} ns of process CPU per event",
+                total / l * 100.0,
+                ns(*l)
+            ),
+            None => println!(),
+        }
+    }
     println!(
         "(CPU s: the whole process, the in-process broker included; peak RSS includes the broker's copy of the topic)"
     );
@@ -251,6 +299,7 @@ fn median_ratio(rounds: &[Vec<(Phase, f64)>], a: Phase, b: Phase) -> Option<f64>
 async fn consume_phase(kafka: &KafkaConfig, partitions: i32, events: u64) -> Result<Measured> {
     reset_peak_rss();
     let cpu = cpu_seconds();
+    let aggregate = aggregate_cpu();
     let k = kafka.clone();
     let (consumed, secs) = tokio::task::spawn_blocking(move || -> Result<(u64, f64)> {
         let consumer: BaseConsumer = floe_loader::kafka::consumer_config(&k)
@@ -279,6 +328,7 @@ async fn consume_phase(kafka: &KafkaConfig, partitions: i32, events: u64) -> Res
         secs,
         cpu: cpu_seconds() - cpu,
         rss: peak_rss(),
+        aggregate_cpu: since(aggregate),
     })
 }
 
@@ -322,6 +372,7 @@ async fn load_once(
     };
     reset_peak_rss();
     let cpu = cpu_seconds();
+    let aggregate = aggregate_cpu();
     let started = Instant::now();
     let totals = run_to_end(floe_lake::Committer::new(catalog.clone()), opts).await?;
     let secs = started.elapsed().as_secs_f64();
@@ -337,5 +388,12 @@ async fn load_once(
         secs,
         cpu: cpu_seconds() - cpu,
         rss,
+        aggregate_cpu: since(aggregate),
     })
+}
+
+/// The aggregate path's CPU seconds per stage since `before`.
+fn since(before: [f64; 3]) -> [f64; 3] {
+    let now = aggregate_cpu();
+    std::array::from_fn(|i| now[i] - before[i])
 }
