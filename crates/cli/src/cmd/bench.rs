@@ -3,7 +3,9 @@
 //! loader with two computed columns and two rules, with the CPU time and peak memory of each
 //! phase. `--phases` picks phases; `--repeat` runs rounds of them, interleaved: the table
 //! shows each phase's fastest round, and a cost is the median over rounds of the phase against
-//! the loader in the same round.
+//! the loader in the same round. The aggregates phase also reports the aggregate path's own CPU
+//! time per event and stage, counted where that work runs
+//! ([`floe_loader::metrics::aggregate_cpu`]).
 
 use std::time::{Duration, Instant};
 
