@@ -302,6 +302,9 @@ impl Aggregation {
             }
         }
         let first = BooleanArray::new(first.finish(), None);
+        // Timed in two parts, around the awaits below: a task may resume on another thread,
+        // whose CPU clock is another one.
+        self.cpu.dedup.since(cpu);
         // Only the columns the queries read are copied by the filter.
         let schema = rows.schema();
         let (read, known) = match &self.read {
@@ -318,6 +321,7 @@ impl Aggregation {
             }
             self.read = Some((schema, read));
         }
+        let cpu = thread_cpu();
         let forms: Vec<Form> = (0..self.tables.len()).map(|i| self.form(i)).collect();
         let keep = |mask: &BooleanArray| -> Result<RecordBatch> {
             if mask.true_count() == n {
