@@ -244,17 +244,13 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
     }
     // The aggregate path's own CPU time (thread CPU of its work, counted where it runs), which
     // the broker's share and the machine's other load do not blur as much.
-    if !aggregate_rounds.is_empty() {
-        let mut totals: Vec<(f64, [f64; 3])> = aggregate_rounds
-            .iter()
-            .map(|s| (s.iter().sum::<f64>(), *s))
-            .collect();
-        totals.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let (total, stages) = totals[(totals.len() - 1) / 2];
+    let sum = |s: &[f64; 3]| s.iter().sum::<f64>();
+    if let Some(stages) = median_by(aggregate_rounds.clone(), sum) {
+        let total = sum(&stages);
         let ns = |s: f64| s * 1e9;
         let all: Vec<String> = aggregate_rounds
             .iter()
-            .map(|s| format!("{:.0}", ns(s.iter().sum::<f64>())))
+            .map(|s| format!("{:.0}", ns(sum(s))))
             .collect();
         print!(
             "aggregate path CPU: {:.0} ns per event (dedup {:.0}, queries {:.0}, partial files {:.0}; median round; rounds: {} ns)",
@@ -264,16 +260,15 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
             ns(stages[2]),
             all.join(", ")
         );
-        let mut load: Vec<f64> = cpu_rounds
+        let load: Vec<f64> = cpu_rounds
             .iter()
             .filter_map(|r| r.iter().find(|(p, _)| *p == Phase::Load).map(|(_, c)| *c))
             .collect();
-        load.sort_by(f64::total_cmp);
-        match load.get(load.len().saturating_sub(1) / 2) {
+        match median_by(load, |c| *c) {
             Some(l) => println!(
                 ", {:.0} % of the loader-only phase's {:.0} ns of process CPU per event",
                 total / l * 100.0,
-                ns(*l)
+                ns(l)
             ),
             None => println!(),
         }
@@ -292,9 +287,18 @@ fn ratio(round: &[(Phase, f64)], a: Phase, b: Phase) -> Option<f64> {
 
 /// The median over rounds of [`ratio`] (the lower middle for an even count).
 fn median_ratio(rounds: &[Vec<(Phase, f64)>], a: Phase, b: Phase) -> Option<f64> {
-    let mut rs: Vec<f64> = rounds.iter().filter_map(|r| ratio(r, a, b)).collect();
-    rs.sort_by(f64::total_cmp);
-    rs.get(rs.len().checked_sub(1)? / 2).copied()
+    median_by(
+        rounds.iter().filter_map(|r| ratio(r, a, b)).collect(),
+        |r| *r,
+    )
+}
+
+/// The median of `items` by `key` (the lower middle for an even count: for a throughput
+/// ratio, the higher cost).
+fn median_by<T>(mut items: Vec<T>, key: impl Fn(&T) -> f64) -> Option<T> {
+    items.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    let middle = items.len().checked_sub(1)? / 2;
+    items.into_iter().nth(middle)
 }
 
 /// Consumes the whole topic with the loader's client settings.
