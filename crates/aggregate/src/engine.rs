@@ -24,7 +24,7 @@ fn context() -> SessionContext {
     )
 }
 
-use crate::input::{Input, InputTable};
+use crate::input::{Input, InputTable, Shared};
 use crate::{AggregateDef, Error, Result};
 
 /// Which query of a definition.
@@ -49,8 +49,8 @@ pub enum Form {
     /// and still partials for keys that repeat (their merge functions combine them): the
     /// cheaper form when keys rarely repeat within a batch, as adaptive partial aggregation
     /// in Trino and DataFusion does. Exists for queries whose every aggregation is a
-    /// `count`, `sum`, `min` or `max` (no DISTINCT, FILTER or ORDER BY) with nothing but
-    /// projections, unions and aliases above it ([`Aggregator::has_rows_form`]).
+    /// `count`, `sum`, `min` or `max` (no DISTINCT, FILTER or ORDER BY) of the input rows (not
+    /// of another aggregation) with nothing but projections, unions and aliases above it ([`Aggregator::has_rows_form`]).
     Rows,
 }
 
@@ -58,6 +58,8 @@ pub enum Form {
 struct Prepared {
     input: SchemaRef,
     plan: Arc<dyn ExecutionPlan>,
+    /// The plans of its shared subqueries (see [`share`]), run first, in order.
+    shared: Vec<Arc<dyn ExecutionPlan>>,
 }
 
 type Plans = HashMap<(usize, Stage), Prepared>;
@@ -219,27 +221,37 @@ impl Aggregator {
                     None,
                 ))
             })?;
-        let plan = self.plan(index, stage, &schema).await?;
-        // Plans keep per-run state in places (dynamic filters): run a fresh copy of the tree.
-        let plan =
-            datafusion::physical_plan::execution_plan::reset_plan_states(plan).map_err(err)?;
+        let (plan, shared) = self.plan(index, stage, &schema).await?;
+        let input = Arc::new(Input(input));
+        // Shared subqueries first, each once, then the query reading their results.
+        let mut results = Vec::with_capacity(shared.len());
+        for plan in shared {
+            let config = self.state.config().clone().with_extension(input.clone());
+            let task = Arc::new(TaskContext::from(&self.state).with_session_config(config));
+            let schema = shared_schema(&plan.schema());
+            let rows = execute(plan, task)
+                .await
+                .map_err(err)?
+                .into_iter()
+                .map(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| {
+                    err(datafusion::error::DataFusionError::ArrowError(
+                        Box::new(e),
+                        None,
+                    ))
+                })?;
+            results.push(rows);
+        }
         let config = self
             .state
             .config()
             .clone()
-            .with_extension(Arc::new(Input(input)));
+            .with_extension(input)
+            .with_extension(Arc::new(Shared(results)));
         let task = Arc::new(TaskContext::from(&self.state).with_session_config(config));
         let out_schema = plan.schema();
-        // Partition by partition on this task (a UNION's branches are partitions): the
-        // caller runs chunks concurrently already, and the work stays on the future it
-        // polls (where its CPU time is counted), without a task and a channel per branch.
-        let mut batches = Vec::new();
-        for partition in 0..plan.properties().output_partitioning().partition_count() {
-            let mut stream = plan.execute(partition, task.clone()).map_err(err)?;
-            while let Some(batch) = stream.next().await {
-                batches.push(batch.map_err(err)?);
-            }
-        }
+        let batches = execute(plan, task).await.map_err(err)?;
         datafusion::arrow::compute::concat_batches(&out_schema, &batches).map_err(|e| {
             err(datafusion::error::DataFusionError::ArrowError(
                 Box::new(e),
@@ -248,32 +260,41 @@ impl Aggregator {
         })
     }
 
+    /// The physical plan of `stage` of definition `index` for an input of `schema`, and the
+    /// plans of its shared subqueries (fresh copies of the cached trees).
     async fn plan(
         &self,
         index: usize,
         stage: Stage,
         schema: &SchemaRef,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        if let Some(p) = self.plans.lock().expect("plans lock").get(&(index, stage))
-            && p.input == *schema
-        {
-            return Ok(p.plan.clone());
-        }
+    ) -> Result<(Arc<dyn ExecutionPlan>, Vec<Arc<dyn ExecutionPlan>>)> {
         let def = &self.defs[index];
         let err = |source| Error::Query {
             name: def.name.clone(),
             source,
         };
-        let plan = match stage {
-            Stage::Rows => {
-                let (ctx, rows) = self.rows_plan(index, schema).await?.ok_or_else(|| {
-                    Error::Definition(format!(
-                        "{}: the query has no rows form (an aggregation other than count, sum, min or max, or an operator above one)",
-                        def.name
-                    ))
-                })?;
-                ctx.state().create_physical_plan(&rows).await.map_err(err)?
-            }
+        // Plans keep per-run state in places (dynamic filters): each run gets a fresh copy.
+        let fresh = |p: &Prepared| -> Result<_> {
+            let reset = datafusion::physical_plan::execution_plan::reset_plan_states;
+            let shared = p
+                .shared
+                .iter()
+                .map(|s| reset(s.clone()).map_err(err))
+                .collect::<Result<Vec<_>>>()?;
+            Ok((reset(p.plan.clone()).map_err(err)?, shared))
+        };
+        if let Some(p) = self.plans.lock().expect("plans lock").get(&(index, stage))
+            && p.input == *schema
+        {
+            return fresh(p);
+        }
+        let (ctx, logical) = match stage {
+            Stage::Rows => self.rows_plan(index, schema).await?.ok_or_else(|| {
+                Error::Definition(format!(
+                    "{}: the query has no rows form (an aggregation other than count, sum, min or max, or an operator above one)",
+                    def.name
+                ))
+            })?,
             Stage::Partial | Stage::Merge => {
                 let ctx = context();
                 let (table, sql) = match stage {
@@ -281,23 +302,145 @@ impl Aggregator {
                     _ => ("batch", def.sql.clone()),
                 };
                 register(&ctx, table, schema, &def.name)?;
-                ctx.sql(&sql)
+                let plan = ctx
+                    .sql(&sql)
                     .await
                     .map_err(err)?
-                    .create_physical_plan()
-                    .await
-                    .map_err(err)?
+                    .into_optimized_plan()
+                    .map_err(err)?;
+                (ctx, plan)
             }
         };
-        self.plans.lock().expect("plans lock").insert(
-            (index, stage),
-            Prepared {
-                input: schema.clone(),
-                plan: plan.clone(),
-            },
-        );
-        Ok(plan)
+        let (logical, subqueries) = share(&ctx, logical, &def.name)?;
+        let state = ctx.state();
+        let mut shared = Vec::with_capacity(subqueries.len());
+        for q in &subqueries {
+            shared.push(state.create_physical_plan(q).await.map_err(err)?);
+        }
+        let plan = state.create_physical_plan(&logical).await.map_err(err)?;
+        let prepared = Prepared {
+            input: schema.clone(),
+            plan,
+            shared,
+        };
+        let out = fresh(&prepared)?;
+        self.plans
+            .lock()
+            .expect("plans lock")
+            .insert((index, stage), prepared);
+        Ok(out)
     }
+}
+
+/// Runs `plan` partition by partition on this task (a UNION's branches are partitions): the
+/// caller runs chunks concurrently already, and the work stays on the future it polls (where
+/// its CPU time is counted), without a task and a channel per branch.
+async fn execute(
+    plan: Arc<dyn ExecutionPlan>,
+    task: Arc<TaskContext>,
+) -> datafusion::error::Result<Vec<RecordBatch>> {
+    let mut batches = Vec::new();
+    for partition in 0..plan.properties().output_partitioning().partition_count() {
+        let mut stream = plan.execute(partition, task.clone())?;
+        while let Some(batch) = stream.next().await {
+            batches.push(batch?);
+        }
+    }
+    Ok(batches)
+}
+
+/// The schema of a shared result's table: `schema`'s types, columns named c0, c1, … (an
+/// aggregation's output names may repeat under different qualifiers), all nullable.
+fn shared_schema(schema: &Schema) -> SchemaRef {
+    Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| arrow_schema::Field::new(format!("c{i}"), f.data_type().clone(), true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// Name of shared result `n`'s table.
+fn shared_table(n: usize) -> String {
+    format!("__floe_shared_{n}")
+}
+
+/// Computes a repeated aggregation once: every aggregation that occurs more than once in
+/// `plan` (a common table expression read by several branches of a UNION, say) becomes a
+/// scan of a table registered in `ctx` whose rows are its result, computed once per run
+/// ([`Shared`]). DataFusion inlines a CTE at each reference and would aggregate the input
+/// once per reference. Returns the rewritten plan and the shared aggregations, in the order
+/// of their tables' numbers.
+fn share(
+    ctx: &SessionContext,
+    plan: LogicalPlan,
+    def: &str,
+) -> Result<(LogicalPlan, Vec<LogicalPlan>)> {
+    use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+    use datafusion::datasource::provider_as_source;
+    use datafusion::logical_expr::LogicalPlanBuilder;
+    use datafusion::prelude::col;
+    let fail = |e: datafusion::error::DataFusionError| Error::Query {
+        name: def.to_string(),
+        source: e,
+    };
+    let mut seen: HashMap<&LogicalPlan, usize> = HashMap::new();
+    plan.apply(|node| {
+        if matches!(node, LogicalPlan::Aggregate(_)) {
+            *seen.entry(node).or_default() += 1;
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })
+    .map_err(fail)?;
+    if seen.values().all(|&n| n < 2) {
+        return Ok((plan, Vec::new()));
+    }
+    let repeated: std::collections::HashSet<LogicalPlan> = seen
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .map(|(p, _)| p.clone())
+        .collect();
+    let mut shared: Vec<LogicalPlan> = Vec::new();
+    let rewritten = plan
+        .transform_down(|node| {
+            if !repeated.contains(&node) {
+                return Ok(Transformed::no(node));
+            }
+            let n = match shared.iter().position(|s| *s == node) {
+                Some(n) => n,
+                None => {
+                    shared.push(node.clone());
+                    shared.len() - 1
+                }
+            };
+            // The table's columns (c0, c1, …) are aliased back to the node's own names.
+            let out = node.schema();
+            let table = shared_table(n);
+            let provider = Arc::new(crate::input::InputTable::shared(
+                shared_schema(out.as_arrow()),
+                n,
+            ));
+            if !ctx.table_exist(table.as_str())? {
+                ctx.register_table(table.as_str(), provider.clone())?;
+            }
+            let exprs: Vec<Expr> = out
+                .iter()
+                .enumerate()
+                .map(|(i, (qualifier, f))| {
+                    col(format!("{table}.c{i}")).alias_qualified(qualifier.cloned(), f.name())
+                })
+                .collect();
+            let scan =
+                LogicalPlanBuilder::scan(table.as_str(), provider_as_source(provider), None)?
+                    .project(exprs)?
+                    .build()?;
+            Ok(Transformed::new(scan, true, TreeNodeRecursion::Jump))
+        })
+        .map_err(fail)?
+        .data;
+    Ok((rewritten, shared))
 }
 
 /// The plan with every aggregation replaced by its value over one row ([`Form::Rows`]), or
@@ -324,6 +467,15 @@ fn rows_of(agg: &Aggregate) -> Option<LogicalPlan> {
     use datafusion::logical_expr::expr::AggregateFunction;
     use datafusion::prelude::{cast, lit, when};
     if matches!(agg.group_expr.as_slice(), [Expr::GroupingSet(_)]) {
+        return None;
+    }
+    // A roll-up of an aggregation: its rows are groups, not events.
+    use datafusion::common::tree_node::TreeNode;
+    let nested = agg
+        .input
+        .exists(|p| Ok(matches!(p, LogicalPlan::Aggregate(_))))
+        .unwrap_or(true);
+    if nested {
         return None;
     }
     let n_group = agg.group_expr.len();

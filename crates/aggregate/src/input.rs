@@ -27,16 +27,42 @@ use datafusion::physical_plan::{
 #[derive(Debug)]
 pub struct Input(pub Vec<RecordBatch>);
 
-/// A table of `schema` whose rows are the run's [`Input`].
+/// The results of a run's shared subqueries, in order (see `engine`): each computed once
+/// per run and read by every place of the query that repeats it.
+#[derive(Debug)]
+pub struct Shared(pub Vec<Vec<RecordBatch>>);
+
+/// Where a table's rows come from in a run.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// The run's [`Input`].
+    Input,
+    /// Result `n` of the run's [`Shared`].
+    Shared(usize),
+}
+
+/// A table of `schema` whose rows are the run's [`Input`] (or one of its [`Shared`] results).
 #[derive(Debug)]
 pub struct InputTable {
     schema: SchemaRef,
+    source: Source,
 }
 
 impl InputTable {
-    /// A table of `schema`.
+    /// A table of `schema` over the run's [`Input`].
     pub fn new(schema: SchemaRef) -> Self {
-        Self { schema }
+        Self {
+            schema,
+            source: Source::Input,
+        }
+    }
+
+    /// A table of `schema` over shared result `n` of the run.
+    pub fn shared(schema: SchemaRef, n: usize) -> Self {
+        Self {
+            schema,
+            source: Source::Shared(n),
+        }
     }
 }
 
@@ -73,6 +99,7 @@ impl TableProvider for InputTable {
         );
         Ok(Arc::new(InputExec {
             table: self.schema.clone(),
+            source: self.source,
             projection: projection.cloned(),
             properties: Arc::new(properties),
         }))
@@ -83,13 +110,18 @@ impl TableProvider for InputTable {
 #[derive(Debug)]
 struct InputExec {
     table: SchemaRef,
+    source: Source,
     projection: Option<Vec<usize>>,
     properties: Arc<PlanProperties>,
 }
 
 impl DisplayAs for InputExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "InputExec: projection={:?}", self.projection)
+        write!(
+            f,
+            "InputExec: source={:?}, projection={:?}",
+            self.source, self.projection
+        )
     }
 }
 
@@ -129,11 +161,29 @@ impl ExecutionPlan for InputExec {
         if partition != 0 {
             return internal_err!("InputExec has one partition, not {partition}");
         }
-        let Some(input) = context.session_config().get_extension::<Input>() else {
-            return internal_err!("InputExec runs without its input");
+        let config = context.session_config();
+        let (input, shared);
+        let rows: &[RecordBatch] = match self.source {
+            Source::Input => {
+                let Some(i) = config.get_extension::<Input>() else {
+                    return internal_err!("InputExec runs without its input");
+                };
+                input = i;
+                &input.0
+            }
+            Source::Shared(n) => {
+                let Some(s) = config.get_extension::<Shared>() else {
+                    return internal_err!("InputExec runs without its shared results");
+                };
+                shared = s;
+                match shared.0.get(n) {
+                    Some(rows) => rows,
+                    None => return internal_err!("InputExec: no shared result {n}"),
+                }
+            }
         };
-        let mut batches = Vec::with_capacity(input.0.len());
-        for b in &input.0 {
+        let mut batches = Vec::with_capacity(rows.len());
+        for b in rows {
             if b.schema().fields() != self.table.fields() {
                 return internal_err!(
                     "InputExec: a batch of schema {:?} for a table of {:?}",
