@@ -641,23 +641,24 @@ mod tests {
         assert_eq!(shared.iter().map(aggregations).sum::<usize>(), 1);
         assert_eq!(aggregations(&plan), 2);
         let out = agg.partial(0, Form::Grouped, &batch).await.unwrap();
-        let mut rows: Vec<(String, f64, i64)> = (0..out.num_rows())
+        use arrow_array::cast::AsArray;
+        use arrow_array::types::{Float64Type, Int64Type};
+        let rows: std::collections::BTreeMap<String, (f64, i64)> = (0..out.num_rows())
             .map(|i| {
-                use arrow_array::cast::AsArray;
-                use arrow_array::types::{Float64Type, Int64Type};
                 (
                     out.column(0).as_string::<i32>().value(i).to_string(),
-                    out.column(1).as_primitive::<Float64Type>().value(i),
-                    out.column(2).as_primitive::<Int64Type>().value(i),
+                    (
+                        out.column(1).as_primitive::<Float64Type>().value(i),
+                        out.column(2).as_primitive::<Int64Type>().value(i),
+                    ),
                 )
             })
             .collect();
-        rows.sort_by(|l, r| l.0.cmp(&r.0));
-        let want = [("p", 13.0, 3), ("q", 2.0, 1), ("x", 11.0, 3), ("y", 4.0, 1)];
-        let want: Vec<(String, f64, i64)> = want
-            .iter()
-            .map(|(k, s, n)| (k.to_string(), *s, *n))
-            .collect();
+        let want: std::collections::BTreeMap<String, (f64, i64)> =
+            [("p", 13.0, 3), ("q", 2.0, 1), ("x", 11.0, 3), ("y", 4.0, 1)]
+                .iter()
+                .map(|(k, s, n)| (k.to_string(), (*s, *n)))
+                .collect();
         assert_eq!(rows, want);
         // A second run (fresh copies of the plans) gives the same.
         let again = agg.partial(0, Form::Grouped, &batch).await.unwrap();
