@@ -50,7 +50,8 @@ pub enum Form {
     /// cheaper form when keys rarely repeat within a batch, as adaptive partial aggregation
     /// in Trino and DataFusion does. Exists for queries whose every aggregation is a
     /// `count`, `sum`, `min` or `max` (no DISTINCT, FILTER or ORDER BY) of the input rows (not
-    /// of another aggregation) with nothing but projections, unions and aliases above it ([`Aggregator::has_rows_form`]).
+    /// of another aggregation) with nothing but projections, unions and aliases above it
+    /// ([`Aggregator::has_rows_form`]).
     Rows,
 }
 
@@ -211,37 +212,18 @@ impl Aggregator {
         // Plans are made for a schema; batches that differ only in field metadata or
         // nullability (a merge's output next to fresh partials) share one.
         let schema = loose(&input[0].schema());
-        let input = input
-            .into_iter()
-            .map(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                err(datafusion::error::DataFusionError::ArrowError(
-                    Box::new(e),
-                    None,
-                ))
-            })?;
+        let input = Arc::new(Input(relabel(&schema, input).map_err(err)?));
         let (plan, shared) = self.plan(index, stage, &schema).await?;
-        let input = Arc::new(Input(input));
         // Shared subqueries first, each once, then the query reading their results.
         let mut results = Vec::with_capacity(shared.len());
-        for plan in shared {
+        if !shared.is_empty() {
             let config = self.state.config().clone().with_extension(input.clone());
             let task = Arc::new(TaskContext::from(&self.state).with_session_config(config));
-            let schema = shared_schema(&plan.schema());
-            let rows = execute(plan, task)
-                .await
-                .map_err(err)?
-                .into_iter()
-                .map(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec()))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| {
-                    err(datafusion::error::DataFusionError::ArrowError(
-                        Box::new(e),
-                        None,
-                    ))
-                })?;
-            results.push(rows);
+            for plan in shared {
+                let schema = shared_schema(&plan.schema());
+                let rows = execute(plan, task.clone()).await.map_err(err)?;
+                results.push(relabel(&schema, rows).map_err(err)?);
+            }
         }
         let config = self
             .state
@@ -347,6 +329,20 @@ async fn execute(
         }
     }
     Ok(batches)
+}
+
+/// `batches` under `schema` (the same columns; other names, nullability or metadata).
+fn relabel(
+    schema: &SchemaRef,
+    batches: Vec<RecordBatch>,
+) -> datafusion::error::Result<Vec<RecordBatch>> {
+    batches
+        .into_iter()
+        .map(|b| {
+            RecordBatch::try_new(schema.clone(), b.columns().to_vec())
+                .map_err(|e| datafusion::error::DataFusionError::ArrowError(Box::new(e), None))
+        })
+        .collect()
 }
 
 /// The schema of a shared result's table: `schema`'s types, columns named c0, c1, … (an
