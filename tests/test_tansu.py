@@ -96,8 +96,8 @@ def test_independent_producer_to_tansu_loads_exactly_once_across_sigkills_and_a_
         # Seen here: Tansu 0.6.0's storage service died mid-test (a panic in its log), and
         # after the restart its coordinator never assigned the group's partitions again.
         # That is the broker failing, not floe; without such a panic, a stuck drain fails.
-        if tansu.panic():
-            pytest.skip(f"Tansu itself failed, so exactly-once is not judged: {tansu.panic()}")
+        if panic := tansu.panic():
+            pytest.skip(f"Tansu itself failed, so exactly-once is not judged: {panic}")
         raise
     good, bad = assert_exactly(lake, payloads)
     assert len(bad) > 300 and "already committed" in out
