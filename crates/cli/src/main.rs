@@ -137,6 +137,13 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // Errors from the storage layer (opendal) capture a backtrace whenever RUST_BACKTRACE
+        // is set and print it with their message: 50 lines in every warning of an S3 outage.
+        // Panics keep theirs (RUST_BACKTRACE); errors do not.
+        // SAFETY: no other thread exists yet (the runtime starts below).
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -94,7 +94,10 @@ impl Error {
                 source,
                 sqlx::Error::Configuration(_) | sqlx::Error::ColumnNotFound(_)
             ),
-            Error::Iceberg(e) => e.retryable(),
+            // Storage I/O (iceberg-rust wraps every object-store failure as `Unexpected`,
+            // after the storage layer's own retries) may heal; invalid or unsupported
+            // metadata, a missing table and the like do not.
+            Error::Iceberg(e) => e.retryable() || e.kind() == iceberg::ErrorKind::Unexpected,
             Error::Io { .. } => true,
             _ => false,
         }

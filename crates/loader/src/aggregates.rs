@@ -447,66 +447,82 @@ impl Aggregation {
         Ok(())
     }
 
-    /// Commits each aggregate's partials with `ranges[i]` (the batch's offsets for that table),
-    /// then makes the batch's dedup decisions permanent. Returns rows committed per table.
+    /// Ends the batch's partials: waits for its running queries, merges what is held and
+    /// closes every aggregate's Parquet files. Returns the files of each aggregate table.
+    pub async fn finish(&mut self) -> floe_lake::Result<Vec<Vec<iceberg::spec::DataFile>>> {
+        let internal = |e: Error| floe_lake::Error::Config(e.to_string());
+        while !self.running.is_empty() {
+            self.collect_one().await.map_err(internal)?;
+        }
+        let mut streams = Vec::with_capacity(self.tables.len());
+        for i in 0..self.tables.len() {
+            // Held partials were all pushed while merging paid (else they would stream).
+            if self.partials[i].len() > 1 {
+                self.merge(i).await.map_err(internal)?;
+            }
+            // Held partials go the way streamed ones went (or open a stream of their own).
+            let stream = self.streams[i].take().or_else(|| {
+                (!self.partials[i].is_empty()).then(|| {
+                    PartialStream::open(
+                        self.catalog.clone(),
+                        self.tables[i].clone(),
+                        self.cpu.write.clone(),
+                    )
+                })
+            });
+            if let Some(stream) = &stream {
+                for held in self.partials[i].drain(..) {
+                    stream.send(held).await;
+                }
+            }
+            streams.push(stream);
+        }
+        // Each stream encodes on a task of its own: they close side by side.
+        futures::future::try_join_all(streams.into_iter().map(|s| async move {
+            match s {
+                Some(s) => s.finish().await,
+                None => Ok(Vec::new()),
+            }
+        }))
+        .await
+    }
+
+    /// Commits each aggregate's `files` (from [`Self::finish`]) with `ranges[i]` (the batch's
+    /// offsets for that table), the tables side by side, then makes the batch's dedup
+    /// decisions permanent. Returns rows committed per table.
     pub async fn commit(
         &mut self,
         committer: &Committer,
         group: &str,
         ranges: &[Vec<OffsetRange>],
+        files: Vec<Vec<iceberg::spec::DataFile>>,
     ) -> floe_lake::Result<Vec<u64>> {
-        while !self.running.is_empty() {
-            self.collect_one()
-                .await
-                .map_err(|e| floe_lake::Error::Config(e.to_string()))?;
-        }
-        let catalog = committer.catalog();
-        let mut rows = Vec::with_capacity(self.tables.len());
-        for (i, range) in ranges.iter().enumerate().take(self.tables.len()) {
-            if range.is_empty() && self.partials[i].is_empty() && self.streams[i].is_none() {
-                rows.push(0);
-                continue;
-            }
-            // Held partials were all pushed while merging paid (else they would stream).
-            if self.partials[i].len() > 1 {
-                self.merge(i)
-                    .await
-                    .map_err(|e| floe_lake::Error::Config(e.to_string()))?;
-            }
-            let table = &self.tables[i];
-            // Held partials go the way streamed ones went (or open a stream of their own).
-            let stream = self.streams[i].take().or_else(|| {
-                (!self.partials[i].is_empty()).then(|| {
-                    PartialStream::open(catalog.clone(), table.clone(), self.cpu.write.clone())
-                })
-            });
-            let files = match stream {
-                Some(stream) => {
-                    for held in self.partials[i].drain(..) {
-                        stream.send(held).await;
+        let write = &self.cpu.write;
+        let commits =
+            self.tables
+                .iter()
+                .zip(ranges)
+                .zip(files)
+                .map(|((table, range), files)| async move {
+                    if range.is_empty() && files.is_empty() {
+                        return Ok(0);
                     }
-                    stream.finish().await?
-                }
-                None => Vec::new(),
-            };
-            rows.push(files.iter().map(|f| f.record_count()).sum());
-            let mut req = CommitRequest::append(files);
-            req.offsets = Some(OffsetsUpdate {
-                group: group.to_string(),
-                ranges: range.clone(),
-            });
-            req.properties
-                .insert("floe.operation".into(), "aggregate".into());
-            req.properties
-                .insert("floe.aggregate".into(), table.def.name.clone());
-            let done = self
-                .cpu
-                .write
-                .time(committer.commit(&table.ident, req))
-                .await?;
-            floe_lake::metrics::record_commit(&table.ident.to_string(), &done);
-            floe_lake::fail::point("after-aggregate-commit");
-        }
+                    let rows = files.iter().map(|f| f.record_count()).sum();
+                    let mut req = CommitRequest::append(files);
+                    req.offsets = Some(OffsetsUpdate {
+                        group: group.to_string(),
+                        ranges: range.clone(),
+                    });
+                    req.properties
+                        .insert("floe.operation".into(), "aggregate".into());
+                    req.properties
+                        .insert("floe.aggregate".into(), table.def.name.clone());
+                    let done = write.time(committer.commit(&table.ident, req)).await?;
+                    floe_lake::metrics::record_commit(&table.ident.to_string(), &done);
+                    floe_lake::fail::point("after-aggregate-commit");
+                    Ok::<_, floe_lake::Error>(rows)
+                });
+        let rows = futures::future::try_join_all(commits).await?;
         self.clear();
         self.dedup.commit();
         Ok(rows)

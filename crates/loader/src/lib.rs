@@ -55,5 +55,13 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// Whether trying again later may succeed: the lake's storage or catalog failed in a way
+    /// that can heal (unreachable, timed out, a lost race).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Lake(e) if e.is_retryable())
+    }
+}
+
 /// Result with [`Error`] as the default error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

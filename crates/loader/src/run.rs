@@ -253,7 +253,12 @@ struct Pipe {
     /// Per aggregate table, the offset from which messages are still to be aggregated.
     agg_from: Vec<FastMap<Tp, i64>>,
     aggs: Vec<TableIdent>,
+    /// Failed flushes (and failed attempts to rewind after them) in a row: the backoff.
     failures: u32,
+    /// A failed flush was discarded: the pipeline's partitions are paused and its messages
+    /// ignored until, at this instant, they are sought back to the tables' committed offsets.
+    /// Retried (later each time) while the tables cannot be read.
+    rewind_at: Option<Instant>,
     totals: PipelineTotals,
     meters: Meters,
 }
@@ -396,7 +401,7 @@ impl ConsumerContext for Ctx {
                     .iter()
                     .map(|e| (e.topic().to_string(), e.partition()))
                     .collect();
-                match st.start_offsets(&self.env, &tps, true) {
+                match st.start_offsets_retrying(&self.env, &tps) {
                     Ok(starts) => {
                         for (tp, start) in &starts {
                             let offset = match start {
@@ -421,9 +426,15 @@ impl ConsumerContext for Ctx {
                 } else {
                     consumer.assign(tpl)
                 };
-                if let Err(e) = r {
-                    st.fatal
-                        .get_or_insert(Error::Kafka(format!("assigning partitions: {e}")));
+                match r {
+                    // A partition held for a rewind when it was revoked is not held now.
+                    Ok(()) => {
+                        let _ = consumer.resume(tpl);
+                    }
+                    Err(e) => {
+                        st.fatal
+                            .get_or_insert(Error::Kafka(format!("assigning partitions: {e}")));
+                    }
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -542,6 +553,26 @@ impl State {
         }
     }
 
+    /// [`State::start_offsets`] for newly assigned partitions, tried again while the tables
+    /// cannot be read for a reason that may heal (storage or catalog unreachable), for up to
+    /// [`ASSIGN_RETRY`]: the consumer cannot poll meanwhile, and past Kafka's
+    /// `max.poll.interval.ms` the group would drop this member.
+    fn start_offsets_retrying(&mut self, env: &Env, tps: &[Tp]) -> Result<Vec<(Tp, Option<i64>)>> {
+        let started = Instant::now();
+        let mut failures = 0;
+        loop {
+            match self.start_offsets(env, tps, true) {
+                Err(e) if e.is_retryable() && started.elapsed() < ASSIGN_RETRY => {
+                    failures += 1;
+                    let pause = backoff(failures);
+                    tracing::error!(error = %e, retry_in = ?pause, "reading the committed offsets of assigned partitions failed; retrying");
+                    std::thread::sleep(pause);
+                }
+                r => return r,
+            }
+        }
+    }
+
     /// Flushes every pipeline and waits for the commits (revocation, shutdown, drained).
     fn flush_all_and_wait<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, env: &Env) {
         for p in &mut self.pipes {
@@ -635,35 +666,78 @@ impl State {
                     }
                     FlushFailure::Failed(why) => {
                         pipe.failures += 1;
-                        let pause = Duration::from_millis(250 * 2u64.pow(pipe.failures.min(7)));
+                        let pause = backoff(pipe.failures);
                         tracing::error!(table = %pipe.name, error = %why, retry_in = ?pause, "commit failed; rewinding to the committed offsets and retrying");
                         pause
                     }
                 };
                 metrics::counter!(m::REWINDS, "table" => pipe.name.clone()).increment(1);
-                std::thread::sleep(pause);
-                if let Err(e) = self.rewind(i, consumer, env) {
+                self.hold(i, consumer, pause);
+                if pause.is_zero() {
+                    self.rewind_due(consumer, env);
+                }
+            }
+        }
+    }
+
+    /// The partitions of pipeline `i`, as assigned now.
+    fn assigned_to(&self, i: usize) -> Vec<Tp> {
+        self.assigned
+            .iter()
+            .filter(|tp| self.pipes[i].cfg.topics.contains(&tp.0))
+            .cloned()
+            .collect()
+    }
+
+    /// Drops pipeline `i`'s unflushed batch and holds its partitions for `pause`, after which
+    /// [`State::rewind_due`] seeks them back to what the tables hold. The consumer keeps
+    /// polling meanwhile (other pipelines go on; the group keeps this member).
+    fn hold<C: ConsumerContext>(&mut self, i: usize, consumer: &BaseConsumer<C>, pause: Duration) {
+        self.pipes[i].discard();
+        self.pipes[i].rewind_at = Some(Instant::now() + pause);
+        let tpl = tp_list(&self.assigned_to(i));
+        if tpl.count() > 0
+            && let Err(e) = consumer.pause(&tpl)
+        {
+            // Only saves fetching what is ignored until the rewind.
+            tracing::debug!(error = %e, "pausing partitions failed");
+        }
+    }
+
+    /// Rewinds the pipelines whose hold is over. One whose tables cannot be read (storage or
+    /// catalog unreachable) stays held and is tried again later; an error that retrying does
+    /// not mend stops the loader.
+    fn rewind_due<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, env: &Env) {
+        let now = Instant::now();
+        for i in 0..self.pipes.len() {
+            if self.pipes[i].rewind_at.is_none_or(|at| at > now) {
+                continue;
+            }
+            match self.rewind(i, consumer, env) {
+                Ok(()) => self.pipes[i].rewind_at = None,
+                Err(e) if e.is_retryable() => {
+                    let pipe = &mut self.pipes[i];
+                    pipe.failures += 1;
+                    let pause = backoff(pipe.failures);
+                    tracing::error!(table = %pipe.name, error = %e, retry_in = ?pause, "reading the committed offsets to rewind to failed; retrying");
+                    pipe.rewind_at = Some(now + pause);
+                }
+                Err(e) => {
+                    tracing::error!(table = %self.pipes[i].name, error = %e, "reading the committed offsets to rewind to failed");
                     self.fatal.get_or_insert(e);
                 }
             }
         }
     }
 
-    /// Drops the pipeline's unflushed batch and seeks its partitions back to what the tables
-    /// hold.
+    /// Seeks pipeline `i`'s partitions back to what its tables hold, and resumes them.
     fn rewind<C: ConsumerContext>(
         &mut self,
         i: usize,
         consumer: &BaseConsumer<C>,
         env: &Env,
     ) -> Result<()> {
-        let tps: Vec<Tp> = self
-            .assigned
-            .iter()
-            .filter(|tp| self.pipes[i].cfg.topics.contains(&tp.0))
-            .cloned()
-            .collect();
-        self.pipes[i].discard();
+        let tps = self.assigned_to(i);
         let starts = self.start_offsets(env, &tps, false)?;
         for (tp, start) in starts {
             let offset = start.map(Offset::Offset).unwrap_or(Offset::Beginning);
@@ -671,8 +745,31 @@ impl State {
                 .seek(&tp.0, tp.1, offset, Duration::from_secs(10))
                 .map_err(|e| Error::Kafka(format!("seeking {}[{}]: {e}", tp.0, tp.1)))?;
         }
+        let tpl = tp_list(&tps);
+        if tpl.count() > 0 {
+            consumer
+                .resume(&tpl)
+                .map_err(|e| Error::Kafka(format!("resuming {tps:?}: {e}")))?;
+        }
         Ok(())
     }
+}
+
+/// How long newly assigned partitions wait for their tables' committed offsets to become
+/// readable before the loader gives up (and stops, to be restarted).
+const ASSIGN_RETRY: Duration = Duration::from_secs(120);
+
+/// The pause after `failures` failed attempts in a row: 0.5 s, doubling up to 32 s.
+fn backoff(failures: u32) -> Duration {
+    Duration::from_millis(250 * 2u64.pow(failures.clamp(1, 7)))
+}
+
+fn tp_list(tps: &[Tp]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in tps {
+        tpl.add_partition(t, *p);
+    }
+    tpl
 }
 
 impl Pipe {
@@ -1151,6 +1248,7 @@ pub fn run(
             agg_from: vec![FastMap::default(); aggs.len()],
             aggs,
             failures: 0,
+            rewind_at: None,
             meters: Meters::new(&raw_name),
             totals: PipelineTotals::default(),
         });
@@ -1283,7 +1381,7 @@ fn assign_all(
         }
     }
     let mut st = state.lock().expect("state lock");
-    let starts = st.start_offsets(env, &tps, true)?;
+    let starts = st.start_offsets_retrying(env, &tps)?;
     let mut tpl = TopicPartitionList::new();
     for (tp, start) in starts {
         tpl.add_partition_offset(
@@ -1350,6 +1448,12 @@ fn consume_loop(
                     tp = (msg.topic().to_string(), msg.partition());
                 }
                 let offset = msg.offset();
+                let Some(&i) = st.by_topic.get(&tp.0) else {
+                    continue;
+                };
+                if st.pipes[i].rewind_at.is_some() {
+                    continue; // fetched before the hold; read again after the rewind
+                }
                 match st.next_offset.get_mut(&tp) {
                     Some(next) => {
                         if offset > *next {
@@ -1364,9 +1468,6 @@ fn consume_loop(
                         st.next_offset.insert(tp.clone(), offset + 1);
                     }
                 }
-                let Some(&i) = st.by_topic.get(&tp.0) else {
-                    continue;
-                };
                 let ingested = st.ingested_at_us;
                 let meta = RecordMeta {
                     topic: &tp.0,
@@ -1394,6 +1495,7 @@ fn consume_loop(
             p.meters.publish();
         }
         st.drain_outcomes(consumer, env);
+        st.rewind_due(consumer, env);
         for p in &mut st.pipes {
             p.refresh(env);
         }
@@ -1456,7 +1558,7 @@ fn cached_watermarks(
 
 /// Whether every assigned partition has been read to its high watermark.
 fn drained(consumer: &BaseConsumer<Ctx>, st: &State) -> bool {
-    if st.assigned.is_empty() {
+    if st.assigned.is_empty() || st.pipes.iter().any(|p| p.rewind_at.is_some()) {
         return false;
     }
     // Only the watermarks cached from fetch responses: a partition is judged once its first
@@ -1769,14 +1871,25 @@ impl Writer {
                 return Err(FlushFailure::Failed(e));
             }
         }
-        let files = match current.take() {
-            Some((b, w)) if b == job.batch => w.close().await.map_err(failed)?,
-            Some((_, w)) => {
-                w.abort().await;
-                Vec::new()
+        // The raw files close while the aggregates' partial files do (each on its own task).
+        let raw_files = async {
+            match current.take() {
+                Some((b, w)) if b == job.batch => w.close().await,
+                Some((_, w)) => {
+                    w.abort().await;
+                    Ok(Vec::new())
+                }
+                None => Ok(Vec::new()),
             }
-            None => Vec::new(),
         };
+        let agg_files = async {
+            match self.aggregation.as_mut() {
+                Some(a) => a.finish().await,
+                None => Ok(Vec::new()),
+            }
+        };
+        let (files, agg_files) = futures::future::join(raw_files, agg_files).await;
+        let (files, agg_files) = (files.map_err(failed)?, agg_files.map_err(failed)?);
         floe_lake::fail::point("after-data-files");
         let rows: u64 = files.iter().map(|f| f.record_count()).sum();
         let bytes: u64 = files.iter().map(|f| f.file_size_in_bytes()).sum();
@@ -1817,37 +1930,51 @@ impl Writer {
             let (meta, name) = (metadata.clone(), self.name.clone());
             tokio::spawn(async move { m::report_layout(&file_io, &meta, &name).await });
         }
-        let mut dead_letters = 0;
-        if let Some(dlq) = &self.dlq
-            && (!job.dlq_ranges.is_empty() || !job.dead.is_empty())
-        {
+        // The raw table first: rebuilding dedup state reads raw rows below the aggregates'
+        // offsets. Then the dead-letter and aggregate tables, side by side.
+        let committer = &self.committer;
+        let group = &self.group;
+        let dead_letters = async {
+            let Some(dlq) = &self.dlq else {
+                return Ok(0);
+            };
+            if job.dlq_ranges.is_empty() && job.dead.is_empty() {
+                return Ok(0);
+            }
             // The topic copy first (at least once), then the table (exactly once).
-            self.produce_dead_letters(&job.dead)
+            produce_dead_letters(self.dlq_topic.as_deref(), self.producer.as_ref(), &job.dead)
                 .await
                 .map_err(FlushFailure::Failed)?;
-            let (_, meta) = self
-                .committer
+            let (_, meta) = committer
                 .catalog()
                 .load_metadata(dlq)
                 .await
                 .map_err(failed)?;
             let offsets = OffsetsUpdate {
-                group: self.group.clone(),
+                group: group.clone(),
                 ranges: job.dlq_ranges.clone(),
             };
-            crate::sink::commit_dead_letters(&self.committer, dlq, &meta, &job.dead, Some(offsets))
+            crate::sink::commit_dead_letters(committer, dlq, &meta, &job.dead, Some(offsets))
                 .await
                 .map_err(|e| match e {
                     Error::Lake(e) => failed(e),
                     e => FlushFailure::Failed(e.to_string()),
                 })?;
-            dead_letters = job.dead.len() as u64;
-        }
-        if let Some(a) = self.aggregation.as_mut() {
-            let rows = a
-                .commit(&self.committer, &self.group, &job.agg_ranges)
-                .await
-                .map_err(failed)?;
+            Ok(job.dead.len() as u64)
+        };
+        let aggregates = async {
+            match self.aggregation.as_mut() {
+                Some(a) => a
+                    .commit(committer, group, &job.agg_ranges, agg_files)
+                    .await
+                    .map(Some)
+                    .map_err(failed),
+                None => Ok(None),
+            }
+        };
+        let (dead_letters, aggregated) = futures::future::join(dead_letters, aggregates).await;
+        let (dead_letters, aggregated) = (dead_letters?, aggregated?);
+        if let Some(rows) = aggregated {
             tracing::debug!(table = %self.name, rows = ?rows, "aggregates committed");
         }
         tracing::debug!(table = %self.name, rows, dead_letters, files = n_files, "batch committed");
@@ -1860,54 +1987,60 @@ impl Writer {
             bytes,
         })
     }
+}
 
-    async fn produce_dead_letters(&self, dead: &[DeadLetter]) -> std::result::Result<(), String> {
-        let (Some(topic), Some(producer)) = (&self.dlq_topic, &self.producer) else {
-            return Ok(());
-        };
-        let sends = dead.iter().map(|d| {
-            let partition = d.source_partition.unwrap_or(-1).to_string();
-            let offset = d.source_offset.unwrap_or(-1).to_string();
-            let mut headers = OwnedHeaders::new();
-            for (k, v) in &d.headers {
-                headers = headers.insert(Header {
-                    key: k,
-                    value: v.as_deref(),
-                });
-            }
-            let headers = headers
-                .insert(Header {
-                    key: "floe.error.kind",
-                    value: Some(d.error_kind.as_bytes()),
-                })
-                .insert(Header {
-                    key: "floe.error.message",
-                    value: Some(d.error_message.as_bytes()),
-                })
-                .insert(Header {
-                    key: "floe.source.topic",
-                    value: Some(d.source_topic.as_bytes()),
-                })
-                .insert(Header {
-                    key: "floe.source.partition",
-                    value: Some(partition.as_bytes()),
-                })
-                .insert(Header {
-                    key: "floe.source.offset",
-                    value: Some(offset.as_bytes()),
-                });
-            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
-            if let Some(k) = &d.source_key {
-                record = record.key(k.as_slice());
-            }
-            if let Some(p) = &d.payload {
-                record = record.payload(p.as_slice());
-            }
-            producer.send(record, Duration::from_secs(30))
-        });
-        for r in futures::future::join_all(sends).await {
-            r.map_err(|(e, _)| format!("producing to dead-letter topic {topic}: {e}"))?;
+/// Sends dead letters to the dead-letter topic (when there is one), with why each was
+/// rejected and where it came from in headers.
+async fn produce_dead_letters(
+    topic: Option<&str>,
+    producer: Option<&FutureProducer>,
+    dead: &[DeadLetter],
+) -> std::result::Result<(), String> {
+    let (Some(topic), Some(producer)) = (topic, producer) else {
+        return Ok(());
+    };
+    let sends = dead.iter().map(|d| {
+        let partition = d.source_partition.unwrap_or(-1).to_string();
+        let offset = d.source_offset.unwrap_or(-1).to_string();
+        let mut headers = OwnedHeaders::new();
+        for (k, v) in &d.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: v.as_deref(),
+            });
         }
-        Ok(())
+        let headers = headers
+            .insert(Header {
+                key: "floe.error.kind",
+                value: Some(d.error_kind.as_bytes()),
+            })
+            .insert(Header {
+                key: "floe.error.message",
+                value: Some(d.error_message.as_bytes()),
+            })
+            .insert(Header {
+                key: "floe.source.topic",
+                value: Some(d.source_topic.as_bytes()),
+            })
+            .insert(Header {
+                key: "floe.source.partition",
+                value: Some(partition.as_bytes()),
+            })
+            .insert(Header {
+                key: "floe.source.offset",
+                value: Some(offset.as_bytes()),
+            });
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
+        if let Some(k) = &d.source_key {
+            record = record.key(k.as_slice());
+        }
+        if let Some(p) = &d.payload {
+            record = record.payload(p.as_slice());
+        }
+        producer.send(record, Duration::from_secs(30))
+    });
+    for r in futures::future::join_all(sends).await {
+        r.map_err(|(e, _)| format!("producing to dead-letter topic {topic}: {e}"))?;
     }
+    Ok(())
 }
