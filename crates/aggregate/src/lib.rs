@@ -5,6 +5,7 @@
 //! compaction and late events all see exact totals.
 #![deny(missing_docs)]
 
+pub mod date_bin;
 pub mod dedup;
 pub mod definition;
 pub mod engine;
