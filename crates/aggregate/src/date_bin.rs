@@ -22,7 +22,7 @@ use arrow_array::types::{
 };
 use arrow_array::{Array, ArrayRef, PrimitiveArray};
 use arrow_schema::{DataType, Field, IntervalUnit, TimeUnit};
-use datafusion::common::ScalarValue;
+use datafusion::common::{ScalarValue, exec_datafusion_err, exec_err};
 use datafusion::error::Result;
 use datafusion::functions::datetime::date_bin::DateBinFunc;
 use datafusion::logical_expr::sort_properties::{ExprProperties, SortProperties};
@@ -92,10 +92,16 @@ impl ScalarUDFImpl for DateBin {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        if let Some(out) = fast(&args.args) {
+        if let Some(out) = fast(&args.args)? {
             #[cfg(test)]
             tests::FAST_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Ok(ColumnarValue::Array(out));
+        }
+        // DataFusion's function scales every value to nanoseconds unchecked (a panic in debug
+        // builds, a wrong bin in release): what it cannot scale is an error, as it was when
+        // its signature cast the values to nanoseconds first.
+        if let Some(values) = args.args.get(1) {
+            within_nanoseconds(values)?;
         }
         self.inner.invoke_with_args(args)
     }
@@ -125,7 +131,7 @@ fn stride_nanos(stride: &ColumnarValue) -> Option<i128> {
 }
 
 /// The bins of `args` (stride, timestamps[, origin]), or `None` for DataFusion's function.
-fn fast(args: &[ColumnarValue]) -> Option<ArrayRef> {
+fn fast(args: &[ColumnarValue]) -> Result<Option<ArrayRef>> {
     let (stride, values, origin) = match args {
         [stride, ColumnarValue::Array(values)] => (stride, values, 0i128),
         [
@@ -133,9 +139,11 @@ fn fast(args: &[ColumnarValue]) -> Option<ArrayRef> {
             ColumnarValue::Array(values),
             ColumnarValue::Scalar(ScalarValue::TimestampNanosecond(Some(origin), _)),
         ] => (stride, values, i128::from(*origin)),
-        _ => return None,
+        _ => return Ok(None),
     };
-    let stride = stride_nanos(stride)?;
+    let Some(stride) = stride_nanos(stride) else {
+        return Ok(None);
+    };
     match values.data_type() {
         DataType::Timestamp(TimeUnit::Second, _) => {
             bin::<TimestampSecondType>(values, stride, origin, 1_000_000_000)
@@ -149,28 +157,30 @@ fn fast(args: &[ColumnarValue]) -> Option<ArrayRef> {
         DataType::Timestamp(TimeUnit::Nanosecond, _) => {
             bin::<TimestampNanosecondType>(values, stride, origin, 1)
         }
-        _ => None,
+        _ => Ok(None),
     }
 }
 
 /// Bins `values` (of `T`, `scale` nanoseconds per unit) by `stride` from `origin` (both in
 /// nanoseconds), as DataFusion does: the start of the bin holding each value, bins counted
-/// from the origin in both directions.
+/// from the origin in both directions. Computed in `T`'s unit, so years DataFusion cannot
+/// reach in nanoseconds (before 1677, after 2262) are binned too. `None` if `stride` or
+/// `origin` is not a whole number of `T`'s unit.
 fn bin<T: ArrowTimestampType>(
     values: &ArrayRef,
     stride: i128,
     origin: i128,
     scale: i128,
-) -> Option<ArrayRef> {
+) -> Result<Option<ArrayRef>> {
     if stride % scale != 0 || origin % scale != 0 {
-        return None;
+        return Ok(None);
     }
-    let (stride, origin) = ((stride / scale) as i64, (origin / scale) as i64);
-    let array = values.as_any().downcast_ref::<PrimitiveArray<T>>()?;
-    // DataFusion computes in nanoseconds: values beyond i64 nanoseconds are its to handle.
-    let limit = (i128::from(i64::MAX) / scale) as i64;
+    let (stride, origin) = (stride / scale, origin / scale);
+    let Some(array) = values.as_any().downcast_ref::<PrimitiveArray<T>>() else {
+        return Ok(None);
+    };
     let nulls = array.nulls();
-    // The bin of the previous row: [lo, lo + stride).
+    // The bin of the previous row: [lo, hi).
     let (mut lo, mut hi) = (i64::MAX, i64::MIN);
     let mut out = Vec::with_capacity(array.len());
     for (i, &v) in array.values().iter().enumerate() {
@@ -178,20 +188,55 @@ fn bin<T: ArrowTimestampType>(
             out.push(0);
             continue;
         }
-        if v > limit || v < -limit {
-            return None;
-        }
         if !(lo..hi).contains(&v) {
-            let start = i128::from(origin)
-                + i128::from(v - origin).div_euclid(i128::from(stride)) * i128::from(stride);
-            lo = i64::try_from(start).ok()?;
-            hi = i64::try_from(start + i128::from(stride)).unwrap_or(i64::MAX);
+            let start = origin + (i128::from(v) - origin).div_euclid(stride) * stride;
+            lo = i64::try_from(start).map_err(|_| {
+                exec_datafusion_err!(
+                    "date_bin: the bin of timestamp {v} ({:?}) starts before the earliest \
+                     timestamp that type holds",
+                    T::UNIT
+                )
+            })?;
+            hi = i64::try_from(start + stride).unwrap_or(i64::MAX);
         }
         out.push(lo);
     }
     let binned = PrimitiveArray::<T>::new(out.into(), nulls.cloned())
         .with_data_type(array.data_type().clone());
-    Some(Arc::new(binned))
+    Ok(Some(Arc::new(binned)))
+}
+
+/// An error if a timestamp in `values` (not in nanoseconds) has no nanosecond value.
+fn within_nanoseconds(values: &ColumnarValue) -> Result<()> {
+    fn check<T: ArrowTimestampType>(values: &ArrayRef, scale: i64) -> Result<()> {
+        let Some(array) = values.as_any().downcast_ref::<PrimitiveArray<T>>() else {
+            return Ok(());
+        };
+        match array
+            .iter()
+            .flatten()
+            .find(|v| v.checked_mul(scale).is_none())
+        {
+            None => Ok(()),
+            Some(v) => exec_err!(
+                "date_bin: timestamp {v} ({:?}) is outside the years 1677-2262 that this stride \
+                 and origin are binned in (nanoseconds); floe bins any year for a stride of \
+                 days, hours, minutes or seconds with no origin or an origin in whole {:?}s",
+                T::UNIT,
+                T::UNIT
+            ),
+        }
+    }
+    let DataType::Timestamp(unit, _) = values.data_type() else {
+        return Ok(());
+    };
+    let values = values.to_array(1)?;
+    match unit {
+        TimeUnit::Second => check::<TimestampSecondType>(&values, 1_000_000_000),
+        TimeUnit::Millisecond => check::<TimestampMillisecondType>(&values, 1_000_000),
+        TimeUnit::Microsecond => check::<TimestampMicrosecondType>(&values, 1_000),
+        TimeUnit::Nanosecond => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -232,20 +277,22 @@ mod tests {
         out.into_array(rows)
     }
 
+    /// `values` (instants since the epoch) as timestamps of `unit` in zone `tz`.
     fn timestamps(unit: TimeUnit, tz: Option<&str>, values: Vec<Option<i64>>) -> ArrayRef {
-        let a: ArrayRef = match unit {
-            TimeUnit::Second => Arc::new(PrimitiveArray::<TimestampSecondType>::from(values)),
-            TimeUnit::Millisecond => {
-                Arc::new(PrimitiveArray::<TimestampMillisecondType>::from(values))
-            }
-            TimeUnit::Microsecond => {
-                Arc::new(PrimitiveArray::<TimestampMicrosecondType>::from(values))
-            }
-            TimeUnit::Nanosecond => {
-                Arc::new(PrimitiveArray::<TimestampNanosecondType>::from(values))
-            }
-        };
-        arrow::compute::cast(&a, &DataType::Timestamp(unit, tz.map(Into::into))).unwrap()
+        fn of<T: ArrowTimestampType>(values: Vec<Option<i64>>, tz: Option<&str>) -> ArrayRef {
+            Arc::new(
+                values
+                    .into_iter()
+                    .collect::<PrimitiveArray<T>>()
+                    .with_timezone_opt(tz),
+            )
+        }
+        match unit {
+            TimeUnit::Second => of::<TimestampSecondType>(values, tz),
+            TimeUnit::Millisecond => of::<TimestampMillisecondType>(values, tz),
+            TimeUnit::Microsecond => of::<TimestampMicrosecondType>(values, tz),
+            TimeUnit::Nanosecond => of::<TimestampNanosecondType>(values, tz),
+        }
     }
 
     /// Every case through both functions: the same values, nulls, type and errors.
@@ -292,50 +339,99 @@ mod tests {
         let theirs = DateBinFunc::new();
         let mut fast_cases = 0;
         for unit in units {
-            let span: i64 = match unit {
-                TimeUnit::Second => 10_000_000_000,
-                TimeUnit::Millisecond => 10_000_000_000_000,
-                TimeUnit::Microsecond => 5_000_000_000_000_000,
-                TimeUnit::Nanosecond => i64::MAX / 2,
+            let scale: i64 = match unit {
+                TimeUnit::Second => 1_000_000_000,
+                TimeUnit::Millisecond => 1_000_000,
+                TimeUnit::Microsecond => 1_000,
+                TimeUnit::Nanosecond => 1,
             };
-            for tz in [None, Some("+00:00"), Some("Europe/Berlin")] {
-                // Runs in time order (as a partition's events), jumps, negatives, nulls.
-                let mut values = Vec::new();
-                let mut t = (rng.next() as i64 % span) - span / 2;
-                for _ in 0..2_000 {
-                    match rng.next() % 20 {
-                        0 => values.push(None),
-                        1 => t = (rng.next() as i64 % span) - span / 2,
-                        _ => t = t.saturating_add((rng.next() % 1_000_000) as i64),
-                    }
-                    values.push(Some(t));
+            // `near`: values DataFusion can scale to nanoseconds (and shift by an origin).
+            // `far`: any value of the unit but the first and last strides of its range.
+            let near = i64::MAX / scale / if scale == 1 { 2 } else { 1 };
+            let far = i64::MAX;
+            for (span, is_near) in [(near, true), (far, false)] {
+                if !is_near && scale == 1 {
+                    continue;
                 }
-                values.extend([Some(0), Some(-1), Some(1), Some(span / 2), Some(-span / 2)]);
-                let array = timestamps(unit, tz, values);
-                for stride in &strides {
-                    for origin in origins {
-                        let mut args = vec![
-                            ColumnarValue::Scalar(stride.clone()),
-                            ColumnarValue::Array(array.clone()),
-                        ];
-                        if let Some(o) = origin {
-                            args.push(ColumnarValue::Scalar(ScalarValue::TimestampNanosecond(
-                                Some(o),
-                                Some("+00:00".into()),
-                            )));
+                for tz in [None, Some("+00:00"), Some("Europe/Berlin")] {
+                    let anywhere = |rng: &mut Lcg| {
+                        ((i128::from(rng.next()) * i128::from(span)) >> 53) as i64 - span / 2
+                    };
+                    // Runs in time order (as a partition's events), jumps, negatives, nulls.
+                    let mut values = Vec::new();
+                    let mut t = anywhere(&mut rng);
+                    for _ in 0..2_000 {
+                        match rng.next() % 20 {
+                            0 => values.push(None),
+                            1 => t = anywhere(&mut rng),
+                            _ => t = t.saturating_add((rng.next() % 1_000_000) as i64),
                         }
-                        let n = array.len();
-                        fast_cases += usize::from(fast(&args).is_some());
-                        let a = call(&ours, args.clone(), n);
-                        let b = call(&theirs, args, n);
-                        match (a, b) {
-                            (Ok(a), Ok(b)) => assert_eq!(
-                                a.as_ref(),
-                                b.as_ref(),
-                                "{unit:?} {tz:?} {stride:?} origin {origin:?}"
-                            ),
-                            (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
-                            (a, b) => panic!("{unit:?} {stride:?} {origin:?}: {a:?} vs {b:?}"),
+                        values.push(Some(t));
+                    }
+                    values.extend([Some(0), Some(-1), Some(1), Some(span / 2), Some(-span / 2)]);
+                    let plain = values.clone();
+                    let array = timestamps(unit, tz, values);
+                    for stride in &strides {
+                        for origin in origins {
+                            let mut args = vec![
+                                ColumnarValue::Scalar(stride.clone()),
+                                ColumnarValue::Array(array.clone()),
+                            ];
+                            if let Some(o) = origin {
+                                args.push(ColumnarValue::Scalar(ScalarValue::TimestampNanosecond(
+                                    Some(o),
+                                    Some("+00:00".into()),
+                                )));
+                            }
+                            let n = array.len();
+                            let case = format!("{unit:?} {tz:?} {stride:?} origin {origin:?}");
+                            fast_cases += usize::from(matches!(fast(&args), Ok(Some(_))));
+                            let a = call(&ours, args.clone(), n);
+                            if is_near {
+                                match (a, call(&theirs, args, n)) {
+                                    (Ok(a), Ok(b)) => assert_eq!(a.as_ref(), b.as_ref(), "{case}"),
+                                    (Err(a), Err(b)) => {
+                                        assert_eq!(a.to_string(), b.to_string(), "{case}")
+                                    }
+                                    (a, b) => panic!("{case}: {a:?} vs {b:?}"),
+                                }
+                                continue;
+                            }
+                            // Beyond DataFusion's reach: a fixed stride and origin in whole
+                            // units are binned (checked against the arithmetic in i128),
+                            // anything else is an error naming the range.
+                            let stride_ns = stride_nanos(&ColumnarValue::Scalar(stride.clone()));
+                            let origin_ns = i128::from(origin.unwrap_or(0));
+                            let scale = i128::from(scale);
+                            match stride_ns {
+                                Some(st) if st % scale == 0 && origin_ns % scale == 0 => {
+                                    let (st, o) = (st / scale, origin_ns / scale);
+                                    let got = a.unwrap_or_else(|e| panic!("{case}: {e}"));
+                                    let got = arrow::compute::cast(&got, &DataType::Int64).unwrap();
+                                    let got = got.as_primitive::<arrow_array::types::Int64Type>();
+                                    for (i, v) in plain.iter().enumerate() {
+                                        match v {
+                                            None => assert!(got.is_null(i), "{case}"),
+                                            Some(v) => {
+                                                let want =
+                                                    o + (i128::from(*v) - o).div_euclid(st) * st;
+                                                assert_eq!(
+                                                    i128::from(got.value(i)),
+                                                    want,
+                                                    "{case}: {v}"
+                                                );
+                                            }
+                                        }
+                                    }
+                                }
+                                _ => {
+                                    let e = a.expect_err(&case).to_string();
+                                    assert!(
+                                        e.contains("outside the years 1677-2262"),
+                                        "{case}: {e}"
+                                    );
+                                }
+                            }
                         }
                     }
                 }
@@ -413,7 +509,8 @@ mod tests {
 
     /// The shipped aggregates' call, `date_bin(INTERVAL '1 hour', event_ts)` over the raw
     /// table's `timestamptz` (microseconds, UTC), planned by the aggregates' own session,
-    /// reaches the fast path: the planner hands it the stride and the column as they are.
+    /// reaches the fast path: the planner hands it the stride and the column as they are, and
+    /// an event after 2262 (DataFusion's own failed the query) gets its hour.
     #[tokio::test]
     async fn the_shipped_call_takes_the_fast_path() {
         let ctx = crate::engine::context();
@@ -424,6 +521,8 @@ mod tests {
                 Some(1_763_000_000_000_000),
                 None,
                 Some(1_763_003_600_000_001),
+                // 2900-01-01T10:30:00Z: no nanosecond value, binned all the same.
+                Some(29_348_044_200_000_000),
             ],
         );
         let schema = Arc::new(arrow_schema::Schema::new(vec![arrow_schema::Field::new(
@@ -451,6 +550,7 @@ mod tests {
         let w = out[0].column(0).as_primitive::<TimestampMicrosecondType>();
         assert_eq!(w.value(0), 1_762_999_200_000_000);
         assert_eq!(w.value(1), 1_763_002_800_000_000);
-        assert!(w.is_null(2));
+        assert_eq!(w.value(2), 29_348_042_400_000_000);
+        assert!(w.is_null(3));
     }
 }
