@@ -5,6 +5,7 @@ recomputation from the raw table deduplicated by event_guid, computed independen
 import math
 import signal
 import time
+from datetime import timezone
 
 import pytest
 
@@ -204,3 +205,34 @@ def test_aggregates_can_be_chosen_or_turned_off(sqlite_lake, dev_broker, tmp_pat
     lake.run(*run_args(dev_broker, "--until-drained", "--aggregates", "hourly_multi"), timeout=120)
     assert lake.pyiceberg_table("lake.events_hourly_by_dimension").current_snapshot() is None
     assert lake.pyiceberg_table("lake.events_hourly_multi").current_snapshot() is not None
+
+
+def test_events_beyond_2262_are_aggregated_in_their_hour(sqlite_lake, dev_broker, tmp_path):
+    """Event times a nanosecond timestamp cannot hold (after 2262-04-11, before 1677-09-21)
+    are valid `timestamptz` values: they load, and each aggregate puts them in their hour
+    (DataFusion's own date_bin failed the query on them, which held the loader back)."""
+    import json
+
+    from confluent_kafka import Producer
+    from oracle import expected_row
+    lake = sqlite_lake
+    payloads = prepared_with_duplicates(lake, dev_broker, tmp_path, 3_000, seed=95)
+    template = json.loads(next(p for p in payloads if expected_row(p)))
+    far = []
+    for i, ms in enumerate([29_348_044_200_000, -11_676_096_000_000, 253_402_300_799_000]):
+        far.append(json.dumps(dict(template, eventGuid=f"far-{i}", timestamp=ms)).encode())
+    prod = Producer({"bootstrap.servers": dev_broker})
+    for pl in far:
+        prod.produce("events", value=pl, key=json.loads(pl)["eventGuid"])
+    assert prod.flush(30) == 0
+    lake.run(*run_args(dev_broker, "--max-rows", "1000", "--flush-interval", "500ms", "--until-drained"),
+             timeout=180)
+    good, _ = split(payloads + far)
+    assert raw_rows(lake) == len(good)
+    assert_aggregates_exact(lake)
+    hours = lake.read_duckdb(
+        "lake.events_hourly_multi",
+        "SELECT DISTINCT window_start FROM t WHERE window_start < TIMESTAMPTZ '1700-01-01 00:00:00+00' "
+        "OR window_start > TIMESTAMPTZ '2262-12-31 00:00:00+00' ORDER BY 1").column(0).to_pylist()
+    assert [h.astimezone(timezone.utc).isoformat() for h in hours] == [
+        "1600-01-01T00:00:00+00:00", "2900-01-01T10:00:00+00:00", "9999-12-31T23:00:00+00:00"]
