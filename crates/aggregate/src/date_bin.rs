@@ -6,12 +6,13 @@
 //! about a sixth of the queries' CPU in a profile of the loader. A flush's events come in runs
 //! of one Kafka partition, in event-time order, so consecutive rows mostly fall into one bin:
 //! [`DateBin`] bins a fixed stride (no months) in the array's own unit and reuses the previous
-//! row's bin while rows stay in it. Anything else (months, scalars, an origin of another type,
-//! a stride or origin that is not a whole number of the array's unit, values whose nanoseconds
-//! overflow) goes to DataFusion's function, which also supplies the return type, the ordering
-//! and the coercion of any other arguments. A timestamp keeps its unit (DataFusion's own
-//! signature would cast it to nanoseconds first): the bins of a microsecond column are
-//! microseconds, as the tables store them.
+//! row's bin while rows stay in it, in any year the unit holds. Anything else (months,
+//! scalars, an origin of another type, a stride or origin that is not a whole number of the
+//! array's unit) goes to DataFusion's function, which also supplies the return type, the
+//! ordering and the coercion of any other arguments; values it cannot scale to nanoseconds
+//! are refused before it sees them. A timestamp keeps its unit (DataFusion's own signature
+//! would cast it to nanoseconds first): the bins of a microsecond column are microseconds, as
+//! the tables store them.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -37,14 +38,15 @@ const NANOS_PER_DAY: i128 = 86_400_000_000_000;
 /// DataFusion's `date_bin`, with a fast path for fixed strides over timestamp arrays.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct DateBin {
-    inner: DateBinFunc,
+    /// DataFusion's `date_bin`: what the fast path does not answer, and coercion.
+    builtin: ScalarUDF,
     signature: Signature,
 }
 
 impl Default for DateBin {
     fn default() -> Self {
         Self {
-            inner: DateBinFunc::new(),
+            builtin: ScalarUDF::new_from_impl(DateBinFunc::new()),
             signature: Signature::user_defined(Volatility::Immutable),
         }
     }
@@ -56,7 +58,7 @@ impl ScalarUDFImpl for DateBin {
     }
 
     fn name(&self) -> &str {
-        self.inner.name()
+        self.builtin.name()
     }
 
     fn signature(&self) -> &Signature {
@@ -76,19 +78,18 @@ impl ScalarUDFImpl for DateBin {
         {
             return Ok(arg_types.to_vec());
         }
-        let builtin = ScalarUDF::new_from_impl(DateBinFunc::new());
         let fields = arg_types
             .iter()
             .map(|t| Arc::new(Field::new("arg", t.clone(), true)))
             .collect::<Vec<_>>();
-        Ok(fields_with_udf(&fields, &builtin)?
+        Ok(fields_with_udf(&fields, &self.builtin)?
             .iter()
             .map(|f| f.data_type().clone())
             .collect())
     }
 
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
-        self.inner.return_type(arg_types)
+        self.builtin.return_type(arg_types)
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
@@ -103,15 +104,25 @@ impl ScalarUDFImpl for DateBin {
         if let Some(values) = args.args.get(1) {
             within_nanoseconds(values)?;
         }
-        self.inner.invoke_with_args(args)
+        self.builtin.invoke_with_args(args)
     }
 
     fn output_ordering(&self, input: &[ExprProperties]) -> Result<SortProperties> {
-        self.inner.output_ordering(input)
+        self.builtin.output_ordering(input)
     }
 
     fn documentation(&self) -> Option<&Documentation> {
-        self.inner.documentation()
+        self.builtin.documentation()
+    }
+}
+
+/// Nanoseconds per `unit`.
+fn nanos_per(unit: TimeUnit) -> i64 {
+    match unit {
+        TimeUnit::Second => 1_000_000_000,
+        TimeUnit::Millisecond => 1_000_000,
+        TimeUnit::Microsecond => 1_000,
+        TimeUnit::Nanosecond => 1,
     }
 }
 
@@ -146,23 +157,22 @@ fn fast(args: &[ColumnarValue]) -> Result<Option<ArrayRef>> {
     };
     match values.data_type() {
         DataType::Timestamp(TimeUnit::Second, _) => {
-            bin::<TimestampSecondType>(values, stride, origin, 1_000_000_000)
+            bin::<TimestampSecondType>(values, stride, origin)
         }
         DataType::Timestamp(TimeUnit::Millisecond, _) => {
-            bin::<TimestampMillisecondType>(values, stride, origin, 1_000_000)
+            bin::<TimestampMillisecondType>(values, stride, origin)
         }
         DataType::Timestamp(TimeUnit::Microsecond, _) => {
-            bin::<TimestampMicrosecondType>(values, stride, origin, 1_000)
+            bin::<TimestampMicrosecondType>(values, stride, origin)
         }
         DataType::Timestamp(TimeUnit::Nanosecond, _) => {
-            bin::<TimestampNanosecondType>(values, stride, origin, 1)
+            bin::<TimestampNanosecondType>(values, stride, origin)
         }
         _ => Ok(None),
     }
 }
 
-/// Bins `values` (of `T`, `scale` nanoseconds per unit) by `stride` from `origin` (both in
-/// nanoseconds), as DataFusion does: the start of the bin holding each value, bins counted
+/// Bins `values` (of `T`) by `stride` from `origin` (both in nanoseconds), as DataFusion does: the start of the bin holding each value, bins counted
 /// from the origin in both directions. Computed in `T`'s unit, so years DataFusion cannot
 /// reach in nanoseconds (before 1677, after 2262) are binned too. `None` if `stride` or
 /// `origin` is not a whole number of `T`'s unit.
@@ -170,8 +180,8 @@ fn bin<T: ArrowTimestampType>(
     values: &ArrayRef,
     stride: i128,
     origin: i128,
-    scale: i128,
 ) -> Result<Option<ArrayRef>> {
+    let scale = i128::from(nanos_per(T::UNIT));
     if stride % scale != 0 || origin % scale != 0 {
         return Ok(None);
     }
@@ -208,7 +218,8 @@ fn bin<T: ArrowTimestampType>(
 
 /// An error if a timestamp in `values` (not in nanoseconds) has no nanosecond value.
 fn within_nanoseconds(values: &ColumnarValue) -> Result<()> {
-    fn check<T: ArrowTimestampType>(values: &ArrayRef, scale: i64) -> Result<()> {
+    fn check<T: ArrowTimestampType>(values: &ArrayRef) -> Result<()> {
+        let scale = nanos_per(T::UNIT);
         let Some(array) = values.as_any().downcast_ref::<PrimitiveArray<T>>() else {
             return Ok(());
         };
@@ -232,9 +243,9 @@ fn within_nanoseconds(values: &ColumnarValue) -> Result<()> {
     };
     let values = values.to_array(1)?;
     match unit {
-        TimeUnit::Second => check::<TimestampSecondType>(&values, 1_000_000_000),
-        TimeUnit::Millisecond => check::<TimestampMillisecondType>(&values, 1_000_000),
-        TimeUnit::Microsecond => check::<TimestampMicrosecondType>(&values, 1_000),
+        TimeUnit::Second => check::<TimestampSecondType>(&values),
+        TimeUnit::Millisecond => check::<TimestampMillisecondType>(&values),
+        TimeUnit::Microsecond => check::<TimestampMicrosecondType>(&values),
         TimeUnit::Nanosecond => Ok(()),
     }
 }
@@ -339,12 +350,7 @@ mod tests {
         let theirs = DateBinFunc::new();
         let mut fast_cases = 0;
         for unit in units {
-            let scale: i64 = match unit {
-                TimeUnit::Second => 1_000_000_000,
-                TimeUnit::Millisecond => 1_000_000,
-                TimeUnit::Microsecond => 1_000,
-                TimeUnit::Nanosecond => 1,
-            };
+            let scale = nanos_per(unit);
             // `near`: values DataFusion can scale to nanoseconds (and shift by an origin).
             // `far`: any value of the unit but the first and last strides of its range.
             let near = i64::MAX / scale / if scale == 1 { 2 } else { 1 };
