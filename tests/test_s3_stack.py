@@ -47,7 +47,7 @@ def test_maintenance_compacts_and_removes_orphans_on_s3(s3_lake, dev_broker, tmp
     c.put_object(Bucket=bucket, Key="elsewhere/keep.txt", Body=b"x")
 
     out = lake.run("maintain", "--table", "lake.events", "--compact", "--remove-orphans",
-                   "--orphan-age", "0s", "--json", timeout=180).stdout
+                   "--orphan-age", "0s", "--force", "--json", timeout=180).stdout
     assert stray.rsplit("/", 1)[1] in out, out
     after = lake.data_files_on_disk("lake.events")
     assert f"s3://{bucket}/{stray}" not in after

@@ -385,13 +385,19 @@ impl Catalog {
             def.namespace.join("/"),
             def.name
         );
+        let mut properties = def.properties.clone();
+        for (k, v) in crate::commit::CREATE_DEFAULTS {
+            properties
+                .entry(k.to_string())
+                .or_insert_with(|| v.to_string());
+        }
         let creation = TableCreation::builder()
             .name(def.name.clone())
             .location(location.clone())
             .schema(def.schema.clone())
             .partition_spec(def.partition_spec.clone())
             .sort_order_opt(def.sort_order.clone())
-            .properties(def.properties.clone())
+            .properties(properties)
             .format_version(def.format_version)
             .build();
         let metadata = TableMetadataBuilder::from_table_creation(creation)?

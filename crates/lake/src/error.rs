@@ -68,6 +68,38 @@ pub enum Error {
         /// One of them.
         example: String,
     },
+    /// Another engine committed a delete file that may remove rows of a data file this
+    /// rewrite replaces, after the rewrite read it: committing would bring the deleted rows
+    /// back. Plan the rewrite again from the table's current state.
+    #[error(
+        "{table}: {delete_file} (committed meanwhile by another writer) deletes rows of {data_file}, \
+         which this rewrite replaces; the rewrite must be planned again"
+    )]
+    ConcurrentDelete {
+        /// Table name.
+        table: String,
+        /// The data file the rewrite removes.
+        data_file: String,
+        /// The newer delete file.
+        delete_file: String,
+    },
+    /// The catalog update was sent but its outcome could not be learned (the connection broke
+    /// and the table could not be read back, or its history no longer tells). The commit may
+    /// or may not have landed: its files are left in place (orphan removal collects them if it
+    /// did not), and the caller re-reads the table's state before going on.
+    #[error(
+        "{table}: the outcome of the commit is unknown ({reason}); re-read the table before retrying"
+    )]
+    CommitStateUnknown {
+        /// Table name.
+        table: String,
+        /// Why it could not be told.
+        reason: String,
+    },
+    /// The table uses something floe cannot read or write correctly (format v3, deletion
+    /// vectors); names it and what to do.
+    #[error("{0}")]
+    Unsupported(String),
     /// A data-layer problem (schema, decoder set-up).
     #[error(transparent)]
     Schema(#[from] floe_schema::Error),
@@ -89,7 +121,9 @@ impl Error {
     /// Whether retrying the same operation later may succeed (transient failures and races).
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::CommitConflict { .. } => true,
+            Error::CommitConflict { .. }
+            | Error::ConcurrentDelete { .. }
+            | Error::CommitStateUnknown { .. } => true,
             Error::Catalog { source, .. } => !matches!(
                 source,
                 sqlx::Error::Configuration(_) | sqlx::Error::ColumnNotFound(_)

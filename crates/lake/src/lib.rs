@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod offsets;
 pub mod partition;
 pub mod scan;
+pub mod state;
 pub mod writer;
 
 pub use catalog::{Catalog, parse_table_ident};

@@ -4,10 +4,11 @@
 //! are not prefixes: `floe dlq replay` re-feeds an arbitrary subset of dead letters. For those a
 //! commit records the exact positions it applied, as sorted, merged ranges per source and
 //! partition, under summary key `floe.applied.<name>` (JSON `{"topic": {"0": [[10, 12], [40,
-//! 41]]}}`, end exclusive). Like offsets, each commit writes the merged set, readers take the
-//! newest snapshot in the current ancestry that carries the key, and a commit whose positions
-//! overlap the set is refused — so a position is applied at most once even when two replays
-//! race.
+//! 41]]}}`, end exclusive), a table property like the offsets ([`crate::state`]). Each commit
+//! writes the merged set, and a commit whose positions overlap the set is refused — so a
+//! position is applied at most once even when two replays race. Marks are only needed while
+//! their source (a dead letter) may still be applied: a commit can drop them
+//! ([`crate::commit::AppliedUpdate::forget`]), so the set stays as small as what is pending.
 
 use std::collections::BTreeMap;
 
@@ -109,6 +110,74 @@ impl PositionSet {
     }
 }
 
+impl PositionSet {
+    /// The positions of `self` that are also in `other`.
+    pub fn intersection(&self, other: &PositionSet) -> PositionSet {
+        let mut out = PositionSet::new();
+        for (source, parts) in &self.0 {
+            for (partition, mine) in parts {
+                let Some(theirs) = other.0.get(source).and_then(|p| p.get(partition)) else {
+                    continue;
+                };
+                let (mut i, mut j) = (0, 0);
+                let mut both = Vec::new();
+                while i < mine.len() && j < theirs.len() {
+                    let lo = mine[i].0.max(theirs[j].0);
+                    let hi = mine[i].1.min(theirs[j].1);
+                    if lo < hi {
+                        both.push((lo, hi));
+                    }
+                    if mine[i].1 < theirs[j].1 {
+                        i += 1;
+                    } else {
+                        j += 1;
+                    }
+                }
+                if !both.is_empty() {
+                    out.0
+                        .entry(source.clone())
+                        .or_default()
+                        .insert(*partition, both);
+                }
+            }
+        }
+        out
+    }
+
+    /// Removes every position of `other` from `self`.
+    pub fn subtract(&mut self, other: &PositionSet) {
+        for (source, parts) in &mut self.0 {
+            for (partition, mine) in parts.iter_mut() {
+                let Some(theirs) = other.0.get(source).and_then(|p| p.get(partition)) else {
+                    continue;
+                };
+                let mut left = Vec::with_capacity(mine.len());
+                for &(s, e) in mine.iter() {
+                    let mut start = s;
+                    for &(ts, te) in theirs {
+                        if te <= start || ts >= e {
+                            continue;
+                        }
+                        if ts > start {
+                            left.push((start, ts));
+                        }
+                        start = start.max(te);
+                        if start >= e {
+                            break;
+                        }
+                    }
+                    if start < e {
+                        left.push((start, e));
+                    }
+                }
+                *mine = left;
+            }
+            parts.retain(|_, r| !r.is_empty());
+        }
+        self.0.retain(|_, p| !p.is_empty());
+    }
+}
+
 /// Inserts `[start, end)` into sorted disjoint ranges, merging neighbours.
 fn insert_range(ranges: &mut Vec<(i64, i64)>, start: i64, end: i64) {
     let i = ranges.partition_point(|(_, e)| *e < start);
@@ -122,17 +191,13 @@ fn insert_range(ranges: &mut Vec<(i64, i64)>, start: i64, end: i64) {
     ranges.splice(i..j, [(s, e)]);
 }
 
-/// The positions applied under `name`, from the newest snapshot in the current ancestry that
-/// carries them (empty if none does).
+/// The positions applied under `name` (empty if none are).
 pub fn applied_positions(metadata: &TableMetadata, name: &str) -> Result<PositionSet> {
     let key = applied_key(name);
-    match crate::offsets::newest_summary_value(metadata, &key) {
+    match crate::state::state_value(metadata, &key) {
         None => Ok(PositionSet::new()),
-        Some((snapshot_id, json)) => serde_json::from_str(json).map_err(|e| {
-            Error::Config(format!(
-                "snapshot {snapshot_id} of the table has an unreadable {key}: {e}"
-            ))
-        }),
+        Some((origin, json)) => serde_json::from_str(json)
+            .map_err(|e| Error::Config(format!("the table's {key} ({origin}) is unreadable: {e}"))),
     }
 }
 
@@ -178,6 +243,26 @@ mod tests {
             }
             let back: PositionSet = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
             prop_assert_eq!(back, s);
+        }
+
+        #[test]
+        fn intersection_and_difference_agree_with_plain_sets(
+            a in proptest::collection::vec((0i32..2, 0i64..120), 0..150),
+            b in proptest::collection::vec((0i32..3, 0i64..120), 0..150),
+        ) {
+            let (mut sa, mut sb) = (PositionSet::new(), PositionSet::new());
+            for (p, o) in &a { sa.insert("t", *p, *o); }
+            for (p, o) in &b { sb.insert("t", *p, *o); }
+            let both = sa.intersection(&sb);
+            let mut minus = sa.clone();
+            minus.subtract(&sb);
+            for p in 0..3 {
+                for o in 0..120 {
+                    prop_assert_eq!(both.contains("t", p, o), sa.contains("t", p, o) && sb.contains("t", p, o));
+                    prop_assert_eq!(minus.contains("t", p, o), sa.contains("t", p, o) && !sb.contains("t", p, o));
+                }
+            }
+            prop_assert_eq!(minus.is_empty(), minus == PositionSet::new());
         }
     }
 }

@@ -1,14 +1,13 @@
-//! Kafka offsets stored in Iceberg snapshot summaries.
+//! Kafka offsets committed to a table, per consumer group.
 //!
-//! A commit writes, in the same snapshot, the next offset to read for every topic-partition
-//! the table holds data of: summary key `floe.offsets.<consumer group>`, value JSON
-//! `{"topic": {"0": 1234, "1": 987}}`. Each commit writes the merged map, so the newest
-//! snapshot carrying the key has the whole state; readers walk snapshot ancestry past
-//! snapshots that carry none (commits by other tools, e.g. Trino's `optimize`).
+//! A commit records, in the metadata file that adds its snapshot, the next offset to read for
+//! every topic-partition the table holds data of: table property `floe.offsets.<consumer
+//! group>`, value JSON `{"topic": {"0": 1234, "1": 987}}`, the whole merged map (see
+//! [`crate::state`] for why a property, and how tables of earlier versions are read).
 
 use std::collections::BTreeMap;
 
-use iceberg::spec::{SnapshotRef, TableMetadata};
+use iceberg::spec::TableMetadata;
 
 use crate::{Error, Result};
 
@@ -36,39 +35,23 @@ pub struct OffsetRange {
     pub next: i64,
 }
 
-/// The offsets committed to the table for `group`, from the newest snapshot in the current
-/// snapshot's ancestry that carries them (empty if none does).
+/// The offsets committed to the table for `group` (empty if none are).
 pub fn committed_offsets(metadata: &TableMetadata, group: &str) -> Result<Offsets> {
     let key = offsets_key(group);
-    match newest_summary_value(metadata, &key) {
+    match crate::state::state_value(metadata, &key) {
         None => Ok(Offsets::new()),
-        Some((snapshot_id, json)) => serde_json::from_str(json).map_err(|e| {
-            Error::Config(format!(
-                "snapshot {snapshot_id} of the table has an unreadable {key}: {e}"
-            ))
-        }),
+        Some((origin, json)) => serde_json::from_str(json)
+            .map_err(|e| Error::Config(format!("the table's {key} ({origin}) is unreadable: {e}"))),
     }
 }
 
-/// The value of summary property `key` in the newest snapshot of the current snapshot's
-/// ancestry that carries it, with that snapshot's id.
-pub fn newest_summary_value<'a>(metadata: &'a TableMetadata, key: &str) -> Option<(i64, &'a str)> {
-    ancestry(metadata).find_map(|s| {
-        s.summary()
-            .additional_properties
-            .get(key)
-            .map(|v| (s.snapshot_id(), v.as_str()))
-    })
-}
-
-/// The current snapshot and its ancestors, newest first. Stops after as many steps as the
-/// table has snapshots, so a cycle in corrupt metadata cannot loop forever.
-pub fn ancestry(metadata: &TableMetadata) -> impl Iterator<Item = &SnapshotRef> {
-    std::iter::successors(metadata.current_snapshot(), |s| {
-        s.parent_snapshot_id()
-            .and_then(|id| metadata.snapshot_by_id(id))
-    })
-    .take(metadata.snapshots().len())
+/// Every consumer group with offsets in the table, with its offsets.
+pub fn all_committed_offsets(metadata: &TableMetadata) -> Result<BTreeMap<String, Offsets>> {
+    crate::state::floe_state(metadata)
+        .keys()
+        .filter_map(|k| k.strip_prefix(OFFSETS_KEY_PREFIX))
+        .map(|g| Ok((g.to_string(), committed_offsets(metadata, g)?)))
+        .collect()
 }
 
 /// Merges `ranges` into `committed`, refusing a range that overlaps what is committed (a

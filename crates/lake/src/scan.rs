@@ -31,6 +31,22 @@ pub struct LiveFile {
 
 /// Every live data file of the current snapshot (empty for a table with no snapshot).
 pub async fn live_data_files(file_io: &FileIO, metadata: &TableMetadata) -> Result<Vec<LiveFile>> {
+    live_files(file_io, metadata, ManifestContentType::Data).await
+}
+
+/// Every live delete file (position or equality deletes) of the current snapshot.
+pub async fn live_delete_files(
+    file_io: &FileIO,
+    metadata: &TableMetadata,
+) -> Result<Vec<LiveFile>> {
+    live_files(file_io, metadata, ManifestContentType::Deletes).await
+}
+
+async fn live_files(
+    file_io: &FileIO,
+    metadata: &TableMetadata,
+    content: ManifestContentType,
+) -> Result<Vec<LiveFile>> {
     let Some(snapshot) = metadata.current_snapshot() else {
         return Ok(Vec::new());
     };
@@ -38,7 +54,7 @@ pub async fn live_data_files(file_io: &FileIO, metadata: &TableMetadata) -> Resu
     let list = ManifestList::parse_with_version(&bytes, metadata.format_version())?;
     let mut out = Vec::new();
     for manifest_file in list.entries() {
-        if manifest_file.content != ManifestContentType::Data {
+        if manifest_file.content != content {
             continue;
         }
         let manifest = manifest_file.load_manifest(file_io).await?;
@@ -62,13 +78,26 @@ pub struct FileReader {
 }
 
 impl FileReader {
-    /// Plans a scan of the table's current snapshot (all columns).
+    /// Plans a scan of the table's current snapshot (all columns). Refuses a table with
+    /// deletion vectors (format v3), whose deletes iceberg-rust 0.10 would not apply.
     pub async fn new(table: &Table) -> Result<Self> {
         let mut tasks: HashMap<String, Vec<FileScanTask>> = HashMap::new();
         if table.metadata().current_snapshot().is_some() {
             let scan = table.scan().select_all().build()?;
             let mut stream = scan.plan_files().await?;
             while let Some(task) = stream.try_next().await? {
+                if let Some(dv) = task
+                    .deletes
+                    .iter()
+                    .find(|d| d.file_path.ends_with(".puffin"))
+                {
+                    return Err(crate::Error::Unsupported(format!(
+                        "{}: {} is a deletion vector (Iceberg format v3); floe cannot apply \
+                         deletion vectors, so it neither reads nor rewrites this table's rows",
+                        table.identifier(),
+                        dv.file_path
+                    )));
+                }
                 tasks
                     .entry(task.data_file_path.clone())
                     .or_default()
@@ -87,6 +116,20 @@ impl FileReader {
         self.tasks
             .get(path)
             .is_some_and(|tasks| tasks.iter().any(|t| !t.deletes.is_empty()))
+    }
+
+    /// The delete files that apply to the data file at `path`.
+    pub fn deletes_of(&self, path: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .tasks
+            .get(path)
+            .into_iter()
+            .flatten()
+            .flat_map(|t| t.deletes.iter().map(|d| d.file_path.clone()))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// The rows of the data file at `path` (no rows if the file is not in the planned

@@ -112,6 +112,11 @@ pub struct FlushConfig {
     /// Longest time a message waits before its batch is committed.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
+    /// A table that flushes bring nothing for (the dead-letter table, most of the time)
+    /// records its offsets at most this often instead of every flush; a restart re-reads at
+    /// most this much of the topic for it.
+    #[serde(with = "humantime_serde")]
+    pub idle_offsets_interval: Duration,
 }
 
 impl Default for FlushConfig {
@@ -120,6 +125,7 @@ impl Default for FlushConfig {
             max_rows: 1_000_000,
             max_bytes: bytesize::ByteSize::mib(256),
             interval: Duration::from_secs(60),
+            idle_offsets_interval: Duration::from_secs(600),
         }
     }
 }

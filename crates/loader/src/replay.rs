@@ -10,6 +10,9 @@
 //! 3. The replayed rows are then removed from the dead-letter table (its files holding them are
 //!    rewritten without them). If floe dies between 2 and 3, the next replay finds the rows
 //!    already applied, does not load them again, and finishes the clean-up.
+//! 4. The marks of the removed dead letters are dropped from the table's state (a state-only
+//!    commit): they guard nothing once their dead letters are gone, and the state stays as
+//!    small as what is pending.
 //!
 //! Messages that still fail stay in the dead-letter table, untouched.
 
@@ -326,7 +329,7 @@ pub async fn replay(committer: &Committer, opts: &ReplayOptions) -> Result<Repla
             )),
             e => e.into(),
         })?;
-        report.snapshot_id = Some(committed.snapshot_id);
+        report.snapshot_id = committed.snapshot_id;
         all_applied = applied_positions(&committed.metadata, &opts.dead_letter_table)?;
     }
     if !all_applied.is_empty() {
@@ -339,6 +342,14 @@ pub async fn replay(committer: &Committer, opts: &ReplayOptions) -> Result<Repla
         .await?;
         report.removed_dead_letters = removed;
         report.dead_letter_snapshot_id = snapshot;
+        // Their dead letters are gone: the marks have nothing left to guard.
+        let mut forget = CommitRequest::append(Vec::new());
+        forget.applied = Some(floe_lake::commit::AppliedUpdate {
+            name: opts.dead_letter_table.clone(),
+            positions: PositionSet::new(),
+            forget: all_applied,
+        });
+        committer.commit(&ident, forget).await?;
     }
     Ok(report)
 }
@@ -419,13 +430,19 @@ async fn remove_applied(
                 added,
             }
         };
-        let mut req = CommitRequest::append(Vec::new());
-        req.change = change;
+        let read_seq = dl
+            .metadata()
+            .current_snapshot()
+            .map(|s| s.sequence_number())
+            .unwrap_or(0);
+        let mut req = CommitRequest::new(change).validate_from(read_seq);
         req.properties
             .insert("floe.operation".into(), "dlq-replay-cleanup".into());
         match committer.commit(&ident, req).await {
-            Ok(c) => return Ok((removed_rows, Some(c.snapshot_id))),
-            Err(floe_lake::Error::FilesGone { .. }) if attempt < 5 => {
+            Ok(c) => return Ok((removed_rows, c.snapshot_id)),
+            Err(floe_lake::Error::FilesGone { .. } | floe_lake::Error::ConcurrentDelete { .. })
+                if attempt < 5 =>
+            {
                 tracing::info!(
                     table = dead_letter_table,
                     "dead-letter files changed meanwhile; cleaning up again"

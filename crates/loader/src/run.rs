@@ -123,6 +123,9 @@ struct FlushJob {
     raw_ranges: Vec<OffsetRange>,
     dlq_ranges: Vec<OffsetRange>,
     agg_ranges: Vec<Vec<OffsetRange>>,
+    /// Revocation, shutdown or drained: every table's offsets are recorded, including those
+    /// a table with nothing new would otherwise record later (`flush.idle_offsets_interval`).
+    last_before_stop: bool,
 }
 
 struct Flushed {
@@ -542,12 +545,12 @@ impl State {
             }
         }
         for p in &self.pipes {
-            if !p.aggs.is_empty() {
-                let mine: Vec<Tp> = tps
-                    .iter()
-                    .filter(|tp| p.cfg.topics.contains(&tp.0))
-                    .cloned()
-                    .collect();
+            let mine: Vec<Tp> = tps
+                .iter()
+                .filter(|tp| p.cfg.topics.contains(&tp.0))
+                .cloned()
+                .collect();
+            if !mine.is_empty() {
                 let _ = p.to_writer.blocking_send(ToWriter::Revoked(mine));
             }
         }
@@ -580,7 +583,7 @@ impl State {
         }
         for i in 0..self.pipes.len() {
             self.wait_in_flight(i, consumer, env);
-            if self.pipes[i].start_flush() {
+            if self.pipes[i].start_flush(true) {
                 self.wait_in_flight(i, consumer, env);
             }
         }
@@ -814,7 +817,8 @@ impl Pipe {
     }
 
     /// Sends the batch to be committed; `false` when nothing to do or a flush is in flight.
-    fn start_flush(&mut self) -> bool {
+    /// `last_before_stop`: the partitions are about to be revoked or the loader to stop.
+    fn start_flush(&mut self, last_before_stop: bool) -> bool {
         if self.in_flight.is_some() || self.batch.messages == 0 {
             return false;
         }
@@ -863,6 +867,7 @@ impl Pipe {
             raw_ranges: ranges(&b.raw_ranges),
             dlq_ranges: ranges(&b.dlq_ranges),
             agg_ranges: b.agg_ranges.iter().map(ranges).collect(),
+            last_before_stop,
         };
         self.in_flight = Some((b.id, positions));
         let _ = self.to_writer.blocking_send(ToWriter::Flush(Box::new(job)));
@@ -1214,6 +1219,7 @@ pub fn run(
             dlq_topic: cfg.dead_letter_topic(),
             producer: dlq_producer.clone(),
             layout_reported: None,
+            idle_offsets: IdleOffsets::new(cfg.flush.idle_offsets_interval),
         };
         writers.push(rt.spawn(writer.run(from_consumer, outcome_tx)));
         for t in &cfg.topics {
@@ -1484,7 +1490,7 @@ fn consume_loop(
                 }
                 if st.pipes[i].full() {
                     st.wait_in_flight(i, consumer, env);
-                    st.pipes[i].start_flush();
+                    st.pipes[i].start_flush(false);
                 }
             }
         }
@@ -1502,7 +1508,7 @@ fn consume_loop(
         let now = Instant::now();
         for i in 0..st.pipes.len() {
             if st.pipes[i].due(now) && st.pipes[i].in_flight.is_none() {
-                st.pipes[i].start_flush();
+                st.pipes[i].start_flush(false);
             }
         }
         if st.assigned.is_empty() {
@@ -1717,6 +1723,80 @@ struct Writer {
     producer: Option<FutureProducer>,
     /// When the table's layout (files per partition) was last reported.
     layout_reported: Option<Instant>,
+    /// The dead-letter table's offsets not yet recorded (flushes without dead letters).
+    idle_offsets: IdleOffsets,
+}
+
+/// Offsets of a table that flushes keep receiving no rows for: recorded with the next rows,
+/// or once `interval` has passed since the last record, or before the loader stops — not
+/// every flush, so such a table's metadata does not change once a flush. A restart re-reads
+/// at most `interval` of the topic for it (the messages are decoded again and still have no
+/// row for it).
+struct IdleOffsets {
+    interval: Duration,
+    pending: BTreeMap<(String, i32), (i64, i64)>,
+    recorded_at: Instant,
+}
+
+impl IdleOffsets {
+    fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            pending: BTreeMap::new(),
+            recorded_at: Instant::now(),
+        }
+    }
+
+    /// Adds a flush's ranges; returns every pending range if they are to be recorded now.
+    fn take(
+        &mut self,
+        ranges: &[OffsetRange],
+        has_rows: bool,
+        last: bool,
+    ) -> Option<Vec<OffsetRange>> {
+        for r in ranges {
+            let e = self
+                .pending
+                .entry((r.topic.clone(), r.partition))
+                .or_insert((r.first, r.next));
+            e.0 = e.0.min(r.first);
+            e.1 = e.1.max(r.next);
+        }
+        if self.pending.is_empty()
+            || !(has_rows || last || self.recorded_at.elapsed() >= self.interval)
+        {
+            return None;
+        }
+        Some(
+            self.pending
+                .iter()
+                .map(|((topic, partition), (first, next))| OffsetRange {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    first: *first,
+                    next: *next,
+                })
+                .collect(),
+        )
+    }
+
+    /// The ranges [`Self::take`] returned were recorded.
+    fn recorded(&mut self) {
+        self.pending.clear();
+        self.recorded_at = Instant::now();
+    }
+
+    /// A flush failed: the loader rewinds to the recorded offsets, so nothing is pending.
+    fn forget(&mut self) {
+        self.pending.clear();
+    }
+
+    /// Partitions revoked: another member records their offsets from now on.
+    fn forget_partitions(&mut self, parts: &[Tp]) {
+        for tp in parts {
+            self.pending.remove(tp);
+        }
+    }
 }
 
 /// How often the writer reports the table's files per partition (reads its manifests).
@@ -1762,6 +1842,7 @@ impl Writer {
                     if let Some(a) = self.aggregation.as_mut() {
                         a.forget(&parts);
                     }
+                    self.idle_offsets.forget_partitions(&parts);
                 }
                 ToWriter::Discard { batch } => {
                     if let Some(a) = self.aggregation.as_mut() {
@@ -1789,10 +1870,11 @@ impl Writer {
                         }
                         _ => self.flush(&mut current, *job).await,
                     };
-                    if result.is_err()
-                        && let Some(a) = self.aggregation.as_mut()
-                    {
-                        a.discard();
+                    if result.is_err() {
+                        self.idle_offsets.forget();
+                        if let Some(a) = self.aggregation.as_mut() {
+                            a.discard();
+                        }
                     }
                     let _ = outcomes.send(Outcome { batch, result });
                 }
@@ -1934,13 +2016,16 @@ impl Writer {
         // offsets. Then the dead-letter and aggregate tables, side by side.
         let committer = &self.committer;
         let group = &self.group;
+        let idle_offsets = &mut self.idle_offsets;
         let dead_letters = async {
             let Some(dlq) = &self.dlq else {
                 return Ok(0);
             };
-            if job.dlq_ranges.is_empty() && job.dead.is_empty() {
+            let Some(dlq_ranges) =
+                idle_offsets.take(&job.dlq_ranges, !job.dead.is_empty(), job.last_before_stop)
+            else {
                 return Ok(0);
-            }
+            };
             // The topic copy first (at least once), then the table (exactly once).
             produce_dead_letters(self.dlq_topic.as_deref(), self.producer.as_ref(), &job.dead)
                 .await
@@ -1952,7 +2037,7 @@ impl Writer {
                 .map_err(failed)?;
             let offsets = OffsetsUpdate {
                 group: group.clone(),
-                ranges: job.dlq_ranges.clone(),
+                ranges: dlq_ranges,
             };
             crate::sink::commit_dead_letters(committer, dlq, &meta, &job.dead, Some(offsets))
                 .await
@@ -1960,6 +2045,7 @@ impl Writer {
                     Error::Lake(e) => failed(e),
                     e => FlushFailure::Failed(e.to_string()),
                 })?;
+            idle_offsets.recorded();
             Ok(job.dead.len() as u64)
         };
         let aggregates = async {

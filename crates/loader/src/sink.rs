@@ -322,7 +322,7 @@ impl TableSink {
             let mut req = CommitRequest::append(files);
             req.offsets = offsets.clone();
             let done = self.committer.commit(&self.ident, req).await?;
-            report.snapshot_id = Some(done.snapshot_id);
+            report.snapshot_id = done.snapshot_id.or(report.snapshot_id);
             report.conflicts += done.attempts - 1;
             report.commit_time += done.elapsed;
             self.refresh_from(done.metadata)?;
@@ -339,7 +339,7 @@ impl TableSink {
             )
             .await?;
             report.dead_letters = self.pending_dead.len() as u64;
-            report.dead_letter_snapshot_id = Some(done.snapshot_id);
+            report.dead_letter_snapshot_id = done.snapshot_id;
             report.conflicts += done.attempts - 1;
             report.commit_time += done.elapsed;
             dead.metadata = done.metadata;

@@ -1,6 +1,14 @@
-//! Compaction: per partition, bin-pack the data files smaller than three quarters of the target
-//! size (`write.target-file-size-bytes`, default 128 MiB) into files near the target, and
-//! commit each bin as an Iceberg `replace` snapshot.
+//! Compaction: per partition (of each partition spec the table's files were written with),
+//! bin-pack the data files smaller than three quarters of the target size
+//! (`write.target-file-size-bytes`, default 128 MiB) into files near the target, in the
+//! current spec, and commit each bin as an Iceberg `replace` snapshot.
+//!
+//! - Row-level deletes (position deletes as Trino and Spark write them, equality deletes as
+//!   Flink writes them) are applied: a file any delete file applies to is always rewritten,
+//!   alone if need be, and the commit removes the delete files no remaining data file needs,
+//!   so they leave the live set. The commit is validated against deletes committed after the
+//!   compaction read the table ([`floe_lake::Error::ConcurrentDelete`]): such a bin is skipped
+//!   rather than bringing deleted rows back.
 //!
 //! - Streaming: rows flow file by file from the Parquet reader into the rolling Parquet
 //!   writer, so memory holds one row group, not the partition. When the table has a sort order
@@ -17,7 +25,7 @@ use std::sync::Arc;
 
 use arrow_array::RecordBatch;
 use floe_lake::commit::{Change, CommitRequest};
-use floe_lake::scan::{FileReader, LiveFile, live_data_files};
+use floe_lake::scan::{FileReader, LiveFile, live_data_files, live_delete_files};
 use floe_lake::writer::target_file_size;
 use floe_lake::{Committer, DataWriter, parse_table_ident};
 use futures::TryStreamExt;
@@ -50,7 +58,8 @@ pub struct CompactReport {
     pub bins: usize,
     /// Bins committed.
     pub bins_committed: usize,
-    /// Bins skipped because a source file left the table meanwhile.
+    /// Bins skipped because a source file left the table meanwhile, or another engine
+    /// deleted rows of one meanwhile.
     pub bins_skipped: usize,
     /// Errors of bins that failed otherwise.
     pub errors: Vec<String>,
@@ -64,8 +73,10 @@ pub struct CompactReport {
     pub bytes_after: u64,
     /// Rows rewritten.
     pub rows_rewritten: u64,
-    /// Files skipped because row-level delete files apply to them.
+    /// Files that row-level delete files applied to (rewritten with the deletes applied).
     pub files_with_deletes: usize,
+    /// Delete files that left the table.
+    pub delete_files_removed: usize,
     /// Nothing was changed.
     pub dry_run: bool,
 }
@@ -74,6 +85,7 @@ pub struct CompactReport {
 struct Bin {
     files: Vec<DataFile>,
     bytes: u64,
+    with_deletes: bool,
 }
 
 impl Compact {
@@ -139,14 +151,22 @@ impl Compact {
             ..Default::default()
         };
         report.bytes_after = report.bytes_before;
-        // Files with row-level deletes (Trino's merge-on-read DELETE) are left alone: their
-        // rows as read differ from their record counts and their delete files would dangle.
+        let planned_seq = metadata
+            .current_snapshot()
+            .map(|s| s.sequence_number())
+            .unwrap_or(0);
         let reader = FileReader::new(&table).await?;
-        let (with_deletes, live): (Vec<LiveFile>, Vec<LiveFile>) = live
-            .into_iter()
-            .partition(|f| reader.has_deletes(f.data_file.file_path()));
-        report.files_with_deletes = with_deletes.len();
-        let bins = self.plan(metadata, live, target, &mut report);
+        let delete_files: HashMap<String, DataFile> =
+            live_delete_files(catalog.file_io(), metadata)
+                .await?
+                .into_iter()
+                .map(|f| (f.data_file.file_path().to_string(), f.data_file))
+                .collect();
+        report.files_with_deletes = live
+            .iter()
+            .filter(|f| reader.has_deletes(f.data_file.file_path()))
+            .count();
+        let bins = self.plan(live, &reader, target, &mut report);
         report.bins = bins.len();
         if self.dry_run || bins.is_empty() {
             if self.dry_run {
@@ -162,8 +182,21 @@ impl Compact {
         for bin in bins {
             let removed_bytes: u64 = bin.files.iter().map(|f| f.file_size_in_bytes()).sum();
             let removed_count = bin.files.len();
-            match self.rewrite(committer, &reader, metadata, bin).await {
+            let deletes: Vec<DataFile> = bin
+                .files
+                .iter()
+                .flat_map(|f| reader.deletes_of(f.file_path()))
+                .collect::<std::collections::BTreeSet<String>>()
+                .into_iter()
+                .filter_map(|p| delete_files.get(&p).cloned())
+                .collect();
+            let n_deletes = deletes.len();
+            match self
+                .rewrite(committer, &reader, metadata, bin, deletes, planned_seq)
+                .await
+            {
                 Ok((added, rows)) => {
+                    report.delete_files_removed += n_deletes;
                     report.bins_committed += 1;
                     report.rows_rewritten += rows;
                     report.files_after = report.files_after - removed_count + added.len();
@@ -172,6 +205,10 @@ impl Compact {
                 }
                 Err(Error::Lake(floe_lake::Error::FilesGone { .. })) => {
                     tracing::info!(table = %self.table, "a bin's source files left the table meanwhile; skipped");
+                    report.bins_skipped += 1;
+                }
+                Err(Error::Lake(e @ floe_lake::Error::ConcurrentDelete { .. })) => {
+                    tracing::info!(table = %self.table, reason = %e, "another writer deleted rows of a bin's files meanwhile; skipped (the next run compacts it)");
                     report.bins_skipped += 1;
                 }
                 Err(e) => {
@@ -195,51 +232,58 @@ impl Compact {
         Ok(report)
     }
 
-    /// Bins per partition of the current spec: small files, first-fit decreasing by size.
+    /// Bins per partition of each spec: small files and files with row-level deletes,
+    /// first-fit decreasing by size. A bin of one file is kept only if deletes apply to it.
     fn plan(
         &self,
-        metadata: &TableMetadata,
         live: Vec<LiveFile>,
+        reader: &FileReader,
         target: u64,
         report: &mut CompactReport,
     ) -> Vec<Bin> {
         let small = target / 4 * 3;
-        let spec_id = metadata.default_partition_spec_id();
-        let mut partitions: HashMap<Struct, Vec<DataFile>> = HashMap::new();
+        let mut partitions: HashMap<(i32, Struct), Vec<(DataFile, bool)>> = HashMap::new();
         for f in live {
-            if f.partition_spec_id != spec_id
-                || f.data_file.content_type() != DataContentType::Data
-                || f.data_file.file_size_in_bytes() >= small
+            let deleted = reader.has_deletes(f.data_file.file_path());
+            if f.data_file.content_type() != DataContentType::Data
+                || (f.data_file.file_size_in_bytes() >= small && !deleted)
             {
                 continue;
             }
             partitions
-                .entry(f.data_file.partition().clone())
+                .entry((f.partition_spec_id, f.data_file.partition().clone()))
                 .or_default()
-                .push(f.data_file);
+                .push((f.data_file, deleted));
         }
         let mut bins = Vec::new();
         for (_, mut files) in partitions {
-            if files.len() < self.min_input_files {
+            let any_deletes = files.iter().any(|(_, d)| *d);
+            if files.len() < self.min_input_files && !any_deletes {
                 continue;
             }
             report.partitions += 1;
-            files.sort_by_key(|f| std::cmp::Reverse(f.file_size_in_bytes()));
+            files.sort_by_key(|(f, _)| std::cmp::Reverse(f.file_size_in_bytes()));
             let mut part_bins: Vec<Bin> = Vec::new();
-            for f in files {
+            for (f, deleted) in files {
                 let size = f.file_size_in_bytes();
                 match part_bins.iter_mut().find(|b| b.bytes + size <= target) {
                     Some(b) => {
                         b.bytes += size;
+                        b.with_deletes |= deleted;
                         b.files.push(f);
                     }
                     None => part_bins.push(Bin {
                         files: vec![f],
                         bytes: size,
+                        with_deletes: deleted,
                     }),
                 }
             }
-            bins.extend(part_bins.into_iter().filter(|b| b.files.len() >= 2));
+            bins.extend(
+                part_bins
+                    .into_iter()
+                    .filter(|b| b.files.len() >= 2 || b.with_deletes),
+            );
         }
         bins
     }
@@ -251,9 +295,13 @@ impl Compact {
         reader: &FileReader,
         metadata: &TableMetadata,
         bin: Bin,
+        deletes: Vec<DataFile>,
+        planned_seq: i64,
     ) -> Result<(Vec<DataFile>, u64)> {
         let catalog = committer.catalog();
+        // Rows as read: the record counts, less what delete files remove (at most all).
         let expected: u64 = bin.files.iter().map(|f| f.record_count()).sum();
+        let exact = deletes.is_empty();
         let mut writer = DataWriter::new(catalog.file_io(), metadata)?;
         let sort = sort_columns(metadata);
         let written: Result<u64> = async {
@@ -295,7 +343,7 @@ impl Compact {
                 return Err(e);
             }
         };
-        if rows != expected {
+        if (exact && rows != expected) || rows > expected {
             // Rows read must match the manifests (a folded bin writes fewer).
             writer.abort().await;
             return Err(Error::Config(format!(
@@ -304,11 +352,13 @@ impl Compact {
             )));
         }
         let added = writer.close().await?;
-        let mut req = CommitRequest::append(Vec::new());
-        req.change = Change::Replace {
-            removed: bin.files,
+        let mut removed = bin.files;
+        removed.extend(deletes);
+        let mut req = CommitRequest::new(Change::Replace {
+            removed,
             added: added.clone(),
-        };
+        })
+        .validate_from(planned_seq);
         req.properties
             .insert("floe.operation".into(), "compact".into());
         let committed = committer

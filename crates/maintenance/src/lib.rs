@@ -1,6 +1,6 @@
-//! Table maintenance, safe while loaders keep committing: compaction of small files
-//! ([`compact`]), retention ([`retention`]), snapshot expiry ([`expire`]) and orphan-file
-//! removal ([`orphans`]).
+//! Table maintenance, safe while loaders and other engines keep committing: compaction of
+//! small files ([`compact`]), retention ([`retention`]), manifest rewrite ([`manifests`]),
+//! snapshot expiry ([`expire`]) and orphan-file removal ([`orphans`]).
 //!
 //! Every operation is a builder with a `dry_run` switch and returns a report of what it did
 //! (files, bytes, rows, snapshots before → after). Every change goes through floe's one commit
@@ -12,6 +12,7 @@
 pub mod compact;
 pub mod expire;
 pub mod files;
+pub mod manifests;
 pub mod orphans;
 pub mod retention;
 

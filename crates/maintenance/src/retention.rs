@@ -8,8 +8,11 @@
 //! - otherwise (the partition straddles the cutoff) the file is rewritten without the rows
 //!   older than the cutoff. Rows with a NULL time are kept.
 //!
-//! Everything lands in one `overwrite` (or `delete`) snapshot. If a file left the table
-//! meanwhile (a compaction won), the retention starts over on the new state.
+//! Everything lands in one `overwrite` (or `delete`) snapshot. Rewritten files are read with
+//! row-level deletes applied, and delete files that only applied to removed or rewritten files
+//! leave the table with them. If a file left the table meanwhile (a compaction won), or another
+//! engine deleted rows of a rewritten file meanwhile, the retention starts over on the new
+//! state.
 
 use std::time::Duration;
 
@@ -18,7 +21,7 @@ use arrow_array::{TimestampMicrosecondArray, TimestampNanosecondArray};
 use arrow_schema::DataType;
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 use floe_lake::commit::{Change, CommitRequest};
-use floe_lake::scan::{FileReader, live_data_files};
+use floe_lake::scan::{FileReader, live_data_files, live_delete_files};
 use floe_lake::{Committer, DataWriter, parse_table_ident};
 use futures::TryStreamExt;
 use iceberg::spec::{
@@ -101,7 +104,9 @@ impl Retention {
         loop {
             attempt += 1;
             match self.attempt(committer).await {
-                Err(Error::Lake(floe_lake::Error::FilesGone { .. })) if attempt < 5 => {
+                Err(Error::Lake(
+                    floe_lake::Error::FilesGone { .. } | floe_lake::Error::ConcurrentDelete { .. },
+                )) if attempt < 5 => {
                     tracing::info!(table = %self.table, "files changed meanwhile; retention starts over");
                 }
                 other => return other,
@@ -164,9 +169,24 @@ impl Retention {
             return Ok(report);
         }
 
+        let planned_seq = metadata
+            .current_snapshot()
+            .map(|s| s.sequence_number())
+            .unwrap_or(0);
+        let reader = FileReader::new(&table).await?;
+        let applied: std::collections::BTreeSet<String> = deleted
+            .iter()
+            .chain(&rewrite)
+            .flat_map(|f| reader.deletes_of(f.file_path()))
+            .collect();
+        let delete_files: Vec<DataFile> = live_delete_files(catalog.file_io(), metadata)
+            .await?
+            .into_iter()
+            .map(|f| f.data_file)
+            .filter(|f| applied.contains(f.file_path()))
+            .collect();
         let mut writer = DataWriter::new(catalog.file_io(), metadata)?;
         let rewritten: Result<u64> = async {
-            let reader = FileReader::new(&table).await?;
             let mut dropped = 0u64;
             for f in &rewrite {
                 let mut stream = reader.read(f.file_path())?;
@@ -192,12 +212,13 @@ impl Retention {
         report.bytes_after += added.iter().map(|f| f.file_size_in_bytes()).sum::<u64>();
         let mut removed = deleted;
         removed.extend(rewrite);
-        let mut req = CommitRequest::append(Vec::new());
-        req.change = if added.is_empty() {
+        removed.extend(delete_files);
+        let mut req = CommitRequest::new(if added.is_empty() {
             Change::Delete(removed)
         } else {
             Change::Overwrite { removed, added }
-        };
+        })
+        .validate_from(planned_seq);
         req.properties
             .insert("floe.operation".into(), "retention".into());
         req.properties

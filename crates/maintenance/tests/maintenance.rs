@@ -429,3 +429,204 @@ async fn orphans_go_only_once_older_than_the_guard() {
     );
     assert_eq!(rows(&lake).await, expected(0..30, 2));
 }
+
+/// The live data files of `lake.e`, and its live delete files.
+async fn live(lake: &Lake) -> (Vec<iceberg::spec::DataFile>, usize) {
+    let (_, meta) = lake
+        .catalog
+        .load_metadata(&parse_table_ident("lake.e").unwrap())
+        .await
+        .unwrap();
+    let data = floe_lake::scan::live_data_files(lake.catalog.file_io(), &meta)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.data_file)
+        .collect();
+    let deletes = floe_lake::scan::live_delete_files(lake.catalog.file_io(), &meta)
+        .await
+        .unwrap()
+        .len();
+    (data, deletes)
+}
+
+#[tokio::test]
+async fn compaction_applies_row_level_deletes_and_drops_the_delete_files() {
+    let lake = lake().await;
+    append(&lake, 0..40, 2, false).await;
+    append(&lake, 40..80, 2, false).await;
+    // Another engine's merge-on-read DELETE: the first two rows of every data file.
+    let (files, _) = live(&lake).await;
+    let mut deleted_ids = BTreeSet::new();
+    let mut deletes = Vec::new();
+    for f in &files {
+        deletes
+            .push(floe_testkit::position_delete_file(&lake.catalog, "lake.e", f, 0, &[0, 1]).await);
+    }
+    lake.committer
+        .commit(
+            &parse_table_ident("lake.e").unwrap(),
+            CommitRequest::append(deletes),
+        )
+        .await
+        .unwrap();
+    let before = rows(&lake).await;
+    for id in 0..80 {
+        if !before.contains_key(&id) {
+            deleted_ids.insert(id);
+        }
+    }
+    assert_eq!(deleted_ids.len(), 2 * files.len());
+    let r = Compact::new("lake.e")
+        .execute(&lake.committer)
+        .await
+        .unwrap();
+    assert_eq!(r.bins_committed, r.bins, "{r:?}");
+    assert_eq!(r.files_with_deletes, files.len());
+    let (after, live_deletes) = live(&lake).await;
+    assert_eq!(live_deletes, 0, "no delete file left live");
+    assert_eq!(after.len(), 2, "one file per hour");
+    assert_eq!(rows(&lake).await, before);
+    let total: u64 = after.iter().map(|f| f.record_count()).sum();
+    assert_eq!(
+        total,
+        80 - deleted_ids.len() as u64,
+        "record counts are the rows left"
+    );
+}
+
+#[tokio::test]
+async fn a_table_nested_in_another_keeps_every_file_through_its_orphan_removal() {
+    let lake = lake().await;
+    // `lake.e.dlq` lives in `<wh>/lake/e/dlq`, inside `lake.e`'s folder.
+    lake.catalog
+        .create_table(&TableDefinition::from_json(DEF, Some("lake.e.dlq"), "test").unwrap())
+        .await
+        .unwrap();
+    append(&lake, 0..20, 2, false).await;
+    let nested = parse_table_ident("lake.e.dlq").unwrap();
+    let (_, meta) = lake.catalog.load_metadata(&nested).await.unwrap();
+    assert!(
+        meta.location().contains("/lake/e/dlq"),
+        "{}",
+        meta.location()
+    );
+    let mut dec = Decoder::new(meta.current_schema(), &DecoderOptions::default()).unwrap();
+    for id in 0..5 {
+        dec.decode(
+            format!(r#"{{"id":{id},"ts":{},"v":"x"}}"#, BASE / 1000).as_bytes(),
+            &RecordMeta::default(),
+        )
+        .unwrap();
+    }
+    let mut w = DataWriter::new(lake.catalog.file_io(), &meta).unwrap();
+    w.write(&dec.finish()).await.unwrap();
+    lake.committer
+        .commit(&nested, CommitRequest::append(w.close().await.unwrap()))
+        .await
+        .unwrap();
+    // A stray file of lake.e's own is still found.
+    let stray = lake.root.join("wh/lake/e/data/stray.parquet");
+    std::fs::write(&stray, b"x").unwrap();
+    // One in the nested table's folder is for that table's own orphan removal to judge.
+    let theirs = lake.root.join("wh/lake/e/dlq/data/stray.parquet");
+    std::fs::write(&theirs, b"x").unwrap();
+    let r = RemoveOrphans::new("lake.e")
+        .older_than(Duration::ZERO)
+        .force(true)
+        .execute(&lake.committer)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.removed,
+        vec![canonical(&stray.display().to_string())],
+        "{r:?}"
+    );
+    assert_eq!(r.other_tables_files, 1);
+    assert!(theirs.exists());
+    assert_eq!(
+        floe_testkit::scan(&lake.catalog, "lake.e.dlq").await[0].num_rows(),
+        5
+    );
+    assert_eq!(rows(&lake).await.len(), 20);
+    // Below the floor without force: refused, naming the floor.
+    let e = RemoveOrphans::new("lake.e")
+        .older_than(Duration::from_secs(60))
+        .execute(&lake.committer)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("1h") && e.contains("--force"), "{e}");
+}
+
+#[tokio::test]
+async fn expiry_follows_the_tables_history_properties() {
+    let lake = lake().await;
+    for i in 0..6 {
+        append(&lake, i * 10..i * 10 + 10, 2, true).await;
+    }
+    let ident = parse_table_ident("lake.e").unwrap();
+    lake.committer
+        .update_metadata(&ident, |loc, m| {
+            Ok(Some(
+                m.clone()
+                    .into_builder(Some(loc.to_string()))
+                    .set_properties(
+                        [
+                            ("history.expire.max-snapshot-age-ms", "0"),
+                            ("history.expire.min-snapshots-to-keep", "2"),
+                        ]
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    )?
+                    .build()?,
+            ))
+        })
+        .await
+        .unwrap();
+    let r = ExpireSnapshots::new("lake.e")
+        .execute(&lake.committer)
+        .await
+        .unwrap();
+    assert_eq!((r.snapshots_before, r.snapshots_after), (6, 2));
+    // The caller's limit wins over the table's.
+    let r = ExpireSnapshots::new("lake.e")
+        .retain_last(1)
+        .execute(&lake.committer)
+        .await
+        .unwrap();
+    assert_eq!(r.snapshots_after, 1);
+    let (_, meta) = lake.catalog.load_metadata(&ident).await.unwrap();
+    assert_eq!(
+        floe_lake::committed_offsets(&meta, "g").unwrap()["t"][&0],
+        60
+    );
+    assert_eq!(rows(&lake).await, expected(0..60, 2));
+}
+
+#[tokio::test]
+async fn rewrite_manifests_clusters_by_partition_and_drops_removed_entries() {
+    let lake = lake().await;
+    for i in 0..12 {
+        append(&lake, i * 10..i * 10 + 10, 4, false).await;
+    }
+    Compact::new("lake.e")
+        .execute(&lake.committer)
+        .await
+        .unwrap();
+    let r = floe_maintenance::manifests::RewriteManifests::new("lake.e")
+        .execute(&lake.committer)
+        .await
+        .unwrap();
+    assert!(r.rewritten, "{r:?}");
+    assert!(r.manifests_before > 1, "{r:?}");
+    assert_eq!(r.manifests_after, 1, "{r:?}");
+    assert_eq!(rows(&lake).await, expected(0..120, 4));
+    // Nothing left to do: no second snapshot.
+    let again = floe_maintenance::manifests::RewriteManifests::new("lake.e")
+        .execute(&lake.committer)
+        .await
+        .unwrap();
+    assert!(!again.rewritten, "{again:?}");
+}

@@ -1,4 +1,5 @@
-//! Helpers shared by floe's integration tests: a throwaway SQLite lake and a whole-table scan.
+//! Helpers shared by floe's integration tests: a throwaway SQLite lake, a whole-table scan and
+//! row-level delete files as other engines write them.
 #![deny(missing_docs)]
 
 use std::path::Path;
@@ -36,5 +37,78 @@ pub async fn scan(catalog: &Catalog, table: &str) -> Vec<RecordBatch> {
         .unwrap()
         .try_collect()
         .await
+        .unwrap()
+}
+
+/// A position delete file (as Trino and Spark write for a merge-on-read `DELETE`) removing
+/// rows `positions` of the data file `data`, in `data`'s partition of spec `spec_id`, with the
+/// `file_path` bounds Iceberg Java records. Written next to the table's data; not committed.
+pub async fn position_delete_file(
+    catalog: &Catalog,
+    table: &str,
+    data: &iceberg::spec::DataFile,
+    spec_id: i32,
+    positions: &[i64],
+) -> iceberg::spec::DataFile {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use arrow_array::{Int64Array, StringArray};
+    use arrow_schema::{DataType, Field, Schema};
+    use iceberg::spec::{DataContentType, DataFileBuilder, DataFileFormat, Datum};
+
+    const FILE_PATH_ID: i32 = 2_147_483_546;
+    const POS_ID: i32 = 2_147_483_545;
+    let (_, meta) = catalog
+        .load_metadata(&parse_table_ident(table).unwrap())
+        .await
+        .unwrap();
+    let field = |name: &str, t: DataType, id: i32| {
+        Field::new(name, t, false).with_metadata(HashMap::from([(
+            "PARQUET:field_id".to_string(),
+            id.to_string(),
+        )]))
+    };
+    let schema = Arc::new(Schema::new(vec![
+        field("file_path", DataType::Utf8, FILE_PATH_ID),
+        field("pos", DataType::Int64, POS_ID),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(vec![data.file_path(); positions.len()])),
+            Arc::new(Int64Array::from(positions.to_vec())),
+        ],
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, schema, None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let path = format!(
+        "{}/data/delete-{}.parquet",
+        meta.location(),
+        uuid::Uuid::new_v4()
+    );
+    let size = buf.len() as u64;
+    catalog
+        .file_io()
+        .new_output(&path)
+        .unwrap()
+        .write(buf.into())
+        .await
+        .unwrap();
+    let bound = HashMap::from([(FILE_PATH_ID, Datum::string(data.file_path()))]);
+    DataFileBuilder::default()
+        .content(DataContentType::PositionDeletes)
+        .file_path(path)
+        .file_format(DataFileFormat::Parquet)
+        .partition(data.partition().clone())
+        .partition_spec_id(spec_id)
+        .record_count(positions.len() as u64)
+        .file_size_in_bytes(size)
+        .lower_bounds(bound.clone())
+        .upper_bounds(bound)
+        .build()
         .unwrap()
 }

@@ -34,9 +34,18 @@ pub struct BenchArgs {
     /// machine).
     #[arg(long, default_value_t = 1)]
     repeat: u32,
-    /// Phases to run, in order (default: all).
+    /// Phases to run, in order (default: all but soak).
     #[arg(long, value_enum, value_delimiter = ',')]
     phases: Vec<Phase>,
+    /// Soak: commits to make.
+    #[arg(long, default_value_t = 10_000)]
+    soak_commits: u64,
+    /// Soak: rows per commit.
+    #[arg(long, default_value_t = 10)]
+    soak_rows: u64,
+    /// Soak: commits between two snapshot expiries.
+    #[arg(long, default_value_t = 100)]
+    soak_expire_every: u64,
 }
 
 /// Peak resident memory since the last reset (VmHWM), in bytes.
@@ -67,6 +76,9 @@ pub enum Phase {
     Aggregates,
     /// `floe run` with two computed columns and two rules.
     Mapping,
+    /// Many small commits with periodic snapshot expiry: commit latency and scan planning
+    /// at the start and at the end (no broker).
+    Soak,
 }
 
 /// CPU time of the whole process so far (user + system), in seconds.
@@ -100,6 +112,17 @@ fn aggregate_cpu() -> [f64; 3] {
 }
 
 pub async fn run_bench(args: BenchArgs) -> Result<()> {
+    if args.phases.contains(&Phase::Soak) {
+        super::soak::run(super::soak::Soak {
+            commits: args.soak_commits.max(2),
+            rows: args.soak_rows.max(1),
+            expire_every: args.soak_expire_every,
+        })
+        .await?;
+        if args.phases.iter().all(|p| *p == Phase::Soak) {
+            return Ok(());
+        }
+    }
     let events = args.gen_args.events;
     let phases = if args.phases.is_empty() {
         vec![
@@ -145,6 +168,7 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
         let mut cpu_round = Vec::new();
         for &phase in &phases {
             let m = match phase {
+                Phase::Soak => continue,
                 Phase::Consume => consume_phase(&kafka, partitions, events).await?,
                 Phase::Load => {
                     load_once(&kafka, &args, Vec::new(), floe_schema::Mapping::default()).await?
@@ -196,6 +220,7 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
             Phase::Load => "floe run (decode + Parquet + commit)",
             Phase::Aggregates => "floe run + aggregates (dedup + DataFusion)",
             Phase::Mapping => "floe run + 2 computed columns + 2 rules (DataFusion expressions)",
+            Phase::Soak => continue,
         };
         println!(
             "| {name} | {} | {:.2} | {:.0} | {:.0} | {:.1} | {} |",

@@ -10,6 +10,7 @@ use clap::Args;
 use floe_lake::{Committer, parse_table_ident};
 use floe_maintenance::compact::Compact;
 use floe_maintenance::expire::ExpireSnapshots;
+use floe_maintenance::manifests::RewriteManifests;
 use floe_maintenance::orphans::RemoveOrphans;
 use floe_maintenance::retention::Retention;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -40,15 +41,24 @@ pub struct MaintainArgs {
     /// Remove files no metadata references.
     #[arg(long)]
     remove_orphans: bool,
-    /// Expiry: snapshots younger than this are kept.
-    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = humantime::parse_duration)]
-    older_than: Duration,
-    /// Expiry: the newest N snapshots are kept whatever their age.
-    #[arg(long, value_name = "N", default_value_t = 10)]
-    retain_last: usize,
-    /// Orphans: only files older than this are removed (guards files being written).
+    /// Rewrite the manifests, clustered by partition (few manifests, no removed entries).
+    #[arg(long)]
+    rewrite_manifests: bool,
+    /// Expiry: snapshots younger than this are kept [default: the table's
+    /// history.expire.max-snapshot-age-ms, else 7d].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    older_than: Option<Duration>,
+    /// Expiry: the newest N snapshots of each branch are kept whatever their age [default:
+    /// the table's history.expire.min-snapshots-to-keep, else 10].
+    #[arg(long, value_name = "N")]
+    retain_last: Option<usize>,
+    /// Orphans: only files older than this are removed (guards files being written; at
+    /// least 1h unless --force).
     #[arg(long, value_name = "DURATION", default_value = "3d", value_parser = humantime::parse_duration)]
     orphan_age: Duration,
+    /// Orphans: allow an --orphan-age below 1h (only when nothing writes to the tables).
+    #[arg(long)]
+    force: bool,
     /// Compaction: target file size (default: the table's write.target-file-size-bytes).
     #[arg(long, value_name = "SIZE")]
     target_file_size: Option<bytesize::ByteSize>,
@@ -82,8 +92,11 @@ pub async fn run(cfg: &FloeConfig, args: MaintainArgs) -> Result<()> {
         args.table.clone()
     };
     let aggregates = cfg.aggregate_definitions()?;
-    let all_steps =
-        !(args.compact || args.expire_snapshots || args.retention.is_some() || args.remove_orphans);
+    let all_steps = !(args.compact
+        || args.expire_snapshots
+        || args.retention.is_some()
+        || args.remove_orphans
+        || args.rewrite_manifests);
     let mut reports = Vec::new();
     let mut failures = Vec::new();
     for table in &tables {
@@ -107,7 +120,8 @@ pub async fn run(cfg: &FloeConfig, args: MaintainArgs) -> Result<()> {
     Ok(())
 }
 
-/// Runs the steps on one table in the safe order: compact → retention → expire → orphans.
+/// Runs the steps on one table in the safe order: compact → retention → rewrite manifests →
+/// expire → orphans.
 async fn maintain_table(
     committer: &Committer,
     table: &str,
@@ -185,13 +199,33 @@ async fn maintain_table(
         out.insert("retention".into(), serde_json::to_value(&r)?);
     }
 
-    if all_steps || args.expire_snapshots {
-        let r = ExpireSnapshots::new(table)
-            .older_than(args.older_than)
-            .retain_last(args.retain_last)
+    if all_steps || args.rewrite_manifests {
+        let r = RewriteManifests::new(table)
             .dry_run(args.dry_run)
             .execute(committer)
             .await?;
+        say(format!(
+            "{table}: rewrite-manifests{dry}: {} → {} manifests{}",
+            r.manifests_before,
+            r.manifests_after,
+            if r.rewritten {
+                ""
+            } else {
+                " (already clustered)"
+            }
+        ));
+        out.insert("rewrite_manifests".into(), serde_json::to_value(&r)?);
+    }
+
+    if all_steps || args.expire_snapshots {
+        let mut op = ExpireSnapshots::new(table).dry_run(args.dry_run);
+        if let Some(d) = args.older_than {
+            op = op.older_than(d);
+        }
+        if let Some(n) = args.retain_last {
+            op = op.retain_last(n);
+        }
+        let r = op.execute(committer).await?;
         say(format!(
             "{table}: expire-snapshots{dry}: {} → {} snapshots; deleted {} data files ({}), {} manifests, {} manifest lists",
             r.snapshots_before,
@@ -207,6 +241,7 @@ async fn maintain_table(
     if all_steps || args.remove_orphans {
         let r = RemoveOrphans::new(table)
             .older_than(args.orphan_age)
+            .force(args.force)
             .dry_run(args.dry_run)
             .execute(committer)
             .await?;

@@ -10,6 +10,7 @@ pub mod query;
 pub mod quickstart;
 pub mod report;
 pub mod run;
+pub mod soak;
 pub mod table;
 
 use anyhow::{Context, Result};

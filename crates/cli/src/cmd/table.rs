@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use floe_lake::evolve::Change;
-use floe_lake::{Catalog, committed_offsets, offsets::OFFSETS_KEY_PREFIX, parse_table_ident};
+use floe_lake::{Catalog, parse_table_ident};
 use floe_schema::TableDefinition;
 use iceberg::spec::TableMetadata;
 use serde_json::{Value, json};
@@ -297,24 +297,11 @@ async fn create_all(catalog: &Catalog, defs: &[TableDefinition]) -> Result<()> {
     Ok(())
 }
 
-/// Every group's committed offsets, found by walking the current snapshot's ancestry.
+/// Every group's committed offsets.
 fn all_offsets(meta: &TableMetadata) -> Result<Value> {
-    let mut groups = std::collections::BTreeSet::new();
-    for s in meta.snapshots() {
-        for k in s.summary().additional_properties.keys() {
-            if let Some(g) = k.strip_prefix(OFFSETS_KEY_PREFIX) {
-                groups.insert(g.to_string());
-            }
-        }
-    }
-    let mut out = serde_json::Map::new();
-    for g in groups {
-        out.insert(
-            g.clone(),
-            serde_json::to_value(committed_offsets(meta, &g)?)?,
-        );
-    }
-    Ok(Value::Object(out))
+    Ok(serde_json::to_value(
+        floe_lake::offsets::all_committed_offsets(meta)?,
+    )?)
 }
 
 pub fn describe(meta: &TableMetadata, name: &str, metadata_location: &str) -> Result<Value> {
@@ -365,7 +352,12 @@ pub fn describe(meta: &TableMetadata, name: &str, metadata_location: &str) -> Re
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    let props: BTreeMap<&String, &String> = meta.properties().iter().collect();
+    // floe's state (offsets, replay marks) is shown as such, not as properties.
+    let props: BTreeMap<&String, &String> = meta
+        .properties()
+        .iter()
+        .filter(|(k, _)| !floe_lake::state::is_state_key(k))
+        .collect();
     Ok(json!({
         "table": name,
         "location": meta.location(),

@@ -1,0 +1,204 @@
+//! `floe bench --phases soak`: months of small commits in minutes. Appends `--soak-commits`
+//! batches of `--soak-rows` events to `lake.events` (built-in definition) in a throwaway
+//! SQLite lake, each with Kafka offsets as the loader commits them, and expires snapshots
+//! every `--soak-expire-every` commits as a maintenance cron would (newest 10 kept). Reports
+//! the commit latency (p50, p99) and the table's scan planning time at the start and at the
+//! end, with the metadata the table then has: if any of it grows with the number of commits,
+//! it shows here.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use floe_lake::commit::CommitRequest;
+use floe_lake::{Catalog, CatalogConfig, Committer, DataWriter, OffsetRange};
+use floe_maintenance::expire::ExpireSnapshots;
+use futures::TryStreamExt;
+
+/// Soak settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Soak {
+    /// Commits.
+    pub commits: u64,
+    /// Rows per commit.
+    pub rows: u64,
+    /// Commits between two snapshot expiries.
+    pub expire_every: u64,
+}
+
+/// Commits measured at each end.
+const WINDOW: usize = 1000;
+
+/// Runs the soak and prints its report.
+pub async fn run(s: Soak) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let catalog = Catalog::connect(&CatalogConfig {
+        uri: format!("sqlite://{}/catalog.db", dir.path().display()),
+        warehouse: format!("{}/warehouse", dir.path().display()),
+        name: "floe".into(),
+    })
+    .await?;
+    let def = floe_schema::TableDefinition::builtin()?
+        .into_iter()
+        .find(|d| d.full_name() == "lake.events")
+        .expect("built-in lake.events");
+    catalog.create_table(&def).await?;
+    let ident = floe_lake::parse_table_ident("lake.events")?;
+    let committer = Committer::new(catalog.clone());
+    let window = WINDOW.min((s.commits / 2).max(1) as usize);
+    println!(
+        "soak: {} commits of {} rows, snapshot expiry every {} commits (newest 10 kept)…",
+        s.commits, s.rows, s.expire_every
+    );
+    let mut latencies: Vec<Duration> = Vec::with_capacity(s.commits as usize);
+    let mut planning_start = None;
+    let started = Instant::now();
+    let base_us = 1_767_225_600_000_000i64; // 2026-01-01
+    for c in 0..s.commits {
+        let (_, meta) = catalog.load_metadata(&ident).await?;
+        let mut decoder = floe_schema::Decoder::new(
+            meta.current_schema(),
+            &floe_schema::DecoderOptions::default(),
+        )?;
+        for r in 0..s.rows {
+            let n = c * s.rows + r;
+            // One hour of events per 1,000 commits: partitions fill as a day's would.
+            let us = base_us + (n as i64) * 3_600_000_000 / s.rows as i64 / 1000;
+            let ts = chrono::DateTime::from_timestamp_micros(us)
+                .expect("in range")
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            let line = format!(
+                r#"{{"event_guid":"{n:016x}","event_ts":"{ts}","user_id":"u{}","action":"view","country":"NL","device_type":"mobile","page":"/p","category":"c","value":1.5}}"#,
+                n % 997
+            );
+            decoder
+                .decode(line.as_bytes(), &floe_schema::RecordMeta::default())
+                .map_err(|e| anyhow::anyhow!("soak event: {e}"))?;
+        }
+        let mut writer = DataWriter::new(catalog.file_io(), &meta)?;
+        writer.write(&decoder.finish()).await?;
+        let files = writer.close().await?;
+        let req = CommitRequest::append(files).with_offsets(
+            "soak",
+            vec![OffsetRange {
+                topic: "events".into(),
+                partition: 0,
+                first: (c * s.rows) as i64,
+                next: ((c + 1) * s.rows) as i64,
+            }],
+        );
+        let t = Instant::now();
+        committer.commit(&ident, req).await?;
+        latencies.push(t.elapsed());
+        if (c + 1) % s.expire_every.max(1) == 0 {
+            ExpireSnapshots::new("lake.events")
+                .older_than(Duration::ZERO)
+                .retain_last(10)
+                .execute(&committer)
+                .await?;
+        }
+        if c + 1 == window as u64 {
+            planning_start = Some(plan_time(&catalog, &ident).await?);
+        }
+        if (c + 1) % 1000 == 0 {
+            println!(
+                "  {} commits, {:.0} s",
+                c + 1,
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    let planning_end = plan_time(&catalog, &ident).await?;
+    let (location, meta) = catalog.load_metadata(&ident).await?;
+    let manifests = manifest_count(&catalog, &meta).await?;
+    let metadata_bytes = std::fs::metadata(location.trim_start_matches("file://"))?.len();
+    let metadata_files = std::fs::read_dir(format!(
+        "{}/metadata",
+        meta.location().trim_start_matches("file://")
+    ))?
+    .count();
+    let first = &latencies[..window];
+    let last = &latencies[latencies.len() - window..];
+    println!("\n| | first {window} commits | last {window} commits |");
+    println!("|---|---|---|");
+    println!(
+        "| commit p50 | {:.1} ms | {:.1} ms |",
+        ms(pct(first, 50)),
+        ms(pct(last, 50))
+    );
+    println!(
+        "| commit p99 | {:.1} ms | {:.1} ms |",
+        ms(pct(first, 99)),
+        ms(pct(last, 99))
+    );
+    println!(
+        "| scan planning (iceberg-rust, floe query) | {:.1} ms | {:.1} ms |",
+        ms(planning_start.unwrap_or_default()),
+        ms(planning_end)
+    );
+    println!(
+        "\nat the end: {manifests} manifests in the current snapshot, {} snapshots, metadata.json {} bytes, {metadata_files} files in metadata/, {} rows",
+        meta.snapshots().count(),
+        metadata_bytes,
+        meta.current_snapshot()
+            .and_then(|s| s
+                .summary()
+                .additional_properties
+                .get("total-records")
+                .cloned())
+            .unwrap_or_default()
+    );
+    println!("table metadata: {location}");
+    if let Ok(keep) = std::env::var("FLOE_SOAK_KEEP") {
+        let dest = std::path::PathBuf::from(keep);
+        let kept = dir.keep();
+        println!(
+            "lake kept in {} (FLOE_SOAK_KEEP={})",
+            kept.display(),
+            dest.display()
+        );
+    }
+    Ok(())
+}
+
+/// Time to plan a full scan of the table (every data file task).
+async fn plan_time(catalog: &Catalog, ident: &iceberg::TableIdent) -> Result<Duration> {
+    let table = catalog.load_table(ident).await?;
+    let t = Instant::now();
+    let tasks: Vec<_> = table
+        .scan()
+        .select_all()
+        .build()?
+        .plan_files()
+        .await?
+        .try_collect()
+        .await?;
+    let d = t.elapsed();
+    anyhow::ensure!(!tasks.is_empty(), "the soak table planned no file");
+    Ok(d)
+}
+
+async fn manifest_count(catalog: &Catalog, meta: &iceberg::spec::TableMetadata) -> Result<usize> {
+    let Some(s) = meta.current_snapshot() else {
+        return Ok(0);
+    };
+    let bytes = catalog
+        .file_io()
+        .new_input(s.manifest_list())?
+        .read()
+        .await?;
+    Ok(
+        iceberg::spec::ManifestList::parse_with_version(&bytes, meta.format_version())?
+            .entries()
+            .len(),
+    )
+}
+
+fn pct(v: &[Duration], p: usize) -> Duration {
+    let mut s = v.to_vec();
+    s.sort();
+    s[((s.len() - 1) * p / 100).min(s.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
