@@ -20,6 +20,12 @@ use crate::{Error, Result};
 /// Summary key prefix.
 pub const APPLIED_KEY_PREFIX: &str = "floe.applied.";
 
+/// Table property: the source table's sequence number up to which marks of `name` were
+/// cleared once their sources were gone; positions read before it are refused.
+pub fn horizon_key(name: &str) -> String {
+    format!("floe.applied-horizon.{name}")
+}
+
 /// The summary key for marks named `name`.
 pub fn applied_key(name: &str) -> String {
     format!("{APPLIED_KEY_PREFIX}{name}")

@@ -34,6 +34,7 @@ use iceberg::spec::{SnapshotRef, TableMetadata};
 pub fn is_state_key(key: &str) -> bool {
     key.starts_with(crate::offsets::OFFSETS_KEY_PREFIX)
         || key.starts_with(crate::marks::APPLIED_KEY_PREFIX)
+        || key.starts_with("floe.applied-horizon.")
 }
 
 /// Where a state value was found.

@@ -51,6 +51,7 @@ type Writer = DataFileWriter<ParquetWriterBuilder, RecordingLocations, DefaultFi
 /// Writes record batches of one table's current schema into partitioned Parquet data files.
 pub struct DataWriter {
     file_io: FileIO,
+    spec_id: i32,
     builder: Builder,
     splitter: Option<PartitionSplitter>,
     writers: HashMap<Struct, Writer>,
@@ -208,6 +209,7 @@ impl DataWriter {
         };
         Ok(Self {
             file_io: file_io.clone(),
+            spec_id: spec.spec_id(),
             builder: DataFileWriterBuilder::new(rolling),
             splitter,
             writers: HashMap::new(),
@@ -220,6 +222,12 @@ impl DataWriter {
     /// Rows written so far.
     pub fn rows(&self) -> u64 {
         self.rows
+    }
+
+    /// The partition spec the files are partitioned by (the table's default when the writer
+    /// was made): what a commit of them names ([`crate::CommitRequest::written_with`]).
+    pub fn spec_id(&self) -> i32 {
+        self.spec_id
     }
 
     /// Writes a batch (split by partition). On error the caller should [`Self::abort`].

@@ -168,6 +168,11 @@ pub async fn replay(committer: &Committer, opts: &ReplayOptions) -> Result<Repla
     let dl_ident = parse_table_ident(&opts.dead_letter_table)?;
     let (_, metadata) = catalog.load_metadata(&ident).await?;
     let dl_table = catalog.load_table(&dl_ident).await?;
+    let read_at = dl_table
+        .metadata()
+        .current_snapshot()
+        .map(|s| s.sequence_number())
+        .unwrap_or(0);
     let applied = applied_positions(&metadata, &opts.dead_letter_table)?;
     let mut report = ReplayReport {
         dry_run: opts.dry_run,
@@ -319,7 +324,12 @@ pub async fn replay(committer: &Committer, opts: &ReplayOptions) -> Result<Repla
         writer.abort().await;
     } else {
         let files = writer.close().await?;
-        let mut req = CommitRequest::append(files).with_applied(&opts.dead_letter_table, positions);
+        let mut req = CommitRequest::append(files)
+            .with_applied(&opts.dead_letter_table, positions)
+            .written_with(metadata.default_partition_spec_id());
+        if let Some(a) = req.applied.as_mut() {
+            a.read_at = Some(read_at);
+        }
         req.properties
             .insert("floe.operation".into(), "dlq-replay".into());
         let committed = committer.commit(&ident, req).await.map_err(|e| match e {
@@ -342,12 +352,22 @@ pub async fn replay(committer: &Committer, opts: &ReplayOptions) -> Result<Repla
         .await?;
         report.removed_dead_letters = removed;
         report.dead_letter_snapshot_id = snapshot;
-        // Their dead letters are gone: the marks have nothing left to guard.
+        // Their dead letters are gone: the marks have nothing left to guard. A replay that
+        // read the dead letters before they left is refused from now on (the horizon).
+        let gone_at = catalog
+            .load_metadata(&dl_ident)
+            .await?
+            .1
+            .current_snapshot()
+            .map(|s| s.sequence_number())
+            .unwrap_or(0);
         let mut forget = CommitRequest::append(Vec::new());
         forget.applied = Some(floe_lake::commit::AppliedUpdate {
             name: opts.dead_letter_table.clone(),
             positions: PositionSet::new(),
             forget: all_applied,
+            forget_at: Some(gone_at),
+            read_at: None,
         });
         committer.commit(&ident, forget).await?;
     }
@@ -435,7 +455,9 @@ async fn remove_applied(
             .current_snapshot()
             .map(|s| s.sequence_number())
             .unwrap_or(0);
-        let mut req = CommitRequest::new(change).validate_from(read_seq);
+        let mut req = CommitRequest::new(change)
+            .validate_from(read_seq)
+            .written_with(dl.metadata().default_partition_spec_id());
         req.properties
             .insert("floe.operation".into(), "dlq-replay-cleanup".into());
         match committer.commit(&ident, req).await {

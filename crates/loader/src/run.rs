@@ -1979,7 +1979,8 @@ impl Writer {
         let newest_event_us = newest_event_time(&job.metadata, &files);
         let started = Instant::now();
         let metadata = if !job.raw_ranges.is_empty() || !files.is_empty() {
-            let mut req = CommitRequest::append(files);
+            let mut req =
+                CommitRequest::append(files).written_with(job.metadata.default_partition_spec_id());
             req.offsets = Some(OffsetsUpdate {
                 group: self.group.clone(),
                 ranges: job.raw_ranges.clone(),

@@ -311,15 +311,19 @@ impl TableSink {
     pub async fn flush(&mut self, offsets: Option<OffsetsUpdate>) -> Result<FlushReport> {
         let mut report = FlushReport::default();
         self.encode().await?;
-        let files = match self.writer.take() {
-            Some(w) => w.close().await?,
-            None => Vec::new(),
+        let (files, spec_id) = match self.writer.take() {
+            Some(w) => {
+                let spec_id = w.spec_id();
+                (w.close().await?, Some(spec_id))
+            }
+            None => (Vec::new(), None),
         };
         report.rows = self.batch_rows;
         report.files = files.len();
         report.bytes = files.iter().map(|f| f.file_size_in_bytes()).sum();
         if !files.is_empty() || offsets.is_some() {
             let mut req = CommitRequest::append(files);
+            req.spec_id = spec_id;
             req.offsets = offsets.clone();
             let done = self.committer.commit(&self.ident, req).await?;
             report.snapshot_id = done.snapshot_id.or(report.snapshot_id);
@@ -411,7 +415,8 @@ pub(crate) async fn commit_dead_letters(
         writer.abort().await;
         return Err(e.into());
     }
-    let mut req = CommitRequest::append(writer.close().await?);
+    let spec_id = writer.spec_id();
+    let mut req = CommitRequest::append(writer.close().await?).written_with(spec_id);
     req.offsets = offsets;
     Ok(committer.commit(table, req).await?)
 }

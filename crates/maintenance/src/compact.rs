@@ -352,13 +352,15 @@ impl Compact {
             )));
         }
         let added = writer.close().await?;
+        floe_lake::fail::point("compact-before-commit");
         let mut removed = bin.files;
         removed.extend(deletes);
         let mut req = CommitRequest::new(Change::Replace {
             removed,
             added: added.clone(),
         })
-        .validate_from(planned_seq);
+        .validate_from(planned_seq)
+        .written_with(metadata.default_partition_spec_id());
         req.properties
             .insert("floe.operation".into(), "compact".into());
         let committed = committer

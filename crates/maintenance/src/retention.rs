@@ -218,7 +218,8 @@ impl Retention {
         } else {
             Change::Overwrite { removed, added }
         })
-        .validate_from(planned_seq);
+        .validate_from(planned_seq)
+        .written_with(metadata.default_partition_spec_id());
         req.properties
             .insert("floe.operation".into(), "retention".into());
         req.properties

@@ -114,6 +114,13 @@ pub struct AppliedUpdate {
     /// removed), so the marks stay as small as what is pending. The overlap check runs
     /// before they are dropped.
     pub forget: PositionSet,
+    /// With `forget`: the source table's sequence number once the forgotten positions had
+    /// left it. It becomes the marks' horizon (`floe.applied-horizon.<name>`).
+    pub forget_at: Option<i64>,
+    /// The source table's sequence number the positions were read at. A commit whose
+    /// positions were read below the horizon is refused ([`crate::Error::AlreadyApplied`]):
+    /// the source may have held positions applied and forgotten since.
+    pub read_at: Option<i64>,
 }
 
 /// One commit.
@@ -132,6 +139,10 @@ pub struct CommitRequest {
     /// commit with [`crate::Error::ConcurrentDelete`], so the rewrite cannot bring back rows
     /// another engine deleted meanwhile (Iceberg Java's `validateNoNewDeletesForDataFiles`).
     pub validate_from_sequence: Option<i64>,
+    /// The partition spec the added data files were written with (default: the table's
+    /// current one). Another engine may evolve the spec while a batch is being written; its
+    /// files then go into a manifest of the spec they were partitioned by.
+    pub spec_id: Option<i32>,
 }
 
 impl CommitRequest {
@@ -148,7 +159,14 @@ impl CommitRequest {
             applied: None,
             properties: HashMap::new(),
             validate_from_sequence: None,
+            spec_id: None,
         }
+    }
+
+    /// The added data files were partitioned by spec `spec_id`.
+    pub fn written_with(mut self, spec_id: i32) -> Self {
+        self.spec_id = Some(spec_id);
+        self
     }
 
     /// Adds offsets to record.
@@ -166,6 +184,8 @@ impl CommitRequest {
             name: name.into(),
             positions,
             forget: PositionSet::new(),
+            forget_at: None,
+            read_at: None,
         });
         self
     }

@@ -60,6 +60,26 @@ fn new_state(
                 example: format!("{source}[{partition}]@{offset}"),
             });
         }
+        let horizon_key = crate::marks::horizon_key(&update.name);
+        let horizon = base
+            .properties()
+            .get(&horizon_key)
+            .and_then(|v| v.parse::<i64>().ok());
+        if let (Some(h), Some(read_at)) = (horizon, update.read_at)
+            && read_at < h
+            && !update.positions.is_empty()
+        {
+            return Err(Error::AlreadyApplied {
+                table: table.to_string(),
+                name: update.name.clone(),
+                example: format!(
+                    "a position read at sequence number {read_at}, before marks up to {h} were cleared"
+                ),
+            });
+        }
+        if let Some(at) = update.forget_at {
+            props.insert(horizon_key, horizon.unwrap_or(at).max(at).to_string());
+        }
         applied.subtract(&update.forget);
         applied.extend(&update.positions);
         props.insert(
@@ -211,9 +231,18 @@ pub(crate) async fn stage(
             manifests.insert(0, w.write_manifest_file().await?);
         }
         if !data.is_empty() {
-            let mut w = out.writer(ManifestContentType::Data, spec_id)?;
+            let data_spec_id = req.spec_id.unwrap_or(spec_id);
+            let data_spec = base
+                .partition_spec_by_id(data_spec_id)
+                .cloned()
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "{table}: the files were written with partition spec {data_spec_id}, which the table does not have"
+                    ))
+                })?;
+            let mut w = out.writer(ManifestContentType::Data, data_spec_id)?;
             for f in data {
-                collector.add_file(f, base.current_schema().clone(), spec.clone());
+                collector.add_file(f, base.current_schema().clone(), data_spec.clone());
                 w.add_file(f.clone(), UNASSIGNED_SEQUENCE_NUMBER)?;
             }
             manifests.insert(0, w.write_manifest_file().await?);
