@@ -1,5 +1,6 @@
 """Shared fixtures for floe's end-to-end tests: the floe binary, a scratch working directory,
-a throwaway PostgreSQL server, and independent Iceberg readers (PyIceberg, DuckDB)."""
+a throwaway PostgreSQL server, and independent Iceberg readers (PyIceberg, DuckDB, and Apache
+Iceberg's Java library in a Spark worker)."""
 
 import json
 import os
@@ -79,13 +80,29 @@ def lake(request, tmp_path, floe_bin):
         uri = request.getfixturevalue("pg_database")
     else:
         uri = f"sqlite://{tmp_path}/floe-data/catalog.db"
-    return Lake(floe_bin, tmp_path, uri, f"{tmp_path}/floe-data/warehouse")
+    lake = Lake(floe_bin, tmp_path, uri, f"{tmp_path}/floe-data/warehouse")
+    yield lake
+    lake.close()
 
 
 @pytest.fixture
 def sqlite_lake(tmp_path, floe_bin):
-    return Lake(floe_bin, tmp_path, f"sqlite://{tmp_path}/floe-data/catalog.db",
+    lake = Lake(floe_bin, tmp_path, f"sqlite://{tmp_path}/floe-data/catalog.db",
                 f"{tmp_path}/floe-data/warehouse")
+    yield lake
+    lake.close()
+
+
+@pytest.fixture(scope="session")
+def iceberg_java():
+    """Apache Iceberg's Java library (Spark 3.5 + Iceberg 1.10, what Trino and Spark run) in
+    one long-lived Spark worker for the session (readers.SparkWorker; ~7 s to start). A test
+    that asks for it reads and writes a lake with `lake.java_sql(sql)` and
+    `lake.read_java(name)`, each lake in a Spark session of its own. The stack is
+    $FLOE_ICEBERG_JAVA (scripts/test exports it), else scripts/iceberg-java installs it."""
+    from readers import spark_worker, stop_spark_worker
+    yield spark_worker()
+    stop_spark_worker()
 
 
 def wait_for_port(port, proc, name, timeout=30):
@@ -155,7 +172,8 @@ def s3_lake(request, tmp_path, floe_bin, pg_database, moto_server):
     lake = Lake(floe_bin, tmp_path, pg_database, f"s3://{bucket}/warehouse", s3=s3)
     # Readers go to the server directly (the proxy's faults are for floe).
     lake.reader_s3 = dict(S3_KEYS, endpoint=moto_server)
-    return lake
+    yield lake
+    lake.close()
 
 
 @pytest.fixture
