@@ -47,8 +47,23 @@ pub fn check_definition(
     }
 }
 
+/// Refuses a table whose format floe cannot rewrite correctly (v3: row lineage, deletion
+/// vectors), naming it.
+pub fn check_format(table: &str, metadata: &TableMetadata) -> Result<()> {
+    if metadata.format_version() > FormatVersion::V2 {
+        return Err(Error::Unsupported(format!(
+            "table {table} is Iceberg format v{} (upgraded by another engine?): floe reads and \
+             writes format v2 only, and would ignore v3's row lineage and deletion vectors; \
+             load into a v2 table, and maintain this one with the engine that upgraded it",
+            metadata.format_version() as u8
+        )));
+    }
+    Ok(())
+}
+
 /// Checks an existing table before floe writes to it.
 pub fn check_metadata(table: &str, metadata: &TableMetadata) -> Result<()> {
+    check_format(table, metadata)?;
     check_definition(
         table,
         metadata.format_version(),

@@ -75,6 +75,7 @@ async fn live_files(
 pub struct FileReader {
     file_io: FileIO,
     tasks: HashMap<String, Vec<FileScanTask>>,
+    schema: iceberg::spec::SchemaRef,
 }
 
 impl FileReader {
@@ -104,9 +105,19 @@ impl FileReader {
                     .push(task);
             }
         }
+        // iceberg-rust scans a snapshot in the schema it was committed with, which lags the
+        // current one when another engine added a column since (no snapshot yet).
+        let metadata = table.metadata();
+        let schema = metadata
+            .current_snapshot()
+            .and_then(|s| s.schema_id())
+            .and_then(|id| metadata.schema_by_id(id))
+            .cloned()
+            .unwrap_or_else(|| metadata.current_schema().clone());
         Ok(Self {
             file_io: table.file_io().clone(),
             tasks,
+            schema,
         })
     }
 
@@ -116,6 +127,12 @@ impl FileReader {
         self.tasks
             .get(path)
             .is_some_and(|tasks| tasks.iter().any(|t| !t.deletes.is_empty()))
+    }
+
+    /// The schema the rows come in (the current snapshot's): what a rewrite writes them with
+    /// ([`crate::DataWriter::with_schema`]).
+    pub fn schema(&self) -> iceberg::spec::SchemaRef {
+        self.schema.clone()
     }
 
     /// The delete files that apply to the data file at `path`.

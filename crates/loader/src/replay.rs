@@ -391,7 +391,8 @@ async fn remove_applied(
         let reader = FileReader::new(&dl).await?;
         let mut removed_files = Vec::new();
         let mut removed_rows = 0u64;
-        let mut writer = DataWriter::new(catalog.file_io(), dl.metadata())?;
+        let mut writer =
+            DataWriter::with_schema(catalog.file_io(), dl.metadata(), reader.schema())?;
         let rewrite: Result<()> = async {
             for live in live_data_files(catalog.file_io(), dl.metadata()).await? {
                 let path = live.data_file.file_path().to_string();

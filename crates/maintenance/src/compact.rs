@@ -138,6 +138,7 @@ impl Compact {
         let ident = parse_table_ident(&self.table)?;
         let table = catalog.load_table(&ident).await?;
         let metadata = table.metadata();
+        floe_lake::compat::check_format(&self.table, metadata)?;
         let target = self
             .target_file_size
             .unwrap_or_else(|| target_file_size(metadata.properties()) as u64);
@@ -302,7 +303,7 @@ impl Compact {
         // Rows as read: the record counts, less what delete files remove (at most all).
         let expected: u64 = bin.files.iter().map(|f| f.record_count()).sum();
         let exact = deletes.is_empty();
-        let mut writer = DataWriter::new(catalog.file_io(), metadata)?;
+        let mut writer = DataWriter::with_schema(catalog.file_io(), metadata, reader.schema())?;
         let sort = sort_columns(metadata);
         let written: Result<u64> = async {
             let mut rows = 0u64;

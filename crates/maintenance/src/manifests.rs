@@ -62,6 +62,7 @@ impl RewriteManifests {
     pub async fn execute(&self, committer: &Committer) -> Result<RewriteManifestsReport> {
         let ident = parse_table_ident(&self.table)?;
         let (_, metadata) = committer.catalog().load_metadata(&ident).await?;
+        floe_lake::compat::check_format(&self.table, &metadata)?;
         let manifests = current_manifests(committer, &metadata).await?;
         let mut report = RewriteManifestsReport {
             table: self.table.clone(),

@@ -119,6 +119,7 @@ impl Retention {
         let ident = parse_table_ident(&self.table)?;
         let table = catalog.load_table(&ident).await?;
         let metadata = table.metadata();
+        floe_lake::compat::check_format(&self.table, metadata)?;
         let part = time_partition(&self.table, metadata)?;
         let live = live_data_files(catalog.file_io(), metadata).await?;
         let mut report = RetentionReport {
@@ -185,7 +186,7 @@ impl Retention {
             .map(|f| f.data_file)
             .filter(|f| applied.contains(f.file_path()))
             .collect();
-        let mut writer = DataWriter::new(catalog.file_io(), metadata)?;
+        let mut writer = DataWriter::with_schema(catalog.file_io(), metadata, reader.schema())?;
         let rewritten: Result<u64> = async {
             let mut dropped = 0u64;
             for f in &rewrite {

@@ -168,8 +168,8 @@ async fn maintain_table(
         ));
         if r.files_with_deletes > 0 {
             say(format!(
-                "{table}: compact: {} files with row-level deletes left as they are (rewrite them with Trino's optimize)",
-                r.files_with_deletes
+                "{table}: compact: {} files rewritten with other engines' row-level deletes applied; {} delete files removed",
+                r.files_with_deletes, r.delete_files_removed
             ));
         }
         errors.extend(r.errors.iter().cloned());
