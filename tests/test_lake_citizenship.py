@@ -301,3 +301,20 @@ def test_a_table_upgraded_to_format_v3_is_refused_by_name(sqlite_lake, tmp_path,
     p = lake.run("maintain", "--table", "lake.events", "--compact", check=False)
     assert p.returncode != 0 and "v3" in p.stderr, p.stderr
     assert lake.java_sql("SELECT count(*) AS n FROM lake.events")[0]["n"] == before == len(good)
+
+
+def test_a_table_no_flush_brings_rows_gains_no_snapshot(sqlite_lake, dev_broker, tmp_path):
+    """The dead-letter table of a clean stream: no snapshot per flush (it once had an empty
+    one every flush), its offsets recorded as a property before the loader stops, so a restart
+    reads nothing again."""
+    lake = sqlite_lake
+    prepared(lake, dev_broker, tmp_path, 6000, seed=71)
+    lake.run(*run_args(dev_broker, "--max-rows", "500", "--flush-interval", "200ms",
+                       "--until-drained"), timeout=180)
+    raw = lake.pyiceberg_table("lake.events")
+    dlq = lake.pyiceberg_table("lake.events_dead_letters")
+    assert len(raw.snapshots()) >= 5
+    assert dlq.snapshots() == [], [s.summary for s in dlq.snapshots()]
+    offsets = json.loads(raw.properties["floe.offsets.g"])
+    assert json.loads(dlq.properties["floe.offsets.g"]) == offsets
+    assert sum(offsets["events"].values()) == 6000

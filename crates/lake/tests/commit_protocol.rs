@@ -618,11 +618,10 @@ async fn removed_entries_live_only_in_the_snapshot_that_removes_them() {
     assert_eq!(ids(&lake).await, want);
 }
 
-#[tokio::test]
-async fn a_rewrite_applies_deletes_and_refuses_deletes_committed_after_it_read() {
-    let lake = lake().await;
-    let a = files(&lake, 0, 0..5).await;
-    let b = files(&lake, 0, 5..10).await;
+/// Ids 0..5 and 5..10 in two files of partition 0, appended in one commit.
+async fn two_files(lake: &Lake) -> (Vec<DataFile>, Vec<DataFile>) {
+    let a = files(lake, 0, 0..5).await;
+    let b = files(lake, 0, 5..10).await;
     lake.committer
         .commit(
             &lake.ident,
@@ -630,6 +629,13 @@ async fn a_rewrite_applies_deletes_and_refuses_deletes_committed_after_it_read()
         )
         .await
         .unwrap();
+    (a, b)
+}
+
+#[tokio::test]
+async fn a_rewrite_applies_deletes_and_refuses_deletes_committed_after_it_read() {
+    let lake = lake().await;
+    let (a, b) = two_files(&lake).await;
     let read_at = metadata(&lake)
         .await
         .current_snapshot()
@@ -693,15 +699,7 @@ async fn a_rewrite_applies_deletes_and_refuses_deletes_committed_after_it_read()
 #[tokio::test]
 async fn a_delete_file_still_needed_by_a_remaining_file_stays() {
     let lake = lake().await;
-    let a = files(&lake, 0, 0..5).await;
-    let b = files(&lake, 0, 5..10).await;
-    lake.committer
-        .commit(
-            &lake.ident,
-            CommitRequest::append([a.clone(), b.clone()].concat()),
-        )
-        .await
-        .unwrap();
+    let (a, b) = two_files(&lake).await;
     let del_a =
         floe_testkit::position_delete_file(lake.committer.catalog(), "lake.t", &a[0], 0, &[0])
             .await;

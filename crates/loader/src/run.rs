@@ -819,7 +819,10 @@ impl Pipe {
     /// Sends the batch to be committed; `false` when nothing to do or a flush is in flight.
     /// `last_before_stop`: the partitions are about to be revoked or the loader to stop.
     fn start_flush(&mut self, last_before_stop: bool) -> bool {
-        if self.in_flight.is_some() || self.batch.messages == 0 {
+        // With nothing new, a last flush still goes when a table may hold offsets it has not
+        // recorded yet (the dead-letter table's, `flush.idle_offsets_interval`).
+        let records_idle_offsets = last_before_stop && self.dlq.is_some();
+        if self.in_flight.is_some() || (self.batch.messages == 0 && !records_idle_offsets) {
             return false;
         }
         let (last, last_routing) = if self.stop.is_some() || self.decoder.is_empty() {

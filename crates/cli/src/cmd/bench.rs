@@ -46,6 +46,13 @@ pub struct BenchArgs {
     /// Soak: commits between two snapshot expiries.
     #[arg(long, default_value_t = 100)]
     soak_expire_every: u64,
+    /// Soak: commits between two compactions (0: none; without compaction the live data
+    /// files, and with them the merged manifest and scan planning, grow with every commit).
+    #[arg(long, default_value_t = 1000)]
+    soak_compact_every: u64,
+    /// Soak: keep the lake afterwards (to time other readers' scan planning on it).
+    #[arg(long)]
+    soak_keep: bool,
 }
 
 /// Peak resident memory since the last reset (VmHWM), in bytes.
@@ -117,6 +124,8 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
             commits: args.soak_commits.max(2),
             rows: args.soak_rows.max(1),
             expire_every: args.soak_expire_every,
+            keep: args.soak_keep,
+            compact_every: args.soak_compact_every,
         })
         .await?;
         if args.phases.iter().all(|p| *p == Phase::Soak) {
@@ -370,13 +379,7 @@ async fn load_once(
     aggregates: Vec<floe_aggregate::AggregateDef>,
     mapping: floe_schema::Mapping,
 ) -> Result<Measured> {
-    let dir = tempfile::tempdir()?;
-    let catalog = Catalog::connect(&CatalogConfig {
-        uri: format!("sqlite://{}/catalog.db", dir.path().display()),
-        warehouse: format!("{}/warehouse", dir.path().display()),
-        name: "floe".into(),
-    })
-    .await?;
+    let (_dir, catalog) = scratch_lake().await?;
     let definitions = floe_schema::TableDefinition::builtin()?;
     for def in &definitions {
         catalog.create_table(def).await?;
@@ -427,4 +430,16 @@ async fn load_once(
 fn since(before: [f64; 3]) -> [f64; 3] {
     let now = aggregate_cpu();
     std::array::from_fn(|i| now[i] - before[i])
+}
+
+/// A throwaway SQLite lake (dropped with the directory).
+pub async fn scratch_lake() -> Result<(tempfile::TempDir, Catalog)> {
+    let dir = tempfile::tempdir()?;
+    let catalog = Catalog::connect(&CatalogConfig {
+        uri: format!("sqlite://{}/catalog.db", dir.path().display()),
+        warehouse: format!("{}/warehouse", dir.path().display()),
+        name: "floe".into(),
+    })
+    .await?;
+    Ok((dir, catalog))
 }

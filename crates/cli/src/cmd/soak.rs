@@ -1,7 +1,8 @@
 //! `floe bench --phases soak`: months of small commits in minutes. Appends `--soak-commits`
 //! batches of `--soak-rows` events to `lake.events` (built-in definition) in a throwaway
-//! SQLite lake, each with Kafka offsets as the loader commits them, and expires snapshots
-//! every `--soak-expire-every` commits as a maintenance cron would (newest 10 kept). Reports
+//! SQLite lake, each with Kafka offsets as the loader commits them, and compacts every
+//! `--soak-compact-every` and expires snapshots every `--soak-expire-every` commits as a
+//! maintenance cron would (newest 10 kept). Reports
 //! the commit latency (p50, p99) and the table's scan planning time at the start and at the
 //! end, with the metadata the table then has: if any of it grows with the number of commits,
 //! it shows here.
@@ -10,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use floe_lake::commit::CommitRequest;
-use floe_lake::{Catalog, CatalogConfig, Committer, DataWriter, OffsetRange};
+use floe_lake::{Catalog, Committer, DataWriter, OffsetRange};
+use floe_maintenance::compact::Compact;
 use floe_maintenance::expire::ExpireSnapshots;
 use futures::TryStreamExt;
 
@@ -23,6 +25,10 @@ pub struct Soak {
     pub rows: u64,
     /// Commits between two snapshot expiries.
     pub expire_every: u64,
+    /// Commits between two compactions (0: none).
+    pub compact_every: u64,
+    /// Keep the lake (for other readers' planning times).
+    pub keep: bool,
 }
 
 /// Commits measured at each end.
@@ -30,13 +36,8 @@ const WINDOW: usize = 1000;
 
 /// Runs the soak and prints its report.
 pub async fn run(s: Soak) -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let catalog = Catalog::connect(&CatalogConfig {
-        uri: format!("sqlite://{}/catalog.db", dir.path().display()),
-        warehouse: format!("{}/warehouse", dir.path().display()),
-        name: "floe".into(),
-    })
-    .await?;
+    let keep = s.keep;
+    let (dir, catalog) = super::bench::scratch_lake().await?;
     let def = floe_schema::TableDefinition::builtin()?
         .into_iter()
         .find(|d| d.full_name() == "lake.events")
@@ -46,8 +47,8 @@ pub async fn run(s: Soak) -> Result<()> {
     let committer = Committer::new(catalog.clone());
     let window = WINDOW.min((s.commits / 2).max(1) as usize);
     println!(
-        "soak: {} commits of {} rows, snapshot expiry every {} commits (newest 10 kept)…",
-        s.commits, s.rows, s.expire_every
+        "soak: {} commits of {} rows, snapshot expiry every {} commits (newest 10 kept), compaction every {}…",
+        s.commits, s.rows, s.expire_every, s.compact_every
     );
     let mut latencies: Vec<Duration> = Vec::with_capacity(s.commits as usize);
     let mut planning_start = None;
@@ -89,6 +90,9 @@ pub async fn run(s: Soak) -> Result<()> {
         let t = Instant::now();
         committer.commit(&ident, req).await?;
         latencies.push(t.elapsed());
+        if s.compact_every > 0 && (c + 1) % s.compact_every == 0 {
+            Compact::new("lake.events").execute(&committer).await?;
+        }
         if (c + 1) % s.expire_every.max(1) == 0 {
             ExpireSnapshots::new("lake.events")
                 .older_than(Duration::ZERO)
@@ -130,6 +134,12 @@ pub async fn run(s: Soak) -> Result<()> {
         ms(pct(first, 99)),
         ms(pct(last, 99))
     );
+    let w200 = 200.min(latencies.len() / 2).max(1);
+    println!(
+        "| commit mean, first / last {w200} | {:.1} ms | {:.1} ms |",
+        ms(mean(&latencies[..w200])),
+        ms(mean(&latencies[latencies.len() - w200..]))
+    );
     println!(
         "| scan planning (iceberg-rust, floe query) | {:.1} ms | {:.1} ms |",
         ms(planning_start.unwrap_or_default()),
@@ -148,13 +158,10 @@ pub async fn run(s: Soak) -> Result<()> {
             .unwrap_or_default()
     );
     println!("table metadata: {location}");
-    if let Ok(keep) = std::env::var("FLOE_SOAK_KEEP") {
-        let dest = std::path::PathBuf::from(keep);
-        let kept = dir.keep();
+    if keep {
         println!(
-            "lake kept in {} (FLOE_SOAK_KEEP={})",
-            kept.display(),
-            dest.display()
+            "lake kept: catalog sqlite://{0}/catalog.db, warehouse {0}/warehouse",
+            dir.keep().display()
         );
     }
     Ok(())
@@ -197,6 +204,10 @@ fn pct(v: &[Duration], p: usize) -> Duration {
     let mut s = v.to_vec();
     s.sort();
     s[((s.len() - 1) * p / 100).min(s.len() - 1)]
+}
+
+fn mean(v: &[Duration]) -> Duration {
+    v.iter().sum::<Duration>() / v.len().max(1) as u32
 }
 
 fn ms(d: Duration) -> f64 {

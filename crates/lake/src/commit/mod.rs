@@ -197,14 +197,7 @@ impl Committer {
                 .await?
             {
                 Published::Swapped(new_location) => {
-                    if delete_old_metadata(&built.metadata) {
-                        let expired = built
-                            .expired_metadata_logs
-                            .iter()
-                            .map(|l| l.metadata_file.clone())
-                            .collect();
-                        delete_files(&file_io, expired).await;
-                    }
+                    delete_expired_metadata(&file_io, &built).await;
                     delete_files(&file_io, unused).await;
                     let sequence_number = snapshot_id
                         .and_then(|id| built.metadata.snapshot_by_id(id))
@@ -361,14 +354,7 @@ impl Committer {
                 .await?
             {
                 Published::Swapped(location) => {
-                    if delete_old_metadata(&built.metadata) {
-                        let expired = built
-                            .expired_metadata_logs
-                            .into_iter()
-                            .map(|l| l.metadata_file)
-                            .collect();
-                        delete_files(&file_io, expired).await;
-                    }
+                    delete_expired_metadata(&file_io, &built).await;
                     return Ok(Some((location, built.metadata)));
                 }
                 Published::Lost => {
@@ -471,13 +457,26 @@ fn jitter(d: Duration) -> Duration {
     Duration::from_millis(ms / 2 + rand::rng().random_range(0..=ms.max(1)))
 }
 
-/// `write.metadata.delete-after-commit.enabled`: delete metadata files that fall out of the
-/// metadata log (`write.metadata.previous-versions-max`, default 100).
-fn delete_old_metadata(metadata: &TableMetadata) -> bool {
-    metadata
+/// `write.metadata.delete-after-commit.enabled`: once `built` is the table's, deletes the
+/// metadata files that fell out of its metadata log (`write.metadata.previous-versions-max`,
+/// default 100).
+async fn delete_expired_metadata(
+    file_io: &iceberg::io::FileIO,
+    built: &iceberg::spec::TableMetadataBuildResult,
+) {
+    let enabled = built
+        .metadata
         .properties()
         .get("write.metadata.delete-after-commit.enabled")
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    if enabled {
+        let expired = built
+            .expired_metadata_logs
+            .iter()
+            .map(|l| l.metadata_file.clone())
+            .collect();
+        delete_files(file_io, expired).await;
+    }
 }
 
 /// Table properties `floe table create` sets unless the definition says otherwise: old
