@@ -630,3 +630,55 @@ async fn rewrite_manifests_clusters_by_partition_and_drops_removed_entries() {
         .unwrap();
     assert!(!again.rewritten, "{again:?}");
 }
+
+#[tokio::test]
+async fn compaction_applies_equality_deletes_and_drops_the_delete_file() {
+    let lake = lake().await;
+    append(&lake, 0..30, 1, false).await;
+    append(&lake, 30..60, 1, false).await;
+    // Flink-style equality deletes on `id` in the one hour partition.
+    let (files, _) = live(&lake).await;
+    let gone = [3, 17, 31, 59];
+    let del = floe_testkit::equality_delete_file(
+        &lake.catalog,
+        "lake.e",
+        "id",
+        1,
+        &gone,
+        files[0].partition().clone(),
+        0,
+    )
+    .await;
+    lake.committer
+        .commit(
+            &parse_table_ident("lake.e").unwrap(),
+            CommitRequest::append(vec![del]),
+        )
+        .await
+        .unwrap();
+    let want: BTreeMap<i64, (i64, String)> = expected(0..60, 1)
+        .into_iter()
+        .filter(|(id, _)| !gone.contains(id))
+        .collect();
+    assert_eq!(
+        rows(&lake).await,
+        want,
+        "the deletes apply before compaction"
+    );
+    // Rows appended after the delete are not affected by it.
+    append(&lake, 100..103, 1, false).await;
+    let r = Compact::new("lake.e")
+        .execute(&lake.committer)
+        .await
+        .unwrap();
+    assert_eq!(r.bins_committed, 1, "{r:?}");
+    let (after, live_deletes) = live(&lake).await;
+    assert_eq!(
+        live_deletes, 0,
+        "the equality delete file left with the files it applied to"
+    );
+    assert_eq!(after.len(), 1);
+    let mut want = want;
+    want.extend(expected(100..103, 1));
+    assert_eq!(rows(&lake).await, want);
+}

@@ -112,3 +112,68 @@ pub async fn position_delete_file(
         .build()
         .unwrap()
 }
+
+/// An equality delete file (as Flink writes for an upsert or delete) removing the rows whose
+/// `long` column `column` (field id `field_id`) equals one of `values`, in partition
+/// `partition` of spec `spec_id` (an unpartitioned spec makes it apply to every partition).
+/// Written next to the table's data; not committed.
+pub async fn equality_delete_file(
+    catalog: &Catalog,
+    table: &str,
+    column: &str,
+    field_id: i32,
+    values: &[i64],
+    partition: iceberg::spec::Struct,
+    spec_id: i32,
+) -> iceberg::spec::DataFile {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use arrow_array::Int64Array;
+    use arrow_schema::{DataType, Field, Schema};
+    use iceberg::spec::{DataContentType, DataFileBuilder, DataFileFormat};
+
+    let (_, meta) = catalog
+        .load_metadata(&parse_table_ident(table).unwrap())
+        .await
+        .unwrap();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new(column, DataType::Int64, false).with_metadata(HashMap::from([(
+            "PARQUET:field_id".to_string(),
+            field_id.to_string(),
+        )])),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![Arc::new(Int64Array::from(values.to_vec()))],
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, schema, None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let path = format!(
+        "{}/data/eq-delete-{}.parquet",
+        meta.location(),
+        uuid::Uuid::new_v4()
+    );
+    let size = buf.len() as u64;
+    catalog
+        .file_io()
+        .new_output(&path)
+        .unwrap()
+        .write(buf.into())
+        .await
+        .unwrap();
+    DataFileBuilder::default()
+        .content(DataContentType::EqualityDeletes)
+        .file_path(path)
+        .file_format(DataFileFormat::Parquet)
+        .partition(partition)
+        .partition_spec_id(spec_id)
+        .record_count(values.len() as u64)
+        .file_size_in_bytes(size)
+        .equality_ids(Some(vec![field_id]))
+        .build()
+        .unwrap()
+}
