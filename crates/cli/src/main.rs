@@ -158,7 +158,11 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Secrets a message may quote (a catalog URI, a setting) are masked.
+            eprintln!(
+                "error: {}",
+                floe_lake::catalog::redact_text(&format!("{e:#}"))
+            );
             ExitCode::FAILURE
         }
     }

@@ -496,13 +496,116 @@ impl Catalog {
     }
 }
 
-/// `postgres://user:secret@host/db` → `postgres://user:***@host/db` for messages and logs.
+/// A URI with its secrets masked for messages and logs: `postgres://user:secret@host/db` →
+/// `postgres://user:***@host/db`, and `?password=…`, `&sslpassword=…`, `token=…` and the like
+/// in the query → `***`.
 pub fn redact_uri(uri: &str) -> String {
-    match url::Url::parse(uri) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
+    redact_text(uri)
+}
+
+/// `text` with every secret that a URI or a `key=value` pair in it carries masked as `***`:
+/// the password of `scheme://user:password@host`, and the value of any `name=value` whose
+/// name says password, secret, token or key (so a message quoting a URI or a setting keeps
+/// its shape but not its secret).
+pub fn redact_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    // scheme://user:password@host
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace())
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@') {
+            Some(at) if authority[..at].contains(':') => {
+                let colon = authority[..at].find(':').expect("checked");
+                out.push_str(&authority[..colon + 1]);
+                out.push_str(crate::config::REDACTED);
+                out.push_str(&authority[at..]);
+            }
+            _ => out.push_str(authority),
         }
-        _ => uri.to_string(),
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    redact_pairs(&out)
+}
+
+/// Masks the value of every `name=value` whose name looks secret.
+fn redact_pairs(text: &str) -> String {
+    let secret = |name: &str| {
+        let n = name.to_ascii_lowercase();
+        [
+            "password",
+            "passwd",
+            "pwd",
+            "secret",
+            "token",
+            "key",
+            "credential",
+        ]
+        .iter()
+        .any(|s| n.contains(s))
+    };
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for (i, _) in text.match_indices('=') {
+        if i < last {
+            continue;
+        }
+        let start = text[..i]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.'))
+            .map(|p| p + 1)
+            .unwrap_or(0);
+        if start >= i || !secret(&text[start..i]) {
+            continue;
+        }
+        let value_end = text[i + 1..]
+            .find(|c: char| {
+                c == '&' || c == ';' || c == ',' || c.is_whitespace() || c == '"' || c == '\''
+            })
+            .map(|p| i + 1 + p)
+            .unwrap_or(text.len());
+        out.push_str(&text[last..i + 1]);
+        out.push_str(crate::config::REDACTED);
+        last = value_end;
+    }
+    out.push_str(&text[last..]);
+    out
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::*;
+
+    #[test]
+    fn secrets_in_uris_and_pairs_are_masked() {
+        assert_eq!(
+            redact_uri("postgres://u:s3cret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(
+            redact_uri("postgres://u@h/db?password=s3cret&sslmode=require"),
+            "postgres://u@h/db?password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact_uri("postgresql://h/db?sslmode=require&sslpassword=x&PASSWORD=y"),
+            "postgresql://h/db?sslmode=require&sslpassword=***&PASSWORD=***"
+        );
+        assert_eq!(
+            redact_uri("sqlite://floe-data/catalog.db"),
+            "sqlite://floe-data/catalog.db"
+        );
+        let msg = "catalog database: connecting to postgres://a:b@h/d?token=t1: error at x=1";
+        assert_eq!(
+            redact_text(msg),
+            "catalog database: connecting to postgres://a:***@h/d?token=*** error at x=1"
+        );
+        assert_eq!(
+            redact_text("s3.secret-access-key=abc other"),
+            "s3.secret-access-key=*** other"
+        );
     }
 }
