@@ -74,30 +74,14 @@ pub async fn position_delete_file(
         field("pos", DataType::Int64, POS_ID),
     ]));
     let batch = RecordBatch::try_new(
-        schema.clone(),
+        schema,
         vec![
             Arc::new(StringArray::from(vec![data.file_path(); positions.len()])),
             Arc::new(Int64Array::from(positions.to_vec())),
         ],
     )
     .unwrap();
-    let mut buf = Vec::new();
-    let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, schema, None).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
-    let path = format!(
-        "{}/data/delete-{}.parquet",
-        meta.location(),
-        uuid::Uuid::new_v4()
-    );
-    let size = buf.len() as u64;
-    catalog
-        .file_io()
-        .new_output(&path)
-        .unwrap()
-        .write(buf.into())
-        .await
-        .unwrap();
+    let (path, size) = write_parquet(catalog, &meta, &batch, "delete").await;
     let bound = HashMap::from([(FILE_PATH_ID, Datum::string(data.file_path()))]);
     DataFileBuilder::default()
         .content(DataContentType::PositionDeletes)
@@ -143,28 +127,9 @@ pub async fn equality_delete_file(
             field_id.to_string(),
         )])),
     ]));
-    let batch = RecordBatch::try_new(
-        schema.clone(),
-        vec![Arc::new(Int64Array::from(values.to_vec()))],
-    )
-    .unwrap();
-    let mut buf = Vec::new();
-    let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, schema, None).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
-    let path = format!(
-        "{}/data/eq-delete-{}.parquet",
-        meta.location(),
-        uuid::Uuid::new_v4()
-    );
-    let size = buf.len() as u64;
-    catalog
-        .file_io()
-        .new_output(&path)
-        .unwrap()
-        .write(buf.into())
-        .await
-        .unwrap();
+    let batch =
+        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(values.to_vec()))]).unwrap();
+    let (path, size) = write_parquet(catalog, &meta, &batch, "eq-delete").await;
     DataFileBuilder::default()
         .content(DataContentType::EqualityDeletes)
         .file_path(path)
@@ -176,4 +141,32 @@ pub async fn equality_delete_file(
         .equality_ids(Some(vec![field_id]))
         .build()
         .unwrap()
+}
+
+/// Writes `batch` as a Parquet file `<prefix>-<uuid>.parquet` in the table's data folder;
+/// returns its path and size.
+async fn write_parquet(
+    catalog: &Catalog,
+    meta: &iceberg::spec::TableMetadata,
+    batch: &RecordBatch,
+    prefix: &str,
+) -> (String, u64) {
+    let mut buf = Vec::new();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), None).unwrap();
+    w.write(batch).unwrap();
+    w.close().unwrap();
+    let path = format!(
+        "{}/data/{prefix}-{}.parquet",
+        meta.location(),
+        uuid::Uuid::new_v4()
+    );
+    let size = buf.len() as u64;
+    catalog
+        .file_io()
+        .new_output(&path)
+        .unwrap()
+        .write(buf.into())
+        .await
+        .unwrap();
+    (path, size)
 }
