@@ -254,6 +254,16 @@ pub struct MetricsConfig {
     /// `/health` turns unhealthy when no commit happened for this many flush intervals while
     /// messages are waiting.
     pub stale_after_intervals: u32,
+    /// Connections served at once; more are closed as soon as they are accepted, so clients
+    /// of the endpoint can never take the file descriptors the loader needs.
+    pub max_connections: usize,
+    /// A client must send its request's headers within this time of connecting.
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
+    /// A connection (one request: it closes after the response) is dropped after this long,
+    /// whatever it is doing (a client reading its response slowly).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
 }
 
 impl Default for MetricsConfig {
@@ -261,6 +271,22 @@ impl Default for MetricsConfig {
         Self {
             listen: "127.0.0.1:9464".into(),
             stale_after_intervals: 3,
+            max_connections: 64,
+            read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
         }
+    }
+}
+
+impl MetricsConfig {
+    /// Checks the settings make sense; the message names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_connections == 0 {
+            return Err("metrics.max_connections must be > 0".into());
+        }
+        if self.read_timeout.is_zero() || self.request_timeout.is_zero() {
+            return Err("metrics.read_timeout and metrics.request_timeout must be > 0".into());
+        }
+        Ok(())
     }
 }

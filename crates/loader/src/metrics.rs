@@ -52,6 +52,8 @@ pub const FRESHNESS: &str = "floe_event_time_freshness_seconds";
 /// CPU time the aggregate path used, in microseconds (labels `table`: the raw table; `stage`:
 /// see [`AggregateStage`]). Beside `process_cpu_seconds_total`, what aggregating costs.
 pub const AGGREGATE_CPU: &str = "floe_aggregate_cpu_microseconds_total";
+/// Connections to the metrics endpoint closed unserved: `metrics.max_connections` were open.
+pub const METRICS_CONNECTIONS_REFUSED: &str = "floe_metrics_connections_refused_total";
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

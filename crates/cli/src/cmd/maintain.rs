@@ -77,7 +77,11 @@ pub async fn run(cfg: &FloeConfig, args: MaintainArgs) -> Result<()> {
     if let Some(listen) = &args.metrics_listen {
         let handle = crate::telemetry::install()?;
         let health = Arc::new(floe_loader::metrics::Health::new(Duration::from_secs(3600)));
-        crate::telemetry::serve(listen, handle, health).await?;
+        let endpoint = floe_loader::config::MetricsConfig {
+            listen: listen.clone(),
+            ..cfg.metrics.clone()
+        };
+        crate::telemetry::serve(&endpoint, handle, health).await?;
     }
     let committer = super::committer(cfg).await?;
     let tables: Vec<String> = if args.all {

@@ -174,7 +174,7 @@ pub async fn execute(cfg: &FloeConfig, args: RunArgs) -> Result<()> {
     ));
     if !cfg.metrics.listen.is_empty() {
         let handle = crate::telemetry::install()?;
-        crate::telemetry::serve(&cfg.metrics.listen, handle, health.clone()).await?;
+        crate::telemetry::serve(&cfg.metrics, handle, health.clone()).await?;
     }
     let committer = super::committer(cfg).await?;
     let shutdown = shutdown_flag(args.shutdown_timeout);
