@@ -122,3 +122,88 @@ def test_ten_thousand_idle_connections_to_the_metrics_port_do_not_stop_the_loade
             p.kill()
             p.wait()
     assert_exactly(lake, first + second)
+
+
+def test_a_failed_dedup_rebuild_is_retried_and_counts_nothing_twice(sqlite_lake, dev_broker, tmp_path):
+    """Item 10: rebuilding the dedup state when partitions are assigned fails (twice); the
+    loader retries it instead of failing every later flush until a restart, and the rebuilt
+    state keeps the aggregates exact: the stream sent again is all duplicates of events
+    already counted."""
+    from test_aggregates import assert_aggregates_exact, prepared_with_duplicates
+    lake = sqlite_lake
+    payloads = prepared_with_duplicates(lake, dev_broker, tmp_path, 3_000, seed=411)
+    args = run_args(dev_broker, "--max-rows", "1000", "--flush-interval", "300ms", "--until-drained")
+    lake.run(*args, timeout=120)
+    produce(lake, dev_broker, 3_000, seed=411, malformed=0.01, duplicates=0.05)
+    lake.extra_env["FLOE_FAILPOINTS"] = "dedup-rebuild=error:2"
+    done = lake.run(*args, timeout=120)
+    assert done.stderr.count("failpoint dedup-rebuild: failing") == 2, done.stderr
+    good, _ = split(payloads)
+    assert lake.read_pyiceberg("lake.events").num_rows == 2 * len(good)
+    assert_aggregates_exact(lake)
+
+
+# Total session duration per hour into an `int` column: five events of 2e9 s overflow it.
+DURATION_TOTAL_SQL = """-- source: lake.events
+-- target: lake.events_duration_total
+-- key: window_start
+-- merge: duration_total=sum
+SELECT date_bin(INTERVAL '1 hour', event_ts) AS window_start,
+       sum(session_duration) AS duration_total
+FROM batch
+GROUP BY 1
+"""
+
+DURATION_TOTAL_TABLE = {
+    "format-version": 2,
+    "schema": {"type": "struct", "schema-id": 0, "fields": [
+        {"id": 1, "name": "window_start", "required": True, "type": "timestamptz"},
+        {"id": 2, "name": "duration_total", "required": True, "type": "int"},
+    ]},
+    "partition-spec": {"fields": [
+        {"source-id": 1, "field-id": 1000, "name": "window_start_day", "transform": "day"}]},
+}
+
+
+def test_an_aggregate_that_overflows_its_column_stops_the_loader_with_the_reason(sqlite_lake, dev_broker, tmp_path):
+    """Item 11: a flush that fails for a reason retrying cannot change (an aggregate's total
+    overflows its `int` column) stops the loader with the table and the reason, instead of
+    being rewound and retried for ever; nothing of the batch is committed."""
+    import json
+
+    from confluent_kafka import Producer
+    lake = sqlite_lake
+    (lake.dir / "sql" / "aggregates").mkdir(parents=True)
+    (lake.dir / "sql" / "aggregates" / "duration_total.sql").write_text(DURATION_TOTAL_SQL)
+    (lake.dir / "schemas" / "lake.events_duration_total.json").write_text(json.dumps(DURATION_TOTAL_TABLE))
+    lake.run("table", "create", "--all")
+    template = json.loads(generated(lake, tmp_path, 1, seed=421)[0])
+    prod = Producer({"bootstrap.servers": dev_broker})
+    for i in range(5):
+        event = dict(template, eventGuid=f"long-{i}", session_duration=2_000_000_000)
+        prod.produce("events", value=json.dumps(event).encode(), key=event["eventGuid"])
+    assert prod.flush(30) == 0
+    # One batch (flushed once drained): its total is 10^10.
+    p = lake.run(*run_args(dev_broker, "--flush-interval", "1h", "--until-drained"), check=False,
+                 timeout=120)
+    assert p.returncode != 0, p.stderr
+    error = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+    assert error, p.stderr
+    assert "lake.events" in error[0] and "duration_total" in error[0], error
+    assert "10000000000" in error[0] and "Int32" in error[0], error
+    assert lake.pyiceberg_table("lake.events_duration_total").current_snapshot() is None
+    assert lake.pyiceberg_table("lake.events").current_snapshot() is None
+
+
+def test_a_commit_that_fails_transiently_is_retried_and_loads_each_message_once(sqlite_lake, dev_broker, tmp_path):
+    """Item 11: the raw table's commit fails three times in a row with an error retrying may
+    mend (an I/O error); each time the loader rewinds and retries after a pause, then loads
+    every message exactly once."""
+    from test_kafka_loader import prepared
+    lake = sqlite_lake
+    payloads = prepared(lake, dev_broker, tmp_path, 3_000, seed=431, malformed=0.02)
+    lake.extra_env["FLOE_FAILPOINTS"] = "before-table-commit=error:3"
+    done = lake.run(*run_args(dev_broker, "--max-rows", "1000", "--flush-interval", "300ms",
+                              "--until-drained"), timeout=120)
+    assert done.stderr.count("failpoint before-table-commit: failing") == 3, done.stderr
+    assert_exactly(lake, payloads)

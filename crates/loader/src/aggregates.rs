@@ -558,6 +558,7 @@ impl Aggregation {
         raw: &TableIdent,
         parts: &[(Part, Option<i64>)],
     ) -> floe_lake::Result<()> {
+        floe_lake::fail::check("dedup-rebuild")?;
         let mut loaded = load_recent_keys(
             committer,
             raw,

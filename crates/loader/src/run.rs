@@ -1988,6 +1988,7 @@ impl Writer {
                 group: self.group.clone(),
                 ranges: job.raw_ranges.clone(),
             });
+            floe_lake::fail::check("before-table-commit").map_err(failed)?;
             let done = self
                 .committer
                 .commit(&self.table, req)
