@@ -578,17 +578,24 @@ pub fn conform(def: &AggregateDef, batch: &RecordBatch, target: &SchemaRef) -> R
         let col = batch
             .column_by_name(field.name())
             .ok_or_else(|| fail(format!("the query yields no column {}", field.name())))?;
+        // Checked: a value the column's type cannot hold (a total that overflows an `int`)
+        // is an error naming it, never a NULL in its place.
+        let checked = datafusion::arrow::compute::CastOptions {
+            safe: false,
+            ..Default::default()
+        };
         let col = if col.data_type() == field.data_type() {
             col.clone()
         } else {
-            datafusion::arrow::compute::cast(col, field.data_type()).map_err(|e| {
-                fail(format!(
-                    "column {}: {} does not cast to {}: {e}",
-                    field.name(),
-                    col.data_type(),
-                    field.data_type()
-                ))
-            })?
+            datafusion::arrow::compute::cast_with_options(col, field.data_type(), &checked)
+                .map_err(|e| {
+                    fail(format!(
+                        "column {}: {} does not cast to {}: {e}",
+                        field.name(),
+                        col.data_type(),
+                        field.data_type()
+                    ))
+                })?
         };
         if !field.is_nullable() && col.null_count() > 0 {
             return Err(fail(format!(
@@ -665,5 +672,42 @@ mod tests {
         // A second run (fresh copies of the plans) gives the same.
         let again = agg.partial(0, Form::Grouped, &batch).await.unwrap();
         assert_eq!(again.num_rows(), out.num_rows());
+    }
+
+    #[test]
+    fn a_total_that_overflows_its_column_is_an_error_not_a_null() {
+        use arrow_array::{Int32Array, Int64Array};
+        use arrow_schema::{DataType, Field};
+        let def = AggregateDef::parse(
+            "total",
+            "-- target: lake.t\n-- key: k\nSELECT k, sum(v) AS total FROM batch GROUP BY k",
+        )
+        .unwrap();
+        let partial = RecordBatch::try_from_iter([
+            ("k", Arc::new(StringArray::from(vec!["a", "b"])) as ArrayRef),
+            (
+                "total",
+                Arc::new(Int64Array::from(vec![7, 10_000_000_000])) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        // A nullable `int` column: a NULL would fit, and lose the total.
+        let target: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new("total", DataType::Int32, true),
+        ]));
+        let err = conform(&def, &partial, &target).unwrap_err();
+        assert!(!err.retryable());
+        let message = err.to_string();
+        assert!(
+            message.contains("total") && message.contains("10000000000"),
+            "{message}"
+        );
+        let fits = partial.slice(0, 1);
+        let out = conform(&def, &fits, &target).unwrap();
+        assert_eq!(
+            out.column(1).as_any().downcast_ref::<Int32Array>().unwrap(),
+            &Int32Array::from(vec![7])
+        );
     }
 }

@@ -41,5 +41,28 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// Whether running the same batch again may succeed: only when the query ran out of
+    /// memory or failed on I/O. A definition that does not plan, a value that overflows its
+    /// type or does not fit the target table fails the same way every time.
+    pub fn retryable(&self) -> bool {
+        match self {
+            Error::Query { source, .. } => datafusion_retryable(source),
+            Error::Definition(_) | Error::Output { .. } => false,
+        }
+    }
+}
+
+fn datafusion_retryable(e: &datafusion::error::DataFusionError) -> bool {
+    use datafusion::error::DataFusionError as E;
+    match e {
+        E::ResourcesExhausted(_) | E::IoError(_) | E::ObjectStore(_) => true,
+        E::ArrowError(e, _) => matches!(**e, arrow_schema::ArrowError::IoError(..)),
+        E::Context(_, inner) | E::Diagnostic(_, inner) => datafusion_retryable(inner),
+        E::Shared(inner) => datafusion_retryable(inner),
+        _ => false,
+    }
+}
+
 /// Result with [`Error`] as the default error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -117,23 +117,55 @@ pub enum Error {
     },
 }
 
+/// What the caller of a failed operation should do next (as iceberg-rust's `retryable()`,
+/// with a third answer for failures whose cause cannot be told).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// The cause may heal (a service unreachable or slow, a lost race, a commit whose outcome
+    /// is unknown): retry with backoff for as long as it takes.
+    Transient,
+    /// Whether the cause heals is unknown: retry a bounded number of times, then stop.
+    Unknown,
+    /// The same operation fails the same way again (configuration, an incompatible schema, a
+    /// value that does not fit its column): stop with the reason, or dead-letter its cause.
+    Permanent,
+}
+
+impl Retry {
+    /// The lower-case name (`transient`, `unknown`, `permanent`), for logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Retry::Transient => "transient",
+            Retry::Unknown => "unknown",
+            Retry::Permanent => "permanent",
+        }
+    }
+}
+
 impl Error {
     /// Whether retrying the same operation later may succeed (transient failures and races).
     pub fn is_retryable(&self) -> bool {
+        self.retry() == Retry::Transient
+    }
+
+    /// What retrying the operation that failed can do.
+    pub fn retry(&self) -> Retry {
         match self {
+            // Races: the next attempt starts from the table's new state.
             Error::CommitConflict { .. }
             | Error::ConcurrentDelete { .. }
-            | Error::CommitStateUnknown { .. } => true,
-            Error::Catalog { source, .. } => !matches!(
-                source,
-                sqlx::Error::Configuration(_) | sqlx::Error::ColumnNotFound(_)
-            ),
-            // Storage I/O (iceberg-rust wraps every object-store failure as `Unexpected`,
-            // after the storage layer's own retries) may heal; invalid or unsupported
-            // metadata, a missing table and the like do not.
-            Error::Iceberg(e) => e.retryable() || e.kind() == iceberg::ErrorKind::Unexpected,
-            Error::Io { .. } => true,
-            _ => false,
+            | Error::CommitStateUnknown { .. }
+            | Error::OffsetsAlreadyCommitted { .. }
+            | Error::AlreadyApplied { .. }
+            | Error::FilesGone { .. } => Retry::Transient,
+            Error::Catalog { source, .. } => catalog_retry(source),
+            Error::Iceberg(e) => iceberg_retry(e),
+            Error::Io { .. } => Retry::Transient,
+            Error::Config(_)
+            | Error::NoSuchTable(_)
+            | Error::TableExists(_)
+            | Error::Unsupported(_)
+            | Error::Schema(_) => Retry::Permanent,
         }
     }
 
@@ -143,5 +175,139 @@ impl Error {
     }
 }
 
+/// Storage I/O may heal: iceberg-rust wraps every object-store failure as `Unexpected`
+/// (after the storage layer's own retries) and marks lost catalog races retryable. Its local
+/// file system reports a file it cannot read as `DataInvalid` with the OS error in the text
+/// only (out of file descriptors as well as a file that is gone): tried a few times. Invalid
+/// or unsupported metadata, a missing table and the like do not heal.
+fn iceberg_retry(e: &iceberg::Error) -> Retry {
+    use iceberg::ErrorKind;
+    if e.retryable() {
+        return Retry::Transient;
+    }
+    match e.kind() {
+        ErrorKind::Unexpected | ErrorKind::CatalogCommitConflicts => Retry::Transient,
+        ErrorKind::DataInvalid
+            if [
+                "Failed to read file",
+                "Failed to open file",
+                "Failed to get metadata for",
+            ]
+            .iter()
+            .any(|p| e.message().starts_with(p)) =>
+        {
+            Retry::Unknown
+        }
+        _ => Retry::Permanent,
+    }
+}
+
+/// The catalog database: a connection, a pool or a lock may heal (PostgreSQL SQLSTATE
+/// classes 08 connection, 40 transaction rollback, 53 insufficient resources, 57 operator
+/// intervention; SQLite busy or locked); what the query or the configuration gets wrong does
+/// not; other database errors are of unknown kind.
+fn catalog_retry(e: &sqlx::Error) -> Retry {
+    match e {
+        sqlx::Error::Configuration(_)
+        | sqlx::Error::InvalidArgument(_)
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnIndexOutOfBounds { .. }
+        | sqlx::Error::TypeNotFound { .. }
+        | sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Encode(_)
+        | sqlx::Error::Decode(_) => Retry::Permanent,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            let sqlite_busy = code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6));
+            if sqlite_busy || ["08", "40", "53", "57"].iter().any(|c| code.starts_with(c)) {
+                Retry::Transient
+            } else {
+                Retry::Unknown
+            }
+        }
+        sqlx::Error::RowNotFound => Retry::Unknown,
+        _ => Retry::Transient,
+    }
+}
+
 /// Result with [`Error`] as the default error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_classified_by_what_retrying_can_do() {
+        let iceberg = |kind, message: &str| Error::Iceberg(iceberg::Error::new(kind, message));
+        let cases = [
+            (
+                Error::CommitConflict {
+                    table: "t".into(),
+                    attempts: 5,
+                },
+                Retry::Transient,
+            ),
+            (
+                Error::CommitStateUnknown {
+                    table: "t".into(),
+                    reason: "connection reset".into(),
+                },
+                Retry::Transient,
+            ),
+            (
+                Error::Catalog {
+                    context: "swap".into(),
+                    source: sqlx::Error::PoolTimedOut,
+                },
+                Retry::Transient,
+            ),
+            (
+                Error::Catalog {
+                    context: "connect".into(),
+                    source: sqlx::Error::Configuration("bad uri".into()),
+                },
+                Retry::Permanent,
+            ),
+            (
+                iceberg(
+                    iceberg::ErrorKind::Unexpected,
+                    "Failure in doing io operation",
+                ),
+                Retry::Transient,
+            ),
+            (
+                iceberg(
+                    iceberg::ErrorKind::DataInvalid,
+                    "Failed to read file /w/m.json: Too many open files (os error 24)",
+                ),
+                Retry::Unknown,
+            ),
+            (
+                iceberg(iceberg::ErrorKind::DataInvalid, "invalid partition spec"),
+                Retry::Permanent,
+            ),
+            (
+                iceberg(iceberg::ErrorKind::FeatureUnsupported, "format v3"),
+                Retry::Permanent,
+            ),
+            (
+                Error::Io {
+                    context: "writing".into(),
+                    source: std::io::Error::other("disk"),
+                },
+                Retry::Transient,
+            ),
+            (Error::Config("catalog.uri".into()), Retry::Permanent),
+            (Error::NoSuchTable("lake.x".into()), Retry::Permanent),
+            (
+                Error::Unsupported("deletion vectors".into()),
+                Retry::Permanent,
+            ),
+        ];
+        for (error, want) in cases {
+            assert_eq!(error.retry(), want, "{error}");
+            assert_eq!(error.is_retryable(), want == Retry::Transient, "{error}");
+        }
+    }
+}

@@ -21,7 +21,7 @@ pub mod writer;
 pub use catalog::{Catalog, parse_table_ident};
 pub use commit::{Change, CommitRequest, Committed, Committer, RetryPolicy};
 pub use config::{CatalogConfig, S3Config};
-pub use error::{Error, Result};
+pub use error::{Error, Result, Retry};
 pub use marks::{PositionSet, applied_positions};
 pub use offsets::{OffsetRange, Offsets, committed_offsets};
 pub use writer::DataWriter;

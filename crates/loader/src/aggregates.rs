@@ -78,7 +78,7 @@ enum ToStream {
 /// critical path); at flush for the ones held and merged.
 struct PartialStream {
     tx: tokio::sync::mpsc::Sender<ToStream>,
-    done: tokio::task::JoinHandle<floe_lake::Result<Vec<iceberg::spec::DataFile>>>,
+    done: tokio::task::JoinHandle<Result<Vec<iceberg::spec::DataFile>>>,
 }
 
 impl PartialStream {
@@ -86,9 +86,10 @@ impl PartialStream {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<ToStream>(STREAM_QUEUE);
         let work = async move {
             let (_, meta) = catalog.load_metadata(&table.ident).await?;
-            let target = Arc::new(iceberg::arrow::schema_to_arrow_schema(
-                meta.current_schema(),
-            )?);
+            let target = Arc::new(
+                iceberg::arrow::schema_to_arrow_schema(meta.current_schema())
+                    .map_err(floe_lake::Error::from)?,
+            );
             let mut w = DataWriter::for_partials(catalog.file_io(), &meta)?;
             while let Some(msg) = rx.recv().await {
                 let rows = match msg {
@@ -99,15 +100,15 @@ impl PartialStream {
                     }
                 };
                 let written = match conform(&table.def, &rows, &target) {
-                    Ok(shaped) => w.write(&shaped).await,
-                    Err(e) => Err(floe_lake::Error::Config(e.to_string())),
+                    Ok(shaped) => w.write(&shaped).await.map_err(Error::from),
+                    Err(e) => Err(Error::from(e)),
                 };
                 if let Err(e) = written {
                     w.abort().await;
                     return Err(e);
                 }
             }
-            w.close().await
+            Ok(w.close().await?)
         };
         let done = tokio::spawn(async move { cpu.time(work).await });
         Self { tx, done }
@@ -119,11 +120,11 @@ impl PartialStream {
     }
 
     /// Closes the stream and returns its files.
-    async fn finish(self) -> floe_lake::Result<Vec<iceberg::spec::DataFile>> {
+    async fn finish(self) -> Result<Vec<iceberg::spec::DataFile>> {
         drop(self.tx);
         self.done
             .await
-            .map_err(|e| floe_lake::Error::Config(format!("aggregate writer task: {e}")))?
+            .map_err(|e| Error::Internal(format!("aggregate writer task: {e}")))?
     }
 
     /// Drops what was written (without waiting).
@@ -375,7 +376,7 @@ impl Aggregation {
         };
         let partials = handle
             .await
-            .map_err(|e| Error::Config(format!("aggregate task: {e}")))??;
+            .map_err(|e| Error::Internal(format!("aggregate task: {e}")))??;
         for (i, form, rows, p) in partials {
             if form == Form::Grouped {
                 self.chunk_ratio[i] = p.num_rows() as f64 / rows.max(1) as f64;
@@ -449,16 +450,15 @@ impl Aggregation {
 
     /// Ends the batch's partials: waits for its running queries, merges what is held and
     /// closes every aggregate's Parquet files. Returns the files of each aggregate table.
-    pub async fn finish(&mut self) -> floe_lake::Result<Vec<Vec<iceberg::spec::DataFile>>> {
-        let internal = |e: Error| floe_lake::Error::Config(e.to_string());
+    pub async fn finish(&mut self) -> Result<Vec<Vec<iceberg::spec::DataFile>>> {
         while !self.running.is_empty() {
-            self.collect_one().await.map_err(internal)?;
+            self.collect_one().await?;
         }
         let mut streams = Vec::with_capacity(self.tables.len());
         for i in 0..self.tables.len() {
             // Held partials were all pushed while merging paid (else they would stream).
             if self.partials[i].len() > 1 {
-                self.merge(i).await.map_err(internal)?;
+                self.merge(i).await?;
             }
             // Held partials go the way streamed ones went (or open a stream of their own).
             let stream = self.streams[i].take().or_else(|| {

@@ -15,6 +15,7 @@ pub mod run;
 pub mod sink;
 pub mod transform;
 
+pub use floe_lake::Retry;
 pub use sink::{FlushReport, SinkOptions, TableSink};
 
 /// Errors of the loader.
@@ -53,13 +54,42 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A task of floe's own failed (panicked or was cancelled).
+    #[error("internal: {0}")]
+    Internal(String),
+    /// A pipeline's flushes failed in a way retrying does not mend: the loader stops. Nothing
+    /// of the failed batch is committed; a restart reads it again.
+    #[error("{table}: {reason}; stopping: {verdict}")]
+    Stopped {
+        /// The pipeline's table.
+        table: String,
+        /// Why the flush failed.
+        reason: String,
+        /// Why it is not retried (again).
+        verdict: String,
+    },
 }
 
 impl Error {
     /// Whether trying again later may succeed: the lake's storage or catalog failed in a way
     /// that can heal (unreachable, timed out, a lost race).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Lake(e) if e.is_retryable())
+        self.retry() == Retry::Transient
+    }
+
+    /// What retrying the operation that failed can do.
+    pub fn retry(&self) -> Retry {
+        match self {
+            Error::Lake(e) => e.retry(),
+            Error::Aggregate(e) if e.retryable() => Retry::Unknown,
+            Error::Io { .. } => Retry::Transient,
+            Error::Kafka(_) | Error::Internal(_) => Retry::Unknown,
+            Error::Aggregate(_)
+            | Error::Schema(_)
+            | Error::Rejected { .. }
+            | Error::Config(_)
+            | Error::Stopped { .. } => Retry::Permanent,
+        }
     }
 }
 

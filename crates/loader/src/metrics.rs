@@ -52,6 +52,14 @@ pub const FRESHNESS: &str = "floe_event_time_freshness_seconds";
 /// CPU time the aggregate path used, in microseconds (labels `table`: the raw table; `stage`:
 /// see [`AggregateStage`]). Beside `process_cpu_seconds_total`, what aggregating costs.
 pub const AGGREGATE_CPU: &str = "floe_aggregate_cpu_microseconds_total";
+/// Event ids the aggregates' dedup state forgot before their window ended because it held
+/// `dedup_max_keys` (label `table`): a later duplicate of one of them is counted again.
+pub const DEDUP_EVICTIONS: &str = "floe_dedup_evictions_total";
+/// Gauge: event ids the aggregates' dedup state holds (label `table`).
+pub const DEDUP_KEYS: &str = "floe_dedup_keys";
+/// Failed flushes by what retrying can do (labels `table`; `class`: `transient`, `unknown`,
+/// `permanent`).
+pub const FLUSH_FAILURES: &str = "floe_flush_failures_total";
 /// Connections to the metrics endpoint closed unserved: `metrics.max_connections` were open.
 pub const METRICS_CONNECTIONS_REFUSED: &str = "floe_metrics_connections_refused_total";
 

@@ -40,7 +40,7 @@ use crate::aggregates::{AggTable, Aggregation, RowRouting};
 use crate::config::{KafkaConfig, PipelineConfig};
 use crate::metrics as m;
 use crate::transform::Stage;
-use crate::{Error, Result};
+use crate::{Error, Result, Retry};
 
 /// Decoded rows handed to the Parquet encoder at a time.
 const CHUNK_ROWS: usize = 65_536;
@@ -142,8 +142,71 @@ struct Flushed {
 enum FlushFailure {
     /// Another writer committed these offsets: rewind now.
     Fenced(String),
-    /// Anything else (storage, catalog): rewind after a pause.
-    Failed(String),
+    /// Anything else: rewind after a pause, or stop, as its class says.
+    Failed(Failure),
+}
+
+/// Why a flush failed, and what retrying can do about it.
+#[derive(Debug)]
+struct Failure {
+    retry: Retry,
+    reason: String,
+}
+
+impl Failure {
+    /// `e`, with what floe was doing.
+    fn context(e: impl Into<Error>, doing: &str) -> Self {
+        let f = Self::from(e.into());
+        Self {
+            reason: format!("{doing}: {}", f.reason),
+            ..f
+        }
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Self {
+            retry: e.retry(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+impl From<floe_lake::Error> for Failure {
+    fn from(e: floe_lake::Error) -> Self {
+        Self::from(Error::Lake(e))
+    }
+}
+
+impl From<Failure> for FlushFailure {
+    fn from(f: Failure) -> Self {
+        FlushFailure::Failed(f)
+    }
+}
+
+/// A failed step of a flush: fenced when the table already holds the batch's offsets.
+fn flush_failure<E: Into<Error>>(e: E) -> FlushFailure {
+    match e.into() {
+        Error::Lake(e @ floe_lake::Error::OffsetsAlreadyCommitted { .. }) => {
+            FlushFailure::Fenced(e.to_string())
+        }
+        e => FlushFailure::Failed(e.into()),
+    }
+}
+
+/// Failed flushes in a row, of a failure whose class is unknown, before the loader stops.
+const UNKNOWN_ATTEMPTS: u32 = 5;
+
+/// After `failures` failed flushes in a row, the last of class `retry`: the pause before the
+/// next attempt, or `None` to stop. Transient failures are retried for as long as they last,
+/// unknown ones [`UNKNOWN_ATTEMPTS`] times, permanent ones never.
+fn retry_after(retry: Retry, failures: u32) -> Option<Duration> {
+    match retry {
+        Retry::Transient => Some(backoff(failures)),
+        Retry::Unknown if failures < UNKNOWN_ATTEMPTS => Some(backoff(failures)),
+        Retry::Unknown | Retry::Permanent => None,
+    }
 }
 
 struct Outcome {
@@ -258,6 +321,8 @@ struct Pipe {
     aggs: Vec<TableIdent>,
     /// Failed flushes (and failed attempts to rewind after them) in a row: the backoff.
     failures: u32,
+    /// Failed flushes in a row whose failure's class is unknown (bounded).
+    unknown_failures: u32,
     /// A failed flush was discarded: the pipeline's partitions are paused and its messages
     /// ignored until, at this instant, they are sought back to the tables' committed offsets.
     /// Retried (later each time) while the tables cannot be read.
@@ -521,9 +586,12 @@ impl State {
                     rebuild.push((tp.clone(), below));
                 }
                 starts.insert(tp.clone(), start);
-                if let Some(s) = start {
-                    self.next_offset.insert(tp.clone(), s);
-                }
+                // Where reading resumes: from the beginning, nothing is read yet (a rewind
+                // must not leave the position it came from, which `drained` would trust).
+                match start {
+                    Some(s) => self.next_offset.insert(tp.clone(), s),
+                    None => self.next_offset.remove(tp),
+                };
             }
             if assigned && !rebuild.is_empty() {
                 let _ = pipe.to_writer.blocking_send(ToWriter::Assigned(rebuild));
@@ -630,6 +698,7 @@ impl State {
         match o.result {
             Ok(f) => {
                 pipe.failures = 0;
+                pipe.unknown_failures = 0;
                 pipe.totals.accepted += f.rows;
                 pipe.totals.dead_lettered += f.dead_letters;
                 pipe.totals.commits += 1;
@@ -667,11 +736,42 @@ impl State {
                         tracing::warn!(table = %pipe.name, reason = %why, "batch already committed by another writer; rewinding");
                         Duration::ZERO
                     }
-                    FlushFailure::Failed(why) => {
+                    FlushFailure::Failed(f) => {
                         pipe.failures += 1;
-                        let pause = backoff(pipe.failures);
-                        tracing::error!(table = %pipe.name, error = %why, retry_in = ?pause, "commit failed; rewinding to the committed offsets and retrying");
-                        pause
+                        let attempts = match f.retry {
+                            Retry::Unknown => {
+                                pipe.unknown_failures += 1;
+                                pipe.unknown_failures
+                            }
+                            _ => pipe.failures,
+                        };
+                        metrics::counter!(m::FLUSH_FAILURES, "table" => pipe.name.clone(), "class" => f.retry.as_str())
+                            .increment(1);
+                        match retry_after(f.retry, attempts) {
+                            Some(pause) => {
+                                tracing::error!(table = %pipe.name, error = %f.reason, class = f.retry.as_str(), retry_in = ?pause, "commit failed; rewinding to the committed offsets and retrying");
+                                pause
+                            }
+                            None => {
+                                let verdict = match f.retry {
+                                    Retry::Unknown => format!(
+                                        "it failed {attempts} times in a row; the batch is read \
+                                         again after a restart"
+                                    ),
+                                    _ => "retrying cannot mend this; fix the cause and restart \
+                                          (the batch is read again)"
+                                        .to_string(),
+                                };
+                                tracing::error!(table = %pipe.name, error = %f.reason, class = f.retry.as_str(), "commit failed; stopping the loader: {verdict}");
+                                self.fatal.get_or_insert(Error::Stopped {
+                                    table: pipe.name.clone(),
+                                    reason: f.reason.clone(),
+                                    verdict,
+                                });
+                                // Its messages are ignored until the loader stops (next poll).
+                                STOPPING
+                            }
+                        }
                     }
                 };
                 metrics::counter!(m::REWINDS, "table" => pipe.name.clone()).increment(1);
@@ -761,6 +861,9 @@ impl State {
 /// How long newly assigned partitions wait for their tables' committed offsets to become
 /// readable before the loader gives up (and stops, to be restarted).
 const ASSIGN_RETRY: Duration = Duration::from_secs(120);
+
+/// How long a pipeline that stops the loader is held (longer than the loader lives on).
+const STOPPING: Duration = Duration::from_secs(3600);
 
 /// The pause after `failures` failed attempts in a row: 0.5 s, doubling up to 32 s.
 fn backoff(failures: u32) -> Duration {
@@ -1223,6 +1326,7 @@ pub fn run(
             producer: dlq_producer.clone(),
             layout_reported: None,
             idle_offsets: IdleOffsets::new(cfg.flush.idle_offsets_interval),
+            rebuild: Vec::new(),
         };
         writers.push(rt.spawn(writer.run(from_consumer, outcome_tx)));
         for t in &cfg.topics {
@@ -1257,6 +1361,7 @@ pub fn run(
             agg_from: vec![FastMap::default(); aggs.len()],
             aggs,
             failures: 0,
+            unknown_failures: 0,
             rewind_at: None,
             meters: Meters::new(&raw_name),
             totals: PipelineTotals::default(),
@@ -1728,6 +1833,10 @@ struct Writer {
     layout_reported: Option<Instant>,
     /// The dead-letter table's offsets not yet recorded (flushes without dead letters).
     idle_offsets: IdleOffsets,
+    /// Partitions whose dedup state is still to be rebuilt (with the offset below which their
+    /// events are aggregated): a rebuild failed, and is tried again before the state is
+    /// next used.
+    rebuild: Vec<(Tp, Option<i64>)>,
 }
 
 /// Offsets of a table that flushes keep receiving no rows for: recorded with the next rows,
@@ -1812,7 +1921,7 @@ impl Writer {
         outcomes: mpsc::Sender<Outcome>,
     ) {
         let mut current: Option<(u64, DataWriter)> = None;
-        let mut failed: Option<(u64, String)> = None;
+        let mut failed: Option<(u64, Failure)> = None;
         while let Some(msg) = rx.recv().await {
             match msg {
                 ToWriter::Chunk {
@@ -1824,27 +1933,31 @@ impl Writer {
                     if failed.as_ref().is_some_and(|f| f.0 == batch) {
                         continue;
                     }
-                    if let Err(e) = self
-                        .chunk(&mut current, batch, &rows, &metadata, routing.as_deref())
-                        .await
-                    {
+                    let done = match self.rebuilt().await {
+                        Ok(()) => {
+                            self.chunk(&mut current, batch, &rows, &metadata, routing.as_deref())
+                                .await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = done {
                         failed = Some((batch, e));
                     }
                 }
                 ToWriter::Assigned(parts) => {
-                    if let Some(a) = self.aggregation.as_mut()
-                        && let Err(e) = a.rebuild(&self.committer, &self.table, &parts).await
-                    {
-                        // Without its dedup state the aggregates would double-count: stop
-                        // committing this pipeline; the consumer sees failed flushes.
-                        tracing::error!(table = %self.name, error = %e, "rebuilding the dedup state failed");
-                        failed = Some((u64::MAX, format!("rebuilding the dedup state: {e}")));
+                    if self.aggregation.is_some() {
+                        self.rebuild
+                            .retain(|(tp, _)| !parts.iter().any(|(p, _)| p == tp));
+                        self.rebuild.extend(parts);
+                        // A failure is retried by the next chunk or flush.
+                        let _ = self.rebuilt().await;
                     }
                 }
                 ToWriter::Revoked(parts) => {
                     if let Some(a) = self.aggregation.as_mut() {
                         a.forget(&parts);
                     }
+                    self.rebuild.retain(|(tp, _)| !parts.contains(tp));
                     self.idle_offsets.forget_partitions(&parts);
                 }
                 ToWriter::Discard { batch } => {
@@ -1861,17 +1974,18 @@ impl Writer {
                 }
                 ToWriter::Flush(job) => {
                     let batch = job.batch;
-                    let result = match failed.take() {
-                        Some((b, e)) if b == batch || b == u64::MAX => {
-                            if b == u64::MAX {
-                                failed = Some((b, e.clone()));
-                            }
+                    let failure = match failed.take() {
+                        Some((b, e)) if b == batch => Some(e),
+                        _ => self.rebuilt().await.err(),
+                    };
+                    let result = match failure {
+                        Some(e) => {
                             if let Some((_, w)) = current.take() {
                                 w.abort().await;
                             }
                             Err(FlushFailure::Failed(e))
                         }
-                        _ => self.flush(&mut current, *job).await,
+                        None => self.flush(&mut current, *job).await,
                     };
                     if result.is_err() {
                         self.idle_offsets.forget();
@@ -1893,7 +2007,7 @@ impl Writer {
         rows: &RecordBatch,
         metadata: &TableMetadata,
         routing: Option<&RowRouting>,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<(), Failure> {
         let raw = match routing.and_then(|r| r.raw.as_ref()) {
             None => None,
             Some(mask) => Some(
@@ -1901,16 +2015,39 @@ impl Writer {
                     rows,
                     &arrow_array::BooleanArray::from(mask.clone()),
                 )
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| Error::Internal(format!("routing rows to the raw table: {e}")))?,
             ),
         };
         self.write(current, batch, raw.as_ref().unwrap_or(rows), metadata)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         if let (Some(a), Some(r)) = (self.aggregation.as_mut(), routing) {
-            a.add(rows, r).await.map_err(|e| e.to_string())?;
+            a.add(rows, r).await?;
         }
         Ok(())
+    }
+
+    /// Rebuilds the dedup state of the partitions still waiting for it (the aggregates would
+    /// count their events again without it). A failure fails the batch at hand; the next one
+    /// tries again.
+    async fn rebuilt(&mut self) -> std::result::Result<(), Failure> {
+        if self.rebuild.is_empty() {
+            return Ok(());
+        }
+        let Some(a) = self.aggregation.as_mut() else {
+            self.rebuild.clear();
+            return Ok(());
+        };
+        match a.rebuild(&self.committer, &self.table, &self.rebuild).await {
+            Ok(()) => {
+                self.rebuild.clear();
+                Ok(())
+            }
+            Err(e) => {
+                let f = Failure::context(e, "rebuilding the dedup state");
+                tracing::error!(table = %self.name, error = %f.reason, class = f.retry.as_str(), "rebuilding the dedup state failed; nothing is committed until a later batch rebuilds it");
+                Err(f)
+            }
+        }
     }
 
     async fn write(
@@ -1940,10 +2077,7 @@ impl Writer {
         current: &mut Option<(u64, DataWriter)>,
         mut job: FlushJob,
     ) -> std::result::Result<Flushed, FlushFailure> {
-        let failed = |e: floe_lake::Error| match e {
-            floe_lake::Error::OffsetsAlreadyCommitted { .. } => FlushFailure::Fenced(e.to_string()),
-            e => FlushFailure::Failed(e.to_string()),
-        };
+        let failed = flush_failure::<floe_lake::Error>;
         if let Some(last) = job.last.take() {
             let routing = job.last_routing.take();
             if let Err(e) = self
@@ -1974,7 +2108,10 @@ impl Writer {
             }
         };
         let (files, agg_files) = futures::future::join(raw_files, agg_files).await;
-        let (files, agg_files) = (files.map_err(failed)?, agg_files.map_err(failed)?);
+        let (files, agg_files) = (
+            files.map_err(failed)?,
+            agg_files.map_err(flush_failure::<Error>)?,
+        );
         floe_lake::fail::point("after-data-files");
         let rows: u64 = files.iter().map(|f| f.record_count()).sum();
         let bytes: u64 = files.iter().map(|f| f.file_size_in_bytes()).sum();
@@ -2024,7 +2161,7 @@ impl Writer {
         let idle_offsets = &mut self.idle_offsets;
         let dead_letters = async {
             let Some(dlq) = &self.dlq else {
-                return Ok(0);
+                return Ok::<_, FlushFailure>(0);
             };
             let Some(dlq_ranges) =
                 idle_offsets.take(&job.dlq_ranges, !job.dead.is_empty(), job.last_before_stop)
@@ -2033,8 +2170,7 @@ impl Writer {
             };
             // The topic copy first (at least once), then the table (exactly once).
             produce_dead_letters(self.dlq_topic.as_deref(), self.producer.as_ref(), &job.dead)
-                .await
-                .map_err(FlushFailure::Failed)?;
+                .await?;
             let (_, meta) = committer
                 .catalog()
                 .load_metadata(dlq)
@@ -2046,10 +2182,7 @@ impl Writer {
             };
             crate::sink::commit_dead_letters(committer, dlq, &meta, &job.dead, Some(offsets))
                 .await
-                .map_err(|e| match e {
-                    Error::Lake(e) => failed(e),
-                    e => FlushFailure::Failed(e.to_string()),
-                })?;
+                .map_err(flush_failure::<Error>)?;
             idle_offsets.recorded();
             Ok(job.dead.len() as u64)
         };
@@ -2086,7 +2219,7 @@ async fn produce_dead_letters(
     topic: Option<&str>,
     producer: Option<&FutureProducer>,
     dead: &[DeadLetter],
-) -> std::result::Result<(), String> {
+) -> std::result::Result<(), Failure> {
     let (Some(topic), Some(producer)) = (topic, producer) else {
         return Ok(());
     };
@@ -2131,7 +2264,93 @@ async fn produce_dead_letters(
         producer.send(record, Duration::from_secs(30))
     });
     for r in futures::future::join_all(sends).await {
-        r.map_err(|(e, _)| format!("producing to dead-letter topic {topic}: {e}"))?;
+        r.map_err(|(e, _)| Failure {
+            retry: produce_retry(&e),
+            reason: format!("producing to dead-letter topic {topic}: {e}"),
+        })?;
     }
     Ok(())
+}
+
+/// A message the broker refuses for its size or for authorization is refused again; a broker
+/// unreachable, slow or electing a leader may heal; anything else is of unknown kind.
+fn produce_retry(e: &KafkaError) -> Retry {
+    use RDKafkaErrorCode as C;
+    match e.rdkafka_error_code() {
+        Some(
+            C::MessageSizeTooLarge
+            | C::InvalidMessageSize
+            | C::InvalidMessage
+            | C::TopicAuthorizationFailed
+            | C::ClusterAuthorizationFailed,
+        ) => Retry::Permanent,
+        Some(
+            C::MessageTimedOut
+            | C::RequestTimedOut
+            | C::BrokerTransportFailure
+            | C::AllBrokersDown
+            | C::QueueFull
+            | C::LeaderNotAvailable
+            | C::NotLeaderForPartition
+            | C::BrokerNotAvailable
+            | C::NetworkException
+            | C::NotEnoughReplicas
+            | C::NotEnoughReplicasAfterAppend,
+        ) => Retry::Transient,
+        _ => Retry::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_failures_retry_for_ever_unknown_ones_a_few_times_permanent_ones_never() {
+        for failures in [1, 5, 50, 10_000] {
+            let pause = retry_after(Retry::Transient, failures).expect("transient: retried");
+            assert!(
+                pause <= Duration::from_secs(32),
+                "{pause:?} after {failures}"
+            );
+        }
+        assert!(retry_after(Retry::Transient, 2) > retry_after(Retry::Transient, 1));
+        for failures in 1..UNKNOWN_ATTEMPTS {
+            assert!(retry_after(Retry::Unknown, failures).is_some());
+        }
+        assert_eq!(retry_after(Retry::Unknown, UNKNOWN_ATTEMPTS), None);
+        assert_eq!(retry_after(Retry::Permanent, 1), None);
+    }
+
+    #[test]
+    fn a_flush_failure_keeps_the_class_of_its_cause() {
+        let fenced = flush_failure(floe_lake::Error::OffsetsAlreadyCommitted {
+            table: "lake.events".into(),
+            topic: "events".into(),
+            partition: 0,
+            committed: 10,
+            batch_first: 5,
+        });
+        assert!(matches!(fenced, FlushFailure::Fenced(_)));
+        let overflow = Error::Aggregate(floe_aggregate::Error::Output {
+            name: "total".into(),
+            target: "lake.t".into(),
+            message: "column total: Int64 does not cast to Int32".into(),
+        });
+        let FlushFailure::Failed(f) = flush_failure(overflow) else {
+            panic!("not fenced")
+        };
+        assert_eq!(f.retry, Retry::Permanent);
+        let storage = floe_lake::Error::Io {
+            context: "writing".into(),
+            source: std::io::Error::other("connection reset"),
+        };
+        let f = Failure::context(storage, "rebuilding the dedup state");
+        assert_eq!(f.retry, Retry::Transient);
+        assert!(f.reason.starts_with("rebuilding the dedup state: writing"));
+        let dlq = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        assert_eq!(produce_retry(&dlq), Retry::Permanent);
+        let down = KafkaError::MessageProduction(RDKafkaErrorCode::AllBrokersDown);
+        assert_eq!(produce_retry(&down), Retry::Transient);
+    }
 }
