@@ -207,3 +207,31 @@ def test_a_commit_that_fails_transiently_is_retried_and_loads_each_message_once(
                               "--until-drained"), timeout=120)
     assert done.stderr.count("failpoint before-table-commit: failing") == 3, done.stderr
     assert_exactly(lake, payloads)
+
+
+def test_the_dedup_state_stays_under_its_cap_and_says_what_it_forgot(sqlite_lake, dev_broker, tmp_path):
+    """Item 10: the aggregates' dedup state holds at most `dedup_max_keys` ids; past it the
+    oldest are forgotten, with a warning, and (as documented) a later duplicate of a
+    forgotten id counts again. 1,000 distinct events then duplicates of the 100 oldest, on one
+    partition, with a cap of 500: the aggregates count 1,100 events."""
+    import json
+
+    from confluent_kafka import Producer
+
+    from test_kafka_loader import START_MS
+    lake = sqlite_lake
+    (lake.dir / "floe.toml").write_text(
+        '[[pipelines]]\ntopics = ["events"]\ntable = "lake.events"\ndedup_max_keys = 500\n')
+    lake.run("table", "create", "--all")
+    template = json.loads(generated(lake, tmp_path, 1, seed=441)[0])
+    prod = Producer({"bootstrap.servers": dev_broker})
+    for i in list(range(1_000)) + list(range(100)):
+        event = dict(template, eventGuid=f"e{i}", timestamp=START_MS + i * 1_000)
+        prod.produce("events", value=json.dumps(event).encode(), key=event["eventGuid"], partition=0)
+    assert prod.flush(30) == 0
+    lake.extra_env["FLOE_CHUNK_ROWS"] = "100"
+    done = lake.run(*run_args(dev_broker, "--until-drained"), timeout=120)
+    assert "reached dedup_max_keys" in done.stderr, done.stderr
+    assert lake.read_pyiceberg("lake.events").num_rows == 1_100
+    total = lake.read_duckdb("lake.events_hourly_multi", "SELECT sum(event_count) AS n FROM t")
+    assert total.column("n")[0].as_py() == 1_100

@@ -11,36 +11,31 @@
 //! Keys are held as their 128-bit XXH3 hash ([`key_hash`]): 16 bytes and no allocation per
 //! key. Two distinct ids of one partition's window share a hash with a probability of about
 //! n²/2¹²⁹ (n = ids in the window): 10⁻²⁷ for a million ids.
+//!
+//! Event ids come from producers, so nothing about the hashing may be predictable: the XXH3
+//! hash is seeded at random once per process, and the maps place those hashes with a
+//! randomly keyed hasher (aHash), so no choice of ids makes keys pile up in a map's probe
+//! sequences. Nothing persists a hash: the state is rebuilt from the raw table's ids, in the
+//! process that uses it.
+//!
+//! The state is capped ([`Deduper::with_max_keys`]): past the cap the oldest keys (by event
+//! time, across partitions) are forgotten before their window ends ([`Deduper::enforce_cap`]),
+//! and a later duplicate of one of them counts again.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasher;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// A source partition: (topic, partition).
 pub type Part = (String, i32);
 
-/// The 128-bit hash a key is remembered by (stable across processes and versions).
+/// The 128-bit hash a key is remembered by: XXH3 with a seed drawn at random once per
+/// process (the same key hashes the same within a process, unpredictably across them).
 pub fn key_hash(key: &[u8]) -> u128 {
-    twox_hash::XxHash3_128::oneshot(key)
-}
-
-/// The keys are hashes already: the map uses their low bits as they are.
-#[derive(Default)]
-struct Prehashed(u64);
-
-impl Hasher for Prehashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `u128` keys are hashed; kept total for any other use.
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u128(&mut self, v: u128) {
-        self.0 = v as u64;
-    }
+    static SEED: OnceLock<u64> = OnceLock::new();
+    let seed = *SEED.get_or_init(|| std::collections::hash_map::RandomState::new().hash_one(0));
+    twox_hash::XxHash3_128::oneshot_with_seed(seed, key)
 }
 
 /// A key's event time, and whether the pending flush remembered it.
@@ -50,7 +45,7 @@ struct Seen {
     pending: bool,
 }
 
-type SeenMap = HashMap<u128, Seen, BuildHasherDefault<Prehashed>>;
+type SeenMap = HashMap<u128, Seen, ahash::RandomState>;
 
 /// One partition's keys: committed and pending ones in one map (one probe per row).
 ///
@@ -134,9 +129,17 @@ impl PartState {
 
     fn trim(&mut self) {
         let horizon = self.horizon();
+        self.forget_before(horizon);
+        self.trimmed = horizon;
+    }
+
+    /// Forgets the keys with an event time before `at` (a discarded flush restores the
+    /// committed ones); returns how many.
+    fn forget_before(&mut self, at: i64) -> usize {
+        let before = self.seen.len();
         let (displaced, pending) = (&mut self.displaced, &mut self.pending);
         self.seen.retain(|k, v| {
-            let keep = v.at >= horizon;
+            let keep = v.at >= at;
             if !keep {
                 if v.pending {
                     *pending -= 1;
@@ -146,7 +149,7 @@ impl PartState {
             }
             keep
         });
-        self.trimmed = horizon;
+        before - self.seen.len()
     }
 
     fn commit(&mut self) {
@@ -182,16 +185,72 @@ impl PartState {
 pub struct Deduper {
     window_us: i64,
     parts: HashMap<Part, PartState>,
+    max_keys: usize,
+}
+
+/// Keys [`Deduper::enforce_cap`] forgot before their window ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Eviction {
+    /// How many.
+    pub keys: usize,
+    /// Every key with an event time before this (epoch micros) was forgotten.
+    pub before_us: i64,
+    /// Keys held after.
+    pub held: usize,
 }
 
 impl Deduper {
     /// Keys are remembered for `window` of event time behind the newest event of their
-    /// partition.
+    /// partition (with no cap; see [`Self::with_max_keys`]).
     pub fn new(window: Duration) -> Self {
         Self {
             window_us: window.as_micros().min(i64::MAX as u128) as i64,
             parts: HashMap::new(),
+            max_keys: usize::MAX,
         }
+    }
+
+    /// Holds at most about `max_keys` keys (checked by [`Self::enforce_cap`]).
+    pub fn with_max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys.max(1);
+        self
+    }
+
+    /// Keys held, pending ones included.
+    pub fn held(&self) -> usize {
+        self.parts.values().map(|p| p.seen.len()).sum()
+    }
+
+    /// When more than the cap are held, forgets the oldest keys (by event time, across
+    /// partitions: the ones least likely to see a duplicate still), down to seven eighths of
+    /// the cap so that it does not happen again with the next few keys. Keys of one event
+    /// time go together. Committed keys forgotten during a flush come back if the flush is
+    /// discarded, so its messages are judged again the same way; they are freed when it
+    /// commits.
+    pub fn enforce_cap(&mut self) -> Option<Eviction> {
+        let held = self.held();
+        if held <= self.max_keys {
+            return None;
+        }
+        let excess = held - (self.max_keys - self.max_keys / 8);
+        let mut times: Vec<i64> = self
+            .parts
+            .values()
+            .flat_map(|p| p.seen.values().map(|s| s.at))
+            .collect();
+        let (_, newest_evicted, _) = times.select_nth_unstable(excess - 1);
+        let before_us = newest_evicted.saturating_add(1);
+        drop(times);
+        let keys = self
+            .parts
+            .values_mut()
+            .map(|p| p.forget_before(before_us))
+            .sum();
+        Some(Eviction {
+            keys,
+            before_us,
+            held: self.held(),
+        })
     }
 
     /// The state of `part`, to judge its rows with [`PartState::first`].
@@ -339,6 +398,70 @@ mod tests {
         d.commit();
         assert!(!d.first(&p(0), "k999", 999 * H / 100));
         assert!(d.first(&p(0), "k0", 0), "long behind the window");
+    }
+
+    #[test]
+    fn over_the_cap_the_oldest_keys_are_forgotten_first() {
+        let mut d = Deduper::new(Duration::from_secs(86_400)).with_max_keys(80);
+        // 100 keys a minute apart over two partitions, all within the window.
+        for i in 0..100i64 {
+            assert!(d.first(&p((i % 2) as i32), &format!("k{i}"), i * 60_000_000));
+        }
+        d.commit();
+        let e = d.enforce_cap().expect("over the cap");
+        // Down to 7/8 of the cap: the 30 oldest go.
+        assert_eq!(e.keys, 30);
+        assert_eq!(e.held, 70);
+        assert_eq!(e.before_us, 29 * 60_000_000 + 1);
+        assert_eq!(d.enforce_cap(), None);
+        assert!(
+            !d.first(&p(1), "k99", 99 * 60_000_000),
+            "recent: still known"
+        );
+        assert!(!d.first(&p(0), "k30", 30 * 60_000_000), "the oldest kept");
+        assert!(
+            d.first(&p(1), "k29", 29 * 60_000_000),
+            "forgotten early: counted again"
+        );
+    }
+
+    #[test]
+    fn keys_forgotten_during_a_discarded_flush_come_back() {
+        let mut d = Deduper::new(Duration::from_secs(3600)).with_max_keys(4);
+        for i in 0..4i64 {
+            assert!(d.first(&p(0), &format!("old{i}"), i));
+        }
+        d.commit();
+        for i in 0..4i64 {
+            assert!(d.first(&p(0), &format!("new{i}"), 100 + i));
+        }
+        let e = d.enforce_cap().expect("over the cap");
+        assert_eq!(e.keys, 4, "the four committed ones: the oldest");
+        assert!(d.first(&p(0), "old0", 0), "forgotten");
+        d.discard();
+        assert!(
+            !d.first(&p(0), "old0", 0),
+            "the discarded flush decided nothing"
+        );
+        assert!(d.first(&p(0), "new0", 100), "and new0 was never committed");
+    }
+
+    #[test]
+    fn hashes_are_seeded_and_keys_spread_over_the_map() {
+        // Not XXH3's fixed-key hash: another process hashes ids differently.
+        assert_ne!(
+            key_hash(b"event-1"),
+            twox_hash::XxHash3_128::oneshot(b"event-1")
+        );
+        assert_eq!(key_hash(b"event-1"), key_hash(b"event-1"));
+        // Keys whose hashes share their low 64 bits (as crafted ids would under a fixed key
+        // and a map using those bits as they are) still spread over the map.
+        let seen = SeenMap::default();
+        let hasher = seen.hasher();
+        let buckets: std::collections::HashSet<u64> = (0..10_000u128)
+            .map(|i| hasher.hash_one(i << 64) & 0xffff)
+            .collect();
+        assert!(buckets.len() > 5_000, "{} buckets", buckets.len());
     }
 
     /// What the deduper must decide: a message counts unless its key counted before at an

@@ -174,6 +174,7 @@ pub struct Aggregation {
     tables: Vec<AggTable>,
     aggregator: Aggregator,
     dedup: Deduper,
+    dedup_meters: DedupMeters,
     columns: DedupColumns,
     topics: Vec<String>,
     partials: Vec<Vec<RecordBatch>>,
@@ -199,6 +200,45 @@ pub struct Aggregation {
     catalog: floe_lake::Catalog,
 }
 
+/// The dedup state's size, kept under its cap.
+struct DedupMeters {
+    table: String,
+    max_keys: usize,
+    keys: metrics::Gauge,
+    evictions: metrics::Counter,
+}
+
+impl DedupMeters {
+    fn new(table: &str, max_keys: usize) -> Self {
+        Self {
+            table: table.to_string(),
+            max_keys,
+            keys: metrics::gauge!(crate::metrics::DEDUP_KEYS, "table" => table.to_string()),
+            evictions: metrics::counter!(crate::metrics::DEDUP_EVICTIONS, "table" => table.to_string()),
+        }
+    }
+
+    /// Enforces the cap: what it forgot is counted and logged.
+    fn capped(&self, dedup: &mut Deduper) {
+        if let Some(e) = dedup.enforce_cap() {
+            self.evictions.increment(e.keys as u64);
+            let before = chrono::DateTime::from_timestamp_micros(e.before_us)
+                .map_or_else(|| e.before_us.to_string(), |t| t.to_rfc3339());
+            tracing::warn!(
+                table = %self.table,
+                forgotten = e.keys,
+                event_time_before = %before,
+                held = e.held,
+                dedup_max_keys = self.max_keys,
+                "the dedup state reached dedup_max_keys: forgot the oldest event ids before \
+                 their dedup_window ended; a later duplicate of one of them is counted again \
+                 in the aggregates (raise dedup_max_keys or shorten dedup_window)"
+            );
+        }
+        self.keys.set(dedup.held() as f64);
+    }
+}
+
 /// The CPU meters of a pipeline's aggregate path.
 struct StageMeters {
     dedup: CpuMeter,
@@ -220,6 +260,7 @@ impl Aggregation {
         tables: Vec<AggTable>,
         columns: DedupColumns,
         window: std::time::Duration,
+        max_keys: usize,
         topics: Vec<String>,
         catalog: floe_lake::Catalog,
     ) -> Self {
@@ -228,7 +269,8 @@ impl Aggregation {
         Self {
             tables,
             aggregator,
-            dedup: Deduper::new(window),
+            dedup: Deduper::new(window).with_max_keys(max_keys),
+            dedup_meters: DedupMeters::new(source, max_keys),
             columns,
             topics,
             partials: vec![Vec::new(); n],
@@ -303,6 +345,7 @@ impl Aggregation {
             }
         }
         let first = BooleanArray::new(first.finish(), None);
+        self.dedup_meters.capped(&mut self.dedup);
         // Timed in two parts, around the awaits below: a task may resume on another thread,
         // whose CPU clock is another one.
         self.cpu.dedup.since(cpu);
@@ -574,6 +617,7 @@ impl Aggregation {
             self.dedup.load(part.clone(), keys);
         }
         tracing::info!(table = %raw, partitions = parts.len(), ids = n, kept = self.dedup.len(), "dedup state rebuilt from the raw table");
+        self.dedup_meters.capped(&mut self.dedup);
         Ok(())
     }
 

@@ -155,6 +155,10 @@ pub struct PipelineConfig {
     /// How far back in event time duplicates are recognised.
     #[serde(with = "humantime_serde")]
     pub dedup_window: Duration,
+    /// Event ids the dedup state holds at most (about 50 bytes each), checked after each
+    /// chunk of rows. Past it the oldest are forgotten before `dedup_window` ends: a later
+    /// duplicate of one of them is counted again (`floe_dedup_evictions_total`, a warning).
+    pub dedup_max_keys: usize,
     /// JSON pointer of the object decoded as the row (`/data` for CloudEvents, `/payload`
     /// for Debezium); overrides the table's `floe.unnest`; `""` turns it off.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -183,6 +187,7 @@ impl Default for PipelineConfig {
             aggregates: None,
             dedup_column: "event_guid".into(),
             dedup_window: Duration::from_secs(3600),
+            dedup_max_keys: 10_000_000,
             unnest: None,
             columns: BTreeMap::new(),
             computed: BTreeMap::new(),
@@ -240,6 +245,9 @@ impl PipelineConfig {
         }
         if self.flush.interval.is_zero() {
             return Err(format!("pipelines[{index}].flush.interval must be > 0"));
+        }
+        if self.dedup_max_keys == 0 {
+            return Err(format!("pipelines[{index}].dedup_max_keys must be > 0"));
         }
         Ok(())
     }

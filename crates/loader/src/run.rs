@@ -1300,6 +1300,7 @@ pub fn run(
                 tables,
                 columns,
                 cfg.dedup_window,
+                cfg.dedup_max_keys,
                 cfg.topics.clone(),
                 catalog.clone(),
             ))
