@@ -11,7 +11,10 @@
 //!   starts at the smallest and a message already committed to a table is skipped for it.
 //! - A flush commits rows with the offset ranges they came from; the commit refuses ranges
 //!   that overlap what the table holds (another writer got there first). Any failed flush
-//!   rewinds the pipeline to the tables' committed offsets.
+//!   rewinds the pipeline to the tables' committed offsets; by the class of its failure
+//!   ([`Retry`]) it is then retried after a pause for as long as the failure lasts
+//!   (transient), a few times (unknown), or not at all: a permanent failure stops the loader
+//!   with the table and the reason.
 //! - At most one flush per pipeline is in flight, so a later batch can never commit over a
 //!   gap left by a failed one.
 //! - Kafka group offsets are committed after the Iceberg commit, for lag monitoring only.
