@@ -2043,7 +2043,7 @@ impl Writer {
                 group: group.clone(),
                 ranges: dlq_ranges,
             };
-            crate::sink::commit_dead_letters(committer, dlq, &meta, &job.dead, Some(offsets))
+            crate::sink::commit_dead_letters(committer, dlq, &meta, &job.dead, Some(offsets), None)
                 .await
                 .map_err(|e| match e {
                     Error::Lake(e) => failed(e),

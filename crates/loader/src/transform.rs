@@ -333,6 +333,7 @@ impl Work {
                     source_topic: input.topics[usize::from(src.topic)].clone(),
                     source_partition: src.partition(),
                     source_offset: src.offset(),
+                    source_load: None,
                     source_key: src.key(bytes).map(<[u8]>::to_vec),
                     source_timestamp_ms: src.timestamp_ms(),
                     payload: Some(src.payload(bytes).to_vec()),
