@@ -6,6 +6,8 @@ import signal
 import subprocess
 from collections import Counter
 
+import pytest
+
 from events import mixed_file
 from readers import Lake
 
@@ -127,3 +129,54 @@ def test_where_of_a_replay_is_one_expression(sqlite_lake, tmp_path):
         assert "--where" in r.stderr and "boolean expression" in r.stderr, r.stderr
     _, _, dl = _loaded(lake)
     assert dl == Counter(p for p, _ in bad), "nothing was touched"
+
+
+# --- a full disk ------------------------------------------------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MiB filesystem (tmpfs) for a lake to fill."""
+    d = tmp_path / "small"
+    d.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(d)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {r.stderr.strip()}")
+    yield d
+    subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+def test_a_full_disk_is_named_and_a_load_completes_exactly_once_after(small_disk, tmp_path,
+                                                                      floe_bin):
+    lake = Lake(floe_bin, tmp_path, f"sqlite://{small_disk}/catalog.db", f"{small_disk}/wh")
+    good, bad, _ = mixed_file(tmp_path / "events.jsonl", n_good=60_000, bad_every=200, seed=4)
+    lake.run("table", "create", "lake.events")
+    failed = _load(lake, tmp_path / "events.jsonl", "--max-rows", "2000", check=False)
+    assert failed.returncode != 0, failed.stdout
+    assert "no space left on the device" in failed.stderr, failed.stderr
+    assert str(small_disk) in failed.stderr, failed.stderr
+
+    # A read-only command on a full disk says so at once (it waited 30 s for a pool).
+    with open(small_disk / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    listed = lake.run("table", "list", check=False, timeout=25)
+    assert listed.returncode != 0
+    assert "pool timed out" not in listed.stderr, listed.stderr
+    assert "no space left on the device" in listed.stderr and str(small_disk) in listed.stderr
+
+    (small_disk / "filler").unlink()
+    subprocess.run(["mount", "-o", "remount,size=256m", str(small_disk)], check=True)
+    # What the failed load committed is whole: rows of the file, none twice.
+    py = Counter(lake.read_pyiceberg("lake.events").column("event_guid").to_pylist())
+    assert set(py) <= set(good) and max(py.values(), default=1) == 1
+    resumed = _load(lake, tmp_path / "events.jsonl", "--max-rows", "2000").stdout
+    if py:
+        assert "resumed load" in resumed, resumed
+    py, duck, dl = _loaded(lake)
+    assert py == duck == Counter(good.keys())
+    assert dl == Counter(p for p, _ in bad)
