@@ -8,13 +8,13 @@ use std::collections::BTreeMap;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type};
 use arrow_array::{Array, RecordBatch};
-use common::{add_column, catalog, scan};
+use common::{add_column, catalog_with_table, scan};
 use floe_lake::commit::CommitRequest;
 use floe_lake::{Catalog, Committer, DataWriter, PositionSet, parse_table_ident};
 use floe_loader::file::{FlushPolicy, LoadSource, load_lines};
 use floe_loader::replay::{ReplayOptions, replay};
 use floe_loader::{SinkOptions, TableSink};
-use floe_schema::{Decoder, DecoderOptions, RecordMeta, TableDefinition};
+use floe_schema::{Decoder, DecoderOptions, RecordMeta};
 
 const DEF: &str = r#"{
   "schema": {"type": "struct", "schema-id": 0, "fields": [
@@ -87,11 +87,7 @@ async fn dead_letters(catalog: &Catalog) -> Vec<(i64, String)> {
 }
 
 async fn setup(dir: &std::path::Path) -> (Catalog, Committer) {
-    let catalog = catalog(dir).await;
-    catalog
-        .create_table(&TableDefinition::from_json(DEF, Some("lake.t"), "test").unwrap())
-        .await
-        .unwrap();
+    let catalog = catalog_with_table(dir, DEF).await;
     let committer = Committer::new(catalog.clone());
     let input = [
         r#"{"id":1}"#,

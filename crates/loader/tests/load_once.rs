@@ -8,12 +8,11 @@ use std::io::{BufRead, Read};
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
-use common::{catalog, scan};
+use common::{catalog_with_table, scan};
 use floe_lake::loads::load_mark;
 use floe_lake::{Catalog, Committer, parse_table_ident};
 use floe_loader::file::{FlushPolicy, LoadReport, LoadSource, load_lines};
 use floe_loader::{SinkOptions, TableSink};
-use floe_schema::TableDefinition;
 
 const DEF: &str = r#"{
   "schema": {"type": "struct", "schema-id": 0, "fields": [
@@ -115,11 +114,7 @@ async fn a_load_that_failed_mid_way_resumes_and_commits_each_line_once() {
     // Fail at several points: inside the first batch, mid-way, inside the last batch.
     for fail_at in [100u64, data.len() as u64 / 2, data.len() as u64 - 5] {
         let dir = tempfile::tempdir().unwrap();
-        let catalog = catalog(dir.path()).await;
-        catalog
-            .create_table(&TableDefinition::from_json(DEF, Some("lake.t"), "test").unwrap())
-            .await
-            .unwrap();
+        let catalog = catalog_with_table(dir.path(), DEF).await;
         let committer = Committer::new(catalog.clone());
         let failing = std::io::BufReader::with_capacity(
             64,
@@ -172,11 +167,7 @@ async fn a_dead_letter_commit_lost_after_its_rows_is_made_up_on_the_next_run() {
     const LINES: i64 = 60;
     let data = input(LINES).into_bytes();
     let dir = tempfile::tempdir().unwrap();
-    let catalog = catalog(dir.path()).await;
-    catalog
-        .create_table(&TableDefinition::from_json(DEF, Some("lake.t"), "test").unwrap())
-        .await
-        .unwrap();
+    let catalog = catalog_with_table(dir.path(), DEF).await;
     let committer = Committer::new(catalog.clone());
     {
         // Only the target table's mark and rows of lines 1..=30.
