@@ -1,4 +1,8 @@
-"""floe under hostile operators and inputs (issue 23): secrets never printed."""
+"""floe under hostile operators and inputs (issue 23): secrets never printed, event times no
+partition can hold, messages too large to hold."""
+
+import json
+from datetime import datetime, timezone
 
 from readers import Lake
 
@@ -15,3 +19,60 @@ def test_a_catalog_password_in_the_uri_query_is_never_printed(tmp_path, floe_bin
     assert failed.returncode != 0
     assert secret not in failed.stdout + failed.stderr, failed.stderr
     assert "127.0.0.1:1" in failed.stderr, failed.stderr
+
+
+# --- Event times a partition cannot hold (item 3) ------------------------------------------
+
+HOUR_MS = 3_600_000
+# The hour partition's value is an int: 2**31 hours from 1970 (about year 246,953) is the first
+# hour it cannot hold. iceberg-rust computes hours as `micros / 3.6e9` cast to i32, so such a
+# time would wrap to a negative hour.
+FIRST_UNHOLDABLE_MS = 2**31 * HOUR_MS
+
+
+def test_event_times_beyond_the_hour_partition_are_out_of_range_dead_letters(sqlite_lake, tmp_path):
+    lake = sqlite_lake
+    base_ms = 1_704_067_200_000  # 2024-01-01T00:00:00Z
+    good = [{"event_guid": f"g{i}", "event_ts": base_ms + (i % 3) * HOUR_MS + i, "country": "fr"}
+            for i in range(30)]
+    far = [
+        {"event_guid": "far-future", "event_ts": FIRST_UNHOLDABLE_MS, "country": "fr"},
+        {"event_guid": "far-past", "event_ts": -FIRST_UNHOLDABLE_MS - HOUR_MS, "country": "fr"},
+        {"event_guid": "far-far", "event_ts": 9_000_000_000_000_000, "country": "fr"},
+    ]
+    lines = good[:10] + far[:1] + good[10:20] + far[1:] + good[20:]
+    path = tmp_path / "far.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    lake.run("table", "create", "--all")
+    lake.run("load", "--table", "lake.events", "--input", path)
+
+    # The dead letters: the three far times, out_of_range on event_ts, naming the hour
+    # partition and its range.
+    dead = lake.read_pyiceberg("lake.events_dead_letters").to_pylist()
+    assert sorted(json.loads(d["payload"])["event_guid"] for d in dead) == \
+        ["far-far", "far-future", "far-past"], dead
+    for d in dead:
+        assert d["error_kind"] == "out_of_range", d
+        assert d["error_field"] == "event_ts", d
+        msg = d["error_message"]
+        assert "is beyond the range of the hour partition \"event_ts_hour\"" in msg, msg
+        assert "(-243014-" in msg and " .. +246953-" in msg, msg
+
+    # The table holds exactly the good rows, each in its own hour's partition: no wrapped
+    # (negative or far) partition exists.
+    tbl = lake.pyiceberg_table("lake.events")
+    rows = tbl.scan().to_arrow()
+    assert sorted(rows.column("event_guid").to_pylist()) == sorted(r["event_guid"] for r in good)
+    hours = {(r["event_ts"] // HOUR_MS) for r in good}
+    parts = {p["partition"]["event_ts_hour"] for p in tbl.inspect.partitions().to_pylist()}
+    assert parts == hours, parts
+
+    # Partition-pruned queries see every row of their hours (PyIceberg and DuckDB).
+    from pyiceberg.expressions import GreaterThanOrEqual
+    second_hour = datetime.fromtimestamp((base_ms + HOUR_MS) / 1000, tz=timezone.utc)
+    later = tbl.scan(row_filter=GreaterThanOrEqual("event_ts", second_hour.isoformat())).to_arrow()
+    want_later = sorted(r["event_guid"] for r in good if r["event_ts"] >= base_ms + HOUR_MS)
+    assert sorted(later.column("event_guid").to_pylist()) == want_later
+    n = lake.read_duckdb("lake.events", "SELECT count(*) AS n FROM t WHERE event_ts >= "
+                         f"TIMESTAMPTZ '{second_hour.isoformat()}'").column("n").to_pylist()
+    assert n == [len(want_later)]
