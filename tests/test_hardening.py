@@ -2,6 +2,8 @@
 partition can hold, messages too large to hold."""
 
 import json
+import re
+import subprocess
 from datetime import datetime, timezone
 
 from readers import Lake
@@ -76,3 +78,76 @@ def test_event_times_beyond_the_hour_partition_are_out_of_range_dead_letters(sql
     n = lake.read_duckdb("lake.events", "SELECT count(*) AS n FROM t WHERE event_ts >= "
                          f"TIMESTAMPTZ '{second_hour.isoformat()}'").column("n").to_pylist()
     assert n == [len(want_later)]
+
+
+# --- Messages too large to load (item 8) ---------------------------------------------------
+
+MIB = 1 << 20
+KEPT = 64 * 1024
+
+
+def event_line(guid, pad_to=None, pad=None):
+    """An event as a JSON line (without newline), its `country` padded so the line is
+    `pad_to` bytes long, or `pad` bytes of padding."""
+    head = '{"event_guid":"%s","event_ts":1704067200000,"country":"' % guid
+    tail = '"}'
+    n = pad if pad is not None else (pad_to - len(head) - len(tail) if pad_to else 2)
+    return head + "A" * n + tail
+
+
+def run_measured(lake, *args, stdin=None):
+    """Runs floe under /usr/bin/time -v: (completed process, peak RSS in bytes)."""
+    p = subprocess.run(["/usr/bin/time", "-v", str(lake.bin), *map(str, args)], cwd=lake.dir,
+                       env=lake.env(), stdin=stdin, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr)
+    return p, int(rss.group(1)) * 1024
+
+
+def test_lines_larger_than_the_limit_are_too_large_dead_letters_never_held(sqlite_lake, tmp_path):
+    lake = sqlite_lake
+    lake.run("table", "create", "--all")
+    big = 120 * MIB  # each; holding one would take more than the whole bound below
+    for source in ("file", "stdin"):
+        p = f"{source}-"
+        lines = [event_line(p + "a"), event_line(p + "edge", pad_to=MIB),
+                 event_line(p + "big1", pad=big), event_line(p + "b"),
+                 event_line(p + "over", pad_to=MIB + 1), event_line(p + "big2", pad=big),
+                 event_line(p + "c")]
+        path = tmp_path / f"{source}.jsonl"
+        with open(path, "w") as f:
+            for line in lines:
+                f.write(line + "\n")
+        if source == "file":
+            out, rss = run_measured(lake, "load", "--table", "lake.events", "--input", path,
+                                    "--max-message-size", "1MiB")
+        else:
+            lake.extra_env["FLOE__LIMITS__MAX_MESSAGE_BYTES"] = "1MiB"
+            with open(path, "rb") as f:
+                out, rss = run_measured(lake, "load", "--table", "lake.events", "--input", "-",
+                                        stdin=f)
+            del lake.extra_env["FLOE__LIMITS__MAX_MESSAGE_BYTES"]
+        assert "dead letters too_large: 3" in out.stdout, out.stdout
+        assert rss < 100 * MIB, f"{source}: peak RSS {rss / MIB:.0f} MiB"
+
+        # The rows: every line up to the limit, the one of exactly 1 MiB included.
+        rows = lake.read_pyiceberg("lake.events").column("event_guid").to_pylist()
+        assert sorted(g for g in rows if g.startswith(p)) == \
+            sorted(p + g for g in ("a", "edge", "b", "c"))
+        # The dead letters: the first 64 KiB of each payload, its size and the limit.
+        dead = [d for d in lake.read_pyiceberg("lake.events_dead_letters").to_pylist()
+                if d["source_topic"].endswith(f"{source}.jsonl") or
+                (source == "stdin" and d["source_topic"] == "file:stdin")]
+        want = {line_no: line for line_no, line in enumerate(lines, 1)
+                if len(line) > MIB}
+        assert sorted(d["source_offset"] for d in dead) == sorted(want), dead
+        for d in dead:
+            line = want[d["source_offset"]].encode()
+            assert d["error_kind"] == "too_large"
+            assert d["payload"] == line[:KEPT]
+            assert d["error_message"] == (
+                f"message of {len(line)} bytes exceeds the limit of {MIB} bytes "
+                f"(limits.max_message_bytes); payload truncated to the first {KEPT} bytes")
+    n = lake.read_duckdb("lake.events", "SELECT count(*) AS n FROM t").column("n").to_pylist()
+    assert n == [8]

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use floe_lake::{CatalogConfig, S3Config};
-use floe_loader::config::{KafkaConfig, MetricsConfig, PipelineConfig};
+use floe_loader::config::{KafkaConfig, LimitsConfig, MetricsConfig, PipelineConfig};
 use serde::{Deserialize, Serialize};
 
 /// Everything floe can be configured with.
@@ -30,6 +30,8 @@ pub struct FloeConfig {
     pub pipelines: Vec<PipelineConfig>,
     /// Prometheus `/metrics` and `/health`.
     pub metrics: MetricsConfig,
+    /// What one message may cost (`max_message_bytes`).
+    pub limits: LimitsConfig,
 }
 
 /// Log output.

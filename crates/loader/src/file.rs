@@ -7,6 +7,8 @@ use std::io::BufRead;
 
 use floe_schema::RecordMeta;
 
+use crate::lines::LineReader;
+
 use crate::sink::{FlushReport, TableSink};
 use crate::{Error, Result};
 
@@ -80,30 +82,27 @@ impl LoadReport {
 /// line with the running report (cheap; throttle display in the caller).
 pub async fn load_lines(
     sink: &mut TableSink,
-    mut input: impl BufRead,
+    input: impl BufRead,
     source_name: &str,
     policy: FlushPolicy,
     mut progress: impl FnMut(&LoadReport),
 ) -> Result<LoadReport> {
     let topic = format!("file:{source_name}");
     let mut report = LoadReport::default();
-    let mut line = Vec::with_capacity(1024);
+    let mut lines = LineReader::new(input, sink.max_message_bytes());
     let mut line_no: i64 = 0;
     let mut in_batch: u64 = 0;
     loop {
-        line.clear();
-        let n = input
-            .read_until(b'\n', &mut line)
-            .map_err(|source| Error::Io {
-                context: format!("reading {source_name}"),
-                source,
-            })?;
-        if n == 0 {
+        let line = lines.next_line().map_err(|source| Error::Io {
+            context: format!("reading {source_name}"),
+            source,
+        })?;
+        let Some(line) = line else {
             break;
-        }
+        };
         line_no += 1;
-        report.input_bytes += n as u64;
-        let mut payload = &line[..];
+        report.input_bytes += line.read;
+        let mut payload = line.bytes;
         while let Some((&last, rest)) = payload.split_last() {
             if last == b'\n' || last == b'\r' {
                 payload = rest;
@@ -111,7 +110,7 @@ pub async fn load_lines(
                 break;
             }
         }
-        if payload.iter().all(u8::is_ascii_whitespace) {
+        if !line.is_truncated() && payload.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
         report.lines += 1;
@@ -123,7 +122,12 @@ pub async fn load_lines(
             key: None,
             ingested_at_us: chrono::Utc::now().timestamp_micros(),
         };
-        if let Some(err) = sink.push(payload, &meta).await? {
+        let pushed = if line.is_truncated() {
+            sink.push_too_large(payload, line.size, &meta).await?
+        } else {
+            sink.push(payload, &meta).await?
+        };
+        if let Some(err) = pushed {
             *report
                 .dead_letters_by_kind
                 .entry(err.kind.as_str().to_string())

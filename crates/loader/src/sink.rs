@@ -37,6 +37,8 @@ pub struct SinkOptions {
     pub mapping: floe_schema::Mapping,
     /// Where `mapping` is configured, for error messages (`pipelines[0]`).
     pub section: String,
+    /// A larger message is a dead letter `too_large` (`limits.max_message_bytes`).
+    pub max_message_bytes: usize,
 }
 
 impl SinkOptions {
@@ -51,6 +53,7 @@ impl SinkOptions {
             refresh_interval: Duration::from_secs(5),
             mapping: floe_schema::Mapping::default(),
             section: "pipeline".into(),
+            max_message_bytes: crate::config::LimitsConfig::default().max_message_bytes(),
         }
     }
 }
@@ -104,6 +107,7 @@ pub struct TableSink {
     batch_started: Option<Instant>,
     refresh_interval: Duration,
     refreshed_at: Instant,
+    max_message_bytes: usize,
 }
 
 impl TableSink {
@@ -157,6 +161,7 @@ impl TableSink {
             batch_started: None,
             refresh_interval: opts.refresh_interval,
             refreshed_at: Instant::now(),
+            max_message_bytes: opts.max_message_bytes.max(1),
         })
     }
 
@@ -197,6 +202,35 @@ impl TableSink {
         self.batch_started
     }
 
+    /// The largest message [`Self::push`] decodes.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+
+    /// Dead-letters a message of `size` bytes, too large to load, of which `start` is the
+    /// beginning (a line read through without being held). Returns what [`Self::push`] does.
+    pub async fn push_too_large(
+        &mut self,
+        start: &[u8],
+        size: u64,
+        meta: &RecordMeta<'_>,
+    ) -> Result<Option<DecodeError>> {
+        self.start_batch().await?;
+        self.batch_bytes += start.len() as u64;
+        let err = floe_schema::decode::too_large(size, self.max_message_bytes as u64);
+        self.reject(start, meta, err).map(Some)
+    }
+
+    async fn start_batch(&mut self) -> Result<()> {
+        if self.batch_started.is_none() {
+            if self.refreshed_at.elapsed() >= self.refresh_interval {
+                self.refresh().await?;
+            }
+            self.batch_started = Some(Instant::now());
+        }
+        Ok(())
+    }
+
     /// Decodes one message. `Ok(None)` = accepted, `Ok(Some(err))` = dead-lettered, `Err` =
     /// rejected with no dead-letter table (stop), or a write failure.
     pub async fn push(
@@ -204,12 +238,12 @@ impl TableSink {
         payload: &[u8],
         meta: &RecordMeta<'_>,
     ) -> Result<Option<DecodeError>> {
-        if self.batch_started.is_none() {
-            if self.refreshed_at.elapsed() >= self.refresh_interval {
-                self.refresh().await?;
-            }
-            self.batch_started = Some(Instant::now());
+        if payload.len() > self.max_message_bytes {
+            return self
+                .push_too_large(payload, payload.len() as u64, meta)
+                .await;
         }
+        self.start_batch().await?;
         self.batch_bytes += payload.len() as u64;
         match self.decoder.decode(payload, meta) {
             Ok(()) => {
@@ -222,28 +256,36 @@ impl TableSink {
                 }
                 Ok(None)
             }
-            Err(err) => {
-                if self.dead.is_none() {
-                    return Err(crate::Error::Rejected {
-                        source_name: describe_source(meta.topic, meta.partition, meta.offset),
-                        reason: err.to_string(),
-                    });
-                }
-                let mut dl = DeadLetter::from_decode_error(
-                    &err,
-                    &self.name,
-                    meta.topic,
-                    payload,
-                    meta.ingested_at_us,
-                );
-                dl.source_partition = meta.partition;
-                dl.source_offset = meta.offset;
-                dl.source_key = meta.key.map(<[u8]>::to_vec);
-                dl.source_timestamp_ms = meta.timestamp_ms;
-                self.pending_dead.push(dl);
-                Ok(Some(err))
-            }
+            Err(err) => self.reject(payload, meta, err).map(Some),
         }
+    }
+
+    /// Keeps a dead letter for a rejected message (an error without a dead-letter table).
+    fn reject(
+        &mut self,
+        payload: &[u8],
+        meta: &RecordMeta<'_>,
+        err: DecodeError,
+    ) -> Result<DecodeError> {
+        if self.dead.is_none() {
+            return Err(crate::Error::Rejected {
+                source_name: describe_source(meta.topic, meta.partition, meta.offset),
+                reason: err.to_string(),
+            });
+        }
+        let mut dl = DeadLetter::from_decode_error(
+            &err,
+            &self.name,
+            meta.topic,
+            payload,
+            meta.ingested_at_us,
+        );
+        dl.source_partition = meta.partition;
+        dl.source_offset = meta.offset;
+        dl.source_key = meta.key.map(<[u8]>::to_vec);
+        dl.source_timestamp_ms = meta.timestamp_ms;
+        self.pending_dead.push(dl);
+        Ok(err)
     }
 
     /// Error kinds of the rows the computed columns and rules rejected since the last call

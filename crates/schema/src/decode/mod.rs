@@ -59,6 +59,9 @@ pub enum DecodeErrorKind {
     UnknownField,
     /// The envelope (`unnest`) has no JSON object at its pointer.
     Envelope,
+    /// The message is larger than the loader accepts (`limits.max_message_bytes`); its dead
+    /// letter keeps only the start of the payload.
+    TooLarge,
 }
 
 impl DecodeErrorKind {
@@ -77,11 +80,12 @@ impl DecodeErrorKind {
             Self::TooDeep => "too_deep",
             Self::UnknownField => "unknown_field",
             Self::Envelope => "envelope",
+            Self::TooLarge => "too_large",
         }
     }
 
     /// Every kind, for metrics and reports.
-    pub const ALL: [DecodeErrorKind; 12] = [
+    pub const ALL: [DecodeErrorKind; 13] = [
         Self::EmptyPayload,
         Self::InvalidUtf8,
         Self::MalformedJson,
@@ -94,6 +98,7 @@ impl DecodeErrorKind {
         Self::TooDeep,
         Self::UnknownField,
         Self::Envelope,
+        Self::TooLarge,
     ];
 }
 
@@ -143,6 +148,22 @@ impl DecodeError {
         };
         self
     }
+}
+
+/// The most payload bytes a dead letter of a message too large to load keeps.
+pub const TOO_LARGE_KEPT_BYTES: usize = 64 * 1024;
+
+/// The rejection of a message of `size` bytes, larger than `limit`
+/// (`limits.max_message_bytes`); its dead letter keeps the first [`TOO_LARGE_KEPT_BYTES`].
+pub fn too_large(size: u64, limit: u64) -> DecodeError {
+    let kept = size.min(TOO_LARGE_KEPT_BYTES as u64);
+    DecodeError::new(
+        DecodeErrorKind::TooLarge,
+        format!(
+            "message of {size} bytes exceeds the limit of {limit} bytes \
+             (limits.max_message_bytes); payload truncated to the first {kept} bytes"
+        ),
+    )
 }
 
 impl fmt::Display for DecodeError {
