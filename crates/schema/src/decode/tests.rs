@@ -947,3 +947,38 @@ fn times_their_partition_cannot_hold_are_out_of_range() {
         plain.decode(json.as_bytes(), &META).unwrap();
     }
 }
+
+#[test]
+fn deep_nesting_is_a_dead_letter_not_a_stack_overflow() {
+    let mut d = decoder();
+    let n = 100_000;
+    let deep = |open: &str, close: &str| format!("{}{}", open.repeat(n), close.repeat(n));
+    let payloads = [
+        deep("[", "]"),
+        format!(r#"{{"id":1,"lst":{}}}"#, deep("[", "]")),
+        format!(r#"{{"id":1,"unknown":{}}}"#, deep(r#"{"a":"#, "}")),
+        format!(r#"{{"id":1,"m":{{"k":{}}}}}"#, deep("[", "]")),
+        format!(r#"{{"id":1,"st":{}}}"#, deep(r#"{"a":"#, "}")),
+        // Unterminated: the same nesting, cut short.
+        "[".repeat(n),
+        format!(r#"{{"id":1,"unknown":{}"#, r#"{"a":"#.repeat(n)),
+    ];
+    for p in &payloads {
+        let e = d.decode(p.as_bytes(), &META).unwrap_err();
+        assert!(
+            matches!(
+                e.kind,
+                DecodeErrorKind::TooDeep | DecodeErrorKind::WrongType
+            ),
+            "{}: {e}",
+            &p[..40]
+        );
+    }
+    // Nesting within the limit decodes.
+    let ok = format!(
+        r#"{{"id":1,"unknown":{}1{}}}"#,
+        r#"{"a":"#.repeat(100),
+        "}".repeat(100)
+    );
+    d.decode(ok.as_bytes(), &META).unwrap();
+}
