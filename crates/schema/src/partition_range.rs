@@ -218,7 +218,7 @@ mod tests {
             .unwrap()
             .transform(input)
             .ok()?;
-        let ints = out.as_any().downcast_ref::<Int32Array>().or_else(|| None);
+        let ints = out.as_any().downcast_ref::<Int32Array>();
         match ints {
             Some(a) => a.is_valid(0).then(|| a.value(0)),
             None => {
