@@ -1,10 +1,14 @@
-"""floe under hostile operators and inputs (issue 23)."""
+"""floe under hostile operators and inputs (issue 23): secrets never printed, loads exactly
+once, event times no partition can hold, messages too large to hold, a full disk."""
 
+import json
 import random
+import re
 import shutil
 import signal
 import subprocess
 from collections import Counter
+from datetime import datetime, timezone
 
 import pytest
 
@@ -180,3 +184,133 @@ def test_a_full_disk_is_named_and_a_load_completes_exactly_once_after(small_disk
     py, duck, dl = _loaded(lake)
     assert py == duck == Counter(good.keys())
     assert dl == Counter(p for p, _ in bad)
+
+
+# --- Event times a partition cannot hold (item 3) ------------------------------------------
+
+HOUR_MS = 3_600_000
+# The hour partition's value is an int: 2**31 hours from 1970 (about year 246,953) is the first
+# hour it cannot hold. iceberg-rust computes hours as `micros / 3.6e9` cast to i32, so such a
+# time would wrap to a negative hour.
+FIRST_UNHOLDABLE_MS = 2**31 * HOUR_MS
+
+
+def test_event_times_beyond_the_hour_partition_are_out_of_range_dead_letters(sqlite_lake, tmp_path):
+    lake = sqlite_lake
+    base_ms = 1_704_067_200_000  # 2024-01-01T00:00:00Z
+    good = [{"event_guid": f"g{i}", "event_ts": base_ms + (i % 3) * HOUR_MS + i, "country": "fr"}
+            for i in range(30)]
+    far = [
+        {"event_guid": "far-future", "event_ts": FIRST_UNHOLDABLE_MS, "country": "fr"},
+        {"event_guid": "far-past", "event_ts": -FIRST_UNHOLDABLE_MS - HOUR_MS, "country": "fr"},
+        {"event_guid": "far-far", "event_ts": 9_000_000_000_000_000, "country": "fr"},
+    ]
+    lines = good[:10] + far[:1] + good[10:20] + far[1:] + good[20:]
+    path = tmp_path / "far.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    lake.run("table", "create", "--all")
+    lake.run("load", "--table", "lake.events", "--input", path)
+
+    # The dead letters: the three far times, out_of_range on event_ts, naming the hour
+    # partition and its range.
+    dead = lake.read_pyiceberg("lake.events_dead_letters").to_pylist()
+    assert sorted(json.loads(d["payload"])["event_guid"] for d in dead) == \
+        ["far-far", "far-future", "far-past"], dead
+    for d in dead:
+        assert d["error_kind"] == "out_of_range", d
+        assert d["error_field"] == "event_ts", d
+        msg = d["error_message"]
+        assert "is beyond the range of the hour partition \"event_ts_hour\"" in msg, msg
+        assert "(-243014-" in msg and " .. +246953-" in msg, msg
+
+    # The table holds exactly the good rows, each in its own hour's partition: no wrapped
+    # (negative or far) partition exists.
+    tbl = lake.pyiceberg_table("lake.events")
+    rows = tbl.scan().to_arrow()
+    assert sorted(rows.column("event_guid").to_pylist()) == sorted(r["event_guid"] for r in good)
+    hours = {(r["event_ts"] // HOUR_MS) for r in good}
+    parts = {p["partition"]["event_ts_hour"] for p in tbl.inspect.partitions().to_pylist()}
+    assert parts == hours, parts
+
+    # Partition-pruned queries see every row of their hours (PyIceberg and DuckDB).
+    from pyiceberg.expressions import GreaterThanOrEqual
+    second_hour = datetime.fromtimestamp((base_ms + HOUR_MS) / 1000, tz=timezone.utc)
+    later = tbl.scan(row_filter=GreaterThanOrEqual("event_ts", second_hour.isoformat())).to_arrow()
+    want_later = sorted(r["event_guid"] for r in good if r["event_ts"] >= base_ms + HOUR_MS)
+    assert sorted(later.column("event_guid").to_pylist()) == want_later
+    n = lake.read_duckdb("lake.events", "SELECT count(*) AS n FROM t WHERE event_ts >= "
+                         f"TIMESTAMPTZ '{second_hour.isoformat()}'").column("n").to_pylist()
+    assert n == [len(want_later)]
+
+
+# --- Messages too large to load (item 8) ---------------------------------------------------
+
+MIB = 1 << 20
+KEPT = 64 * 1024
+
+
+def event_line(guid, pad_to=None, pad=None):
+    """An event as a JSON line (without newline), its `country` padded so the line is
+    `pad_to` bytes long, or `pad` bytes of padding."""
+    head = '{"event_guid":"%s","event_ts":1704067200000,"country":"' % guid
+    tail = '"}'
+    n = pad if pad is not None else (pad_to - len(head) - len(tail) if pad_to else 2)
+    return head + "A" * n + tail
+
+
+def run_measured(lake, *args, stdin=None):
+    """Runs floe under /usr/bin/time -v: (completed process, peak RSS in bytes)."""
+    p = subprocess.run(["/usr/bin/time", "-v", str(lake.bin), *map(str, args)], cwd=lake.dir,
+                       env=lake.env(), stdin=stdin, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr)
+    return p, int(rss.group(1)) * 1024
+
+
+def test_lines_larger_than_the_limit_are_too_large_dead_letters_never_held(sqlite_lake, tmp_path):
+    lake = sqlite_lake
+    lake.run("table", "create", "--all")
+    big = 120 * MIB  # each; holding one would take more than the whole bound below
+    for source in ("file", "stdin"):
+        p = f"{source}-"
+        lines = [event_line(p + "a"), event_line(p + "edge", pad_to=MIB),
+                 event_line(p + "big1", pad=big), event_line(p + "b"),
+                 event_line(p + "over", pad_to=MIB + 1), event_line(p + "big2", pad=big),
+                 event_line(p + "c")]
+        path = tmp_path / f"{source}.jsonl"
+        with open(path, "w") as f:
+            for line in lines:
+                f.write(line + "\n")
+        if source == "file":
+            out, rss = run_measured(lake, "load", "--table", "lake.events", "--input", path,
+                                    "--max-message-size", "1MiB")
+        else:
+            lake.extra_env["FLOE__LIMITS__MAX_MESSAGE_BYTES"] = "1MiB"
+            with open(path, "rb") as f:
+                out, rss = run_measured(lake, "load", "--table", "lake.events", "--input", "-",
+                                        stdin=f)
+            del lake.extra_env["FLOE__LIMITS__MAX_MESSAGE_BYTES"]
+        assert "dead letters too_large: 3" in out.stdout, out.stdout
+        assert rss < 100 * MIB, f"{source}: peak RSS {rss / MIB:.0f} MiB"
+
+        # The rows: every line up to the limit, the one of exactly 1 MiB included.
+        rows = lake.read_pyiceberg("lake.events").column("event_guid").to_pylist()
+        assert sorted(g for g in rows if g.startswith(p)) == \
+            sorted(p + g for g in ("a", "edge", "b", "c"))
+        # The dead letters: the first 64 KiB of each payload, its size and the limit.
+        dead = [d for d in lake.read_pyiceberg("lake.events_dead_letters").to_pylist()
+                if d["source_topic"].endswith(f"{source}.jsonl") or
+                (source == "stdin" and d["source_topic"] == "file:stdin")]
+        want = {line_no: line for line_no, line in enumerate(lines, 1)
+                if len(line) > MIB}
+        assert sorted(d["source_offset"] for d in dead) == sorted(want), dead
+        for d in dead:
+            line = want[d["source_offset"]].encode()
+            assert d["error_kind"] == "too_large"
+            assert d["payload"] == line[:KEPT]
+            assert d["error_message"] == (
+                f"message of {len(line)} bytes exceeds the limit of {MIB} bytes "
+                f"(limits.max_message_bytes); payload truncated to the first {KEPT} bytes")
+    n = lake.read_duckdb("lake.events", "SELECT count(*) AS n FROM t").column("n").to_pylist()
+    assert n == [8]

@@ -13,6 +13,7 @@ use std::io::BufRead;
 
 use floe_schema::RecordMeta;
 
+use crate::lines::LineReader;
 use crate::sink::{FlushReport, LinePush, LoadStatus, TableSink};
 use crate::{Error, Result};
 
@@ -101,7 +102,7 @@ pub struct LoadSource {
 /// running report (cheap; throttle display in the caller).
 pub async fn load_lines(
     sink: &mut TableSink,
-    mut input: impl BufRead,
+    input: impl BufRead,
     source: &LoadSource,
     policy: FlushPolicy,
     mut progress: impl FnMut(&LoadReport),
@@ -114,23 +115,20 @@ pub async fn load_lines(
     if done {
         return Ok(report);
     }
-    let mut line = Vec::with_capacity(1024);
+    let mut lines = LineReader::new(input, sink.max_message_bytes());
     let mut line_no: i64 = 0;
     let mut in_batch: u64 = 0;
     loop {
-        line.clear();
-        let n = input
-            .read_until(b'\n', &mut line)
-            .map_err(|source_err| Error::Io {
-                context: format!("reading {}", source.name),
-                source: source_err,
-            })?;
-        if n == 0 {
+        let line = lines.next_line().map_err(|source_err| Error::Io {
+            context: format!("reading {}", source.name),
+            source: source_err,
+        })?;
+        let Some(line) = line else {
             break;
-        }
+        };
         line_no += 1;
-        report.input_bytes += n as u64;
-        let mut payload = &line[..];
+        report.input_bytes += line.read;
+        let mut payload = line.bytes;
         while let Some((&last, rest)) = payload.split_last() {
             if last == b'\n' || last == b'\r' {
                 payload = rest;
@@ -138,7 +136,7 @@ pub async fn load_lines(
                 break;
             }
         }
-        if payload.iter().all(u8::is_ascii_whitespace) {
+        if !line.is_truncated() && payload.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
         report.lines += 1;
@@ -150,7 +148,10 @@ pub async fn load_lines(
             key: None,
             ingested_at_us: chrono::Utc::now().timestamp_micros(),
         };
-        match sink.push_line(payload, &meta).await? {
+        match sink
+            .push_line(payload, line.is_truncated().then_some(line.size), &meta)
+            .await?
+        {
             LinePush::Skipped | LinePush::AlreadyLoaded => {
                 report.skipped += 1;
                 continue;

@@ -202,6 +202,7 @@ pub async fn replay(committer: &Committer, opts: &ReplayOptions) -> Result<Repla
         "source_timestamp",
         "payload",
         "target_table",
+        "error_kind",
     ];
     if df.schema().has_column_with_unqualified_name("source_load") {
         columns.push("source_load");
@@ -232,11 +233,17 @@ pub async fn replay(committer: &Committer, opts: &ReplayOptions) -> Result<Repla
             let batch = normalize(&batch)?;
             let rows = DeadLetterRows::new(&batch)?;
             let targets = column(&batch, "target_table")?.as_string::<i32>();
+            let kinds = column(&batch, "error_kind")?.as_string::<i32>();
             for i in 0..batch.num_rows() {
                 if targets.value(i) != opts.table {
                     continue;
                 }
                 report.selected += 1;
+                if kinds.value(i) == floe_schema::DecodeErrorKind::TooLarge.as_str() {
+                    // Only the start of the message was kept: it can never load.
+                    *report.still_failing.entry("too_large".into()).or_default() += 1;
+                    continue;
+                }
                 let (source, partition, offset) = rows.position(i);
                 let source = source.as_ref();
                 let Some(offset) = offset else {

@@ -38,6 +38,8 @@ pub struct SinkOptions {
     pub mapping: floe_schema::Mapping,
     /// Where `mapping` is configured, for error messages (`pipelines[0]`).
     pub section: String,
+    /// A larger message is a dead letter `too_large` (`limits.max_message_bytes`).
+    pub max_message_bytes: usize,
 }
 
 impl SinkOptions {
@@ -52,6 +54,7 @@ impl SinkOptions {
             refresh_interval: Duration::from_secs(5),
             mapping: floe_schema::Mapping::default(),
             section: "pipeline".into(),
+            max_message_bytes: crate::config::LimitsConfig::default().max_message_bytes(),
         }
     }
 }
@@ -168,6 +171,7 @@ pub struct TableSink {
     refresh_interval: Duration,
     refreshed_at: Instant,
     load: Option<Load>,
+    max_message_bytes: usize,
 }
 
 impl TableSink {
@@ -222,6 +226,7 @@ impl TableSink {
             refresh_interval: opts.refresh_interval,
             refreshed_at: Instant::now(),
             load: None,
+            max_message_bytes: opts.max_message_bytes.max(1),
         })
     }
 
@@ -275,20 +280,31 @@ impl TableSink {
     /// Pushes line `meta.offset` of the load begun with [`TableSink::begin_load`]: skipped
     /// when both tables hold it, re-checked for its dead letter when only the target table
     /// does, decoded otherwise.
-    pub async fn push_line(&mut self, payload: &[u8], meta: &RecordMeta<'_>) -> Result<LinePush> {
+    /// `truncated` is the line's whole size when the reader kept only its start, the line
+    /// being over the size limit (a `too_large` dead letter).
+    pub async fn push_line(
+        &mut self,
+        payload: &[u8],
+        truncated: Option<u64>,
+        meta: &RecordMeta<'_>,
+    ) -> Result<LinePush> {
         let load = self.load.as_ref().expect("push_line after begin_load");
         let line = meta.offset.expect("a load's lines are numbered");
         if line < load.target_next && line < load.dead_next {
             return Ok(LinePush::Skipped);
         }
+        let size = truncated.unwrap_or(payload.len() as u64);
+        if size > self.max_message_bytes as u64 {
+            return Ok(match self.push_too_large(payload, size, meta).await? {
+                Some(err) => LinePush::DeadLettered(err),
+                None => LinePush::Accepted,
+            });
+        }
         if line < load.target_next {
             self.batch_bytes += payload.len() as u64;
             return Ok(match self.decoder.check(payload, meta) {
                 Ok(()) => LinePush::AlreadyLoaded,
-                Err(err) => {
-                    self.dead_letter(&err, payload, meta)?;
-                    LinePush::DeadLettered(err)
-                }
+                Err(err) => LinePush::DeadLettered(self.reject(payload, meta, err)?),
             });
         }
         Ok(match self.push(payload, meta).await? {
@@ -333,6 +349,35 @@ impl TableSink {
         self.batch_started
     }
 
+    /// The largest message [`Self::push`] decodes.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+
+    /// Dead-letters a message of `size` bytes, too large to load, of which `start` is the
+    /// beginning (a line read through without being held). Returns what [`Self::push`] does.
+    pub async fn push_too_large(
+        &mut self,
+        start: &[u8],
+        size: u64,
+        meta: &RecordMeta<'_>,
+    ) -> Result<Option<DecodeError>> {
+        self.start_batch().await?;
+        self.batch_bytes += start.len() as u64;
+        let err = floe_schema::decode::too_large(size, self.max_message_bytes as u64);
+        self.reject(start, meta, err).map(Some)
+    }
+
+    async fn start_batch(&mut self) -> Result<()> {
+        if self.batch_started.is_none() {
+            if self.refreshed_at.elapsed() >= self.refresh_interval {
+                self.refresh().await?;
+            }
+            self.batch_started = Some(Instant::now());
+        }
+        Ok(())
+    }
+
     /// Decodes one message. `Ok(None)` = accepted, `Ok(Some(err))` = dead-lettered, `Err` =
     /// rejected with no dead-letter table (stop), or a write failure.
     pub async fn push(
@@ -340,12 +385,12 @@ impl TableSink {
         payload: &[u8],
         meta: &RecordMeta<'_>,
     ) -> Result<Option<DecodeError>> {
-        if self.batch_started.is_none() {
-            if self.refreshed_at.elapsed() >= self.refresh_interval {
-                self.refresh().await?;
-            }
-            self.batch_started = Some(Instant::now());
+        if payload.len() > self.max_message_bytes {
+            return self
+                .push_too_large(payload, payload.len() as u64, meta)
+                .await;
         }
+        self.start_batch().await?;
         self.batch_bytes += payload.len() as u64;
         match self.decoder.decode(payload, meta) {
             Ok(()) => {
@@ -358,20 +403,17 @@ impl TableSink {
                 }
                 Ok(None)
             }
-            Err(err) => {
-                self.dead_letter(&err, payload, meta)?;
-                Ok(Some(err))
-            }
+            Err(err) => self.reject(payload, meta, err).map(Some),
         }
     }
 
-    /// Queues the dead letter of a rejected message (or fails without a dead-letter table).
-    fn dead_letter(
+    /// Keeps a dead letter for a rejected message (an error without a dead-letter table).
+    fn reject(
         &mut self,
-        err: &DecodeError,
         payload: &[u8],
         meta: &RecordMeta<'_>,
-    ) -> Result<()> {
+        err: DecodeError,
+    ) -> Result<DecodeError> {
         if self.dead.is_none() {
             return Err(crate::Error::Rejected {
                 source_name: describe_source(meta.topic, meta.partition, meta.offset),
@@ -381,10 +423,10 @@ impl TableSink {
         if let (Some(load), Some(line)) = (&self.load, meta.offset)
             && line < load.dead_next
         {
-            return Ok(()); // the dead-letter table holds it from an earlier run
+            return Ok(err); // the dead-letter table holds it from an earlier run
         }
         let mut dl = DeadLetter::from_decode_error(
-            err,
+            &err,
             &self.name,
             meta.topic,
             payload,
@@ -396,7 +438,7 @@ impl TableSink {
         dl.source_key = meta.key.map(<[u8]>::to_vec);
         dl.source_timestamp_ms = meta.timestamp_ms;
         self.pending_dead.push(dl);
-        Ok(())
+        Ok(err)
     }
 
     /// Error kinds of the rows the computed columns and rules rejected since the last call

@@ -44,7 +44,7 @@ fn check(
     own.check_decoding(schema).map_err(|e| e.in_table(table))?;
     Transform::new(schema, pipeline).map_err(in_section)?;
     Transform::new(schema, &own).map_err(|e| e.in_table(table))?;
-    let options = DecoderOptions::for_pipeline(metadata.properties(), pipeline);
+    let options = DecoderOptions::for_table(metadata, pipeline);
     let stage = Stage::new(table, schema, &options.mapping).map_err(in_section)?;
     Ok((options, stage))
 }

@@ -197,7 +197,7 @@ async fn a_dead_letter_commit_lost_after_its_rows_is_made_up_on_the_next_run() {
                 offset: Some(i as i64 + 1),
                 ..Default::default()
             };
-            sink.push_line(line.as_bytes(), &meta).await.unwrap();
+            sink.push_line(line.as_bytes(), None, &meta).await.unwrap();
         }
         let f = sink.flush_load(31, false).await.unwrap();
         assert!(f.rows > 0);

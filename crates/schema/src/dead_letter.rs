@@ -48,7 +48,8 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    /// A dead letter for a decode failure.
+    /// A dead letter for a decode failure. The payload of a message too large to load is
+    /// cut to its first [`crate::decode::TOO_LARGE_KEPT_BYTES`].
     pub fn from_decode_error(
         err: &DecodeError,
         target_table: &str,
@@ -63,7 +64,7 @@ impl DeadLetter {
             source_load: None,
             source_key: None,
             source_timestamp_ms: None,
-            payload: Some(payload.to_vec()),
+            payload: Some(kept_payload(err, payload).to_vec()),
             target_table: target_table.to_string(),
             error_kind: err.kind.as_str().to_string(),
             error_field: (!err.field.is_empty()).then(|| err.field.clone()),
@@ -71,6 +72,14 @@ impl DeadLetter {
             failed_at_us,
             headers: Vec::new(),
         }
+    }
+}
+
+fn kept_payload<'a>(err: &DecodeError, payload: &'a [u8]) -> &'a [u8] {
+    if err.kind == crate::DecodeErrorKind::TooLarge {
+        &payload[..payload.len().min(crate::decode::TOO_LARGE_KEPT_BYTES)]
+    } else {
+        payload
     }
 }
 

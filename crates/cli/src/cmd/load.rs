@@ -42,6 +42,10 @@ pub struct LoadArgs {
     /// own each run): a load run again with the same id resumes or is skipped.
     #[arg(long, value_name = "ID")]
     load_id: Option<String>,
+    /// Longer lines are dead letters `too_large`, never held in memory (e.g. 4MiB; default
+    /// limits.max_message_bytes).
+    #[arg(long, value_name = "SIZE")]
+    max_message_size: Option<bytesize::ByteSize>,
 }
 
 pub async fn run(cfg: &FloeConfig, args: LoadArgs) -> Result<()> {
@@ -54,6 +58,11 @@ pub async fn run(cfg: &FloeConfig, args: LoadArgs) -> Result<()> {
         opts.dead_letter_table = None;
     }
     (opts.mapping, opts.section) = cfg.mapping_for(&args.table);
+    let mut limits = cfg.limits;
+    if let Some(size) = args.max_message_size {
+        limits.max_message_bytes = size;
+    }
+    opts.max_message_bytes = limits.max_message_bytes();
     let mut sink = TableSink::open(committer, &opts).await?;
     let stdin = args.input.as_os_str() == "-";
     let (reader, name, total): (Box<dyn BufRead>, String, Option<u64>) = if stdin {
