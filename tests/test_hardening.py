@@ -314,3 +314,123 @@ def test_lines_larger_than_the_limit_are_too_large_dead_letters_never_held(sqlit
                 f"(limits.max_message_bytes); payload truncated to the first {KEPT} bytes")
     n = lake.read_duckdb("lake.events", "SELECT count(*) AS n FROM t").column("n").to_pylist()
     assert n == [8]
+
+
+# --- a hostile corpus through floe load and floe run -------------------------------------------
+
+INJECTIONS = ["'; DROP TABLE lake.events; --", "\" OR 1=1 --", "${jndi:ldap://127.0.0.1/a}",
+              "<script>alert(1)</script>", "../../../../etc/passwd", "%00%0a", "\u0000nul",
+              "postgres://floe:hunter2@db/floe?password=hunter2", "🧊" * 50, "\u202eevil"]
+
+
+def hostile_corpus(limit, huge=40 * MIB):
+    """(payload, guid or None) pairs: events whose strings are injection attempts, far and
+    odd timestamps, deep nesting, huge messages (up to `huge`), broken encodings and JSON."""
+    rng = random.Random(23)
+    out = []
+
+    def event(guid, **over):
+        e = {"eventGuid": guid, "timestamp": 1_704_067_200_000 + rng.randrange(10**8),
+             "country": "fr", "action": "view", "userId": f"u{rng.randrange(10**6)}"}
+        e.update(over)
+        return json.dumps(e).encode()
+
+    for i, s in enumerate(INJECTIONS):
+        out.append((event(f"inj-{i}", country=s, page=s), f"inj-{i}"))
+    for i, ts in enumerate([9_000_000_000_000_000, -9_000_000_000_000_000, 2**63 - 1,
+                            "+275760-09-13T00:00:00Z", "9999-12-31T23:59:59.999999Z",
+                            "1e400", 1e308, -1, 0]):
+        out.append((event(f"ts-{i}", timestamp=ts), f"ts-{i}"))
+    for i, depth in enumerate([129, 10_000, 100_000]):
+        nested = "[" * depth + "]" * depth
+        out.append((event(f"deep-{i}").replace(b'"fr"', nested.encode()), f"deep-{i}"))
+        out.append((("{\"a\":" * depth).encode() + b"1" + b"}" * depth, None))
+    for i, size in enumerate([limit - 200, limit + 1, 3 * limit, huge]):
+        out.append((event(f"big-{i}", page="P" * size), f"big-{i}"))
+    out.append((b"\xff\xfe\xfd not utf-8", None))
+    out.append((event("dup-keys") + b"", "dup-keys"))
+    out.append((b'{"eventGuid": "dup-keys-2", "eventGuid": "again", "timestamp": 1}', None))
+    out.append((b'{"eventGuid": "huge-int", "timestamp": 1704067200000, '
+                b'"userId": 123456789012345678901234567890}', "huge-int"))
+    out.append((b"[1, 2, 3]", None))
+    out.append((b"null", None))
+    out.append((b'"just a string"', None))
+    out.append((b'{"eventGuid": "cut', None))
+    for i in range(50):
+        out.append((event(f"ok-{i}"), f"ok-{i}"))
+    rng.shuffle(out)
+    return out
+
+
+def assert_corpus_accounted(lake, corpus, limit):
+    """Every message is a row or a dead letter with a reason, once; nothing else."""
+    rows = Counter(lake.read_pyiceberg("lake.events").column("event_guid").to_pylist())
+    duck = Counter(lake.read_duckdb("lake.events", "SELECT event_guid FROM t")
+                   .column("event_guid").to_pylist())
+    assert rows == duck
+    dead = lake.read_pyiceberg("lake.events_dead_letters").to_pylist()
+    assert max(rows.values(), default=1) == 1, "a row loaded twice"
+    assert sum(rows.values()) + len(dead) == len(corpus), (len(rows), len(dead), len(corpus))
+    guids = {g for _, g in corpus if g}
+    assert set(rows) <= guids, set(rows) - guids
+    for d in dead:
+        assert d["error_kind"] and d["error_message"], d
+    dead_payloads = Counter(d["payload"] for d in dead)
+    for payload, guid in corpus:
+        if guid in rows:
+            continue
+        kept = payload if len(payload) <= limit else payload[:KEPT]
+        assert dead_payloads[kept] >= 1, (guid, payload[:200])
+        if len(payload) > limit:
+            assert any(d["error_kind"] == "too_large" and d["payload"] == kept for d in dead)
+    for payload, guid in corpus:
+        if guid and guid.startswith(("inj-", "ok-")):
+            assert guid in rows, guid
+    injected = lake.read_pyiceberg("lake.events").to_pylist()
+    countries = {r["event_guid"]: r["country"] for r in injected}
+    for i, s in enumerate(INJECTIONS):
+        assert countries[f"inj-{i}"] == s, "stored verbatim"
+
+
+def test_a_hostile_corpus_through_floe_load_is_rows_or_dead_letters(sqlite_lake, tmp_path):
+    lake = sqlite_lake
+    limit = MIB
+    corpus = hostile_corpus(limit)
+    path = tmp_path / "hostile.jsonl"
+    with open(path, "wb") as f:
+        for payload, _ in corpus:
+            f.write(payload + b"\n")
+    lake.run("table", "create", "--all")
+    lake.extra_env["FLOE__LIMITS__MAX_MESSAGE_BYTES"] = "1MiB"
+    p, rss = run_measured(lake, "load", "--table", "lake.events", "--input", path)
+    assert "panicked" not in p.stderr, p.stderr
+    # The 40 MiB message is never held: memory is bounded by the limit, not the input.
+    assert rss < 100 * MIB, f"peak RSS {rss / MIB:.0f} MiB"
+    assert_corpus_accounted(lake, corpus, limit)
+
+
+def test_a_hostile_corpus_through_floe_run_is_rows_or_dead_letters(sqlite_lake, dev_broker,
+                                                                   tmp_path):
+    from confluent_kafka import Producer
+    lake = sqlite_lake
+    # librdkafka's mock broker keeps 5 MB per partition (older messages go, as retention
+    # would take them): the corpus stays below that.
+    limit = 256 * 1024
+    corpus = hostile_corpus(limit, huge=MIB)
+    corpus.append((b"", None))  # an empty message
+    lake.run("table", "create", "--all")
+    prod = Producer({"bootstrap.servers": dev_broker, "message.max.bytes": 64 * MIB,
+                     "batch.size": MIB})
+    failed = []
+    for payload, _ in corpus:
+        prod.produce("events", value=payload, partition=0,
+                     on_delivery=lambda err, msg: err and failed.append(err))
+        prod.poll(0)
+    assert prod.flush(60) == 0
+    assert not failed, failed
+    lake.extra_env["FLOE__LIMITS__MAX_MESSAGE_BYTES"] = "256KiB"
+    p, rss = run_measured(lake, "run", "--brokers", dev_broker, "--topic", "events", "--table",
+                          "lake.events", "--group", "hostile", "--until-drained")
+    assert "panicked" not in p.stderr, p.stderr
+    assert rss < 300 * MIB, f"peak RSS {rss / MIB:.0f} MiB"
+    assert_corpus_accounted(lake, corpus, limit)
