@@ -153,3 +153,92 @@ mod tests {
         assert!(!report(&e).contains("no space"));
     }
 }
+
+/// Log output with secrets masked ([`floe_lake::catalog::redact_text`]): a log line may quote
+/// a URI or a setting (a driver's error, a librdkafka message) like an error does.
+#[derive(Clone, Copy)]
+pub struct Redacting<M>(pub M);
+
+impl<'a, M: tracing_subscriber::fmt::MakeWriter<'a>> tracing_subscriber::fmt::MakeWriter<'a>
+    for Redacting<M>
+{
+    type Writer = RedactingWriter<M::Writer>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        RedactingWriter {
+            inner: self.0.make_writer(),
+            buf: Vec::new(),
+        }
+    }
+}
+
+/// Holds one event's text and writes it masked when dropped (the formatter makes a writer per
+/// event).
+pub struct RedactingWriter<W: std::io::Write> {
+    inner: W,
+    buf: Vec<u8>,
+}
+
+impl<W: std::io::Write> std::io::Write for RedactingWriter<W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            let text = String::from_utf8_lossy(&self.buf);
+            self.inner
+                .write_all(floe_lake::catalog::redact_text(&text).as_bytes())?;
+            self.buf.clear();
+        }
+        self.inner.flush()
+    }
+}
+
+impl<W: std::io::Write> Drop for RedactingWriter<W> {
+    fn drop(&mut self) {
+        let _ = std::io::Write::flush(self);
+    }
+}
+
+#[cfg(test)]
+mod log_tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn log_lines_are_masked() {
+        let sink = Sink::default();
+        let out = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(Redacting(move || sink.clone()))
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(
+                uri = "postgres://floe:hunter2@db/floe?password=hunter3",
+                "cannot reach s3://k:sekret@minio/b"
+            );
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert!(text.contains("cannot reach"), "{text}");
+        for secret in ["hunter2", "hunter3", "sekret"] {
+            assert!(!text.contains(secret), "{text}");
+        }
+    }
+}

@@ -98,7 +98,7 @@ fn init_logging(cfg: &config::LogConfig) -> Result<()> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(errors::Redacting(std::io::stderr));
     match cfg.format.as_str() {
         "json" => builder.json().init(),
         "plain" => builder.init(),
