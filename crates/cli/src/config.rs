@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use floe_lake::{CatalogConfig, S3Config};
-use floe_loader::config::{KafkaConfig, MetricsConfig, PipelineConfig};
+use floe_loader::config::{KafkaConfig, LimitsConfig, MetricsConfig, PipelineConfig};
 use serde::{Deserialize, Serialize};
 
 /// Everything floe can be configured with.
@@ -30,6 +30,8 @@ pub struct FloeConfig {
     pub pipelines: Vec<PipelineConfig>,
     /// Prometheus `/metrics` and `/health`.
     pub metrics: MetricsConfig,
+    /// What one message may cost (`max_message_bytes`).
+    pub limits: LimitsConfig,
 }
 
 /// Log output.
@@ -212,6 +214,105 @@ mod tests {
                 && format!("{err:#}").contains("/nonexistent/pw"),
             "{err:#}"
         );
+    }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn cases() -> u32 {
+            std::env::var("FLOE_FUZZ_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(256)
+        }
+
+        /// TOML-ish text: sections and keys floe knows (and some it does not), with values of
+        /// every TOML type, sizes and durations well- and ill-formed, deep dotted keys.
+        /// (`kafka.property_files` is left out: it reads the files it names.)
+        fn config_text() -> impl Strategy<Value = String> {
+            let section = prop_oneof![
+                Just("[catalog]"),
+                Just("[s3]"),
+                Just("[log]"),
+                Just("[kafka]"),
+                Just("[kafka.properties]"),
+                Just("[[pipelines]]"),
+                Just("[pipelines.flush]"),
+                Just("[metrics]"),
+                Just("[limits]"),
+                Just("[nope]"),
+                Just(""),
+            ];
+            let key = prop_oneof![
+                Just("uri".to_string()),
+                Just("warehouse".to_string()),
+                Just("brokers".to_string()),
+                Just("topics".to_string()),
+                Just("table".to_string()),
+                Just("max_bytes".to_string()),
+                Just("max_rows".to_string()),
+                Just("interval".to_string()),
+                Just("max_message_bytes".to_string()),
+                Just("dedup_window".to_string()),
+                Just("stale_after_intervals".to_string()),
+                Just("columns.x".to_string()),
+                Just("computed.x".to_string()),
+                Just("unnest".to_string()),
+                "[a-z]{1,3}(\\.[a-z]{1,3}){0,40}",
+            ];
+            let value = prop_oneof![
+                Just("\"4MiB\"".to_string()),
+                Just("\"-1MiB\"".to_string()),
+                Just("\"99999999999999999999 EiB\"".to_string()),
+                Just("\"60s\"".to_string()),
+                Just("\"1e400s\"".to_string()),
+                Just("[\"a\", 1]".to_string()),
+                Just("{ a = { b = { c = 1 } } }".to_string()),
+                any::<i64>().prop_map(|n| n.to_string()),
+                any::<f64>().prop_map(|f| format!("{f:?}")),
+                any::<bool>().prop_map(|b| b.to_string()),
+                "\"\\PC{0,12}\"".prop_map(|s| s.replace('\\', "")),
+                "\\PC{0,12}",
+            ];
+            proptest::collection::vec(
+                (section, proptest::collection::vec((key, value), 0..4)),
+                0..5,
+            )
+            .prop_map(|sections| {
+                let mut out = String::new();
+                for (s, kvs) in sections {
+                    out.push_str(s);
+                    out.push('\n');
+                    for (k, v) in kvs {
+                        out.push_str(&format!("{k} = {v}\n"));
+                    }
+                }
+                out
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
+
+            /// Any config file loads or fails with an error; the loaded config prints.
+            #[test]
+            fn fuzz_config_files_load_or_fail_never_panic(
+                text in prop_oneof![config_text(), "\\PC{0,200}"],
+            ) {
+                let dir = tempfile::tempdir().unwrap();
+                let file = dir.path().join("floe.toml");
+                std::fs::write(&file, &text).unwrap();
+                if let Ok(cfg) = FloeConfig::load(Some(&file), Figment::new()) {
+                    let _ = cfg.redacted_toml();
+                    for (i, p) in cfg.pipelines.iter().enumerate() {
+                        let _ = p.validate(i);
+                    }
+                    let _ = cfg.limits.max_message_bytes();
+                }
+            }
+        }
     }
 
     #[test]

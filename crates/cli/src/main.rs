@@ -2,6 +2,7 @@
 
 mod cmd;
 mod config;
+mod errors;
 mod telemetry;
 
 use std::path::PathBuf;
@@ -97,7 +98,7 @@ fn init_logging(cfg: &config::LogConfig) -> Result<()> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(errors::Redacting(std::io::stderr));
     match cfg.format.as_str() {
         "json" => builder.json().init(),
         "plain" => builder.init(),
@@ -112,6 +113,7 @@ async fn run(cli: Cli) -> Result<()> {
         return Ok(());
     }
     let cfg = FloeConfig::load(cli.config.as_deref(), overrides(&cli))?;
+    errors::set_storage(&cfg.catalog);
     if cli.print_config {
         print!("{}", cfg.redacted_toml());
         return Ok(());
@@ -159,10 +161,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Secrets a message may quote (a catalog URI, a setting) are masked.
-            eprintln!(
-                "error: {}",
-                floe_lake::catalog::redact_text(&format!("{e:#}"))
-            );
+            eprintln!("error: {}", errors::report(&e));
             ExitCode::FAILURE
         }
     }

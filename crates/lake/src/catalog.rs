@@ -15,7 +15,7 @@ use iceberg::spec::{TableMetadata, TableMetadataBuilder};
 use iceberg::table::Table;
 use iceberg::{MetadataLocation, NamespaceIdent, TableCreation, TableIdent};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
-use sqlx::{AnyPool, Executor, Row};
+use sqlx::{AnyPool, Connection, Executor, Row};
 
 use crate::config::{CatalogConfig, S3Config, is_s3};
 use crate::{Error, Result};
@@ -153,6 +153,22 @@ impl Catalog {
             )
         };
 
+        if dialect == Dialect::Sqlite {
+            // One connection first, so a database that cannot be opened (a full disk, no
+            // permission) says why at once: the pool would retry it for `acquire_timeout` and
+            // then report only "pool timed out".
+            let opening = || Error::catalog("connecting");
+            let mut conn = sqlx::AnyConnection::connect(&url)
+                .await
+                .map_err(opening())?;
+            conn.execute("PRAGMA busy_timeout = 30000")
+                .await
+                .map_err(opening())?;
+            conn.execute("PRAGMA journal_mode = WAL")
+                .await
+                .map_err(opening())?;
+            let _ = conn.close().await;
+        }
         let pool = AnyPoolOptions::new()
             .max_connections(if dialect == Dialect::Sqlite { 4 } else { 8 })
             .acquire_timeout(Duration::from_secs(30))

@@ -58,6 +58,22 @@ pub enum Error {
         /// One position applied twice.
         example: String,
     },
+    /// Another run of the same load (file or load id) committed lines since this run read the
+    /// table's load mark: two runs of one load raced. Run the load again to finish it.
+    #[error(
+        "{table}: load {id} is recorded up to line {recorded}, but this run continued from line \
+         {base}: another run of the same load committed meanwhile; run the load again to finish it"
+    )]
+    LoadConflict {
+        /// Table name.
+        table: String,
+        /// The load's id.
+        id: String,
+        /// The next line the table records.
+        recorded: i64,
+        /// The next line this run read.
+        base: i64,
+    },
     /// Files a replace or delete wanted to remove are no longer live in the table.
     #[error("{table}: {count} file(s) to be replaced are no longer in the table (e.g. {example})")]
     FilesGone {
@@ -161,7 +177,10 @@ impl Error {
             Error::Catalog { source, .. } => catalog_retry(source),
             Error::Iceberg(e) => iceberg_retry(e),
             Error::Io { .. } => Retry::Transient,
-            Error::Config(_)
+            // The same run of a load cannot go on from where it read; a new run resumes
+            // from the recorded line.
+            Error::LoadConflict { .. }
+            | Error::Config(_)
             | Error::NoSuchTable(_)
             | Error::TableExists(_)
             | Error::Unsupported(_)

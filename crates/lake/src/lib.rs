@@ -10,6 +10,7 @@ pub mod config;
 mod error;
 pub mod evolve;
 pub mod fail;
+pub mod loads;
 pub mod marks;
 pub mod metrics;
 pub mod offsets;

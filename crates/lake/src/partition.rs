@@ -11,13 +11,17 @@
 //! event-time order, a day partition of hourly partials): it is cut into zero-copy slices, one
 //! per run, instead of gathered per partition. Only one value per partition is converted to a
 //! `Literal`.
+//!
+//! A batch holding a time its partition cannot hold ([`PartitionRange`]; the decoder rejects
+//! those) is refused rather than split: iceberg-rust would wrap its hour or make its year NULL.
 
 use std::collections::HashMap;
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::Int32Type;
+use arrow_array::types::{Date32Type, Int32Type, TimestampMicrosecondType};
 use arrow_array::{Array, ArrayRef, Int32Array, RecordBatch, StructArray, UInt32Array};
 use arrow_row::{RowConverter, SortField};
+use floe_schema::PartitionRange;
 use iceberg::arrow::{PartitionValueCalculator, arrow_struct_to_literal};
 use iceberg::spec::{Literal, PartitionKey, PartitionSpecRef, SchemaRef, StructType};
 
@@ -30,6 +34,7 @@ pub struct PartitionSplitter {
     converter: RowConverter,
     spec: PartitionSpecRef,
     schema: SchemaRef,
+    ranges: Vec<PartitionRange>,
 }
 
 impl PartitionSplitter {
@@ -51,6 +56,7 @@ impl PartitionSplitter {
             calculator,
             partition_type,
             converter,
+            ranges: PartitionRange::for_spec(&spec, &schema),
             spec,
             schema,
         })
@@ -61,6 +67,7 @@ impl PartitionSplitter {
     /// partition values come in long runs, consecutive slices of the batch (then a partition
     /// may have several parts).
     pub fn split(&self, batch: &RecordBatch) -> Result<Vec<(PartitionKey, RecordBatch)>> {
+        self.check_ranges(batch)?;
         let values = self.calculator.calculate(batch)?;
         let structs = values
             .as_any()
@@ -91,6 +98,39 @@ impl PartitionSplitter {
             out.push((key, part));
         }
         Ok(out)
+    }
+
+    /// Refuses a batch with a time its partition cannot hold.
+    fn check_ranges(&self, batch: &RecordBatch) -> Result<()> {
+        for range in &self.ranges {
+            let Some(column) = column_at(batch, &range.path) else {
+                continue;
+            };
+            let beyond = |(i, v): (usize, i64)| {
+                (column.is_valid(i) && !range.holds(v)).then(|| {
+                    Error::Unsupported(format!(
+                        "column {}, row {i}: {}; such rows are dead letters, not data",
+                        range.path.join("."),
+                        range.beyond(v)
+                    ))
+                })
+            };
+            let found = if let Some(a) = column.as_primitive_opt::<TimestampMicrosecondType>() {
+                a.values().iter().copied().enumerate().find_map(beyond)
+            } else if let Some(a) = column.as_primitive_opt::<Date32Type>() {
+                a.values()
+                    .iter()
+                    .map(|v| i64::from(*v))
+                    .enumerate()
+                    .find_map(beyond)
+            } else {
+                None
+            };
+            if let Some(e) = found {
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// The partition key of row `row`.
@@ -161,6 +201,16 @@ impl PartitionSplitter {
         }
         Ok(groups)
     }
+}
+
+/// The column at `path` (member names, through structs).
+fn column_at<'a>(batch: &'a RecordBatch, path: &[String]) -> Option<&'a ArrayRef> {
+    let (first, rest) = path.split_first()?;
+    let mut column = batch.column_by_name(first)?;
+    for name in rest {
+        column = column.as_struct_opt()?.column_by_name(name)?;
+    }
+    Some(column)
 }
 
 /// Runs of equal values (NULL being one) shorter than this on average are gathered per
@@ -376,6 +426,27 @@ mod tests {
             .unwrap();
         assert_eq!(parts.len(), 3);
         assert!(parts.iter().all(|(_, p)| p.num_rows() == 2000));
+    }
+
+    #[test]
+    fn times_beyond_the_hour_partition_are_refused_not_wrapped() {
+        let schema = schema();
+        let splitter = PartitionSplitter::new(schema.clone(), spec(&schema, false)).unwrap();
+        // The first hour past i32::MAX hours wraps to i32::MIN in iceberg-rust.
+        let beyond = (i64::from(i32::MAX) + 1) * 3_600_000_000;
+        let err = splitter
+            .split(&batch_of(&[Some(0), Some(beyond)], |_| None))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("column ts, row 1: +246953-10-09T08:00:00Z is beyond the range of the hour partition \"ts_hour\""),
+            "{err}"
+        );
+        // The last hour that fits is split as itself.
+        let parts = splitter
+            .split(&batch_of(&[Some(beyond - 1), None], |_| None))
+            .unwrap();
+        assert_eq!(parts[0].0.data().fields(), &[Some(Literal::int(i32::MAX))]);
     }
 
     proptest! {

@@ -35,6 +35,7 @@ pub fn is_state_key(key: &str) -> bool {
     key.starts_with(crate::offsets::OFFSETS_KEY_PREFIX)
         || key.starts_with(crate::marks::APPLIED_KEY_PREFIX)
         || key.starts_with("floe.applied-horizon.")
+        || key == crate::loads::LOADS_KEY
 }
 
 /// Where a state value was found.

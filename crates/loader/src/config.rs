@@ -1,4 +1,5 @@
-//! The loader's part of floe's config model: `[kafka]`, `[[pipelines]]`, `[metrics]`.
+//! The loader's part of floe's config model: `[kafka]`, `[[pipelines]]`, `[metrics]`,
+//! `[limits]`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -296,5 +297,34 @@ impl MetricsConfig {
             return Err("metrics.read_timeout and metrics.request_timeout must be > 0".into());
         }
         Ok(())
+    }
+}
+
+/// Limits on what one message may cost (`[limits]`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// The largest message (Kafka message value, or line of a `floe load` input, its newline
+    /// aside) loaded; a larger one is a dead letter `too_large` keeping its first 64 KiB.
+    /// Reading a line never holds more than this. Kafka fetches are sized so that a message
+    /// this large is always fetched.
+    pub max_message_bytes: bytesize::ByteSize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            // Kafka's own default cap on a message is about 1 MB; a few times that.
+            max_message_bytes: bytesize::ByteSize::mib(4),
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// `max_message_bytes` in bytes (at least 1).
+    pub fn max_message_bytes(&self) -> usize {
+        usize::try_from(self.max_message_bytes.as_u64())
+            .unwrap_or(usize::MAX)
+            .max(1)
     }
 }

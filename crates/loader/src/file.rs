@@ -1,13 +1,20 @@
 //! `floe load`: JSON lines from a file or stdin into a table, one commit per flush.
 //!
 //! Blank lines are skipped. Each line is one message; its 1-based line number stands in for
-//! the Kafka offset in dead letters (`source_offset`) and the source is `file:<path>`.
+//! the Kafka offset in dead letters (`source_offset`), the source is `file:<path>` and the
+//! load's id is kept with it (`source_load`).
+//!
+//! A load is exactly once ([`floe_lake::loads`]): every commit records how far the load got,
+//! with its data, in the table and the dead-letter table. Run again, a load skips the lines
+//! both tables hold (a finished one reads nothing), and a load killed mid-way resumes after
+//! its last commit.
 
 use std::io::BufRead;
 
 use floe_schema::RecordMeta;
 
-use crate::sink::{FlushReport, TableSink};
+use crate::lines::LineReader;
+use crate::sink::{FlushReport, LinePush, LoadStatus, TableSink};
 use crate::{Error, Result};
 
 /// When to flush.
@@ -51,6 +58,10 @@ pub struct LoadReport {
     pub unknown_fields: u64,
     /// Dead letters by error kind.
     pub dead_letters_by_kind: std::collections::BTreeMap<String, u64>,
+    /// Where the load stood in the tables when this run began.
+    pub status: Option<LoadStatus>,
+    /// Lines skipped because the tables hold them from an earlier run of the load.
+    pub skipped: u64,
 }
 
 impl LoadReport {
@@ -76,34 +87,48 @@ impl LoadReport {
     }
 }
 
-/// Loads JSON lines from `input` into the sink's table. `progress` is called after every
-/// line with the running report (cheap; throttle display in the caller).
+/// One load: what is read, and the id its progress is recorded under.
+#[derive(Debug, Clone)]
+pub struct LoadSource {
+    /// The load's id: a file's content fingerprint, a stream's own id
+    /// ([`floe_lake::loads`]).
+    pub id: String,
+    /// Where the lines come from (an absolute path, `stdin`), for dead letters and messages.
+    pub name: String,
+}
+
+/// Loads JSON lines from `input` into the sink's table as load `source`, resuming after what
+/// earlier runs of the load committed. `progress` is called after every line with the
+/// running report (cheap; throttle display in the caller).
 pub async fn load_lines(
     sink: &mut TableSink,
-    mut input: impl BufRead,
-    source_name: &str,
+    input: impl BufRead,
+    source: &LoadSource,
     policy: FlushPolicy,
     mut progress: impl FnMut(&LoadReport),
 ) -> Result<LoadReport> {
-    let topic = format!("file:{source_name}");
+    let topic = format!("file:{}", source.name);
     let mut report = LoadReport::default();
-    let mut line = Vec::with_capacity(1024);
+    let status = sink.begin_load(&source.id, &source.name).await?;
+    let done = status.done;
+    report.status = Some(status);
+    if done {
+        return Ok(report);
+    }
+    let mut lines = LineReader::new(input, sink.max_message_bytes());
     let mut line_no: i64 = 0;
     let mut in_batch: u64 = 0;
     loop {
-        line.clear();
-        let n = input
-            .read_until(b'\n', &mut line)
-            .map_err(|source| Error::Io {
-                context: format!("reading {source_name}"),
-                source,
-            })?;
-        if n == 0 {
+        let line = lines.next_line().map_err(|source_err| Error::Io {
+            context: format!("reading {}", source.name),
+            source: source_err,
+        })?;
+        let Some(line) = line else {
             break;
-        }
+        };
         line_no += 1;
-        report.input_bytes += n as u64;
-        let mut payload = &line[..];
+        report.input_bytes += line.read;
+        let mut payload = line.bytes;
         while let Some((&last, rest)) = payload.split_last() {
             if last == b'\n' || last == b'\r' {
                 payload = rest;
@@ -111,7 +136,7 @@ pub async fn load_lines(
                 break;
             }
         }
-        if payload.iter().all(u8::is_ascii_whitespace) {
+        if !line.is_truncated() && payload.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
         report.lines += 1;
@@ -123,27 +148,88 @@ pub async fn load_lines(
             key: None,
             ingested_at_us: chrono::Utc::now().timestamp_micros(),
         };
-        if let Some(err) = sink.push(payload, &meta).await? {
-            *report
-                .dead_letters_by_kind
-                .entry(err.kind.as_str().to_string())
-                .or_default() += 1;
+        match sink
+            .push_line(payload, line.is_truncated().then_some(line.size), &meta)
+            .await?
+        {
+            LinePush::Skipped | LinePush::AlreadyLoaded => {
+                report.skipped += 1;
+                continue;
+            }
+            LinePush::Accepted => {}
+            LinePush::DeadLettered(err) => {
+                *report
+                    .dead_letters_by_kind
+                    .entry(err.kind.as_str().to_string())
+                    .or_default() += 1;
+            }
         }
         in_batch += 1;
         if in_batch >= policy.max_rows || sink.pending_bytes() >= policy.max_bytes {
-            let f = sink.flush(None).await?;
+            let f = sink.flush_load(line_no + 1, false).await?;
             report.add_flush(&f);
             in_batch = 0;
         }
         report.count_rejected(sink);
         progress(&report);
     }
-    if in_batch > 0 {
-        let f = sink.flush(None).await?;
-        report.add_flush(&f);
-    }
+    // The last commit records the load as done (also when it adds no rows).
+    let f = sink.flush_load(line_no + 1, true).await?;
+    report.add_flush(&f);
     report.count_rejected(sink);
     report.unknown_fields = sink.take_unknown_fields();
     progress(&report);
     Ok(report)
+}
+
+/// The id of a file's load: `sha256:<hex>` of its content, so the same content is the same
+/// load under any path, and a changed file at the same path is a new load. Reads the file
+/// once; `progress` gets the bytes hashed so far.
+pub fn file_load_id(path: &std::path::Path, mut progress: impl FnMut(u64)) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let io = |source| Error::Io {
+        context: format!("reading {} to fingerprint it", path.display()),
+        source,
+    };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io(e)),
+        };
+        hasher.update(&buf[..n]);
+        total += n as u64;
+        progress(total);
+    }
+    Ok(format!("sha256:{:x}", hasher.finalize()))
+}
+
+/// The id of a load that cannot be fingerprinted (stdin): unique to this run.
+pub fn stream_load_id() -> String {
+    format!("stream:{}", uuid::Uuid::now_v7())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_load_id_follows_the_content_not_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+        std::fs::write(&a, "{\"id\":1}\n").unwrap();
+        std::fs::write(&b, "{\"id\":1}\n").unwrap();
+        let id = file_load_id(&a, |_| {}).unwrap();
+        assert_eq!(id, file_load_id(&b, |_| {}).unwrap());
+        assert!(id.starts_with("sha256:") && id.len() == 7 + 64, "{id}");
+        std::fs::write(&a, "{\"id\":2}\n").unwrap();
+        assert_ne!(id, file_load_id(&a, |_| {}).unwrap());
+        assert_ne!(stream_load_id(), stream_load_id());
+    }
 }

@@ -3,7 +3,8 @@
 //! Defaults favour throughput and exactly-once: no auto-commit (offsets live in Iceberg; the
 //! group's offsets are committed afterwards for lag monitoring only), a low
 //! `fetch.queue.backoff.ms` (librdkafka's 1 s default stalls consumers) and deep fetch queues.
-//! Every librdkafka property can be overridden from `kafka.properties`.
+//! Fetches are sized from `limits.max_message_bytes` so that a message of that size is always
+//! fetched. Every librdkafka property can be overridden from `kafka.properties`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,7 +13,7 @@ use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 
-use crate::config::KafkaConfig;
+use crate::config::{KafkaConfig, LimitsConfig};
 
 /// Property keys whose values are secrets (never logged or printed).
 pub fn is_secret_key(key: &str) -> bool {
@@ -53,9 +54,31 @@ fn apply_user(c: &mut ClientConfig, cfg: &KafkaConfig) {
     }
 }
 
+/// Room for what a fetch response holds besides one message's value: its key, headers and
+/// the record batch and response framing.
+const FETCH_FRAMING_BYTES: u64 = 1 << 20;
+
+/// Fetch sizes that always fetch a message of `max_message_bytes`: (`fetch.max.bytes`,
+/// `max.partition.fetch.bytes`, `queued.max.messages.kbytes`). librdkafka raises
+/// `receive.message.max.bytes` to `fetch.max.bytes` + 512 itself unless it is set. Each is
+/// capped at what librdkafka accepts (messages up to about 1 GB can be fetched).
+fn fetch_sizes(limits: &LimitsConfig) -> (u64, u64, u64) {
+    let message = limits
+        .max_message_bytes
+        .as_u64()
+        .saturating_add(FETCH_FRAMING_BYTES);
+    let partition = message.clamp(10 << 20, 1_000_000_000);
+    let fetch = message.clamp(100 << 20, i32::MAX as u64 - 512);
+    let queued_kib = (2 * fetch)
+        .div_ceil(1024)
+        .clamp(256 << 10, i32::MAX as u64 / 1024);
+    (fetch, partition, queued_kib)
+}
+
 /// Consumer settings.
-pub fn consumer_config(cfg: &KafkaConfig) -> ClientConfig {
+pub fn consumer_config(cfg: &KafkaConfig, limits: &LimitsConfig) -> ClientConfig {
     let mut c = base(cfg);
+    let (fetch, partition, queued_kib) = fetch_sizes(limits);
     c.set("group.id", &cfg.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -63,9 +86,9 @@ pub fn consumer_config(cfg: &KafkaConfig) -> ClientConfig {
         .set("enable.partition.eof", "true")
         .set("fetch.queue.backoff.ms", "10")
         .set("queued.min.messages", "500000")
-        .set("queued.max.messages.kbytes", "262144")
-        .set("fetch.max.bytes", "104857600")
-        .set("max.partition.fetch.bytes", "10485760")
+        .set("queued.max.messages.kbytes", queued_kib.to_string())
+        .set("fetch.max.bytes", fetch.to_string())
+        .set("max.partition.fetch.bytes", partition.to_string())
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         .set("statistics.interval.ms", "5000");
@@ -140,5 +163,36 @@ impl DevBroker {
                 }
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::consumer::BaseConsumer;
+
+    use super::*;
+
+    #[test]
+    fn fetches_always_hold_a_message_of_the_limit() {
+        for mib in [1, 4, 99, 150, 900] {
+            let limits = LimitsConfig {
+                max_message_bytes: bytesize::ByteSize::mib(mib),
+            };
+            let c = consumer_config(&KafkaConfig::default(), &limits);
+            let get = |k: &str| c.get(k).unwrap().parse::<u64>().unwrap();
+            let message = mib << 20;
+            assert!(get("max.partition.fetch.bytes") > message, "{mib} MiB");
+            assert!(get("fetch.max.bytes") > message, "{mib} MiB");
+            assert!(get("queued.max.messages.kbytes") * 1024 >= 2 * get("fetch.max.bytes"));
+            // librdkafka takes the settings (it checks them against each other, and raises
+            // receive.message.max.bytes above fetch.max.bytes).
+            let consumer: BaseConsumer = c.create().unwrap_or_else(|e| panic!("{mib} MiB: {e}"));
+            drop(consumer);
+        }
+        // The defaults stay what they were for small limits.
+        let c = consumer_config(&KafkaConfig::default(), &LimitsConfig::default());
+        assert_eq!(c.get("fetch.max.bytes"), Some("104857600"));
+        assert_eq!(c.get("max.partition.fetch.bytes"), Some("10485760"));
+        assert_eq!(c.get("queued.max.messages.kbytes"), Some("262144"));
     }
 }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod file;
 pub mod generate;
 pub mod kafka;
+pub mod lines;
 pub mod metrics;
 pub mod produce;
 pub mod replay;

@@ -16,13 +16,14 @@
 //!
 //! Messages that still fail stay in the dead-letter table, untouched.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type, TimestampMicrosecondType};
 use arrow_array::{Array, BooleanArray, RecordBatch};
-use datafusion::prelude::SessionContext;
+use datafusion::prelude::{Expr, SessionContext, col, lit};
 use floe_lake::commit::{Change, CommitRequest};
 use floe_lake::scan::{FileReader, live_data_files};
 use floe_lake::{Committer, DataWriter, PositionSet, applied_positions, parse_table_ident};
@@ -185,32 +186,34 @@ pub async fn replay(committer: &Committer, opts: &ReplayOptions) -> Result<Repla
         .map_err(|e| Error::Config(format!("opening {}: {e}", opts.dead_letter_table)))?;
     ctx.register_table("dead_letters", Arc::new(provider))
         .map_err(|e| Error::Config(e.to_string()))?;
-    let filter = opts
-        .filter
-        .as_deref()
-        .map(|f| format!(" AND ({f})"))
-        .unwrap_or_default();
-    let sql = format!(
-        "SELECT source_topic, source_partition, source_offset, source_key, source_timestamp, payload, \
-         target_table FROM dead_letters WHERE target_table = '{}'{filter}",
-        opts.table.replace('\'', "''")
-    );
-    let bad_filter = |e: datafusion::error::DataFusionError| match &opts.filter {
-        Some(f) => Error::Config(format!(
-            "--where {f:?} over {} (columns source_topic, source_partition, source_offset, \
-             source_key, source_timestamp, payload, target_table, error_kind, error_field, \
-             error_message, failed_at): {e}",
-            opts.dead_letter_table
-        )),
-        None => Error::Config(format!("reading {}: {e}", opts.dead_letter_table)),
-    };
-    let mut stream = ctx
-        .sql(&sql)
+    let df = ctx
+        .table("dead_letters")
         .await
-        .map_err(bad_filter)?
+        .map_err(|e| Error::Config(format!("reading {}: {e}", opts.dead_letter_table)))?;
+    let mut predicate = col("target_table").eq(lit(opts.table.as_str()));
+    if let Some(f) = &opts.filter {
+        predicate = predicate.and(parse_where(&ctx, f, df.schema(), &opts.dead_letter_table)?);
+    }
+    let mut columns = vec![
+        "source_topic",
+        "source_partition",
+        "source_offset",
+        "source_key",
+        "source_timestamp",
+        "payload",
+        "target_table",
+        "error_kind",
+    ];
+    if df.schema().has_column_with_unqualified_name("source_load") {
+        columns.push("source_load");
+    }
+    let mut stream = df
+        .filter(predicate)
+        .and_then(|df| df.select_columns(&columns))
+        .map_err(|e| Error::Config(format!("reading {}: {e}", opts.dead_letter_table)))?
         .execute_stream()
         .await
-        .map_err(bad_filter)?;
+        .map_err(|e| Error::Config(format!("reading {}: {e}", opts.dead_letter_table)))?;
 
     let (mut decoder, mut stage) =
         crate::transform::prepare(&opts.table, &metadata, &opts.mapping, &opts.section)?;
@@ -230,12 +233,19 @@ pub async fn replay(committer: &Committer, opts: &ReplayOptions) -> Result<Repla
             let batch = normalize(&batch)?;
             let rows = DeadLetterRows::new(&batch)?;
             let targets = column(&batch, "target_table")?.as_string::<i32>();
+            let kinds = column(&batch, "error_kind")?.as_string::<i32>();
             for i in 0..batch.num_rows() {
                 if targets.value(i) != opts.table {
-                    continue; // a filter that escaped its parentheses
+                    continue;
                 }
                 report.selected += 1;
+                if kinds.value(i) == floe_schema::DecodeErrorKind::TooLarge.as_str() {
+                    // Only the start of the message was kept: it can never load.
+                    *report.still_failing.entry("too_large".into()).or_default() += 1;
+                    continue;
+                }
                 let (source, partition, offset) = rows.position(i);
+                let source = source.as_ref();
                 let Some(offset) = offset else {
                     report.untracked += 1;
                     continue;
@@ -255,7 +265,7 @@ pub async fn replay(committer: &Committer, opts: &ReplayOptions) -> Result<Repla
                     continue;
                 };
                 let meta = RecordMeta {
-                    topic: source,
+                    topic: rows.topic(i),
                     partition,
                     offset: Some(offset),
                     timestamp_ms: rows.timestamp_ms(i),
@@ -412,7 +422,7 @@ async fn remove_applied(
                             let (source, partition, offset) = rows.position(i);
                             let hit = targets.value(i) == table
                                 && offset.is_some_and(|o| {
-                                    applied.contains(source, partition.unwrap_or(-1), o)
+                                    applied.contains(&source, partition.unwrap_or(-1), o)
                                 });
                             Some(!hit)
                         })
@@ -476,9 +486,63 @@ async fn remove_applied(
     }
 }
 
+/// Parses `--where` text as one boolean expression over the dead-letter table's columns
+/// (DataFusion's SQL expression parser; never pasted into a statement). Subqueries, aggregates
+/// and window functions are refused.
+fn parse_where(
+    ctx: &SessionContext,
+    text: &str,
+    schema: &datafusion::common::DFSchema,
+    dead_letter_table: &str,
+) -> Result<Expr> {
+    use datafusion::common::tree_node::TreeNode;
+    use datafusion::logical_expr::ExprSchemable;
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let bad = |why: String| {
+        Error::Config(format!(
+            "--where {text:?} is not one boolean expression over {dead_letter_table}'s columns \
+             ({columns}): {why}"
+        ))
+    };
+    let expr = ctx
+        .parse_sql_expr(text, schema)
+        .map_err(|e| bad(e.to_string()))?;
+    let mut refused = None;
+    expr.apply(|e| {
+        let what = match e {
+            Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_) => Some("a subquery"),
+            Expr::AggregateFunction(_) => Some("an aggregate function"),
+            Expr::WindowFunction(_) => Some("a window function"),
+            Expr::Placeholder(_) => Some("a placeholder"),
+            _ => None,
+        };
+        if let Some(what) = what {
+            refused = Some(what);
+            return Ok(datafusion::common::tree_node::TreeNodeRecursion::Stop);
+        }
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    })
+    .map_err(|e| bad(e.to_string()))?;
+    if let Some(what) = refused {
+        return Err(bad(format!("{what} is not allowed")));
+    }
+    let ty = expr.get_type(schema).map_err(|e| bad(e.to_string()))?;
+    if ty != arrow_schema::DataType::Boolean && ty != arrow_schema::DataType::Null {
+        return Err(bad(format!("it is of type {ty}, not boolean")));
+    }
+    Ok(expr)
+}
+
 /// Typed access to a dead-letter batch's source columns.
 struct DeadLetterRows<'a> {
     topic: &'a arrow_array::StringArray,
+    /// `source_load` (dead-letter tables created before floe 0.2 may lack it).
+    load: Option<&'a arrow_array::StringArray>,
     partition: &'a arrow_array::PrimitiveArray<Int32Type>,
     offset: &'a arrow_array::PrimitiveArray<Int64Type>,
     key: &'a arrow_array::BinaryArray,
@@ -498,6 +562,13 @@ impl<'a> DeadLetterRows<'a> {
             topic: typed("source_topic")?
                 .as_string_opt::<i32>()
                 .ok_or_else(|| wrong("source_topic"))?,
+            load: match batch.column_by_name("source_load") {
+                None => None,
+                Some(c) => Some(
+                    c.as_string_opt::<i32>()
+                        .ok_or_else(|| wrong("source_load"))?,
+                ),
+            },
             partition: typed("source_partition")?
                 .as_primitive_opt()
                 .ok_or_else(|| wrong("source_partition"))?,
@@ -516,12 +587,23 @@ impl<'a> DeadLetterRows<'a> {
         })
     }
 
-    fn position(&self, i: usize) -> (&'a str, Option<i32>, Option<i64>) {
+    /// The row's position: its source (the topic; for a line of a load, `file:<path>@<load
+    /// id>`, as line numbers are unique only within a load), partition and offset.
+    fn position(&self, i: usize) -> (Cow<'a, str>, Option<i32>, Option<i64>) {
+        let topic = self.topic.value(i);
+        let source = match self.load.filter(|l| l.is_valid(i)) {
+            Some(load) => Cow::Owned(format!("{topic}@{}", load.value(i))),
+            None => Cow::Borrowed(topic),
+        };
         (
-            self.topic.value(i),
+            source,
             self.partition.is_valid(i).then(|| self.partition.value(i)),
             self.offset.is_valid(i).then(|| self.offset.value(i)),
         )
+    }
+
+    fn topic(&self, i: usize) -> &'a str {
+        self.topic.value(i)
     }
 
     fn payload(&self, i: usize) -> Option<&'a [u8]> {

@@ -40,7 +40,7 @@ use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 use tokio::runtime::Handle;
 
 use crate::aggregates::{AggTable, Aggregation, RowRouting};
-use crate::config::{KafkaConfig, PipelineConfig};
+use crate::config::{KafkaConfig, LimitsConfig, PipelineConfig};
 use crate::metrics as m;
 use crate::transform::Stage;
 use crate::{Error, Result, Retry};
@@ -79,6 +79,8 @@ pub struct RunOptions {
     pub aggregates: Vec<floe_aggregate::AggregateDef>,
     /// Table definitions (`schemas/`), to create missing aggregate tables.
     pub table_definitions: Vec<TableDefinition>,
+    /// What one message may cost: a larger one is a dead letter `too_large`.
+    pub limits: LimitsConfig,
 }
 
 /// Totals of a run, per pipeline (table).
@@ -403,6 +405,7 @@ struct State {
     fatal: Option<Error>,
     ingested_at_us: i64,
     last_commit: Instant,
+    max_message_bytes: usize,
 }
 
 struct Env {
@@ -1379,12 +1382,13 @@ pub fn run(
         fatal: None,
         ingested_at_us: chrono::Utc::now().timestamp_micros(),
         last_commit: Instant::now(),
+        max_message_bytes: opts.limits.max_message_bytes(),
     }));
     let ctx = Ctx {
         state: state.clone(),
         env: env.clone(),
     };
-    let consumer: BaseConsumer<Ctx> = crate::kafka::consumer_config(&opts.kafka)
+    let consumer: BaseConsumer<Ctx> = crate::kafka::consumer_config(&opts.kafka, &opts.limits)
         .create_with_context(ctx)
         .map_err(|e| Error::Kafka(format!("creating the consumer: {e}")))?;
     let topics: Vec<&str> = opts
@@ -1700,6 +1704,7 @@ fn process(
     meta: &RecordMeta<'_>,
 ) -> Result<()> {
     let payload = msg.payload();
+    let max_message_bytes = st.max_message_bytes;
     let pipe = &mut st.pipes[i];
     let raw_from = pipe.raw_from.get(tp).copied().unwrap_or(i64::MIN);
     let dlq_from = pipe.dlq_from.get(tp).copied().unwrap_or(i64::MAX);
@@ -1734,7 +1739,10 @@ fn process(
             // With a transform stage, a message only the dead-letter table still needs is
             // decoded too: its rules decide whether it is a dead letter.
             let keep = to_raw || to_aggs != 0 || (to_dlq && pipe.stage.is_some());
-            let result = if keep {
+            let result = if bytes.len() > max_message_bytes {
+                let (size, limit) = (bytes.len() as u64, max_message_bytes as u64);
+                Err(floe_schema::decode::too_large(size, limit))
+            } else if keep {
                 pipe.decoder.decode(bytes, meta).inspect(|()| {
                     if let Some(stage) = &mut pipe.stage {
                         let headers = owned_headers(msg);
@@ -2184,7 +2192,7 @@ impl Writer {
                 group: group.clone(),
                 ranges: dlq_ranges,
             };
-            crate::sink::commit_dead_letters(committer, dlq, &meta, &job.dead, Some(offsets))
+            crate::sink::commit_dead_letters(committer, dlq, &meta, &job.dead, Some(offsets), None)
                 .await
                 .map_err(flush_failure::<Error>)?;
             idle_offsets.recorded();

@@ -9,6 +9,7 @@
 use std::time::{Duration, Instant};
 
 use floe_lake::commit::{CommitRequest, OffsetsUpdate};
+use floe_lake::loads::{LoadMark, LoadUpdate, load_mark};
 use floe_lake::{Committed, Committer, DataWriter, parse_table_ident};
 use floe_schema::dead_letter::{DeadLetter, dead_letter_batch};
 use floe_schema::{DecodeError, Decoder, RecordMeta, TableDefinition};
@@ -37,6 +38,8 @@ pub struct SinkOptions {
     pub mapping: floe_schema::Mapping,
     /// Where `mapping` is configured, for error messages (`pipelines[0]`).
     pub section: String,
+    /// A larger message is a dead letter `too_large` (`limits.max_message_bytes`).
+    pub max_message_bytes: usize,
 }
 
 impl SinkOptions {
@@ -51,6 +54,7 @@ impl SinkOptions {
             refresh_interval: Duration::from_secs(5),
             mapping: floe_schema::Mapping::default(),
             section: "pipeline".into(),
+            max_message_bytes: crate::config::LimitsConfig::default().max_message_bytes(),
         }
     }
 }
@@ -82,6 +86,68 @@ struct DeadLetterTable {
     metadata: TableMetadata,
 }
 
+/// A load (`floe load`) in progress: its id and the next line each table records.
+#[derive(Debug, Clone)]
+struct Load {
+    id: String,
+    source: String,
+    /// The target table's next line.
+    target_next: i64,
+    /// The dead-letter table's next line (`i64::MAX` without a dead-letter table).
+    dead_next: i64,
+    target_done: bool,
+    dead_done: bool,
+}
+
+impl Load {
+    /// What a table whose mark is at `base` (`was_done`) records when the load got to
+    /// `load_to`; `None` when it has nothing new to record.
+    fn update(
+        &self,
+        load_to: Option<(i64, bool)>,
+        base: i64,
+        was_done: bool,
+        has_rows: bool,
+    ) -> Option<LoadUpdate> {
+        let (next, done) = load_to?;
+        let next = next.max(base);
+        (has_rows || next > base || done != was_done).then(|| LoadUpdate {
+            id: self.id.clone(),
+            source: self.source.clone(),
+            base,
+            next,
+            done,
+        })
+    }
+}
+
+/// Where a load stands in the sink's tables when it starts.
+#[derive(Debug, Clone)]
+pub struct LoadStatus {
+    /// The target table's mark of the load.
+    pub target: Option<LoadMark>,
+    /// The dead-letter table's mark (`None` also without a dead-letter table).
+    pub dead_letters: Option<LoadMark>,
+    /// Lines before this one are in both tables: reading resumes here (1 for a new load).
+    pub resume_at: i64,
+    /// Both tables hold the whole load: nothing to do.
+    pub done: bool,
+}
+
+/// What [`TableSink::push_line`] did with a line of a load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinePush {
+    /// Both tables hold it already (an earlier run of the load committed it).
+    Skipped,
+    /// Decoded into the batch.
+    Accepted,
+    /// Rejected: a dead letter (or, for a line the target table holds, re-checked only to
+    /// find its dead letter).
+    DeadLettered(DecodeError),
+    /// The target table holds it and it decodes: nothing more to do.
+    AlreadyLoaded,
+}
+
 /// Decodes messages for one table and commits them with their dead letters.
 pub struct TableSink {
     committer: Committer,
@@ -104,6 +170,8 @@ pub struct TableSink {
     batch_started: Option<Instant>,
     refresh_interval: Duration,
     refreshed_at: Instant,
+    load: Option<Load>,
+    max_message_bytes: usize,
 }
 
 impl TableSink {
@@ -157,9 +225,93 @@ impl TableSink {
             batch_started: None,
             refresh_interval: opts.refresh_interval,
             refreshed_at: Instant::now(),
+            load: None,
+            max_message_bytes: opts.max_message_bytes.max(1),
         })
     }
 
+    /// Starts load `id` (a file's fingerprint, a stream's id) reading `source`: reads how far
+    /// earlier runs got in the table and the dead-letter table. From now on every flush
+    /// records the load's progress with the data ([`floe_lake::loads`]), and lines must be
+    /// pushed with [`TableSink::push_line`].
+    pub async fn begin_load(&mut self, id: &str, source: &str) -> Result<LoadStatus> {
+        self.refresh().await?;
+        let target = load_mark(&self.metadata, id)?;
+        let mut dead_letters = None;
+        if let Some(dead) = &mut self.dead {
+            dead.metadata = self.committer.catalog().load_metadata(&dead.ident).await?.1;
+            if dead
+                .metadata
+                .current_schema()
+                .field_by_name("source_load")
+                .is_none()
+            {
+                // Dead-letter tables created before floe 0.2 tell loads apart by this column.
+                let add = floe_lake::evolve::Change::parse_add("source_load:string", false)?;
+                floe_lake::evolve::evolve(&self.committer, &dead.ident, &[add], false).await?;
+                dead.metadata = self.committer.catalog().load_metadata(&dead.ident).await?.1;
+                tracing::info!(table = %dead.name, "added column source_load to the dead-letter table");
+            }
+            dead_letters = load_mark(&dead.metadata, id)?;
+        }
+        let target_next = target.as_ref().map_or(1, |m| m.next);
+        let dead_next = match (&self.dead, &dead_letters) {
+            (None, _) => i64::MAX,
+            (Some(_), m) => m.as_ref().map_or(1, |m| m.next),
+        };
+        let target_done = target.as_ref().is_some_and(|m| m.done);
+        let dead_done = self.dead.is_none() || dead_letters.as_ref().is_some_and(|m| m.done);
+        self.load = Some(Load {
+            id: id.to_string(),
+            source: source.to_string(),
+            target_next,
+            dead_next,
+            target_done,
+            dead_done,
+        });
+        Ok(LoadStatus {
+            target,
+            dead_letters,
+            resume_at: target_next.min(dead_next),
+            done: target_done && dead_done,
+        })
+    }
+
+    /// Pushes line `meta.offset` of the load begun with [`TableSink::begin_load`]: skipped
+    /// when both tables hold it, re-checked for its dead letter when only the target table
+    /// does, decoded otherwise.
+    /// `truncated` is the line's whole size when the reader kept only its start, the line
+    /// being over the size limit (a `too_large` dead letter).
+    pub async fn push_line(
+        &mut self,
+        payload: &[u8],
+        truncated: Option<u64>,
+        meta: &RecordMeta<'_>,
+    ) -> Result<LinePush> {
+        let load = self.load.as_ref().expect("push_line after begin_load");
+        let line = meta.offset.expect("a load's lines are numbered");
+        if line < load.target_next && line < load.dead_next {
+            return Ok(LinePush::Skipped);
+        }
+        let size = truncated.unwrap_or(payload.len() as u64);
+        if size > self.max_message_bytes as u64 {
+            return Ok(match self.push_too_large(payload, size, meta).await? {
+                Some(err) => LinePush::DeadLettered(err),
+                None => LinePush::Accepted,
+            });
+        }
+        if line < load.target_next {
+            self.batch_bytes += payload.len() as u64;
+            return Ok(match self.decoder.check(payload, meta) {
+                Ok(()) => LinePush::AlreadyLoaded,
+                Err(err) => LinePush::DeadLettered(self.reject(payload, meta, err)?),
+            });
+        }
+        Ok(match self.push(payload, meta).await? {
+            None => LinePush::Accepted,
+            Some(err) => LinePush::DeadLettered(err),
+        })
+    }
     /// Re-reads the table's metadata (between batches only) and rebuilds the decoder if
     /// messages decode differently now. Returns whether they do.
     pub async fn refresh(&mut self) -> Result<bool> {
@@ -197,6 +349,35 @@ impl TableSink {
         self.batch_started
     }
 
+    /// The largest message [`Self::push`] decodes.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+
+    /// Dead-letters a message of `size` bytes, too large to load, of which `start` is the
+    /// beginning (a line read through without being held). Returns what [`Self::push`] does.
+    pub async fn push_too_large(
+        &mut self,
+        start: &[u8],
+        size: u64,
+        meta: &RecordMeta<'_>,
+    ) -> Result<Option<DecodeError>> {
+        self.start_batch().await?;
+        self.batch_bytes += start.len() as u64;
+        let err = floe_schema::decode::too_large(size, self.max_message_bytes as u64);
+        self.reject(start, meta, err).map(Some)
+    }
+
+    async fn start_batch(&mut self) -> Result<()> {
+        if self.batch_started.is_none() {
+            if self.refreshed_at.elapsed() >= self.refresh_interval {
+                self.refresh().await?;
+            }
+            self.batch_started = Some(Instant::now());
+        }
+        Ok(())
+    }
+
     /// Decodes one message. `Ok(None)` = accepted, `Ok(Some(err))` = dead-lettered, `Err` =
     /// rejected with no dead-letter table (stop), or a write failure.
     pub async fn push(
@@ -204,12 +385,12 @@ impl TableSink {
         payload: &[u8],
         meta: &RecordMeta<'_>,
     ) -> Result<Option<DecodeError>> {
-        if self.batch_started.is_none() {
-            if self.refreshed_at.elapsed() >= self.refresh_interval {
-                self.refresh().await?;
-            }
-            self.batch_started = Some(Instant::now());
+        if payload.len() > self.max_message_bytes {
+            return self
+                .push_too_large(payload, payload.len() as u64, meta)
+                .await;
         }
+        self.start_batch().await?;
         self.batch_bytes += payload.len() as u64;
         match self.decoder.decode(payload, meta) {
             Ok(()) => {
@@ -222,28 +403,42 @@ impl TableSink {
                 }
                 Ok(None)
             }
-            Err(err) => {
-                if self.dead.is_none() {
-                    return Err(crate::Error::Rejected {
-                        source_name: describe_source(meta.topic, meta.partition, meta.offset),
-                        reason: err.to_string(),
-                    });
-                }
-                let mut dl = DeadLetter::from_decode_error(
-                    &err,
-                    &self.name,
-                    meta.topic,
-                    payload,
-                    meta.ingested_at_us,
-                );
-                dl.source_partition = meta.partition;
-                dl.source_offset = meta.offset;
-                dl.source_key = meta.key.map(<[u8]>::to_vec);
-                dl.source_timestamp_ms = meta.timestamp_ms;
-                self.pending_dead.push(dl);
-                Ok(Some(err))
-            }
+            Err(err) => self.reject(payload, meta, err).map(Some),
         }
+    }
+
+    /// Keeps a dead letter for a rejected message (an error without a dead-letter table).
+    fn reject(
+        &mut self,
+        payload: &[u8],
+        meta: &RecordMeta<'_>,
+        err: DecodeError,
+    ) -> Result<DecodeError> {
+        if self.dead.is_none() {
+            return Err(crate::Error::Rejected {
+                source_name: describe_source(meta.topic, meta.partition, meta.offset),
+                reason: err.to_string(),
+            });
+        }
+        if let (Some(load), Some(line)) = (&self.load, meta.offset)
+            && line < load.dead_next
+        {
+            return Ok(err); // the dead-letter table holds it from an earlier run
+        }
+        let mut dl = DeadLetter::from_decode_error(
+            &err,
+            &self.name,
+            meta.topic,
+            payload,
+            meta.ingested_at_us,
+        );
+        dl.source_partition = meta.partition;
+        dl.source_offset = meta.offset;
+        dl.source_load = self.load.as_ref().map(|l| l.id.clone());
+        dl.source_key = meta.key.map(<[u8]>::to_vec);
+        dl.source_timestamp_ms = meta.timestamp_ms;
+        self.pending_dead.push(dl);
+        Ok(err)
     }
 
     /// Error kinds of the rows the computed columns and rules rejected since the last call
@@ -283,7 +478,14 @@ impl TableSink {
                 }
                 self.batch_rows -= 1;
                 self.rejected.push(r.why.kind);
-                self.pending_dead.push(r.dead_letter);
+                let mut dl = r.dead_letter;
+                if let Some(load) = &self.load {
+                    if dl.source_offset.is_some_and(|line| line < load.dead_next) {
+                        continue; // the dead-letter table holds it from an earlier run
+                    }
+                    dl.source_load = Some(load.id.clone());
+                }
+                self.pending_dead.push(dl);
             }
             batch = staged.rows;
             if batch.num_rows() == 0 {
@@ -309,7 +511,22 @@ impl TableSink {
     /// Commits what was pushed since the last flush: rows to the table, then dead letters to
     /// the dead-letter table, each with `offsets` (if any) so the commit is exactly-once.
     pub async fn flush(&mut self, offsets: Option<OffsetsUpdate>) -> Result<FlushReport> {
+        self.flush_with(offsets, None).await
+    }
+
+    /// Commits what was pushed since [`TableSink::begin_load`] or the last flush, recording
+    /// that the load read every line before `next` (and, when `done`, its whole input).
+    pub async fn flush_load(&mut self, next: i64, done: bool) -> Result<FlushReport> {
+        self.flush_with(None, Some((next, done))).await
+    }
+
+    async fn flush_with(
+        &mut self,
+        offsets: Option<OffsetsUpdate>,
+        load_to: Option<(i64, bool)>,
+    ) -> Result<FlushReport> {
         let mut report = FlushReport::default();
+
         self.encode().await?;
         let (files, spec_id) = match self.writer.take() {
             Some(w) => {
@@ -321,18 +538,35 @@ impl TableSink {
         report.rows = self.batch_rows;
         report.files = files.len();
         report.bytes = files.iter().map(|f| f.file_size_in_bytes()).sum();
-        if !files.is_empty() || offsets.is_some() {
+        let target_load = self
+            .load
+            .as_ref()
+            .and_then(|l| l.update(load_to, l.target_next, l.target_done, !files.is_empty()));
+        if !files.is_empty() || offsets.is_some() || target_load.is_some() {
             let mut req = CommitRequest::append(files);
             req.spec_id = spec_id;
             req.offsets = offsets.clone();
+            req.load = target_load.clone();
             let done = self.committer.commit(&self.ident, req).await?;
+            if let (Some(load), Some(u)) = (&mut self.load, &target_load) {
+                load.target_next = u.next;
+                load.target_done = u.done;
+            }
             report.snapshot_id = done.snapshot_id.or(report.snapshot_id);
             report.conflicts += done.attempts - 1;
             report.commit_time += done.elapsed;
             self.refresh_from(done.metadata)?;
         }
+        let dead_load = self.load.as_ref().and_then(|l| {
+            l.update(
+                load_to,
+                l.dead_next,
+                l.dead_done,
+                !self.pending_dead.is_empty(),
+            )
+        });
         if let Some(dead) = &mut self.dead
-            && (!self.pending_dead.is_empty() || offsets.is_some())
+            && (!self.pending_dead.is_empty() || offsets.is_some() || dead_load.is_some())
         {
             let done = commit_dead_letters(
                 &self.committer,
@@ -340,8 +574,13 @@ impl TableSink {
                 &dead.metadata,
                 &self.pending_dead,
                 offsets,
+                dead_load.clone(),
             )
             .await?;
+            if let (Some(load), Some(u)) = (&mut self.load, &dead_load) {
+                load.dead_next = u.next;
+                load.dead_done = u.done;
+            }
             report.dead_letters = self.pending_dead.len() as u64;
             report.dead_letter_snapshot_id = done.snapshot_id;
             report.conflicts += done.attempts - 1;
@@ -404,7 +643,15 @@ pub(crate) async fn commit_dead_letters(
     metadata: &TableMetadata,
     dead: &[DeadLetter],
     offsets: Option<OffsetsUpdate>,
+    load: Option<LoadUpdate>,
 ) -> Result<Committed> {
+    if dead.is_empty() {
+        // Only state to record (no snapshot is added).
+        let mut req = CommitRequest::append(Vec::new());
+        req.offsets = offsets;
+        req.load = load;
+        return Ok(committer.commit(table, req).await?);
+    }
     let schema = std::sync::Arc::new(
         iceberg::arrow::schema_to_arrow_schema(metadata.current_schema())
             .map_err(floe_lake::Error::from)?,
@@ -418,6 +665,7 @@ pub(crate) async fn commit_dead_letters(
     let spec_id = writer.spec_id();
     let mut req = CommitRequest::append(writer.close().await?).written_with(spec_id);
     req.offsets = offsets;
+    req.load = load;
     Ok(committer.commit(table, req).await?)
 }
 

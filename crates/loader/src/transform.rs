@@ -6,12 +6,17 @@
 //! like a decode failure: each message still lands once, in the table or among the dead
 //! letters. Metrics count rows per transform and per rule.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
+use arrow_array::cast::AsArray;
+use arrow_array::types::Int64Type;
 use arrow_array::{BooleanArray, RecordBatch};
+use arrow_schema::DataType;
 use floe_schema::dead_letter::DeadLetter;
-use floe_schema::{Decoder, DecoderOptions, Mapping, MappingError, RecordMeta, Setting};
-use floe_transform::{MetaRows, Rejection, Transform};
+use floe_schema::{
+    Decoder, DecoderOptions, Mapping, MappingError, PartitionRange, RecordMeta, Setting,
+};
+use floe_transform::{Applied, MetaRows, Rejection, Transform};
 use iceberg::spec::TableMetadata;
 
 use crate::Error;
@@ -44,8 +49,10 @@ fn check(
     own.check_decoding(schema).map_err(|e| e.in_table(table))?;
     Transform::new(schema, pipeline).map_err(in_section)?;
     Transform::new(schema, &own).map_err(|e| e.in_table(table))?;
-    let options = DecoderOptions::for_pipeline(metadata.properties(), pipeline);
-    let stage = Stage::new(table, schema, &options.mapping).map_err(in_section)?;
+    let options = DecoderOptions::for_table(metadata, pipeline);
+    let stage = Stage::new(table, schema, &options.mapping)
+        .map_err(in_section)?
+        .map(|s| s.with_ranges(&options.partition_ranges));
     Ok((options, stage))
 }
 
@@ -151,6 +158,9 @@ struct Work {
     transform: Transform,
     table: String,
     counters: HashMap<Setting, (metrics::Counter, metrics::Counter)>,
+    /// The time partitions of top-level columns that do not hold every value: a computed
+    /// value beyond one is a dead letter `out_of_range`, as a decoded one is.
+    ranges: Vec<PartitionRange>,
 }
 
 /// The sources of the rows of one chunk.
@@ -206,11 +216,22 @@ impl Stage {
             transform,
             table: table.to_string(),
             counters,
+            ranges: Vec::new(),
         };
         Ok(Some(Self {
             input: work.input(),
             work,
         }))
+    }
+
+    /// Checks computed values against these partition ranges (the table's current spec).
+    pub fn with_ranges(mut self, ranges: &[PartitionRange]) -> Self {
+        self.work.ranges = ranges
+            .iter()
+            .filter(|r| r.path.len() == 1)
+            .cloned()
+            .collect();
+        self
     }
 
     /// Whether the expressions read `_kafka_headers` (then pass the headers to `push`).
@@ -292,6 +313,62 @@ impl Stage {
 }
 
 impl Work {
+    /// Moves the rows whose (computed) time is beyond a partition's range from `applied.rows`
+    /// to its rejections.
+    fn out_of_range(&self, mut applied: Applied) -> Result<Applied, String> {
+        let mut bad: BTreeMap<usize, Rejection> = BTreeMap::new();
+        for range in &self.ranges {
+            let Some(col) = applied.rows.column_by_name(&range.path[0]) else {
+                continue;
+            };
+            let values = match datafusion::arrow::compute::cast(col, &DataType::Int64) {
+                Ok(v) => v,
+                Err(_) => continue,
+            };
+            let values = values.as_primitive::<Int64Type>();
+            for (i, v) in values.iter().enumerate() {
+                if let Some(v) = v
+                    && !range.holds(v)
+                {
+                    bad.entry(i).or_insert_with(|| Rejection {
+                        row: i,
+                        kind: "out_of_range",
+                        field: range.path[0].clone(),
+                        message: format!("field \"{}\": {}", range.path[0], range.beyond(v)),
+                    });
+                }
+            }
+        }
+        if bad.is_empty() {
+            return Ok(applied);
+        }
+        let out_rows = applied.rows.num_rows();
+        let keep: BooleanArray = (0..out_rows).map(|i| Some(!bad.contains_key(&i))).collect();
+        applied.rows = arrow_select::filter::filter_record_batch(&applied.rows, &keep)
+            .map_err(|e| format!("transform of {}: {e}", self.table))?;
+        // Output rows are the kept input rows, in order.
+        let inputs = applied
+            .kept
+            .as_ref()
+            .map_or(out_rows + applied.rejected.len(), |k| k.len());
+        let kept_inputs: Vec<usize> = match &applied.kept {
+            None => (0..inputs).collect(),
+            Some(k) => (0..inputs).filter(|&i| k.value(i)).collect(),
+        };
+        let mut kept: Vec<bool> = match &applied.kept {
+            None => vec![true; inputs],
+            Some(k) => (0..inputs).map(|i| k.value(i)).collect(),
+        };
+        for (out, mut why) in bad {
+            why.row = kept_inputs[out];
+            kept[why.row] = false;
+            applied.rejected.push(why);
+        }
+        applied.rejected.sort_by_key(|r| r.row);
+        applied.kept = Some(kept.into_iter().map(Some).collect());
+        Ok(applied)
+    }
+
     fn input(&self) -> Input {
         Input {
             meta: self.transform.meta_rows(),
@@ -317,7 +394,7 @@ impl Work {
                 rows.num_rows()
             ));
         }
-        let applied = self.transform.apply(rows, &mut input.meta)?;
+        let applied = self.out_of_range(self.transform.apply(rows, &mut input.meta)?)?;
         for (s, ok, bad) in &applied.counts {
             if let Some((applied_c, rejected_c)) = self.counters.get(s) {
                 applied_c.increment(*ok);
@@ -333,6 +410,7 @@ impl Work {
                     source_topic: input.topics[usize::from(src.topic)].clone(),
                     source_partition: src.partition(),
                     source_offset: src.offset(),
+                    source_load: None,
                     source_key: src.key(bytes).map(<[u8]>::to_vec),
                     source_timestamp_ms: src.timestamp_ms(),
                     payload: Some(src.payload(bytes).to_vec()),
@@ -489,5 +567,81 @@ mod tests {
         }
         assert!(staged.rejected.iter().all(|r| r.source.to_dlq()));
         assert!(!staged.rejected[0].source.to_raw() && staged.rejected[1].source.to_raw());
+    }
+
+    /// A computed time beyond the hour partition's range is a dead letter `out_of_range`
+    /// like a decoded one; the rows around it load.
+    #[test]
+    fn a_computed_time_beyond_the_partition_is_out_of_range() {
+        let def = TableDefinition::from_file(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../schemas/lake.events.json"),
+        )
+        .unwrap();
+        let spec = def.partition_spec.clone().bind(def.schema.clone()).unwrap();
+        let ranges = PartitionRange::for_spec(&spec, &def.schema);
+        assert!(!ranges.is_empty());
+        let mapping = Mapping {
+            computed: [(
+                "event_ts".to_string(),
+                "arrow_cast(CASE WHEN value > 0 THEN 9000000000000000000 \
+                 ELSE 1742199657865000 END, 'Timestamp(Microsecond, Some(\"+00:00\"))')"
+                    .to_string(),
+            )]
+            .into(),
+            ..Default::default()
+        };
+        let opts = DecoderOptions::for_pipeline(&def.properties, &mapping);
+        let mut decoder = Decoder::new(&def.schema, &opts).unwrap();
+        let mut stage = Stage::new("lake.events", &def.schema, &opts.mapping)
+            .unwrap()
+            .unwrap()
+            .with_ranges(&ranges);
+        for (i, value) in [-1.0, 1.0, -2.0, 3.0, -4.0].iter().enumerate() {
+            let payload =
+                format!(r#"{{"eventGuid":"g{i}","timestamp":1742199657865,"value":{value}}}"#);
+            let meta = RecordMeta {
+                topic: "events",
+                offset: Some(i as i64),
+                ..Default::default()
+            };
+            decoder.decode(payload.as_bytes(), &meta).unwrap();
+            stage.push(&meta, payload.as_bytes(), Vec::new(), true, true, false);
+        }
+        let staged = stage.apply(decoder.finish(), 1).unwrap();
+        let guids: Vec<&str> = staged
+            .rows
+            .column_by_name("event_guid")
+            .unwrap()
+            .as_string::<i32>()
+            .iter()
+            .map(Option::unwrap)
+            .collect();
+        assert_eq!(guids, ["g0", "g2", "g4"]);
+        let kept = staged.kept.unwrap();
+        assert_eq!(
+            (0..5).map(|i| kept.value(i)).collect::<Vec<_>>(),
+            [true, false, true, false, true]
+        );
+        let dead: Vec<(Option<i64>, &str, &str)> = staged
+            .rejected
+            .iter()
+            .map(|r| {
+                let d = &r.dead_letter;
+                (
+                    d.source_offset,
+                    d.error_kind.as_str(),
+                    d.error_message.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(dead.len(), 2, "{dead:?}");
+        for ((offset, kind, message), want) in dead.iter().zip([1, 3]) {
+            assert_eq!((*offset, *kind), (Some(want), "out_of_range"), "{message}");
+            assert!(
+                message.contains("beyond the range of the hour partition"),
+                "{message}"
+            );
+        }
     }
 }

@@ -8,13 +8,13 @@ use std::collections::BTreeMap;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type};
 use arrow_array::{Array, RecordBatch};
-use common::{add_column, catalog, scan};
+use common::{add_column, catalog_with_table, scan};
 use floe_lake::commit::CommitRequest;
 use floe_lake::{Catalog, Committer, DataWriter, PositionSet, parse_table_ident};
-use floe_loader::file::{FlushPolicy, load_lines};
+use floe_loader::file::{FlushPolicy, LoadSource, load_lines};
 use floe_loader::replay::{ReplayOptions, replay};
 use floe_loader::{SinkOptions, TableSink};
-use floe_schema::{Decoder, DecoderOptions, RecordMeta, TableDefinition};
+use floe_schema::{Decoder, DecoderOptions, RecordMeta};
 
 const DEF: &str = r#"{
   "schema": {"type": "struct", "schema-id": 0, "fields": [
@@ -23,6 +23,28 @@ const DEF: &str = r#"{
 }"#;
 
 const SOURCE: &str = "file:input.jsonl";
+/// The load id `setup` loads under.
+const LOAD: &str = "load-1";
+
+/// Loads `lines` from "input.jsonl" as load `id`; (accepted, dead-lettered).
+async fn load(committer: &Committer, id: &str, lines: &[&str]) -> (u64, u64) {
+    let mut sink = TableSink::open(committer.clone(), &SinkOptions::new("lake.t"))
+        .await
+        .unwrap();
+    let report = load_lines(
+        &mut sink,
+        lines.join("\n").as_bytes(),
+        &LoadSource {
+            id: id.into(),
+            name: "input.jsonl".into(),
+        },
+        FlushPolicy::default(),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    (report.accepted, report.dead_lettered)
+}
 
 /// id → discount, of every row of the table.
 async fn rows(catalog: &Catalog) -> BTreeMap<i64, Option<f64>> {
@@ -65,15 +87,8 @@ async fn dead_letters(catalog: &Catalog) -> Vec<(i64, String)> {
 }
 
 async fn setup(dir: &std::path::Path) -> (Catalog, Committer) {
-    let catalog = catalog(dir).await;
-    catalog
-        .create_table(&TableDefinition::from_json(DEF, Some("lake.t"), "test").unwrap())
-        .await
-        .unwrap();
+    let catalog = catalog_with_table(dir, DEF).await;
     let committer = Committer::new(catalog.clone());
-    let mut sink = TableSink::open(committer.clone(), &SinkOptions::new("lake.t"))
-        .await
-        .unwrap();
     let input = [
         r#"{"id":1}"#,
         r#"{"id":2}"#,
@@ -85,18 +100,8 @@ async fn setup(dir: &std::path::Path) -> (Catalog, Committer) {
         r#"{"id":8"#,
         r#"{"id":9,"tag":1.5}"#,
         r#"{"id":10}"#,
-    ]
-    .join("\n");
-    let report = load_lines(
-        &mut sink,
-        input.as_bytes(),
-        "input.jsonl",
-        FlushPolicy::default(),
-        |_| {},
-    )
-    .await
-    .unwrap();
-    assert_eq!((report.accepted, report.dead_lettered), (6, 4));
+    ];
+    assert_eq!(load(&committer, LOAD, &input).await, (6, 4));
     (catalog, committer)
 }
 
@@ -200,7 +205,7 @@ async fn a_replay_that_died_before_its_clean_up_is_finished_not_repeated() {
     let mut writer = DataWriter::new(catalog.file_io(), &meta).unwrap();
     writer.write(&decoder.finish()).await.unwrap();
     let mut applied = PositionSet::new();
-    applied.insert(SOURCE, -1, 9);
+    applied.insert(&format!("{SOURCE}@{LOAD}"), -1, 9);
     committer
         .commit(
             &ident,
@@ -248,4 +253,79 @@ async fn racing_replays_load_each_dead_letter_once() {
         dead_letters(&catalog).await,
         vec![(8, "malformed_json".into())]
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_letters_of_two_loads_from_one_path_are_replayed_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (catalog, committer) = setup(dir.path()).await;
+    // A second, different file at the same path, rejected at the same line numbers (3, 6) as
+    // the first load's dead letters; the first load is skipped when run again.
+    assert_eq!(load(&committer, LOAD, &[r#"{"id":99}"#]).await, (0, 0));
+    let second = [
+        r#"{"id":11}"#,
+        r#"{"id":12}"#,
+        r#"{"id":13,"discount":0.75}"#,
+        r#"{"id":14}"#,
+        r#"{"id":15}"#,
+        r#"{"id":16,"discount":0.125}"#,
+    ];
+    assert_eq!(load(&committer, "load-2", &second).await, (4, 2));
+    add_column(&catalog, "lake.t", "discount").await;
+
+    let r = replay(&committer, &ReplayOptions::new("lake.t"))
+        .await
+        .unwrap();
+    assert_eq!((r.selected, r.replayed), (6, 4), "{r:?}");
+    let rows = rows(&catalog).await;
+    let discounts: Vec<(i64, f64)> = rows
+        .iter()
+        .filter_map(|(id, d)| d.map(|d| (*id, d)))
+        .collect();
+    assert_eq!(
+        discounts,
+        vec![(3, 0.5), (6, 0.25), (13, 0.75), (16, 0.125)],
+        "every dead letter of both loads is loaded"
+    );
+    assert_eq!(
+        dead_letters(&catalog).await,
+        vec![(8, "malformed_json".into()), (9, "unknown_field".into())]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn where_is_one_boolean_expression_over_the_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let (catalog, committer) = setup(dir.path()).await;
+    add_column(&catalog, "lake.t", "discount").await;
+    for (text, why) in [
+        ("1=1) OR (1=1", "unbalanced"),
+        (
+            "error_kind = 'x'; DROP TABLE dead_letters",
+            "two statements",
+        ),
+        ("error_kind = 'x' UNION SELECT 1", "a union"),
+        ("(SELECT count(*) FROM dead_letters) > 0", "a subquery"),
+        ("count(*) > 0", "an aggregate"),
+        ("row_number() OVER () > 1", "a window"),
+        ("error_kind", "not boolean"),
+        ("source_offset + 1", "not boolean"),
+        ("no_such_column = 1", "unknown column"),
+        ("", "empty"),
+    ] {
+        let mut opts = ReplayOptions::new("lake.t");
+        opts.filter = Some(text.into());
+        let err = replay(&committer, &opts)
+            .await
+            .expect_err(&format!("{text:?} ({why}) must be refused"))
+            .to_string();
+        assert!(err.contains("--where"), "{text:?}: {err}");
+    }
+    assert_eq!(rows(&catalog).await.len(), 6, "nothing was replayed");
+
+    // A real filter still selects.
+    let mut opts = ReplayOptions::new("lake.t");
+    opts.filter = Some("error_kind = 'unknown_field' AND source_offset < 4".into());
+    let r = replay(&committer, &opts).await.unwrap();
+    assert_eq!((r.selected, r.replayed), (1, 1), "{r:?}");
 }

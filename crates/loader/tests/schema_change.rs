@@ -3,10 +3,10 @@
 
 mod common;
 
-use common::{add_column, catalog};
+use common::{add_column, catalog_with_table};
 use floe_lake::Committer;
 use floe_loader::{SinkOptions, TableSink};
-use floe_schema::{RecordMeta, TableDefinition};
+use floe_schema::RecordMeta;
 
 const DEF: &str = r#"{
   "schema": {"type": "struct", "schema-id": 0, "fields": [
@@ -16,11 +16,7 @@ const DEF: &str = r#"{
 #[tokio::test(flavor = "multi_thread")]
 async fn a_column_added_in_the_catalog_is_filled_from_the_next_batch() {
     let dir = tempfile::tempdir().unwrap();
-    let catalog = catalog(dir.path()).await;
-    catalog
-        .create_table(&TableDefinition::from_json(DEF, Some("lake.t"), "test").unwrap())
-        .await
-        .unwrap();
+    let catalog = catalog_with_table(dir.path(), DEF).await;
     let mut opts = SinkOptions::new("lake.t");
     opts.refresh_interval = std::time::Duration::ZERO;
     let mut sink = TableSink::open(Committer::new(catalog.clone()), &opts)

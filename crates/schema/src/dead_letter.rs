@@ -23,6 +23,9 @@ pub struct DeadLetter {
     pub source_partition: Option<i32>,
     /// Kafka offset, or 1-based line number for file loads.
     pub source_offset: Option<i64>,
+    /// The id of the load (`floe load`) the line came from: a line number is unique only
+    /// within one load. `None` for Kafka messages.
+    pub source_load: Option<String>,
     /// Message key.
     pub source_key: Option<Vec<u8>>,
     /// Kafka message timestamp (epoch millis).
@@ -45,7 +48,8 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    /// A dead letter for a decode failure.
+    /// A dead letter for a decode failure. The payload of a message too large to load is
+    /// cut to its first [`crate::decode::TOO_LARGE_KEPT_BYTES`].
     pub fn from_decode_error(
         err: &DecodeError,
         target_table: &str,
@@ -57,9 +61,10 @@ impl DeadLetter {
             source_topic: source_topic.to_string(),
             source_partition: None,
             source_offset: None,
+            source_load: None,
             source_key: None,
             source_timestamp_ms: None,
-            payload: Some(payload.to_vec()),
+            payload: Some(kept_payload(err, payload).to_vec()),
             target_table: target_table.to_string(),
             error_kind: err.kind.as_str().to_string(),
             error_field: (!err.field.is_empty()).then(|| err.field.clone()),
@@ -67,6 +72,14 @@ impl DeadLetter {
             failed_at_us,
             headers: Vec::new(),
         }
+    }
+}
+
+fn kept_payload<'a>(err: &DecodeError, payload: &'a [u8]) -> &'a [u8] {
+    if err.kind == crate::DecodeErrorKind::TooLarge {
+        &payload[..payload.len().min(crate::decode::TOO_LARGE_KEPT_BYTES)]
+    } else {
+        payload
     }
 }
 
@@ -81,6 +94,7 @@ pub fn dead_letter_batch(schema: &SchemaRef, rows: &[DeadLetter]) -> Result<Reco
             ("error_kind", DataType::Utf8) => strings(rows, |r| Some(&r.error_kind)),
             ("error_field", DataType::Utf8) => strings(rows, |r| r.error_field.as_ref()),
             ("error_message", DataType::Utf8) => strings(rows, |r| Some(&r.error_message)),
+            ("source_load", DataType::Utf8) => strings(rows, |r| r.source_load.as_ref()),
             ("source_partition", DataType::Int32) => {
                 let mut b = Int32Builder::with_capacity(rows.len());
                 rows.iter()

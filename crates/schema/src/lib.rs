@@ -9,9 +9,11 @@ pub mod decode;
 mod error;
 pub mod mapping;
 pub mod names;
+pub mod partition_range;
 pub mod table_def;
 
 pub use decode::{DecodeError, DecodeErrorKind, Decoder, DecoderOptions, RecordMeta};
 pub use error::{Error, Result};
 pub use mapping::{Mapping, MappingError, Pointer, Setting};
+pub use partition_range::PartitionRange;
 pub use table_def::TableDefinition;

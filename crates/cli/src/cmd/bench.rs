@@ -342,7 +342,7 @@ async fn consume_phase(kafka: &KafkaConfig, partitions: i32, events: u64) -> Res
     let aggregate = aggregate_cpu();
     let k = kafka.clone();
     let (consumed, secs) = tokio::task::spawn_blocking(move || -> Result<(u64, f64)> {
-        let consumer: BaseConsumer = floe_loader::kafka::consumer_config(&k)
+        let consumer: BaseConsumer = floe_loader::kafka::consumer_config(&k, &Default::default())
             .set("enable.partition.eof", "false")
             .create()?;
         let mut tpl = TopicPartitionList::new();
@@ -403,6 +403,7 @@ async fn load_once(
         static_assignment: true,
         aggregates,
         table_definitions: definitions,
+        limits: Default::default(),
     };
     reset_peak_rss();
     let cpu = cpu_seconds();

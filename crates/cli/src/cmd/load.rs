@@ -1,4 +1,5 @@
-//! `floe load`: JSON lines into a table.
+//! `floe load`: JSON lines into a table, exactly once: a file already loaded is skipped, a
+//! killed load resumes after its last commit (see `floe_loader::file`).
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -6,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use floe_loader::file::{FlushPolicy, LoadReport, load_lines};
+use floe_loader::file::{
+    FlushPolicy, LoadReport, LoadSource, file_load_id, load_lines, stream_load_id,
+};
 use floe_loader::{SinkOptions, TableSink};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -32,6 +35,17 @@ pub struct LoadArgs {
     /// Stop at the first rejected line instead of dead-lettering it.
     #[arg(long, conflicts_with = "dead_letter_table")]
     no_dead_letters: bool,
+    /// Load the input again even if the table already holds it (a new load).
+    #[arg(long)]
+    force: bool,
+    /// The load's id, instead of the file's content fingerprint (or, for stdin, an id of its
+    /// own each run): a load run again with the same id resumes or is skipped.
+    #[arg(long, value_name = "ID")]
+    load_id: Option<String>,
+    /// Longer lines are dead letters `too_large`, never held in memory (e.g. 4MiB; default
+    /// limits.max_message_bytes).
+    #[arg(long, value_name = "SIZE")]
+    max_message_size: Option<bytesize::ByteSize>,
 }
 
 pub async fn run(cfg: &FloeConfig, args: LoadArgs) -> Result<()> {
@@ -44,25 +58,46 @@ pub async fn run(cfg: &FloeConfig, args: LoadArgs) -> Result<()> {
         opts.dead_letter_table = None;
     }
     (opts.mapping, opts.section) = cfg.mapping_for(&args.table);
+    let mut limits = cfg.limits;
+    if let Some(size) = args.max_message_size {
+        limits.max_message_bytes = size;
+    }
+    opts.max_message_bytes = limits.max_message_bytes();
     let mut sink = TableSink::open(committer, &opts).await?;
-    let (reader, name, total): (Box<dyn BufRead>, String, Option<u64>) =
-        if args.input.as_os_str() == "-" {
-            (
-                Box::new(std::io::BufReader::with_capacity(1 << 20, std::io::stdin())),
-                "stdin".into(),
-                None,
-            )
-        } else {
-            let f = std::fs::File::open(&args.input)
-                .with_context(|| format!("opening {}", args.input.display()))?;
-            let len = f.metadata().ok().map(|m| m.len());
-            let abs = std::path::absolute(&args.input).unwrap_or(args.input.clone());
-            (
-                Box::new(std::io::BufReader::with_capacity(1 << 20, f)),
-                abs.display().to_string(),
-                len,
-            )
-        };
+    let stdin = args.input.as_os_str() == "-";
+    let (reader, name, total): (Box<dyn BufRead>, String, Option<u64>) = if stdin {
+        (
+            Box::new(std::io::BufReader::with_capacity(1 << 20, std::io::stdin())),
+            "stdin".into(),
+            None,
+        )
+    } else {
+        let f = std::fs::File::open(&args.input)
+            .with_context(|| format!("opening {}", args.input.display()))?;
+        let len = f.metadata().ok().map(|m| m.len());
+        let abs = std::path::absolute(&args.input).unwrap_or(args.input.clone());
+        (
+            Box::new(std::io::BufReader::with_capacity(1 << 20, f)),
+            abs.display().to_string(),
+            len,
+        )
+    };
+    let mut id = match &args.load_id {
+        Some(id) if id.trim().is_empty() => anyhow::bail!("--load-id must not be empty"),
+        Some(id) => id.clone(),
+        None if stdin => stream_load_id(),
+        None => {
+            let bar = progress_bar(total);
+            bar.set_message("fingerprinting");
+            let id = file_load_id(&args.input, |n| bar.set_position(n))?;
+            bar.finish_and_clear();
+            id
+        }
+    };
+    if args.force {
+        id = format!("{id}+{}", stream_load_id());
+    }
+    let source = LoadSource { id, name };
     let bar = progress_bar(total);
     let started = Instant::now();
     let mut last = Instant::now();
@@ -70,7 +105,7 @@ pub async fn run(cfg: &FloeConfig, args: LoadArgs) -> Result<()> {
         max_rows: args.max_rows.max(1),
         max_bytes: args.max_bytes.as_u64().max(1),
     };
-    let report = load_lines(&mut sink, reader, &name, policy, |r: &LoadReport| {
+    let report = load_lines(&mut sink, reader, &source, policy, |r: &LoadReport| {
         if last.elapsed() >= Duration::from_millis(100) {
             last = Instant::now();
             bar.set_position(r.input_bytes);
@@ -83,6 +118,27 @@ pub async fn run(cfg: &FloeConfig, args: LoadArgs) -> Result<()> {
     })
     .await?;
     bar.finish_and_clear();
+    let name = &source.name;
+    if let Some(status) = report.status.as_ref().filter(|s| s.done) {
+        let at = status
+            .target
+            .as_ref()
+            .and_then(|m| chrono::DateTime::from_timestamp_millis(m.at))
+            .map(|t| format!(" on {}", t.format("%Y-%m-%d %H:%M:%S UTC")))
+            .unwrap_or_default();
+        println!(
+            "skipped {name}: {} already holds it (load {}, finished{at}); --force loads it again",
+            sink.table_name(),
+            source.id,
+        );
+        return Ok(());
+    }
+    if let Some(status) = report.status.as_ref().filter(|s| s.resume_at > 1) {
+        println!(
+            "resumed load {} of {name} at line {}: {} lines before it were committed by an earlier run",
+            source.id, status.resume_at, report.skipped,
+        );
+    }
     let secs = started.elapsed().as_secs_f64();
     println!(
         "loaded {} into {}: {} lines, {} accepted, {} dead-lettered{}",

@@ -66,6 +66,7 @@ pub async fn run_quickstart(cfg: &FloeConfig, mut args: QuickstartArgs) -> Resul
         static_assignment: true,
         aggregates: floe_aggregate::AggregateDef::builtin()?,
         table_definitions: floe_schema::TableDefinition::builtin()?,
+        limits: cfg.limits,
     };
     let load_started = std::time::Instant::now();
     let totals = run_to_end(floe_lake::Committer::new(catalog.clone()), opts).await?;

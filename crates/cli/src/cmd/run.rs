@@ -186,6 +186,7 @@ pub async fn execute(cfg: &FloeConfig, args: RunArgs) -> Result<()> {
         static_assignment: false,
         aggregates: cfg.aggregate_definitions()?,
         table_definitions: super::table::known_definitions(cfg)?,
+        limits: cfg.limits,
     };
     let totals = tokio::task::spawn_blocking(move || run(committer, rt, opts, shutdown, health))
         .await

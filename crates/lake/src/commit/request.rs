@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use iceberg::spec::{DataContentType, DataFile, Operation};
 
+use crate::loads::LoadUpdate;
 use crate::marks::PositionSet;
 use crate::offsets::OffsetRange;
 
@@ -132,6 +133,8 @@ pub struct CommitRequest {
     pub offsets: Option<OffsetsUpdate>,
     /// Source positions to record as applied (and to check against what is applied).
     pub applied: Option<AppliedUpdate>,
+    /// How far a load (`floe load`) got, to record (and to check against what is recorded).
+    pub load: Option<LoadUpdate>,
     /// Extra snapshot summary properties.
     pub properties: HashMap<String, String>,
     /// For rewrites (replace, overwrite): the sequence number of the snapshot the rewrite
@@ -157,6 +160,7 @@ impl CommitRequest {
             change,
             offsets: None,
             applied: None,
+            load: None,
             properties: HashMap::new(),
             validate_from_sequence: None,
             spec_id: None,
@@ -187,6 +191,12 @@ impl CommitRequest {
             forget_at: None,
             read_at: None,
         });
+        self
+    }
+
+    /// Records how far load `update` got.
+    pub fn with_load(mut self, update: LoadUpdate) -> Self {
+        self.load = Some(update);
         self
     }
 

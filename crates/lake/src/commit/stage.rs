@@ -87,6 +87,14 @@ fn new_state(
             serde_json::to_string(&applied).expect("positions serialize"),
         );
     }
+    if let Some(update) = &req.load {
+        let marks =
+            crate::loads::merge_load(table, base, update, chrono::Utc::now().timestamp_millis())?;
+        props.insert(
+            crate::loads::LOADS_KEY.to_string(),
+            serde_json::to_string(&marks).expect("load marks serialize"),
+        );
+    }
     props.retain(|k, v| base.properties().get(k) != Some(v));
     Ok(props)
 }

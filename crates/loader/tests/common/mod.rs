@@ -46,3 +46,15 @@ pub async fn add_column(catalog: &Catalog, table: &str, name: &str) {
             .unwrap()
     );
 }
+
+/// A catalog in `dir` holding table `lake.t` of definition `def` (JSON).
+pub async fn catalog_with_table(dir: &std::path::Path, def: &str) -> Catalog {
+    let catalog = catalog(dir).await;
+    catalog
+        .create_table(
+            &floe_schema::TableDefinition::from_json(def, Some("lake.t"), "test").unwrap(),
+        )
+        .await
+        .unwrap();
+    catalog
+}

@@ -554,6 +554,41 @@ impl StructCols {
         self.resolver = KeyResolver::new(&names, aliases);
     }
 
+    /// The indices of the column at `path` (member names, through structs).
+    pub(crate) fn indices_of(&self, path: &[String]) -> Option<Vec<usize>> {
+        let (first, rest) = path.split_first()?;
+        let i = self.fields.iter().position(|c| c.name == *first)?;
+        let mut out = vec![i];
+        if !rest.is_empty() {
+            let Store::Struct(inner) = &self.fields[i].store else {
+                return None;
+            };
+            out.extend(inner.indices_of(rest)?);
+        }
+        Some(out)
+    }
+
+    /// The integer value (date, time, timestamp, int, long) row `row` of the column at
+    /// `indices` holds; `None` when it is NULL or not an integer column.
+    pub(crate) fn value_at(&self, indices: &[usize], row: usize) -> Option<i64> {
+        let (first, rest) = indices.split_first()?;
+        let col = self.fields.get(*first)?;
+        if !rest.is_empty() {
+            let Store::Struct(inner) = &col.store else {
+                return None;
+            };
+            return inner.value_at(rest, row);
+        }
+        if row >= col.len() || !col.validity.get_bit(row) {
+            return None;
+        }
+        match &col.store {
+            Store::I32(v) => v.get(row).map(|v| i64::from(*v)),
+            Store::I64(v) => v.get(row).copied(),
+            _ => None,
+        }
+    }
+
     pub(crate) fn finish_children(&mut self) -> Vec<ArrayRef> {
         self.fields.iter_mut().map(Column::finish).collect()
     }

@@ -26,6 +26,7 @@ use base64::Engine;
 
 use crate::mapping::{Mapping, Pointer};
 use crate::names::aliases_from_properties;
+use crate::partition_range::PartitionRange;
 use crate::{Error, Result};
 use column::{Column, Kind, MetaKind, Store, StructCols};
 use json::{Cursor, Peek, SyntaxError};
@@ -58,6 +59,9 @@ pub enum DecodeErrorKind {
     UnknownField,
     /// The envelope (`unnest`) has no JSON object at its pointer.
     Envelope,
+    /// The message is larger than the loader accepts (`limits.max_message_bytes`); its dead
+    /// letter keeps only the start of the payload.
+    TooLarge,
 }
 
 impl DecodeErrorKind {
@@ -76,11 +80,12 @@ impl DecodeErrorKind {
             Self::TooDeep => "too_deep",
             Self::UnknownField => "unknown_field",
             Self::Envelope => "envelope",
+            Self::TooLarge => "too_large",
         }
     }
 
     /// Every kind, for metrics and reports.
-    pub const ALL: [DecodeErrorKind; 12] = [
+    pub const ALL: [DecodeErrorKind; 13] = [
         Self::EmptyPayload,
         Self::InvalidUtf8,
         Self::MalformedJson,
@@ -93,6 +98,7 @@ impl DecodeErrorKind {
         Self::TooDeep,
         Self::UnknownField,
         Self::Envelope,
+        Self::TooLarge,
     ];
 }
 
@@ -142,6 +148,22 @@ impl DecodeError {
         };
         self
     }
+}
+
+/// The most payload bytes a dead letter of a message too large to load keeps.
+pub const TOO_LARGE_KEPT_BYTES: usize = 64 * 1024;
+
+/// The rejection of a message of `size` bytes, larger than `limit`
+/// (`limits.max_message_bytes`); its dead letter keeps the first [`TOO_LARGE_KEPT_BYTES`].
+pub fn too_large(size: u64, limit: u64) -> DecodeError {
+    let kept = size.min(TOO_LARGE_KEPT_BYTES as u64);
+    DecodeError::new(
+        DecodeErrorKind::TooLarge,
+        format!(
+            "message of {size} bytes exceeds the limit of {limit} bytes \
+             (limits.max_message_bytes); payload truncated to the first {kept} bytes"
+        ),
+    )
 }
 
 impl fmt::Display for DecodeError {
@@ -200,6 +222,9 @@ pub struct DecoderOptions {
     pub mapping: Mapping,
     /// The pipeline's part of `mapping`, kept to rebuild the options when the table changes.
     pub pipeline: Mapping,
+    /// The ranges of source values the table's time partitions hold; a value outside is
+    /// rejected (`out_of_range`) rather than written to a wrong partition.
+    pub partition_ranges: Vec<PartitionRange>,
 }
 
 /// Table property choosing what happens to JSON keys that match no column.
@@ -220,6 +245,19 @@ impl DecoderOptions {
                 .is_some_and(|v| v.trim().eq_ignore_ascii_case("reject")),
             mapping: Mapping::from_table_properties(props).overlay(pipeline),
             pipeline: pipeline.clone(),
+            partition_ranges: Vec::new(),
+        }
+    }
+
+    /// Options for loading into the table of `metadata`: its properties with `pipeline`'s
+    /// mapping laid over them, and the ranges its default partition spec holds.
+    pub fn for_table(metadata: &iceberg::spec::TableMetadata, pipeline: &Mapping) -> Self {
+        Self {
+            partition_ranges: PartitionRange::for_spec(
+                metadata.default_partition_spec(),
+                metadata.current_schema(),
+            ),
+            ..Self::for_pipeline(metadata.properties(), pipeline)
         }
     }
 }
@@ -240,6 +278,9 @@ pub struct Decoder {
     /// value for (since the last [`Decoder::take_mapping_counts`]).
     unnested: u64,
     projected: Vec<u64>,
+    /// The partition ranges whose source column is decoded, with the column's indices from
+    /// the root (through structs).
+    ranges: Vec<(Vec<usize>, PartitionRange)>,
 }
 
 struct Ctx {
@@ -323,7 +364,13 @@ impl Decoder {
                 }
             }
         }
+        let ranges = options
+            .partition_ranges
+            .iter()
+            .filter_map(|r| Some((root.indices_of(&r.path)?, r.clone())))
+            .collect();
         Ok(Self {
+            ranges,
             schema_id: schema.schema_id(),
             options: options.clone(),
             arrow_schema: arrow,
@@ -371,12 +418,12 @@ impl Decoder {
         self.schema_id
     }
 
-    /// Whether a decoder for `metadata`'s current schema and properties would decode
-    /// differently from this one (another schema, other aliases or unknown-field policy).
+    /// Whether a decoder for `metadata`'s current schema, properties and partition spec would
+    /// decode differently from this one (another schema, other aliases or unknown-field
+    /// policy, other partition ranges).
     pub fn differs_for(&self, metadata: &iceberg::spec::TableMetadata) -> bool {
         metadata.current_schema_id() != self.schema_id
-            || DecoderOptions::for_pipeline(metadata.properties(), &self.options.pipeline)
-                != self.options
+            || DecoderOptions::for_table(metadata, &self.options.pipeline) != self.options
     }
 
     /// The Arrow schema of produced batches (with Iceberg field ids in field metadata).
@@ -450,7 +497,8 @@ impl Decoder {
             meta,
             self.unnest.as_ref(),
             &self.projections,
-        )
+        )?;
+        check_ranges(&self.root, &self.ranges, self.rows)
     }
 
     /// Hands over the buffered rows as a record batch and starts a new one.
@@ -465,6 +513,28 @@ impl Decoder {
         )
         .expect("decoder builds columns of its own schema")
     }
+}
+
+/// Checks the values row `row` holds for partition source columns against the partitions'
+/// ranges.
+fn check_ranges(
+    root: &StructCols,
+    ranges: &[(Vec<usize>, PartitionRange)],
+    row: usize,
+) -> Result<(), DecodeError> {
+    for (indices, range) in ranges {
+        let Some(value) = root.value_at(indices, row) else {
+            continue;
+        };
+        if !range.holds(value) {
+            let mut e = DecodeError::new(DecodeErrorKind::OutOfRange, range.beyond(value));
+            for name in range.path.iter().rev() {
+                e = e.in_field(name);
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 fn decode_record(
