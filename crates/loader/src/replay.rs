@@ -659,3 +659,119 @@ fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a dyn Array> {
             ))
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn cases() -> u32 {
+        std::env::var("FLOE_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256)
+    }
+
+    fn dead_letter_schema() -> datafusion::common::DFSchema {
+        let def = floe_schema::TableDefinition::dead_letter("lake.t_dead_letters").unwrap();
+        let arrow = iceberg::arrow::schema_to_arrow_schema(&def.schema).unwrap();
+        datafusion::common::DFSchema::try_from(arrow).unwrap()
+    }
+
+    /// Text built from what SQL injections and honest filters are made of.
+    fn where_text() -> impl Strategy<Value = String> {
+        let token = prop_oneof![
+            Just("error_kind"),
+            Just("source_offset"),
+            Just("source_topic"),
+            Just("payload"),
+            Just("failed_at"),
+            Just("no_such"),
+            Just("'unknown_field'"),
+            Just("'it''s'"),
+            Just("'"),
+            Just("\""),
+            Just("42"),
+            Just("-1e400"),
+            Just("NULL"),
+            Just("TRUE"),
+            Just("="),
+            Just("<>"),
+            Just("<"),
+            Just("+"),
+            Just("||"),
+            Just("AND"),
+            Just("OR"),
+            Just("NOT"),
+            Just("LIKE"),
+            Just("IN"),
+            Just("IS"),
+            Just("BETWEEN"),
+            Just("("),
+            Just(")"),
+            Just(","),
+            Just(";"),
+            Just("--"),
+            Just("/*"),
+            Just("*/"),
+            Just("SELECT"),
+            Just("FROM dead_letters"),
+            Just("UNION"),
+            Just("DROP TABLE x"),
+            Just("count(*)"),
+            Just("row_number() OVER ()"),
+            Just("lower("),
+            Just("CAST("),
+            Just("AS INT"),
+            Just("CASE WHEN"),
+            Just("THEN"),
+            Just("ELSE"),
+            Just("END"),
+            Just("$1"),
+            Just("*"),
+        ];
+        prop_oneof![
+            4 => prop::collection::vec(token, 1..24).prop_map(|t| t.join(" ")),
+            1 => "\\PC{0,64}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+        /// Any `--where` text is one boolean expression over the columns, or refused naming
+        /// `--where`; never a panic, never a statement, subquery or aggregate.
+        #[test]
+        fn fuzz_where_is_one_boolean_expression_or_refused(text in where_text()) {
+            let ctx = SessionContext::new();
+            let schema = dead_letter_schema();
+            match parse_where(&ctx, &text, &schema, "lake.t_dead_letters") {
+                Ok(expr) => {
+                    use datafusion::logical_expr::ExprSchemable;
+                    let ty = expr.get_type(&schema).unwrap();
+                    prop_assert!(
+                        matches!(ty, arrow_schema::DataType::Boolean | arrow_schema::DataType::Null),
+                        "{text:?} gave {ty}"
+                    );
+                    use datafusion::common::tree_node::TreeNode;
+                    let forbidden = expr
+                        .exists(|e| {
+                            Ok(matches!(
+                                e,
+                                Expr::ScalarSubquery(_)
+                                    | Expr::Exists(_)
+                                    | Expr::InSubquery(_)
+                                    | Expr::AggregateFunction(_)
+                                    | Expr::WindowFunction(_)
+                                    | Expr::Placeholder(_)
+                            ))
+                        })
+                        .unwrap();
+                    prop_assert!(!forbidden, "{text:?}: {expr}");
+                }
+                Err(e) => prop_assert!(e.to_string().contains("--where"), "{e}"),
+            }
+        }
+    }
+}
