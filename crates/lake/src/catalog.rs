@@ -22,6 +22,10 @@ use crate::{Error, Result};
 use floe_schema::TableDefinition;
 use iceberg_storage_opendal::OpenDalStorageFactory;
 
+/// How long a catalog database that is not reachable (refused, timed out) is waited for, and
+/// how long a connection from the pool is waited for.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Dialect {
     Sqlite,
@@ -153,25 +157,34 @@ impl Catalog {
             )
         };
 
+        // One connection first, so a database that cannot be opened (a full disk, no
+        // permission, a wrong password) says why at once: the pool would retry it for
+        // `acquire_timeout` and then report only "pool timed out". A server not up yet
+        // (refused, unreachable) is waited for as long as the pool would.
+        let started = std::time::Instant::now();
+        let opening = || Error::catalog("connecting");
+        let mut conn = loop {
+            match sqlx::AnyConnection::connect(&url).await {
+                Ok(conn) => break conn,
+                Err(e @ sqlx::Error::Io(_)) if started.elapsed() < CONNECT_PATIENCE => {
+                    tracing::warn!(catalog = %redact_uri(&cfg.uri), error = %e, "catalog database not reachable yet; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(opening()(e)),
+            }
+        };
         if dialect == Dialect::Sqlite {
-            // One connection first, so a database that cannot be opened (a full disk, no
-            // permission) says why at once: the pool would retry it for `acquire_timeout` and
-            // then report only "pool timed out".
-            let opening = || Error::catalog("connecting");
-            let mut conn = sqlx::AnyConnection::connect(&url)
-                .await
-                .map_err(opening())?;
             conn.execute("PRAGMA busy_timeout = 30000")
                 .await
                 .map_err(opening())?;
             conn.execute("PRAGMA journal_mode = WAL")
                 .await
                 .map_err(opening())?;
-            let _ = conn.close().await;
         }
+        let _ = conn.close().await;
         let pool = AnyPoolOptions::new()
             .max_connections(if dialect == Dialect::Sqlite { 4 } else { 8 })
-            .acquire_timeout(Duration::from_secs(30))
+            .acquire_timeout(CONNECT_PATIENCE)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if dialect == Dialect::Sqlite {
