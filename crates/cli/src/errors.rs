@@ -11,14 +11,13 @@ static STORAGE: OnceLock<Vec<(&'static str, PathBuf)>> = OnceLock::new();
 /// Records the local folders of `catalog` for [`report`].
 pub fn set_storage(catalog: &floe_lake::CatalogConfig) {
     let mut dirs = Vec::new();
-    if let Some(path) = catalog.uri.strip_prefix("sqlite://") {
-        let path = path.split_once('?').map_or(path, |(p, _)| p);
-        if let Ok(abs) = std::path::absolute(path) {
-            dirs.push((
-                "catalog",
-                abs.parent().map(Path::to_path_buf).unwrap_or(abs),
-            ));
-        }
+    if let Some((path, _)) = catalog.sqlite_file()
+        && let Ok(abs) = std::path::absolute(path)
+    {
+        dirs.push((
+            "catalog",
+            abs.parent().map(Path::to_path_buf).unwrap_or(abs),
+        ));
     }
     let warehouse = catalog.warehouse.as_str();
     let local = match warehouse.strip_prefix("file://") {

@@ -26,6 +26,10 @@ use iceberg_storage_opendal::OpenDalStorageFactory;
 /// how long a connection from the pool is waited for.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
 
+/// Set on every SQLite connection: wait for a writer's lock instead of failing at once, and
+/// let readers go on while one writes.
+const SQLITE_PRAGMAS: [&str; 2] = ["PRAGMA busy_timeout = 30000", "PRAGMA journal_mode = WAL"];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Dialect {
     Sqlite,
@@ -82,8 +86,7 @@ impl Catalog {
     /// [`Self::connect`] with the S3 settings an `s3://` warehouse needs.
     pub async fn connect_with(cfg: &CatalogConfig, s3: &S3Config) -> Result<Self> {
         install_default_drivers();
-        let (dialect, url) = if let Some(path) = cfg.uri.strip_prefix("sqlite://") {
-            let (path, query) = path.split_once('?').unwrap_or((path, ""));
+        let (dialect, url) = if let Some((path, query)) = cfg.sqlite_file() {
             if path.is_empty() || path == ":memory:" {
                 return Err(Error::Config(format!(
                     "catalog.uri {}: give a database file path (sqlite://floe-data/catalog.db)",
@@ -174,12 +177,9 @@ impl Catalog {
             }
         };
         if dialect == Dialect::Sqlite {
-            conn.execute("PRAGMA busy_timeout = 30000")
-                .await
-                .map_err(opening())?;
-            conn.execute("PRAGMA journal_mode = WAL")
-                .await
-                .map_err(opening())?;
+            for pragma in SQLITE_PRAGMAS {
+                conn.execute(pragma).await.map_err(opening())?;
+            }
         }
         let _ = conn.close().await;
         let pool = AnyPoolOptions::new()
@@ -188,8 +188,9 @@ impl Catalog {
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if dialect == Dialect::Sqlite {
-                        conn.execute("PRAGMA busy_timeout = 30000").await?;
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        for pragma in SQLITE_PRAGMAS {
+                            conn.execute(pragma).await?;
+                        }
                     }
                     Ok(())
                 })

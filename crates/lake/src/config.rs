@@ -15,6 +15,15 @@ pub struct CatalogConfig {
     pub name: String,
 }
 
+impl CatalogConfig {
+    /// The database file (as configured, maybe relative) and the query of an embedded
+    /// `sqlite://PATH[?QUERY]` catalog; `None` for other catalogs.
+    pub fn sqlite_file(&self) -> Option<(&str, &str)> {
+        let rest = self.uri.strip_prefix("sqlite://")?;
+        Some(rest.split_once('?').unwrap_or((rest, "")))
+    }
+}
+
 impl Default for CatalogConfig {
     fn default() -> Self {
         Self {

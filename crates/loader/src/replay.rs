@@ -186,10 +186,10 @@ pub async fn replay(committer: &Committer, opts: &ReplayOptions) -> Result<Repla
         .map_err(|e| Error::Config(format!("opening {}: {e}", opts.dead_letter_table)))?;
     ctx.register_table("dead_letters", Arc::new(provider))
         .map_err(|e| Error::Config(e.to_string()))?;
-    let df = ctx
-        .table("dead_letters")
-        .await
-        .map_err(|e| Error::Config(format!("reading {}: {e}", opts.dead_letter_table)))?;
+    let reading = |e: datafusion::error::DataFusionError| {
+        Error::Config(format!("reading {}: {e}", opts.dead_letter_table))
+    };
+    let df = ctx.table("dead_letters").await.map_err(reading)?;
     let mut predicate = col("target_table").eq(lit(opts.table.as_str()));
     if let Some(f) = &opts.filter {
         predicate = predicate.and(parse_where(&ctx, f, df.schema(), &opts.dead_letter_table)?);
@@ -201,7 +201,6 @@ pub async fn replay(committer: &Committer, opts: &ReplayOptions) -> Result<Repla
         "source_key",
         "source_timestamp",
         "payload",
-        "target_table",
         "error_kind",
     ];
     if df.schema().has_column_with_unqualified_name("source_load") {
@@ -210,10 +209,10 @@ pub async fn replay(committer: &Committer, opts: &ReplayOptions) -> Result<Repla
     let mut stream = df
         .filter(predicate)
         .and_then(|df| df.select_columns(&columns))
-        .map_err(|e| Error::Config(format!("reading {}: {e}", opts.dead_letter_table)))?
+        .map_err(reading)?
         .execute_stream()
         .await
-        .map_err(|e| Error::Config(format!("reading {}: {e}", opts.dead_letter_table)))?;
+        .map_err(reading)?;
 
     let (mut decoder, mut stage) =
         crate::transform::prepare(&opts.table, &metadata, &opts.mapping, &opts.section)?;
@@ -232,12 +231,8 @@ pub async fn replay(committer: &Committer, opts: &ReplayOptions) -> Result<Repla
         {
             let batch = normalize(&batch)?;
             let rows = DeadLetterRows::new(&batch)?;
-            let targets = column(&batch, "target_table")?.as_string::<i32>();
             let kinds = column(&batch, "error_kind")?.as_string::<i32>();
             for i in 0..batch.num_rows() {
-                if targets.value(i) != opts.table {
-                    continue;
-                }
                 report.selected += 1;
                 if kinds.value(i) == floe_schema::DecodeErrorKind::TooLarge.as_str() {
                     // Only the start of the message was kept: it can never load.

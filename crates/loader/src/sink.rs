@@ -86,38 +86,68 @@ struct DeadLetterTable {
     metadata: TableMetadata,
 }
 
-/// A load (`floe load`) in progress: its id and the next line each table records.
+/// How far a load got in one table.
+#[derive(Debug, Clone, Copy)]
+struct Progress {
+    /// The next line to read.
+    next: i64,
+    /// The whole input is in the table.
+    done: bool,
+}
+
+impl Progress {
+    /// Where a table with `mark` stands (a table without a mark: line 1).
+    fn of(mark: Option<&LoadMark>) -> Self {
+        mark.map_or(
+            Self {
+                next: 1,
+                done: false,
+            },
+            |m| Self {
+                next: m.next,
+                done: m.done,
+            },
+        )
+    }
+}
+
+/// A load (`floe load`) in progress: its id and how far it got in each table.
 #[derive(Debug, Clone)]
 struct Load {
     id: String,
     source: String,
-    /// The target table's next line.
-    target_next: i64,
-    /// The dead-letter table's next line (`i64::MAX` without a dead-letter table).
-    dead_next: i64,
-    target_done: bool,
-    dead_done: bool,
+    target: Progress,
+    /// Without a dead-letter table: every line, done.
+    dead: Progress,
 }
 
 impl Load {
-    /// What a table whose mark is at `base` (`was_done`) records when the load got to
-    /// `load_to`; `None` when it has nothing new to record.
+    /// What a table at `at` records when the load got to `load_to`; `None` when it has
+    /// nothing new to record.
     fn update(
         &self,
         load_to: Option<(i64, bool)>,
-        base: i64,
-        was_done: bool,
+        at: Progress,
         has_rows: bool,
     ) -> Option<LoadUpdate> {
         let (next, done) = load_to?;
-        let next = next.max(base);
-        (has_rows || next > base || done != was_done).then(|| LoadUpdate {
+        let next = next.max(at.next);
+        (has_rows || next > at.next || done != at.done).then(|| LoadUpdate {
             id: self.id.clone(),
             source: self.source.clone(),
-            base,
+            base: at.next,
             next,
             done,
         })
+    }
+}
+
+impl From<&LoadUpdate> for Progress {
+    fn from(u: &LoadUpdate) -> Self {
+        Self {
+            next: u.next,
+            done: u.done,
+        }
     }
 }
 
@@ -254,26 +284,25 @@ impl TableSink {
             }
             dead_letters = load_mark(&dead.metadata, id)?;
         }
-        let target_next = target.as_ref().map_or(1, |m| m.next);
-        let dead_next = match (&self.dead, &dead_letters) {
-            (None, _) => i64::MAX,
-            (Some(_), m) => m.as_ref().map_or(1, |m| m.next),
+        let target_at = Progress::of(target.as_ref());
+        let dead_at = match &self.dead {
+            None => Progress {
+                next: i64::MAX,
+                done: true,
+            },
+            Some(_) => Progress::of(dead_letters.as_ref()),
         };
-        let target_done = target.as_ref().is_some_and(|m| m.done);
-        let dead_done = self.dead.is_none() || dead_letters.as_ref().is_some_and(|m| m.done);
         self.load = Some(Load {
             id: id.to_string(),
             source: source.to_string(),
-            target_next,
-            dead_next,
-            target_done,
-            dead_done,
+            target: target_at,
+            dead: dead_at,
         });
         Ok(LoadStatus {
             target,
             dead_letters,
-            resume_at: target_next.min(dead_next),
-            done: target_done && dead_done,
+            resume_at: target_at.next.min(dead_at.next),
+            done: target_at.done && dead_at.done,
         })
     }
 
@@ -290,7 +319,7 @@ impl TableSink {
     ) -> Result<LinePush> {
         let load = self.load.as_ref().expect("push_line after begin_load");
         let line = meta.offset.expect("a load's lines are numbered");
-        if line < load.target_next && line < load.dead_next {
+        if line < load.target.next && line < load.dead.next {
             return Ok(LinePush::Skipped);
         }
         let size = truncated.unwrap_or(payload.len() as u64);
@@ -300,7 +329,7 @@ impl TableSink {
                 None => LinePush::Accepted,
             });
         }
-        if line < load.target_next {
+        if line < load.target.next {
             self.batch_bytes += payload.len() as u64;
             return Ok(match self.decoder.check(payload, meta) {
                 Ok(()) => LinePush::AlreadyLoaded,
@@ -312,6 +341,7 @@ impl TableSink {
             Some(err) => LinePush::DeadLettered(err),
         })
     }
+
     /// Re-reads the table's metadata (between batches only) and rebuilds the decoder if
     /// messages decode differently now. Returns whether they do.
     pub async fn refresh(&mut self) -> Result<bool> {
@@ -421,7 +451,7 @@ impl TableSink {
             });
         }
         if let (Some(load), Some(line)) = (&self.load, meta.offset)
-            && line < load.dead_next
+            && line < load.dead.next
         {
             return Ok(err); // the dead-letter table holds it from an earlier run
         }
@@ -480,7 +510,7 @@ impl TableSink {
                 self.rejected.push(r.why.kind);
                 let mut dl = r.dead_letter;
                 if let Some(load) = &self.load {
-                    if dl.source_offset.is_some_and(|line| line < load.dead_next) {
+                    if dl.source_offset.is_some_and(|line| line < load.dead.next) {
                         continue; // the dead-letter table holds it from an earlier run
                     }
                     dl.source_load = Some(load.id.clone());
@@ -526,7 +556,6 @@ impl TableSink {
         load_to: Option<(i64, bool)>,
     ) -> Result<FlushReport> {
         let mut report = FlushReport::default();
-
         self.encode().await?;
         let (files, spec_id) = match self.writer.take() {
             Some(w) => {
@@ -541,7 +570,7 @@ impl TableSink {
         let target_load = self
             .load
             .as_ref()
-            .and_then(|l| l.update(load_to, l.target_next, l.target_done, !files.is_empty()));
+            .and_then(|l| l.update(load_to, l.target, !files.is_empty()));
         if !files.is_empty() || offsets.is_some() || target_load.is_some() {
             let mut req = CommitRequest::append(files);
             req.spec_id = spec_id;
@@ -549,22 +578,17 @@ impl TableSink {
             req.load = target_load.clone();
             let done = self.committer.commit(&self.ident, req).await?;
             if let (Some(load), Some(u)) = (&mut self.load, &target_load) {
-                load.target_next = u.next;
-                load.target_done = u.done;
+                load.target = u.into();
             }
             report.snapshot_id = done.snapshot_id.or(report.snapshot_id);
             report.conflicts += done.attempts - 1;
             report.commit_time += done.elapsed;
             self.refresh_from(done.metadata)?;
         }
-        let dead_load = self.load.as_ref().and_then(|l| {
-            l.update(
-                load_to,
-                l.dead_next,
-                l.dead_done,
-                !self.pending_dead.is_empty(),
-            )
-        });
+        let dead_load = self
+            .load
+            .as_ref()
+            .and_then(|l| l.update(load_to, l.dead, !self.pending_dead.is_empty()));
         if let Some(dead) = &mut self.dead
             && (!self.pending_dead.is_empty() || offsets.is_some() || dead_load.is_some())
         {
@@ -578,8 +602,7 @@ impl TableSink {
             )
             .await?;
             if let (Some(load), Some(u)) = (&mut self.load, &dead_load) {
-                load.dead_next = u.next;
-                load.dead_done = u.done;
+                load.dead = u.into();
             }
             report.dead_letters = self.pending_dead.len() as u64;
             report.dead_letter_snapshot_id = done.snapshot_id;

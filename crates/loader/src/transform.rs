@@ -346,19 +346,12 @@ impl Work {
         let keep: BooleanArray = (0..out_rows).map(|i| Some(!bad.contains_key(&i))).collect();
         applied.rows = arrow_select::filter::filter_record_batch(&applied.rows, &keep)
             .map_err(|e| format!("transform of {}: {e}", self.table))?;
-        // Output rows are the kept input rows, in order.
-        let inputs = applied
-            .kept
-            .as_ref()
-            .map_or(out_rows + applied.rejected.len(), |k| k.len());
-        let kept_inputs: Vec<usize> = match &applied.kept {
-            None => (0..inputs).collect(),
-            Some(k) => (0..inputs).filter(|&i| k.value(i)).collect(),
-        };
+        // Output rows are the kept input rows, in order (all of them when `kept` is unset).
         let mut kept: Vec<bool> = match &applied.kept {
-            None => vec![true; inputs],
-            Some(k) => (0..inputs).map(|i| k.value(i)).collect(),
+            None => vec![true; out_rows],
+            Some(k) => (0..k.len()).map(|i| k.value(i)).collect(),
         };
+        let kept_inputs: Vec<usize> = (0..kept.len()).filter(|&i| kept[i]).collect();
         for (out, mut why) in bad {
             why.row = kept_inputs[out];
             kept[why.row] = false;
