@@ -115,7 +115,7 @@ impl FloeConfig {
     /// catalog URI's password, the S3 secret, secret Kafka properties.
     pub fn redacted_toml(&self) -> String {
         let mut c = self.clone();
-        c.catalog.uri = floe_lake::catalog::redact_uri(&c.catalog.uri);
+        c.catalog = c.catalog.redacted();
         c.s3 = c.s3.redacted();
         c.kafka.properties = floe_loader::kafka::redacted(&c.kafka.properties);
         toml::to_string_pretty(&c).expect("config serializes")

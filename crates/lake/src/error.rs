@@ -15,6 +15,20 @@ pub enum Error {
         #[source]
         source: sqlx::Error,
     },
+    /// An Iceberg REST catalog request failed.
+    #[error("REST catalog {catalog}: {context}: {detail}")]
+    Rest {
+        /// The catalog's URI (secrets masked) and warehouse.
+        catalog: String,
+        /// What floe was doing.
+        context: String,
+        /// What the failure tells.
+        failure: crate::catalog::RestFailure,
+        /// The HTTP status, when a reply came.
+        status: Option<u16>,
+        /// The server's message or the transport error.
+        detail: String,
+    },
     /// The named table does not exist.
     #[error("table {0} does not exist (create it with `floe table create`)")]
     NoSuchTable(String),
@@ -175,6 +189,13 @@ impl Error {
             | Error::AlreadyApplied { .. }
             | Error::FilesGone { .. } => Retry::Transient,
             Error::Catalog { source, .. } => catalog_retry(source),
+            Error::Rest { failure, .. } => {
+                if failure.is_transient() {
+                    Retry::Transient
+                } else {
+                    Retry::Permanent
+                }
+            }
             Error::Iceberg(e) => iceberg_retry(e),
             Error::Io { .. } => Retry::Transient,
             // The same run of a load cannot go on from where it read; a new run resumes

@@ -35,6 +35,7 @@ async fn lake() -> Lake {
         uri: format!("sqlite://{}/catalog.db", root.display()),
         warehouse: format!("{}/warehouse", root.display()),
         name: "floe".into(),
+        ..Default::default()
     };
     let catalog = Catalog::connect(&cfg).await.unwrap();
     let def = TableDefinition::from_json(DEF, Some("lake.t"), "test").unwrap();

@@ -14,6 +14,7 @@ pub async fn catalog(dir: &Path) -> Catalog {
         uri: format!("sqlite://{}/c.db", dir.display()),
         warehouse: format!("{}/wh", dir.display()),
         name: "floe".into(),
+        ..Default::default()
     })
     .await
     .unwrap()

@@ -440,6 +440,7 @@ pub async fn scratch_lake() -> Result<(tempfile::TempDir, Catalog)> {
         uri: format!("sqlite://{}/catalog.db", dir.path().display()),
         warehouse: format!("{}/warehouse", dir.path().display()),
         name: "floe".into(),
+        ..Default::default()
     })
     .await?;
     Ok((dir, catalog))

@@ -40,7 +40,7 @@ use iceberg::spec::TableMetadata;
 use iceberg::{MetadataLocation, TableIdent};
 use rand::Rng;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, Outcome};
 use crate::writer::delete_files;
 use crate::{Error, Result};
 
@@ -99,10 +99,14 @@ pub struct Committer {
 
 /// The outcome of one compare-and-swap.
 enum Published {
-    /// The table now points at the new metadata file.
-    Swapped(String),
+    /// The table now points at the new metadata file, holding this metadata.
+    Swapped(String, Box<TableMetadata>),
     /// Another writer got there first; the attempt's files are deleted.
     Lost,
+    /// REST: the commit's outcome is unknown and the table has not moved since its base, so
+    /// it may still land (a request in flight). Its files are kept; a later attempt on the
+    /// same base can land only if this one never does.
+    Pending,
 }
 
 impl Committer {
@@ -148,8 +152,31 @@ impl Committer {
         let commit_id = uuid::Uuid::new_v4();
         let file_io = self.catalog.file_io().clone();
         let mut backoff = self.retry.min_backoff;
+        // REST attempts whose outcome is unknown: (snapshot id, manifests and list written).
+        let mut pending: Vec<(i64, Vec<String>)> = Vec::new();
         for attempt in 1..=self.retry.max_attempts {
             let (base_location, base) = self.catalog.load_metadata(table).await?;
+            if let Some(i) = pending
+                .iter()
+                .position(|(id, _)| base.snapshot_by_id(*id).is_some())
+            {
+                // An earlier attempt landed after all; the others never will.
+                let (snapshot_id, _) = pending.swap_remove(i);
+                for (_, files) in pending {
+                    delete_files(&file_io, files).await;
+                }
+                tracing::info!(%table, snapshot_id, "a commit whose outcome was unknown landed");
+                return Ok(Committed {
+                    snapshot_id: Some(snapshot_id),
+                    sequence_number: base
+                        .snapshot_by_id(snapshot_id)
+                        .map(|s| s.sequence_number()),
+                    metadata_location: base_location,
+                    metadata: base,
+                    attempts: attempt,
+                    elapsed: started.elapsed(),
+                });
+            }
             let mut written = Vec::new();
             let staged = stage::stage(
                 &file_io,
@@ -157,6 +184,7 @@ impl Committer {
                 &base,
                 &base_location,
                 req,
+                self.catalog.state_needs_snapshot(),
                 attempt,
                 commit_id,
                 &mut written,
@@ -177,6 +205,15 @@ impl Committer {
                 }
                 Err(e) => {
                     delete_files(&file_io, written).await;
+                    if !pending.is_empty() {
+                        // The table refused this attempt, but an earlier one may still land.
+                        return Err(Error::CommitStateUnknown {
+                            table: table.to_string(),
+                            reason: format!(
+                                "an earlier attempt's outcome is unknown, and the next one failed: {e}"
+                            ),
+                        });
+                    }
                     return Err(e);
                 }
             };
@@ -185,37 +222,69 @@ impl Committer {
                 Some(_) => unreferenced(&file_io, &built.metadata, &written).await,
                 None => Vec::new(),
             };
-            match self
+            let published = self
                 .publish(
                     table,
                     &base_location,
                     &base,
-                    &built.metadata,
+                    &built,
                     snapshot_id,
                     &mut written,
                 )
-                .await?
-            {
-                Published::Swapped(new_location) => {
-                    delete_expired_metadata(&file_io, &built).await;
+                .await;
+            let published = match published {
+                Ok(p) => p,
+                Err(e) if !pending.is_empty() => {
+                    return Err(Error::CommitStateUnknown {
+                        table: table.to_string(),
+                        reason: format!(
+                            "an earlier attempt's outcome is unknown, and the next one failed: {e}"
+                        ),
+                    });
+                }
+                Err(e) => return Err(e),
+            };
+            match published {
+                Published::Swapped(new_location, metadata) => {
+                    if self.catalog.writes_metadata_files() {
+                        delete_expired_metadata(&file_io, &built).await;
+                    }
                     delete_files(&file_io, unused).await;
+                    // Earlier attempts on this base can no longer land.
+                    for (_, files) in pending {
+                        delete_files(&file_io, files).await;
+                    }
                     let sequence_number = snapshot_id
-                        .and_then(|id| built.metadata.snapshot_by_id(id))
+                        .and_then(|id| metadata.snapshot_by_id(id))
                         .map(|s| s.sequence_number());
                     return Ok(Committed {
                         snapshot_id,
                         sequence_number,
                         metadata_location: new_location,
-                        metadata: built.metadata,
+                        metadata: *metadata,
                         attempts: attempt,
                         elapsed: started.elapsed(),
                     });
                 }
                 Published::Lost => {}
+                Published::Pending => {
+                    if let Some(id) = snapshot_id {
+                        pending.push((id, std::mem::take(&mut written)));
+                    }
+                }
             }
             tracing::debug!(%table, attempt, "commit lost the race; retrying");
             tokio::time::sleep(jitter(backoff)).await;
             backoff = (backoff * 2).min(self.retry.max_backoff);
+        }
+        if !pending.is_empty() {
+            return Err(Error::CommitStateUnknown {
+                table: table.to_string(),
+                reason: format!(
+                    "{} attempt(s) got no clear answer from the catalog and later ones lost races",
+                    pending.len()
+                ),
+            });
         }
         Err(Error::CommitConflict {
             table: table.to_string(),
@@ -223,10 +292,121 @@ impl Committer {
         })
     }
 
-    /// Writes `metadata` next to `base_location` and swaps it in. On a lost race the attempt's
+    /// Publishes `built` (derived from `base`): on a SQL catalog by writing its metadata file
+    /// and swapping it in ([`Self::swap`]), on REST by sending its changes with their
+    /// requirements ([`Self::post`]).
+    async fn publish(
+        &self,
+        table: &TableIdent,
+        base_location: &str,
+        base: &TableMetadata,
+        built: &iceberg::spec::TableMetadataBuildResult,
+        snapshot_id: Option<i64>,
+        files: &mut Vec<String>,
+    ) -> Result<Published> {
+        if self.catalog.writes_metadata_files() {
+            self.swap(
+                table,
+                base_location,
+                base,
+                &built.metadata,
+                snapshot_id,
+                files,
+            )
+            .await
+        } else {
+            self.post(table, base, built, snapshot_id, files).await
+        }
+    }
+
+    /// REST: sends the commit. A 409 (or a request the server never took) is a lost race; when
+    /// the outcome is unknown, the table decides ([`Self::resolve_rest`]).
+    async fn post(
+        &self,
+        table: &TableIdent,
+        base: &TableMetadata,
+        built: &iceberg::spec::TableMetadataBuildResult,
+        snapshot_id: Option<i64>,
+        files: &mut Vec<String>,
+    ) -> Result<Published> {
+        let file_io = self.catalog.file_io();
+        let outcome = match self.catalog.post_commit(table, base, built).await {
+            Ok(o) => o,
+            Err(e) => {
+                delete_files(file_io, std::mem::take(files)).await;
+                return Err(e);
+            }
+        };
+        match outcome {
+            Outcome::Landed { location, metadata } => Ok(Published::Swapped(location, metadata)),
+            Outcome::Lost => {
+                delete_files(file_io, std::mem::take(files)).await;
+                Ok(Published::Lost)
+            }
+            Outcome::Unknown(e) => {
+                let published = self.resolve_rest(table, base, snapshot_id, &e).await?;
+                match &published {
+                    Published::Swapped(..) => {
+                        tracing::info!(%table, error = %e, "no clear answer from the catalog; the table shows the commit landed")
+                    }
+                    Published::Lost => {
+                        tracing::warn!(%table, error = %e, "no clear answer from the catalog; the table moved on without the commit, retrying");
+                        delete_files(file_io, std::mem::take(files)).await;
+                    }
+                    Published::Pending => {
+                        tracing::warn!(%table, error = %e, "no clear answer from the catalog and the table has not moved; trying again on the same base (at most one attempt can land)")
+                    }
+                }
+                Ok(published)
+            }
+        }
+    }
+
+    /// Learns what became of a REST commit whose reply was lost or failed, from the table:
+    /// its snapshot is there → landed; `main` moved on without it → it never will (every
+    /// floe commit asserts `main`); otherwise it may still be in flight (`Pending`). A commit
+    /// without a snapshot (a metadata update) is run again on fresh metadata, which finds
+    /// it done if it was.
+    async fn resolve_rest(
+        &self,
+        table: &TableIdent,
+        base: &TableMetadata,
+        snapshot_id: Option<i64>,
+        error: &Error,
+    ) -> Result<Published> {
+        let Some(id) = snapshot_id else {
+            return Ok(Published::Lost);
+        };
+        let mut pause = Duration::from_millis(200);
+        let mut last_error = error.to_string();
+        for _ in 0..6 {
+            match self.catalog.load_metadata(table).await {
+                Ok((location, current)) => {
+                    if current.snapshot_by_id(id).is_some() {
+                        return Ok(Published::Swapped(location, Box::new(current)));
+                    }
+                    let main = |m: &TableMetadata| m.current_snapshot_id();
+                    return Ok(if main(&current) != main(base) {
+                        Published::Lost
+                    } else {
+                        Published::Pending
+                    });
+                }
+                Err(e) => last_error = e.to_string(),
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+        Err(Error::CommitStateUnknown {
+            table: table.to_string(),
+            reason: format!("the catalog could not be read back: {last_error}"),
+        })
+    }
+
+    /// SQL: writes `metadata` next to `base_location` and swaps it in. On a lost race the attempt's
     /// files are deleted and `Lost` is returned. When the swap's outcome is unknown, the
     /// table's history decides ([`Self::resolve`]); nothing is deleted before it has.
-    async fn publish(
+    async fn swap(
         &self,
         table: &TableIdent,
         base_location: &str,
@@ -269,7 +449,7 @@ impl Committer {
         };
         crate::fail::point("after-catalog-swap");
         if swapped {
-            Ok(Published::Swapped(new_location))
+            Ok(Published::Swapped(new_location, Box::new(metadata.clone())))
         } else {
             delete_files(file_io, std::mem::take(files)).await;
             Ok(Published::Lost)
@@ -343,21 +523,16 @@ impl Committer {
             };
             let mut files = Vec::new();
             match self
-                .publish(
-                    table,
-                    &base_location,
-                    &base,
-                    &built.metadata,
-                    None,
-                    &mut files,
-                )
+                .publish(table, &base_location, &base, &built, None, &mut files)
                 .await?
             {
-                Published::Swapped(location) => {
-                    delete_expired_metadata(&file_io, &built).await;
-                    return Ok(Some((location, built.metadata)));
+                Published::Swapped(location, metadata) => {
+                    if self.catalog.writes_metadata_files() {
+                        delete_expired_metadata(&file_io, &built).await;
+                    }
+                    return Ok(Some((location, *metadata)));
                 }
-                Published::Lost => {
+                Published::Lost | Published::Pending => {
                     tracing::debug!(%table, attempt, "metadata update lost the race; retrying");
                     tokio::time::sleep(jitter(backoff)).await;
                     backoff = (backoff * 2).min(self.retry.max_backoff);
@@ -504,6 +679,7 @@ mod tests {
             uri: format!("sqlite://{}/c.db", dir.display()),
             warehouse: format!("{}/wh", dir.display()),
             name: "floe".into(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -564,6 +740,7 @@ mod tests {
             uri: format!("sqlite://{}/c.db", dir.path().display()),
             warehouse: format!("{}/wh", dir.path().display()),
             name: "floe".into(),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -126,16 +126,17 @@ pub(crate) async fn stage(
     base: &TableMetadata,
     base_location: &str,
     req: &CommitRequest,
+    state_needs_snapshot: bool,
     attempt: u32,
     commit_id: uuid::Uuid,
     written: &mut Vec<String>,
 ) -> Result<Staged> {
     let table_name = table.to_string();
     let state = new_state(&table_name, base, req)?;
-    if req.change.is_state_only() {
-        if state.is_empty() {
-            return Ok(Staged::Unchanged);
-        }
+    if req.change.is_state_only() && state.is_empty() {
+        return Ok(Staged::Unchanged);
+    }
+    if req.change.is_state_only() && !state_needs_snapshot {
         let built = base
             .clone()
             .into_builder(Some(base_location.to_string()))
@@ -294,6 +295,11 @@ pub(crate) async fn stage(
     }
     summary.insert("floe.version".into(), env!("CARGO_PKG_VERSION").to_string());
     summary.insert("floe.writer".into(), super::writer_id().to_string());
+    if req.change.is_state_only() {
+        // REST: a snapshot that adds nothing, so that the commit of floe's state moves
+        // `main`, which the catalog checks (see `Catalog::state_needs_snapshot`).
+        summary.insert("floe.state-only".into(), "true".into());
+    }
     let now_ms = chrono::Utc::now()
         .timestamp_millis()
         .max(base.last_updated_ms());

@@ -3,24 +3,22 @@
 //! `SqlCatalog` and Trino's `iceberg.catalog.type=jdbc` read too.
 //!
 //! floe owns this layer (rather than iceberg-catalog-sql) because it owns the commit: a commit
-//! is a compare-and-swap of `metadata_location` ([`Catalog::swap_metadata_location`]). SQLite
-//! runs in WAL mode with a busy timeout so several processes can share one catalog file.
+//! is a compare-and-swap of `metadata_location` ([`SqlCatalog::swap_metadata_location`]).
+//! SQLite runs in WAL mode with a busy timeout so several processes can share one catalog file.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::time::Duration;
 
-use iceberg::io::{FileIO, FileIOBuilder, LocalFsStorageFactory};
+use iceberg::io::FileIO;
 use iceberg::spec::{TableMetadata, TableMetadataBuilder};
-use iceberg::table::Table;
 use iceberg::{MetadataLocation, NamespaceIdent, TableCreation, TableIdent};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Connection, Executor, Row};
 
-use crate::config::{CatalogConfig, S3Config, is_s3};
+use super::{absolute, redact_uri};
+use crate::config::CatalogConfig;
 use crate::{Error, Result};
 use floe_schema::TableDefinition;
-use iceberg_storage_opendal::OpenDalStorageFactory;
 
 /// How long a catalog database that is not reachable (refused, timed out) is waited for, and
 /// how long a connection from the pool is waited for.
@@ -36,55 +34,26 @@ enum Dialect {
     Postgres,
 }
 
-/// A connected catalog plus the file I/O for its warehouse.
-#[derive(Clone)]
-pub struct Catalog {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
+/// A connected SQL catalog.
+pub(crate) struct SqlCatalog {
     name: String,
-    warehouse: String,
+    /// The warehouse root URI (`file:///…` or `s3://…`).
+    pub(crate) warehouse: String,
     pool: AnyPool,
     dialect: Dialect,
     file_io: FileIO,
-    s3: S3Config,
     /// Java's V1 schema has `iceberg_type`; catalogs created by older tools may lack it.
     has_type_column: bool,
 }
 
-impl std::fmt::Debug for Catalog {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Catalog")
-            .field("name", &self.inner.name)
-            .field("warehouse", &self.inner.warehouse)
-            .finish()
-    }
-}
-
-/// Parses `a.b.table` into a table identifier.
-pub fn parse_table_ident(name: &str) -> Result<TableIdent> {
-    let (ns, table) = floe_schema::table_def::split_table_name(name).map_err(Error::Config)?;
-    Ok(TableIdent::new(NamespaceIdent::from_vec(ns)?, table))
-}
-
-/// Absolute local path for `p`, relative to the working directory.
-fn absolute(p: &str) -> Result<PathBuf> {
-    std::path::absolute(Path::new(p)).map_err(|source| Error::Io {
-        context: format!("resolving path {p}"),
-        source,
-    })
-}
-
-impl Catalog {
+impl SqlCatalog {
     /// Connects to the catalog database (creating the catalog tables and, for SQLite, the
-    /// database file if needed) and sets up file I/O for the warehouse.
-    pub async fn connect(cfg: &CatalogConfig) -> Result<Self> {
-        Self::connect_with(cfg, &S3Config::default()).await
-    }
-
-    /// [`Self::connect`] with the S3 settings an `s3://` warehouse needs.
-    pub async fn connect_with(cfg: &CatalogConfig, s3: &S3Config) -> Result<Self> {
+    /// database file if needed); `warehouse` and `file_io` are the warehouse root and its I/O.
+    pub(crate) async fn connect(
+        cfg: &CatalogConfig,
+        warehouse: String,
+        file_io: FileIO,
+    ) -> Result<Self> {
         install_default_drivers();
         let (dialect, url) = if let Some((path, query)) = cfg.sqlite_file() {
             if path.is_empty() || path == ":memory:" {
@@ -109,55 +78,9 @@ impl Catalog {
             (Dialect::Postgres, cfg.uri.clone())
         } else {
             return Err(Error::Config(format!(
-                "catalog.uri {:?}: expected sqlite://PATH or postgres://USER:PASSWORD@HOST/DB",
+                "catalog.uri {:?}: expected sqlite://PATH, postgres://USER:PASSWORD@HOST/DB or the https:// URI of an Iceberg REST catalog",
                 redact_uri(&cfg.uri)
             )));
-        };
-        let (warehouse, file_io) = if is_s3(&cfg.warehouse) {
-            let rest = cfg
-                .warehouse
-                .split_once("://")
-                .map(|(_, r)| r)
-                .unwrap_or("");
-            if rest.split('/').next().unwrap_or("").is_empty() {
-                return Err(Error::Config(format!(
-                    "catalog.warehouse {}: expected s3://BUCKET or s3://BUCKET/PREFIX",
-                    cfg.warehouse
-                )));
-            }
-            let file_io = FileIOBuilder::new(Arc::new(OpenDalStorageFactory::S3 {
-                customized_credential_load: None,
-            }))
-            .with_props(s3.file_io_props()?)
-            .build();
-            // One scheme for every path floe writes: s3:// (s3a/s3n name the same objects).
-            let warehouse = format!("s3://{}", rest.trim_end_matches('/'));
-            (warehouse, file_io)
-        } else if cfg.warehouse.contains("://") {
-            if !cfg.warehouse.starts_with("file://") {
-                return Err(Error::Config(format!(
-                    "catalog.warehouse {}: expected a folder, file:///PATH or s3://BUCKET/PREFIX",
-                    cfg.warehouse
-                )));
-            }
-            let w = cfg.warehouse.trim_end_matches('/').to_string();
-            (
-                w,
-                FileIOBuilder::new(Arc::new(LocalFsStorageFactory)).build(),
-            )
-        } else {
-            let abs = absolute(&cfg.warehouse)?;
-            std::fs::create_dir_all(&abs).map_err(|source| Error::Io {
-                context: format!("creating warehouse {}", abs.display()),
-                source,
-            })?;
-            let w = format!("file://{}", abs.display())
-                .trim_end_matches('/')
-                .to_string();
-            (
-                w,
-                FileIOBuilder::new(Arc::new(LocalFsStorageFactory)).build(),
-            )
         };
 
         // One connection first, so a database that cannot be opened (a full disk, no
@@ -228,41 +151,22 @@ impl Catalog {
             .is_ok();
 
         Ok(Self {
-            inner: Arc::new(Inner {
-                name: cfg.name.clone(),
-                warehouse,
-                pool,
-                dialect,
-                file_io,
-                s3: s3.clone(),
-                has_type_column,
-            }),
+            name: cfg.name.clone(),
+            warehouse,
+            pool,
+            dialect,
+            file_io,
+            has_type_column,
         })
     }
 
-    /// The catalog name.
-    pub fn name(&self) -> &str {
-        &self.inner.name
-    }
-
-    /// The warehouse root URI (`file:///…` or `s3://…`).
-    pub fn warehouse(&self) -> &str {
-        &self.inner.warehouse
-    }
-
-    /// The S3 settings (for listing an `s3://` warehouse).
-    pub fn s3(&self) -> &S3Config {
-        &self.inner.s3
-    }
-
-    /// File I/O for table data and metadata.
-    pub fn file_io(&self) -> &FileIO {
-        &self.inner.file_io
+    fn name(&self) -> &str {
+        &self.name
     }
 
     /// SQL with `?` placeholders in this database's dialect.
     fn sql(&self, q: &str) -> String {
-        match self.inner.dialect {
+        match self.dialect {
             Dialect::Sqlite => q.to_string(),
             Dialect::Postgres => {
                 let mut out = String::with_capacity(q.len() + 8);
@@ -282,7 +186,7 @@ impl Catalog {
     }
 
     fn table_filter(&self) -> &'static str {
-        if self.inner.has_type_column {
+        if self.has_type_column {
             " AND (iceberg_type = 'TABLE' OR iceberg_type IS NULL)"
         } else {
             ""
@@ -290,14 +194,14 @@ impl Catalog {
     }
 
     /// Creates the namespace if it does not exist (Java's `exists` marker row).
-    pub async fn create_namespace(&self, namespace: &NamespaceIdent) -> Result<()> {
+    pub(crate) async fn create_namespace(&self, namespace: &NamespaceIdent) -> Result<()> {
         let ns = namespace.join(".");
         let exists = sqlx::query(&self.sql(
             "SELECT 1 FROM iceberg_namespace_properties WHERE catalog_name = ? AND namespace = ?",
         ))
         .bind(self.name().to_string())
         .bind(ns.clone())
-        .fetch_optional(&self.inner.pool)
+        .fetch_optional(&self.pool)
         .await
         .map_err(Error::catalog(format!("looking up namespace {ns}")))?;
         if exists.is_some() {
@@ -309,7 +213,7 @@ impl Catalog {
         ))
         .bind(self.name().to_string())
         .bind(ns.clone())
-        .execute(&self.inner.pool)
+        .execute(&self.pool)
         .await;
         match insert {
             Ok(_) => Ok(()),
@@ -320,14 +224,14 @@ impl Catalog {
     }
 
     /// Every table of this catalog, sorted by name.
-    pub async fn list_tables(&self) -> Result<Vec<TableIdent>> {
+    pub(crate) async fn list_tables(&self) -> Result<Vec<TableIdent>> {
         let rows = sqlx::query(&self.sql(&format!(
             "SELECT table_namespace, table_name FROM iceberg_tables WHERE catalog_name = ?{} \
              ORDER BY table_namespace, table_name",
             self.table_filter()
         )))
         .bind(self.name().to_string())
-        .fetch_all(&self.inner.pool)
+        .fetch_all(&self.pool)
         .await
         .map_err(Error::catalog("listing tables"))?;
         rows.iter()
@@ -343,7 +247,10 @@ impl Catalog {
     }
 
     /// The table's current metadata location, or `None` if the table does not exist.
-    pub async fn find_metadata_location(&self, ident: &TableIdent) -> Result<Option<String>> {
+    pub(crate) async fn find_metadata_location(
+        &self,
+        ident: &TableIdent,
+    ) -> Result<Option<String>> {
         let row = sqlx::query(&self.sql(&format!(
             "SELECT metadata_location FROM iceberg_tables \
              WHERE catalog_name = ? AND table_namespace = ? AND table_name = ?{}",
@@ -352,7 +259,7 @@ impl Catalog {
         .bind(self.name().to_string())
         .bind(ident.namespace().join("."))
         .bind(ident.name().to_string())
-        .fetch_optional(&self.inner.pool)
+        .fetch_optional(&self.pool)
         .await
         .map_err(Error::catalog(format!("looking up table {ident}")))?;
         row.map(|r| r.try_get::<String, _>(0))
@@ -363,64 +270,36 @@ impl Catalog {
     }
 
     /// The table's current metadata location and metadata.
-    pub async fn load_metadata(&self, ident: &TableIdent) -> Result<(String, TableMetadata)> {
+    pub(crate) async fn load_metadata(
+        &self,
+        ident: &TableIdent,
+    ) -> Result<(String, TableMetadata)> {
         let location = self
             .find_metadata_location(ident)
             .await?
             .ok_or_else(|| Error::NoSuchTable(ident.to_string()))?;
-        let metadata = TableMetadata::read_from(self.file_io(), &location).await?;
+        let metadata = TableMetadata::read_from(&self.file_io, &location).await?;
         Ok((location, metadata))
     }
 
-    /// Loads a table (for scans and manifest reads).
-    pub async fn load_table(&self, ident: &TableIdent) -> Result<Table> {
-        let (location, metadata) = self.load_metadata(ident).await?;
-        self.table_from(ident, location, metadata)
-    }
-
-    pub(crate) fn table_from(
+    /// Creates a table from its definition (and its namespace if needed), with `properties`;
+    /// returns its metadata location and metadata.
+    pub(crate) async fn create_table(
         &self,
         ident: &TableIdent,
-        location: String,
-        metadata: TableMetadata,
-    ) -> Result<Table> {
-        Ok(Table::builder()
-            .file_io(self.file_io().clone())
-            .identifier(ident.clone())
-            .metadata_location(location)
-            .metadata(metadata)
-            .runtime(iceberg::Runtime::current())
-            .build()?)
-    }
-
-    /// Creates a table from its definition (and its namespace if needed).
-    pub async fn create_table(&self, def: &TableDefinition) -> Result<Table> {
-        let ident = TableIdent::new(
-            NamespaceIdent::from_vec(def.namespace.clone())?,
-            def.name.clone(),
-        );
-        if self.find_metadata_location(&ident).await?.is_some() {
+        def: &TableDefinition,
+        properties: HashMap<String, String>,
+    ) -> Result<(String, TableMetadata)> {
+        if self.find_metadata_location(ident).await?.is_some() {
             return Err(Error::TableExists(ident.to_string()));
         }
-        crate::compat::check_definition(
-            &ident.to_string(),
-            def.format_version,
-            &def.schema,
-            &def.properties,
-        )?;
         self.create_namespace(ident.namespace()).await?;
         let location = format!(
             "{}/{}/{}",
-            self.warehouse(),
+            self.warehouse,
             def.namespace.join("/"),
             def.name
         );
-        let mut properties = def.properties.clone();
-        for (k, v) in crate::commit::CREATE_DEFAULTS {
-            properties
-                .entry(k.to_string())
-                .or_insert_with(|| v.to_string());
-        }
         let creation = TableCreation::builder()
             .name(def.name.clone())
             .location(location.clone())
@@ -434,11 +313,9 @@ impl Catalog {
             .build()?
             .metadata;
         let metadata_location = MetadataLocation::new_with_metadata(location, &metadata);
-        metadata
-            .write_to(self.file_io(), &metadata_location)
-            .await?;
+        metadata.write_to(&self.file_io, &metadata_location).await?;
         let metadata_location = metadata_location.to_string();
-        let (cols, vals) = if self.inner.has_type_column {
+        let (cols, vals) = if self.has_type_column {
             (", iceberg_type", ", 'TABLE'")
         } else {
             ("", "")
@@ -452,12 +329,12 @@ impl Catalog {
         .bind(ident.namespace().join("."))
         .bind(ident.name().to_string())
         .bind(metadata_location.clone())
-        .execute(&self.inner.pool)
+        .execute(&self.pool)
         .await;
         match inserted {
-            Ok(_) => self.table_from(&ident, metadata_location, metadata),
+            Ok(_) => Ok((metadata_location, metadata)),
             Err(e) => {
-                let _ = self.file_io().delete(&metadata_location).await;
+                let _ = self.file_io.delete(&metadata_location).await;
                 match e {
                     sqlx::Error::Database(d) if d.is_unique_violation() => {
                         Err(Error::TableExists(ident.to_string()))
@@ -468,22 +345,9 @@ impl Catalog {
         }
     }
 
-    /// Creates the table unless it exists; returns the table either way.
-    pub async fn create_table_if_missing(&self, def: &TableDefinition) -> Result<(Table, bool)> {
-        let ident = TableIdent::new(
-            NamespaceIdent::from_vec(def.namespace.clone())?,
-            def.name.clone(),
-        );
-        match self.create_table(def).await {
-            Ok(t) => Ok((t, true)),
-            Err(Error::TableExists(_)) => Ok((self.load_table(&ident).await?, false)),
-            Err(e) => Err(e),
-        }
-    }
-
     /// Compare-and-swap of the table's metadata location: `Ok(true)` when this call moved it
     /// from `expected` to `new`, `Ok(false)` when another writer had moved it first.
-    pub async fn swap_metadata_location(
+    pub(crate) async fn swap_metadata_location(
         &self,
         ident: &TableIdent,
         expected: &str,
@@ -501,14 +365,14 @@ impl Catalog {
         .bind(ident.namespace().join("."))
         .bind(ident.name().to_string())
         .bind(expected.to_string())
-        .execute(&self.inner.pool)
+        .execute(&self.pool)
         .await
         .map_err(Error::catalog(format!("committing to {ident}")))?;
         Ok(done.rows_affected() == 1)
     }
 
     /// Removes the table from the catalog; with `purge`, deletes its files too.
-    pub async fn drop_table(&self, ident: &TableIdent, purge: bool) -> Result<()> {
+    pub(crate) async fn drop_table(&self, ident: &TableIdent, purge: bool) -> Result<()> {
         let (_, metadata) = self.load_metadata(ident).await?;
         sqlx::query(&self.sql(
             "DELETE FROM iceberg_tables WHERE catalog_name = ? AND table_namespace = ? AND table_name = ?",
@@ -516,126 +380,12 @@ impl Catalog {
         .bind(self.name().to_string())
         .bind(ident.namespace().join("."))
         .bind(ident.name().to_string())
-        .execute(&self.inner.pool)
+        .execute(&self.pool)
         .await
         .map_err(Error::catalog(format!("dropping {ident}")))?;
         if purge {
-            self.file_io().delete_prefix(metadata.location()).await?;
+            self.file_io.delete_prefix(metadata.location()).await?;
         }
         Ok(())
-    }
-}
-
-/// A URI with its secrets masked for messages and logs: `postgres://user:secret@host/db` →
-/// `postgres://user:***@host/db`, and `?password=…`, `&sslpassword=…`, `token=…` and the like
-/// in the query → `***`.
-pub fn redact_uri(uri: &str) -> String {
-    redact_text(uri)
-}
-
-/// `text` with every secret that a URI or a `key=value` pair in it carries masked as `***`:
-/// the password of `scheme://user:password@host`, and the value of any `name=value` whose
-/// name says password, secret, token or key (so a message quoting a URI or a setting keeps
-/// its shape but not its secret).
-pub fn redact_text(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    // scheme://user:password@host
-    while let Some(i) = rest.find("://") {
-        let (head, tail) = rest.split_at(i + 3);
-        out.push_str(head);
-        let end = tail
-            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace())
-            .unwrap_or(tail.len());
-        let authority = &tail[..end];
-        match authority.rfind('@') {
-            Some(at) if authority[..at].contains(':') => {
-                let colon = authority[..at].find(':').expect("checked");
-                out.push_str(&authority[..colon + 1]);
-                out.push_str(crate::config::REDACTED);
-                out.push_str(&authority[at..]);
-            }
-            _ => out.push_str(authority),
-        }
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
-    redact_pairs(&out)
-}
-
-/// Masks the value of every `name=value` whose name looks secret.
-fn redact_pairs(text: &str) -> String {
-    let secret = |name: &str| {
-        let n = name.to_ascii_lowercase();
-        [
-            "password",
-            "passwd",
-            "pwd",
-            "secret",
-            "token",
-            "key",
-            "credential",
-        ]
-        .iter()
-        .any(|s| n.contains(s))
-    };
-    let mut out = String::with_capacity(text.len());
-    let mut last = 0;
-    for (i, _) in text.match_indices('=') {
-        if i < last {
-            continue;
-        }
-        let start = text[..i]
-            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.'))
-            .map(|p| p + 1)
-            .unwrap_or(0);
-        if start >= i || !secret(&text[start..i]) {
-            continue;
-        }
-        let value_end = text[i + 1..]
-            .find(|c: char| {
-                c == '&' || c == ';' || c == ',' || c.is_whitespace() || c == '"' || c == '\''
-            })
-            .map(|p| i + 1 + p)
-            .unwrap_or(text.len());
-        out.push_str(&text[last..i + 1]);
-        out.push_str(crate::config::REDACTED);
-        last = value_end;
-    }
-    out.push_str(&text[last..]);
-    out
-}
-
-#[cfg(test)]
-mod redact_tests {
-    use super::*;
-
-    #[test]
-    fn secrets_in_uris_and_pairs_are_masked() {
-        assert_eq!(
-            redact_uri("postgres://u:s3cret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(
-            redact_uri("postgres://u@h/db?password=s3cret&sslmode=require"),
-            "postgres://u@h/db?password=***&sslmode=require"
-        );
-        assert_eq!(
-            redact_uri("postgresql://h/db?sslmode=require&sslpassword=x&PASSWORD=y"),
-            "postgresql://h/db?sslmode=require&sslpassword=***&PASSWORD=***"
-        );
-        assert_eq!(
-            redact_uri("sqlite://floe-data/catalog.db"),
-            "sqlite://floe-data/catalog.db"
-        );
-        let msg = "catalog database: connecting to postgres://a:b@h/d?token=t1: error at x=1";
-        assert_eq!(
-            redact_text(msg),
-            "catalog database: connecting to postgres://a:***@h/d?token=*** error at x=1"
-        );
-        assert_eq!(
-            redact_text("s3.secret-access-key=abc other"),
-            "s3.secret-access-key=*** other"
-        );
     }
 }

@@ -1,0 +1,1001 @@
+//! An Iceberg REST catalog client (the REST catalog spec's `/v1` API, with the conventions of
+//! PyIceberg's and Iceberg Java's clients), just what floe's catalog model needs.
+//!
+//! floe keeps its own client rather than `iceberg-catalog-rest` because it owns the commit: it
+//! sends its own requirements and updates (that crate only commits through a `Transaction`,
+//! which rebases silently), and it must tell a lost race (409) from a commit whose outcome is
+//! unknown (5xx, a timeout, a cut connection) from one the server refused (4xx).
+//!
+//! - `GET /v1/config?warehouse=…` first: the server's `prefix`, `uri` and storage defaults and
+//!   overrides.
+//! - Auth: a static bearer token, or OAuth2 client credentials exchanged at the token endpoint
+//!   and refreshed at 80 % of their lifetime and once on a 401; custom headers; extra CA
+//!   certificates. Secrets never reach logs or messages.
+//! - Idempotent reads are retried a few times on 429, 502–504 and connection failures; a
+//!   commit is never resent blindly (only after a 401, which applied nothing).
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use iceberg::io::{FileIO, FileIOBuilder};
+use iceberg::spec::TableMetadata;
+use iceberg::{NamespaceIdent, TableIdent, TableRequirement, TableUpdate};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Outcome, redact_text, redact_uri};
+use crate::config::{CatalogConfig, S3Config};
+use crate::{Error, Result};
+use floe_schema::TableDefinition;
+use iceberg_storage_opendal::OpenDalResolvingStorageFactory;
+
+/// Characters left as they are in a path segment (RFC 3986 unreserved).
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// How often an idempotent request is tried when the server is busy or unreachable.
+const READ_TRIES: u32 = 4;
+
+/// What a failed REST request tells about the catalog's state and what to do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestFailure {
+    /// 409: another writer changed the table first, or what is created exists.
+    Conflict,
+    /// 404: no such table or namespace.
+    NotFound,
+    /// 401 or 403: the credentials are wrong, expired or lack a privilege.
+    Unauthorized,
+    /// Another 4xx: the request is wrong for this server.
+    BadRequest,
+    /// 429: the server refused the request for now (nothing applied).
+    RateLimited,
+    /// 503: the server or a proxy in front of it is unavailable.
+    Unavailable,
+    /// 500, 502, 504 and other 5xx: the server (or a gateway) failed; a commit may have been
+    /// applied.
+    ServerError,
+    /// The request was sent but no (whole) reply came: a timeout or a cut connection.
+    NoReply,
+    /// The server could not be reached: nothing was sent.
+    NotSent,
+}
+
+impl RestFailure {
+    fn of(status: StatusCode) -> Self {
+        match status.as_u16() {
+            409 => Self::Conflict,
+            404 => Self::NotFound,
+            401 | 403 | 419 => Self::Unauthorized,
+            429 => Self::RateLimited,
+            503 => Self::Unavailable,
+            500..=599 => Self::ServerError,
+            _ => Self::BadRequest,
+        }
+    }
+
+    /// Whether trying the same request again later may succeed.
+    pub fn is_transient(self) -> bool {
+        !matches!(self, Self::NotFound | Self::Unauthorized | Self::BadRequest)
+    }
+
+    /// Whether a commit that failed this way may nevertheless have been applied.
+    fn commit_may_have_landed(self) -> bool {
+        matches!(self, Self::Unavailable | Self::ServerError | Self::NoReply)
+    }
+}
+
+/// An Iceberg REST error response (`{"error": {"message", "type", "code"}}`) or an OAuth2
+/// one (`{"error": "invalid_client", "error_description": …}`), as one line.
+fn error_detail(status: StatusCode, body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let what = match parsed.as_ref().and_then(|v| v.get("error")) {
+        Some(Value::Object(e)) => {
+            let message = e.get("message").and_then(Value::as_str).unwrap_or("");
+            match e.get("type").and_then(Value::as_str) {
+                Some(t) => format!("{t}: {message}"),
+                None => message.to_string(),
+            }
+        }
+        Some(Value::String(code)) => {
+            let desc = parsed
+                .as_ref()
+                .and_then(|v| v.get("error_description"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            format!("{code} {desc}").trim().to_string()
+        }
+        _ => {
+            let t = text.trim();
+            let mut end = t.len().min(300);
+            while !t.is_char_boundary(end) {
+                end -= 1;
+            }
+            t[..end].to_string()
+        }
+    };
+    let reason = status.canonical_reason().unwrap_or("");
+    if what.is_empty() {
+        format!("HTTP {} {reason}", status.as_u16())
+    } else {
+        format!("HTTP {} {reason}: {}", status.as_u16(), redact_text(&what))
+    }
+}
+
+/// How floe proves who it is to the catalog.
+enum Auth {
+    None,
+    Token(String),
+    OAuth2(OAuth2),
+}
+
+/// OAuth2 client credentials and the token they were last exchanged for.
+struct OAuth2 {
+    endpoint: String,
+    client_id: String,
+    client_secret: String,
+    scope: String,
+    audience: Option<String>,
+    resource: Option<String>,
+    cached: tokio::sync::Mutex<Option<CachedToken>>,
+}
+
+struct CachedToken {
+    token: String,
+    refresh_at: Option<Instant>,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+impl OAuth2 {
+    /// A valid token: the cached one unless it is due for refresh (or was rejected).
+    async fn token(&self, http: &reqwest::Client, label: &str) -> Result<String> {
+        let mut cached = self.cached.lock().await;
+        if let Some(c) = cached.as_ref()
+            && c.refresh_at.is_none_or(|at| Instant::now() < at)
+        {
+            return Ok(c.token.clone());
+        }
+        let fresh = self.exchange(http, label).await?;
+        let token = fresh.token.clone();
+        *cached = Some(fresh);
+        Ok(token)
+    }
+
+    /// Forgets `rejected` (a 401 came back for it) so the next call gets a new token.
+    async fn forget(&self, rejected: &str) {
+        let mut cached = self.cached.lock().await;
+        if cached.as_ref().is_some_and(|c| c.token == rejected) {
+            *cached = None;
+        }
+    }
+
+    async fn exchange(&self, http: &reqwest::Client, label: &str) -> Result<CachedToken> {
+        let mut form = vec![
+            ("grant_type", "client_credentials"),
+            ("client_id", self.client_id.as_str()),
+            ("client_secret", self.client_secret.as_str()),
+            ("scope", self.scope.as_str()),
+        ];
+        if let Some(a) = &self.audience {
+            form.push(("audience", a));
+        }
+        if let Some(r) = &self.resource {
+            form.push(("resource", r));
+        }
+        let context = format!(
+            "getting an OAuth2 token for client {} from {}",
+            self.client_id,
+            redact_uri(&self.endpoint)
+        );
+        let mut pause = Duration::from_millis(200);
+        for attempt in 1..=READ_TRIES {
+            let sent = http.post(&self.endpoint).form(&form).send().await;
+            let failure = match sent {
+                Ok(resp) if resp.status().is_success() => {
+                    let body = resp.bytes().await.map_err(|e| {
+                        rest_error(label, &context, RestFailure::NoReply, None, e.to_string())
+                    })?;
+                    let t: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
+                        rest_error(
+                            label,
+                            &context,
+                            RestFailure::BadRequest,
+                            None,
+                            format!("the token response is not an OAuth2 token: {e}"),
+                        )
+                    })?;
+                    let refresh_at = t.expires_in.map(|s| {
+                        // Refresh at 80 % of the lifetime, so no request carries a token
+                        // about to expire.
+                        Instant::now() + Duration::from_millis(s.saturating_mul(800))
+                    });
+                    return Ok(CachedToken {
+                        token: t.access_token,
+                        refresh_at,
+                    });
+                }
+                Ok(resp) => {
+                    let status = resp.status();
+                    let body = resp.bytes().await.unwrap_or_default();
+                    let failure = RestFailure::of(status);
+                    let mut detail = error_detail(status, &body);
+                    if failure == RestFailure::Unauthorized || status == StatusCode::BAD_REQUEST {
+                        detail.push_str(
+                            "; check catalog.credential (client_id:client_secret), catalog.scope and catalog.oauth2_server_uri",
+                        );
+                    }
+                    (failure, Some(status.as_u16()), detail)
+                }
+                Err(e) => (transport_failure(&e), None, transport_detail(&e)),
+            };
+            if !failure.0.is_transient() || attempt == READ_TRIES {
+                return Err(rest_error(label, &context, failure.0, failure.1, failure.2));
+            }
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        }
+        unreachable!("the last attempt returns")
+    }
+}
+
+fn transport_failure(e: &reqwest::Error) -> RestFailure {
+    if e.is_connect() || e.is_builder() {
+        RestFailure::NotSent
+    } else {
+        RestFailure::NoReply
+    }
+}
+
+/// The transport error with its causes (reqwest's own message is only "error sending
+/// request").
+fn transport_detail(e: &reqwest::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    redact_text(&parts.join(": "))
+}
+
+fn rest_error(
+    label: &str,
+    context: &str,
+    failure: RestFailure,
+    status: Option<u16>,
+    detail: String,
+) -> Error {
+    Error::Rest {
+        catalog: label.to_string(),
+        context: context.to_string(),
+        failure,
+        status,
+        detail,
+    }
+}
+
+#[derive(Deserialize)]
+struct ConfigResponse {
+    #[serde(default)]
+    defaults: HashMap<String, String>,
+    #[serde(default)]
+    overrides: HashMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct LoadTableResponse {
+    #[serde(rename = "metadata-location")]
+    metadata_location: Option<String>,
+    metadata: TableMetadata,
+}
+
+#[derive(Deserialize)]
+struct ListNamespacesResponse {
+    #[serde(default)]
+    namespaces: Vec<Vec<String>>,
+    #[serde(rename = "next-page-token", default)]
+    next_page_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct TableIdentifier {
+    namespace: Vec<String>,
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct ListTablesResponse {
+    #[serde(default)]
+    identifiers: Vec<TableIdentifier>,
+    #[serde(rename = "next-page-token", default)]
+    next_page_token: Option<String>,
+}
+
+/// A connected REST catalog.
+pub(crate) struct RestCatalog {
+    http: reqwest::Client,
+    /// `{uri}/v1` plus `/{prefix}` when the server gave one.
+    base: String,
+    /// The URI (redacted) and warehouse, for messages.
+    label: String,
+    headers: HeaderMap,
+    auth: Auth,
+}
+
+impl RestCatalog {
+    /// Reads the server's config (`GET /v1/config`) and builds the client and the file I/O
+    /// for the catalog's tables.
+    pub(crate) async fn connect(cfg: &CatalogConfig, s3: &S3Config) -> Result<(Self, FileIO)> {
+        if cfg.sigv4.enabled {
+            return Err(Error::Unsupported(
+                "catalog.sigv4: AWS SigV4 signing of REST catalog requests is not supported yet; use a token or OAuth2 credential".into(),
+            ));
+        }
+        if let Some(d) = &cfg.access_delegation {
+            return Err(Error::Unsupported(format!(
+                "catalog.access_delegation = {d:?}: vended credentials are not supported yet; give floe S3 credentials in [s3]"
+            )));
+        }
+        let root = cfg.uri.trim_end_matches('/').to_string();
+        let root = root.strip_suffix("/v1").unwrap_or(&root).to_string();
+        let label = if cfg.warehouse.is_empty() {
+            redact_uri(&root)
+        } else {
+            format!("{} (warehouse {})", redact_uri(&root), cfg.warehouse)
+        };
+
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("floe/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(cfg.connect_timeout)
+            .timeout(cfg.request_timeout);
+        if let Some(path) = &cfg.ca_file {
+            let pem = std::fs::read(path).map_err(|source| Error::Io {
+                context: format!("reading catalog.ca_file {path}"),
+                source,
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                Error::Config(format!(
+                    "catalog.ca_file {path}: not a PEM bundle of certificates: {e}"
+                ))
+            })?;
+            if certs.is_empty() {
+                return Err(Error::Config(format!(
+                    "catalog.ca_file {path}: holds no PEM certificate"
+                )));
+            }
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder
+            .build()
+            .map_err(|e| Error::Config(format!("REST catalog client: {e}")))?;
+
+        let mut headers = HeaderMap::new();
+        for (k, v) in &cfg.headers {
+            let name = HeaderName::from_bytes(k.replace('_', "-").as_bytes()).map_err(|_| {
+                Error::Config(format!("catalog.headers.{k}: not a valid HTTP header name"))
+            })?;
+            let mut value = HeaderValue::from_str(v).map_err(|_| {
+                Error::Config(format!(
+                    "catalog.headers.{k}: the value is not a valid HTTP header value"
+                ))
+            })?;
+            value.set_sensitive(crate::config::is_secret_header(k));
+            headers.insert(name, value);
+        }
+        headers.insert(
+            "X-Client-Version",
+            HeaderValue::from_static(concat!("floe/", env!("CARGO_PKG_VERSION"))),
+        );
+
+        let token = CatalogConfig::secret(&cfg.token, &cfg.token_file, "token")?;
+        let credential =
+            CatalogConfig::secret(&cfg.credential, &cfg.credential_file, "credential")?;
+        let auth = match (token, credential) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Config(
+                    "catalog.token and catalog.credential are both set: give one (a static token, or OAuth2 client credentials)".into(),
+                ));
+            }
+            (Some(t), None) if !t.is_empty() => Auth::Token(t),
+            (Some(_), None) => {
+                return Err(Error::Config("catalog.token is empty".into()));
+            }
+            (None, Some(c)) => {
+                let (id, secret) = match c.split_once(':') {
+                    Some((id, secret)) => (id.to_string(), secret.to_string()),
+                    None => (String::new(), c.clone()),
+                };
+                if secret.is_empty() {
+                    return Err(Error::Config(
+                        "catalog.credential: expected client_id:client_secret".into(),
+                    ));
+                }
+                if cfg.oauth2_server_uri.is_none() {
+                    tracing::debug!(
+                        "catalog.oauth2_server_uri is not set; using the catalog's {root}/v1/oauth/tokens (deprecated by the REST spec)"
+                    );
+                }
+                Auth::OAuth2(OAuth2 {
+                    endpoint: cfg
+                        .oauth2_server_uri
+                        .clone()
+                        .unwrap_or_else(|| format!("{root}/v1/oauth/tokens")),
+                    client_id: id,
+                    client_secret: secret,
+                    scope: cfg.scope.clone().unwrap_or_else(|| "catalog".into()),
+                    audience: cfg.audience.clone(),
+                    resource: cfg.resource.clone(),
+                    cached: tokio::sync::Mutex::new(None),
+                })
+            }
+            (None, None) => Auth::None,
+        };
+
+        let mut catalog = Self {
+            http,
+            base: format!("{root}/v1"),
+            label,
+            headers,
+            auth,
+        };
+        let mut url = format!("{root}/v1/config");
+        if !cfg.warehouse.is_empty() {
+            url.push_str("?warehouse=");
+            url.push_str(&utf8_percent_encode(&cfg.warehouse, SEGMENT).to_string());
+        }
+        let body = catalog
+            .call(Method::GET, &url, None, "reading the catalog's config")
+            .await?;
+        let config: ConfigResponse = catalog.parse(&body, "reading the catalog's config")?;
+        let setting = |k: &str| {
+            config
+                .overrides
+                .get(k)
+                .or_else(|| config.defaults.get(k))
+                .cloned()
+        };
+        let root = setting("uri")
+            .map(|u| u.trim_end_matches('/').to_string())
+            .unwrap_or(root);
+        catalog.base = match setting("prefix").filter(|p| !p.is_empty()) {
+            Some(prefix) => format!("{root}/v1/{}", prefix.trim_matches('/')),
+            None => format!("{root}/v1"),
+        };
+
+        // Storage settings: the server's defaults, then floe's [s3], then the server's
+        // overrides (the REST spec's order).
+        let mut props: Vec<(String, String)> = config
+            .defaults
+            .iter()
+            .filter(|(k, _)| k.starts_with("s3."))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        props.extend(s3.file_io_props()?);
+        props.extend(
+            config
+                .overrides
+                .iter()
+                .filter(|(k, _)| k.starts_with("s3."))
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        let file_io =
+            FileIOBuilder::new(std::sync::Arc::new(OpenDalResolvingStorageFactory::new()))
+                .with_props(props)
+                .build();
+        Ok((catalog, file_io))
+    }
+
+    /// The URI and warehouse, for messages.
+    pub(crate) fn label(&self) -> &str {
+        &self.label
+    }
+
+    fn namespace_path(&self, ns: &NamespaceIdent) -> String {
+        let joined = ns.as_ref().join("\u{1f}");
+        format!(
+            "{}/namespaces/{}",
+            self.base,
+            utf8_percent_encode(&joined, SEGMENT)
+        )
+    }
+
+    fn table_path(&self, t: &TableIdent) -> String {
+        format!(
+            "{}/tables/{}",
+            self.namespace_path(t.namespace()),
+            utf8_percent_encode(t.name(), SEGMENT)
+        )
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(&self, body: &[u8], context: &str) -> Result<T> {
+        serde_json::from_slice(body).map_err(|e| {
+            rest_error(
+                &self.label,
+                context,
+                RestFailure::BadRequest,
+                None,
+                format!("unexpected response: {e}"),
+            )
+        })
+    }
+
+    /// Sends one request with the catalog's headers and auth. A 401 gets a fresh OAuth2
+    /// token and one more try (nothing was applied); idempotent requests (`GET`, `HEAD`,
+    /// `DELETE`) are tried again on 429, 502–504 and connection failures. Returns the body
+    /// of a 2xx reply.
+    async fn call(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<&Value>,
+        context: &str,
+    ) -> Result<bytes::Bytes> {
+        let idempotent = method != Method::POST;
+        let mut refreshed = false;
+        let mut attempt = 0;
+        let mut pause = Duration::from_millis(200);
+        loop {
+            attempt += 1;
+            let token = match &self.auth {
+                Auth::None => None,
+                Auth::Token(t) => Some(t.clone()),
+                Auth::OAuth2(o) => Some(o.token(&self.http, &self.label).await?),
+            };
+            let mut req = self
+                .http
+                .request(method.clone(), url)
+                .headers(self.headers.clone());
+            if let Some(t) = &token {
+                req = req.bearer_auth(t);
+            }
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            let (failure, status, detail) = match req.send().await {
+                Ok(resp) if resp.status().is_success() => {
+                    return resp.bytes().await.map_err(|e| {
+                        rest_error(
+                            &self.label,
+                            context,
+                            RestFailure::NoReply,
+                            None,
+                            transport_detail(&e),
+                        )
+                    });
+                }
+                Ok(resp) => {
+                    let status = resp.status();
+                    let retry_after = resp
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok());
+                    let body = resp.bytes().await.unwrap_or_default();
+                    if status == StatusCode::UNAUTHORIZED
+                        && !refreshed
+                        && let (Auth::OAuth2(o), Some(t)) = (&self.auth, &token)
+                    {
+                        o.forget(t).await;
+                        refreshed = true;
+                        attempt -= 1;
+                        continue;
+                    }
+                    if let Some(s) = retry_after {
+                        pause = Duration::from_secs(s.min(30));
+                    }
+                    let mut detail = error_detail(status, &body);
+                    if RestFailure::of(status) == RestFailure::Unauthorized {
+                        detail.push_str(match self.auth {
+                            Auth::None => "; the catalog wants credentials: set catalog.token or catalog.credential",
+                            _ => "; check the catalog credentials (catalog.token / catalog.credential) and their privileges",
+                        });
+                    }
+                    (RestFailure::of(status), Some(status.as_u16()), detail)
+                }
+                Err(e) => (transport_failure(&e), None, transport_detail(&e)),
+            };
+            let again = match failure {
+                RestFailure::NotSent | RestFailure::RateLimited => true,
+                RestFailure::Unavailable | RestFailure::ServerError | RestFailure::NoReply => {
+                    idempotent && status != Some(500)
+                }
+                _ => false,
+            };
+            if !again || attempt >= READ_TRIES {
+                return Err(rest_error(&self.label, context, failure, status, detail));
+            }
+            tracing::debug!(catalog = %self.label, %context, %detail, attempt, "REST catalog request failed; retrying");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    /// Whether the namespace exists.
+    async fn namespace_exists(&self, ns: &NamespaceIdent) -> Result<bool> {
+        let context = format!("looking up namespace {}", ns.join("."));
+        match self
+            .call(Method::GET, &self.namespace_path(ns), None, &context)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(Error::Rest {
+                failure: RestFailure::NotFound,
+                ..
+            }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates the namespace and its parents unless they exist.
+    pub(crate) async fn create_namespace(&self, ns: &NamespaceIdent) -> Result<()> {
+        if self.namespace_exists(ns).await? {
+            return Ok(());
+        }
+        let levels = ns.as_ref();
+        for depth in 1..=levels.len() {
+            let part = &levels[..depth];
+            let context = format!("creating namespace {}", part.join("."));
+            let body = json!({"namespace": part, "properties": {}});
+            match self
+                .call(
+                    Method::POST,
+                    &format!("{}/namespaces", self.base),
+                    Some(&body),
+                    &context,
+                )
+                .await
+            {
+                Ok(_)
+                | Err(Error::Rest {
+                    failure: RestFailure::Conflict,
+                    ..
+                }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Every table in every namespace (namespaces walked from the top, pages followed).
+    pub(crate) async fn list_tables(&self) -> Result<Vec<TableIdent>> {
+        let mut tables = Vec::new();
+        let mut seen: BTreeSet<Vec<String>> = BTreeSet::new();
+        let mut queue: Vec<Vec<String>> = self.list_namespaces(None).await?;
+        while let Some(ns) = queue.pop() {
+            if ns.is_empty() || !seen.insert(ns.clone()) {
+                continue;
+            }
+            let ident = NamespaceIdent::from_vec(ns.clone())?;
+            let context = format!("listing the tables of {}", ns.join("."));
+            let mut token: Option<String> = None;
+            loop {
+                let mut url = format!("{}/tables", self.namespace_path(&ident));
+                if let Some(t) = &token {
+                    url.push_str("?pageToken=");
+                    url.push_str(&utf8_percent_encode(t, SEGMENT).to_string());
+                }
+                let body = self.call(Method::GET, &url, None, &context).await?;
+                let page: ListTablesResponse = self.parse(&body, &context)?;
+                for t in page.identifiers {
+                    tables.push(TableIdent::new(
+                        NamespaceIdent::from_vec(t.namespace)?,
+                        t.name,
+                    ));
+                }
+                match page.next_page_token {
+                    Some(t) if !t.is_empty() && token.as_ref() != Some(&t) => token = Some(t),
+                    _ => break,
+                }
+            }
+            // Children; a server without nested namespaces may refuse `parent`.
+            match self.list_namespaces(Some(&ident)).await {
+                Ok(children) => queue.extend(
+                    children
+                        .into_iter()
+                        .filter(|c| c.len() > ns.len() && c.starts_with(&ns)),
+                ),
+                Err(Error::Rest {
+                    failure: RestFailure::BadRequest | RestFailure::NotFound,
+                    ..
+                }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(tables)
+    }
+
+    async fn list_namespaces(&self, parent: Option<&NamespaceIdent>) -> Result<Vec<Vec<String>>> {
+        let context = match parent {
+            Some(p) => format!("listing the namespaces in {}", p.join(".")),
+            None => "listing namespaces".to_string(),
+        };
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut query = Vec::new();
+            if let Some(p) = parent {
+                query.push(format!(
+                    "parent={}",
+                    utf8_percent_encode(&p.as_ref().join("\u{1f}"), SEGMENT)
+                ));
+            }
+            if let Some(t) = &token {
+                query.push(format!("pageToken={}", utf8_percent_encode(t, SEGMENT)));
+            }
+            let mut url = format!("{}/namespaces", self.base);
+            if !query.is_empty() {
+                url.push('?');
+                url.push_str(&query.join("&"));
+            }
+            let body = self.call(Method::GET, &url, None, &context).await?;
+            let page: ListNamespacesResponse = self.parse(&body, &context)?;
+            out.extend(page.namespaces);
+            match page.next_page_token {
+                Some(t) if !t.is_empty() && token.as_ref() != Some(&t) => token = Some(t),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// The table's metadata location and metadata (`GET …/tables/{t}`).
+    pub(crate) async fn load_table(&self, ident: &TableIdent) -> Result<(String, TableMetadata)> {
+        let context = format!("loading table {ident}");
+        let body = match self
+            .call(
+                Method::GET,
+                &format!("{}?snapshots=all", self.table_path(ident)),
+                None,
+                &context,
+            )
+            .await
+        {
+            Err(Error::Rest {
+                failure: RestFailure::NotFound,
+                ..
+            }) => return Err(Error::NoSuchTable(ident.to_string())),
+            other => other?,
+        };
+        let loaded: LoadTableResponse = self.parse(&body, &context)?;
+        let location = loaded.metadata_location.ok_or_else(|| {
+            rest_error(
+                &self.label,
+                &context,
+                RestFailure::BadRequest,
+                None,
+                "the response has no metadata-location (a staged table?)".into(),
+            )
+        })?;
+        Ok((location, loaded.metadata))
+    }
+
+    /// Creates the table (`POST …/namespaces/{ns}/tables`); the server picks its location.
+    pub(crate) async fn create_table(
+        &self,
+        ident: &TableIdent,
+        def: &TableDefinition,
+        mut properties: HashMap<String, String>,
+    ) -> Result<(String, TableMetadata)> {
+        self.create_namespace(ident.namespace()).await?;
+        properties.insert(
+            "format-version".into(),
+            (def.format_version as u8).to_string(),
+        );
+        let mut body = json!({
+            "name": ident.name(),
+            "schema": def.schema,
+            "partition-spec": def.partition_spec,
+            "stage-create": false,
+            "properties": properties,
+        });
+        // Java's parser wants the ids an unbound spec leaves out (PyIceberg sends them too).
+        let spec = &mut body["partition-spec"];
+        if spec.get("spec-id").is_none_or(Value::is_null) {
+            spec["spec-id"] = json!(0);
+        }
+        if let Some(Value::Array(fields)) = spec.get_mut("fields") {
+            let mut next = 1000;
+            for f in fields {
+                match f.get("field-id").and_then(Value::as_i64) {
+                    Some(id) => next = next.max(id + 1),
+                    None => {
+                        f["field-id"] = json!(next);
+                        next += 1;
+                    }
+                }
+            }
+        }
+        if let Some(order) = &def.sort_order {
+            body["write-order"] = serde_json::to_value(order).expect("sort order serializes");
+        }
+        let context = format!("creating table {ident}");
+        let reply = match self
+            .call(
+                Method::POST,
+                &format!("{}/tables", self.namespace_path(ident.namespace())),
+                Some(&body),
+                &context,
+            )
+            .await
+        {
+            Err(Error::Rest {
+                failure: RestFailure::Conflict,
+                ..
+            }) => return Err(Error::TableExists(ident.to_string())),
+            other => other?,
+        };
+        let loaded: LoadTableResponse = self.parse(&reply, &context)?;
+        let location = loaded.metadata_location.ok_or_else(|| {
+            rest_error(
+                &self.label,
+                &context,
+                RestFailure::BadRequest,
+                None,
+                "the response has no metadata-location".into(),
+            )
+        })?;
+        Ok((location, loaded.metadata))
+    }
+
+    /// Drops the table; with `purge` the server deletes its files.
+    pub(crate) async fn drop_table(&self, ident: &TableIdent, purge: bool) -> Result<()> {
+        let context = format!("dropping table {ident}");
+        match self
+            .call(
+                Method::DELETE,
+                &format!("{}?purgeRequested={purge}", self.table_path(ident)),
+                None,
+                &context,
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(Error::Rest {
+                failure: RestFailure::NotFound,
+                ..
+            }) => Err(Error::NoSuchTable(ident.to_string())),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends `updates` built on `base` as one commit (`POST …/tables/{t}`), guarded by the
+    /// requirements they imply ([`requirements`]). 409 → `Lost`; a failure that may follow
+    /// an applied commit (5xx, no reply) → `Unknown`; a refusal (4xx) → `Err`.
+    pub(crate) async fn commit(
+        &self,
+        ident: &TableIdent,
+        base: &TableMetadata,
+        updates: &[TableUpdate],
+    ) -> Result<Outcome> {
+        let body = json!({
+            "identifier": {"namespace": ident.namespace().as_ref(), "name": ident.name()},
+            "requirements": requirements(base, updates),
+            "updates": updates,
+        });
+        let context = format!("committing to {ident}");
+        crate::fail::point("before-rest-commit");
+        let reply = self
+            .call(Method::POST, &self.table_path(ident), Some(&body), &context)
+            .await;
+        crate::fail::point("after-rest-commit");
+        match reply {
+            Ok(bytes) => {
+                let done: LoadTableResponse = match self.parse(&bytes, &context) {
+                    Ok(d) => d,
+                    // A 2xx whose body is unreadable: applied, but what it became is not
+                    // known from here.
+                    Err(e) => return Ok(Outcome::Unknown(e)),
+                };
+                match done.metadata_location {
+                    Some(location) => Ok(Outcome::Landed {
+                        location,
+                        metadata: Box::new(done.metadata),
+                    }),
+                    None => Ok(Outcome::Unknown(rest_error(
+                        &self.label,
+                        &context,
+                        RestFailure::BadRequest,
+                        None,
+                        "the response has no metadata-location".into(),
+                    ))),
+                }
+            }
+            Err(Error::Rest {
+                failure: RestFailure::Conflict | RestFailure::NotSent | RestFailure::RateLimited,
+                ..
+            }) => Ok(Outcome::Lost),
+            Err(Error::Rest {
+                failure: RestFailure::NotFound,
+                ..
+            }) => Err(Error::NoSuchTable(ident.to_string())),
+            Err(e @ Error::Rest { failure, .. }) if failure.commit_may_have_landed() => {
+                Ok(Outcome::Unknown(e))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The requirements that make a commit of `updates` on `base` a compare-and-swap, as Iceberg
+/// Java's `UpdateRequirements.forUpdateTable` derives them, plus `main` always: the table is
+/// the same table, and every ref the commit sets (and `main`, which every floe commit reads
+/// its state from) still points where it did; a new schema or spec was built on the current
+/// last ids, a default changed from the current one.
+pub(crate) fn requirements(base: &TableMetadata, updates: &[TableUpdate]) -> Vec<TableRequirement> {
+    let mut out = vec![TableRequirement::UuidMatch { uuid: base.uuid() }];
+    let mut refs: BTreeSet<String> = BTreeSet::new();
+    let mut assert_ref = |name: &str, out: &mut Vec<TableRequirement>| {
+        if refs.insert(name.to_string()) {
+            out.push(TableRequirement::RefSnapshotIdMatch {
+                r#ref: name.to_string(),
+                snapshot_id: base.snapshot_for_ref(name).map(|r| r.snapshot_id()),
+            });
+        }
+    };
+    assert_ref(iceberg::spec::MAIN_BRANCH, &mut out);
+    let mut once: BTreeSet<&'static str> = BTreeSet::new();
+    for u in updates {
+        let req = match u {
+            TableUpdate::SetSnapshotRef { ref_name, .. } => {
+                assert_ref(ref_name.as_str(), &mut out);
+                None
+            }
+            TableUpdate::AddSchema { .. } => Some((
+                "field-id",
+                TableRequirement::LastAssignedFieldIdMatch {
+                    last_assigned_field_id: base.last_column_id(),
+                },
+            )),
+            TableUpdate::SetCurrentSchema { .. } | TableUpdate::RemoveSchemas { .. } => Some((
+                "schema",
+                TableRequirement::CurrentSchemaIdMatch {
+                    current_schema_id: base.current_schema_id(),
+                },
+            )),
+            TableUpdate::AddSpec { .. } => Some((
+                "partition-id",
+                TableRequirement::LastAssignedPartitionIdMatch {
+                    last_assigned_partition_id: base.last_partition_id(),
+                },
+            )),
+            TableUpdate::SetDefaultSpec { .. } | TableUpdate::RemovePartitionSpecs { .. } => {
+                Some((
+                    "spec",
+                    TableRequirement::DefaultSpecIdMatch {
+                        default_spec_id: base.default_partition_spec_id(),
+                    },
+                ))
+            }
+            TableUpdate::SetDefaultSortOrder { .. } => Some((
+                "sort-order",
+                TableRequirement::DefaultSortOrderIdMatch {
+                    default_sort_order_id: base.default_sort_order_id(),
+                },
+            )),
+            _ => None,
+        };
+        if let Some((key, r)) = req
+            && once.insert(key)
+        {
+            out.push(r);
+        }
+    }
+    out
+}
