@@ -101,6 +101,30 @@ def test_config_and_bad_warehouse_names(rest_server, rest_gate):
     assert body["idempotency-key-lifetime"] == "PT1H"
 
 
+def test_bodies_and_queries_pass_through(rest_server, rest_gate):
+    """A chunked request body, a query string, HEAD, 204 and error statuses."""
+    import http.client
+    w = rest_server.new_warehouse()
+    conn = http.client.HTTPConnection("127.0.0.1", rest_gate.port, timeout=30)
+    body = json.dumps({"namespace": ["a\u00e9"], "properties": {"k": "v" * 5000}}).encode()
+    conn.request("POST", f"/v1/{w}/namespaces", body=iter([body[:100], body[100:]]),
+                 headers={"Content-Type": "application/json"}, encode_chunked=True)
+    r = conn.getresponse()
+    assert r.status == 200, r.read()
+    assert json.loads(r.read())["properties"]["k"] == "v" * 5000
+    # The same connection (keep-alive) goes on.
+    conn.request("HEAD", f"/v1/{w}/namespaces/a%C3%A9")
+    r = conn.getresponse()
+    assert r.status == 204 and r.read() == b""
+    conn.request("GET", f"/v1/{w}/namespaces?parent=nope")
+    r = conn.getresponse()
+    assert r.status == 404 and json.loads(r.read())["error"]["type"] == \
+        "NoSuchNamespaceException"
+    conn.close()
+    assert rest_gate.seen("GET", "namespaces$")[-1].query == {"parent": ["nope"]}
+    assert [r.status for r in rest_gate.seen()] == [200, 204, 404]
+
+
 def test_server_config_json(tmp_path):
     """REST_CONFIG_JSON is merged into the server's config answer (a server of its own)."""
     from conftest import RestServer
@@ -393,3 +417,15 @@ def test_iceberg_java_reads_through_the_gate(rest_lake, iceberg_java):
                if r.path != "/v1/config")
     t.append(pa.Table.from_pylist([dict(data[0], id=99)], schema=schema))
     assert lake.java_sql("SELECT count(*) AS n FROM lake.mixed") == [{"n": 51}]
+
+    # Java's OAuth2 client (client credentials at {uri}/v1/oauth/tokens) against the gate.
+    gate.clients["java"] = "java-secret"
+    issued = gate.tokens_issued
+    sid = iceberg_java.open(name="jv", type="rest", uri=gate.endpoint, warehouse=lake.warehouse,
+                            credential="java:java-secret")
+    try:
+        _, got = iceberg_java.sql(sid, "SELECT count(*) FROM jv.lake.mixed")
+        assert got == [[51]]
+    finally:
+        iceberg_java.close(sid)
+    assert gate.tokens_issued > issued
