@@ -1,6 +1,7 @@
 """Shared fixtures for floe's end-to-end tests: the floe binary, a scratch working directory,
-a throwaway PostgreSQL server, and independent Iceberg readers (PyIceberg, DuckDB, and Apache
-Iceberg's Java library in a Spark worker)."""
+a throwaway PostgreSQL server, an Iceberg REST catalog (with a gate for auth, faults and TLS),
+and independent Iceberg readers (PyIceberg, DuckDB, and Apache Iceberg's Java library in a
+Spark worker)."""
 
 import json
 import os
@@ -260,3 +261,145 @@ def tansu(tansu_bin, tmp_path):
     broker = Tansu(tansu_bin, tmp_path / "tansu")
     yield broker
     broker.stop()
+
+
+# --- Iceberg REST catalog ------------------------------------------------------------------
+
+class RestServer:
+    """tests/java/MiniRestCatalogServer.java (Iceberg's own CatalogHandlers over JdbcCatalog)
+    in its own process, multi-tenant: each warehouse name W (GET /v1/config?warehouse=W) is a
+    catalog of its own, SQLite database `base/W.db`, files under `base/W/`."""
+
+    def __init__(self, home, base, threads=8, config=None):
+        self.home = Path(home)
+        self.base = Path(base)
+        self.threads = threads
+        self.config = config
+        self.proc = None
+        self.port = None
+        self.log = self.base / "server.log"
+
+    @property
+    def uri(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def new_warehouse(self):
+        """A fresh warehouse (tenant) name."""
+        import uuid
+        return "wh_" + uuid.uuid4().hex[:12]
+
+    def warehouse_dir(self, warehouse):
+        """Where the server keeps warehouse `warehouse`'s files."""
+        return self.base / warehouse
+
+    def start(self):
+        self.base.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, REST_TENANTS_DIR=str(self.base))
+        if self.config is not None:
+            env["REST_CONFIG_JSON"] = json.dumps(self.config)
+        for attempt in range(5):
+            self.port = free_port()
+            with open(self.log, "a") as log:
+                self.proc = subprocess.Popen(
+                    [str(self.home / "rest-catalog.sh"), str(self.port),
+                     f"jdbc:sqlite:{self.base}/default.db", f"file://{self.base}/default",
+                     str(self.threads)],
+                    stdout=log, stderr=subprocess.STDOUT, env=env)
+            try:
+                wait_for_port(self.port, self.proc, "the REST catalog server", timeout=60)
+                return self
+            except RuntimeError as e:
+                self.stop()
+                tail = self.log_tail()
+                if attempt == 4 or "Address already in use" not in tail:
+                    raise RuntimeError(f"{e}: {tail}") from None
+
+    def log_tail(self, n=3000):
+        try:
+            return self.log.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def rest_server(tmp_path_factory):
+    """The REST catalog server for the session (from the Iceberg Java stack, not Spark: no
+    worker starts for it). A test takes a warehouse of its own: `rest_server.new_warehouse()`,
+    and talks to `rest_server.uri` (or a `rest_gate` in front of it)."""
+    from readers import iceberg_java_home
+    server = RestServer(iceberg_java_home(), tmp_path_factory.mktemp("rest-catalog")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def rest_gate(rest_server):
+    """A gate (tests/restgate.py) in front of the session's REST server: no auth and no faults
+    until the test sets them (`rest_gate.require_auth = True`, `rest_gate.clients[...]`,
+    `rest_gate.status_after_forward(502)`, …); `rest_gate.seen()` is what it was sent."""
+    from restgate import RestGate
+    with RestGate(rest_server.uri) as gate:
+        yield gate
+
+
+@pytest.fixture(scope="session")
+def tls_certs(tmp_path_factory):
+    """A throwaway CA (`.ca`, PEM) and a server certificate it signed for 127.0.0.1 and
+    localhost (`.cert`, `.key`): RestGate(uri, tls=(tls_certs.cert, tls_certs.key))."""
+    from types import SimpleNamespace
+    d = tmp_path_factory.mktemp("tls")
+
+    def openssl(*args):
+        subprocess.run(["openssl", *map(str, args)], check=True, cwd=d,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "3",
+            "-subj", "/CN=floe tests CA", "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    (d / "server.ext").write_text(
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+        "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid,issuer\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.pem", "-days", "3", "-extfile", "server.ext")
+    return SimpleNamespace(ca=d / "ca.pem", cert=d / "server.pem", key=d / "server.key", dir=d)
+
+
+@pytest.fixture
+def rest_lake(request, tmp_path, rest_server, rest_gate):
+    """A floe working directory whose catalog is the REST server (through `rest_gate`), in a
+    warehouse of its own. floe is built only when the test runs it (`lake.run`), so the
+    fixture also serves tests of the tooling alone; `lake.bin` is None until then."""
+    warehouse = rest_server.new_warehouse()
+    lake = Lake(_LazyFloe(request), tmp_path, rest_gate.endpoint, warehouse, kind="rest",
+                warehouse_dir=rest_server.warehouse_dir(warehouse))
+    lake.rest_gate = rest_gate
+    lake.rest_server = rest_server
+    yield lake
+    lake.close()
+
+
+class _LazyFloe:
+    """The floe binary, built (the `floe_bin` fixture) when first used as a path."""
+
+    def __init__(self, request):
+        self._request = request
+        self._path = None
+
+    def __fspath__(self):
+        if self._path is None:
+            self._path = os.fspath(self._request.getfixturevalue("floe_bin"))
+        return self._path
+
+    def __str__(self):
+        return self.__fspath__()

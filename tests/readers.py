@@ -20,11 +20,26 @@ ROOT = Path(__file__).resolve().parent.parent
 class Lake:
     """A floe working directory: runs the binary there and reads its tables back."""
 
-    def __init__(self, floe_bin, workdir, catalog_uri, warehouse, name="floe", s3=None):
-        self.bin = Path(floe_bin)
+    def __init__(self, floe_bin, workdir, catalog_uri, warehouse, name="floe", s3=None,
+                 kind=None, token=None, credential=None, ca_file=None, warehouse_dir=None):
+        """`kind` is "sql" (catalog_uri sqlite://… or postgres://…, `warehouse` a folder or
+        s3://…) or "rest" (catalog_uri http(s)://… of an Iceberg REST catalog, `warehouse`
+        its warehouse name, `warehouse_dir` the folder where that catalog keeps the files;
+        `token`, `credential` ("id:secret", OAuth2) and `ca_file` for its client); by
+        default from `catalog_uri`'s scheme. `floe_bin` may be anything os.fspath() takes
+        (conftest's rest_lake builds floe only when it is run)."""
+        self._bin = floe_bin
         self.dir = Path(workdir)
         self.catalog_uri = catalog_uri
         self.warehouse = warehouse
+        self.kind = kind or ("rest" if catalog_uri.startswith(("http://", "https://")) else "sql")
+        self.token = token
+        self.credential = credential
+        self.ca_file = str(ca_file) if ca_file else None
+        # Where the table files are on disk (local warehouses): the warehouse itself for SQL
+        # catalogs, the REST server's folder of the warehouse for REST.
+        self.warehouse_dir = str(warehouse_dir) if warehouse_dir else (
+            warehouse if self.kind == "sql" else None)
         self.name = name
         # S3 settings for an s3:// warehouse: endpoint, access_key_id, secret_access_key.
         self.s3 = s3
@@ -36,11 +51,21 @@ class Lake:
         self._java = None
         shutil.copytree(ROOT / "schemas", self.dir / "schemas", dirs_exist_ok=True)
 
+    @property
+    def bin(self):
+        return Path(os.fspath(self._bin))
+
     def env(self):
         env = dict(os.environ)
         env["FLOE__CATALOG__URI"] = self.catalog_uri
         env["FLOE__CATALOG__WAREHOUSE"] = self.warehouse
         env["FLOE__CATALOG__NAME"] = self.name
+        if self.token:
+            env["FLOE__CATALOG__TOKEN"] = self.token
+        if self.credential:
+            env["FLOE__CATALOG__CREDENTIAL"] = self.credential
+        if self.ca_file:
+            env["FLOE__CATALOG__CA_FILE"] = self.ca_file
         env.setdefault("RUST_LOG", "warn")
         env.setdefault("FLOE__METRICS__LISTEN", "127.0.0.1:0")
         if self.s3:
@@ -69,6 +94,8 @@ class Lake:
 
     # --- PyIceberg -------------------------------------------------------------------------
     def pyiceberg_catalog(self):
+        if self.kind == "rest":
+            return self.pyiceberg_rest_catalog()
         from pyiceberg.catalog.sql import SqlCatalog
         if self.catalog_uri.startswith("sqlite://"):
             uri = "sqlite:///" + self.catalog_uri[len("sqlite://"):]
@@ -82,6 +109,24 @@ class Lake:
                 "s3.region": "us-east-1",
             })
         return SqlCatalog(self.name, uri=uri, warehouse=f"file://{self.warehouse}")
+
+    def pyiceberg_rest_catalog(self, **props):
+        """PyIceberg's REST catalog on this lake's catalog (`props` added or overriding)."""
+        from pyiceberg.catalog.rest import RestCatalog
+        p = {"uri": self.catalog_uri, "warehouse": self.warehouse}
+        if self.token:
+            p["token"] = self.token
+        if self.credential:
+            p["credential"] = self.credential
+        if self.ca_file:
+            p["ssl"] = {"cabundle": self.ca_file}
+        if self.reader_s3:
+            p.update({"s3.endpoint": self.reader_s3["endpoint"],
+                      "s3.access-key-id": self.reader_s3["access_key_id"],
+                      "s3.secret-access-key": self.reader_s3["secret_access_key"],
+                      "s3.region": "us-east-1"})
+        p.update(props)
+        return RestCatalog(self.name, **p)
 
     def pyiceberg_table(self, name):
         return self.pyiceberg_catalog().load_table(name)
@@ -100,8 +145,15 @@ class Lake:
     def java_catalog(self):
         """The Iceberg JDBC catalog settings of this lake, as floe's catalog.uri maps to JDBC:
         sqlite://PATH → jdbc:sqlite:PATH; postgres://USER:PASS@HOST:PORT/DB →
-        jdbc:postgresql://HOST:PORT/DB with user and password apart."""
+        jdbc:postgresql://HOST:PORT/DB with user and password apart. A REST lake's are
+        Iceberg's REST catalog's (type "rest", its uri, warehouse name, token or credential)."""
         uri = self.catalog_uri
+        if self.kind == "rest":
+            catalog = {"type": "rest", "uri": uri, "warehouse": self.warehouse,
+                       "token": self.token, "credential": self.credential}
+            if self.reader_s3:
+                catalog["s3"] = dict(self.reader_s3, region="us-east-1")
+            return dict(catalog, name=self.name)
         if uri.startswith("sqlite://"):
             path = Path(uri[len("sqlite://"):].split("?", 1)[0])
             catalog = {"uri": f"jdbc:sqlite:{path if path.is_absolute() else self.dir / path}"}
@@ -155,7 +207,8 @@ class Lake:
             bucket, prefix = self.warehouse[len("s3://"):].split("/", 1)
             keys = s3_keys(self.reader_s3, bucket, f"{prefix}/{ns}/{table}/data/")
             return sorted(f"s3://{bucket}/{k}" for k in keys if k.endswith(".parquet"))
-        return sorted(glob.glob(f"{self.warehouse}/{ns}/{table}/data/**/*.parquet", recursive=True))
+        return sorted(glob.glob(f"{self.warehouse_dir}/{ns}/{table}/data/**/*.parquet",
+                                recursive=True))
 
 
 def s3_client(s3):
@@ -295,12 +348,16 @@ class SparkWorker:
             raise IcebergJavaError(answer["error"], answer.get("class"))
         return answer
 
-    def open(self, name, uri, warehouse, user=None, password=None, s3=None, conf=None):
-        """A Spark session with an Iceberg JDBC catalog `name` (floe's catalog.name) on `uri`
+    def open(self, name, uri, warehouse, user=None, password=None, s3=None, conf=None,
+             type="jdbc", token=None, credential=None):
+        """A Spark session with an Iceberg catalog `name` (floe's catalog.name): JDBC on `uri`
         (jdbc:sqlite:/abs/path or jdbc:postgresql://127.0.0.1:PORT/DB) and `warehouse`
-        (file:///abs/path); returns its id."""
+        (file:///abs/path), or with type="rest" Iceberg's REST client on `uri`
+        (http://127.0.0.1:PORT), `warehouse` its warehouse name, `token` / `credential`;
+        returns its id."""
         return self.request(op="open", name=name, uri=uri, warehouse=warehouse, user=user,
-                            password=password, s3=s3, conf=conf or {})["session"]
+                            password=password, s3=s3, conf=conf or {}, type=type, token=token,
+                            credential=credential)["session"]
 
     def sql(self, session, sql, timeout=300):
         """Runs `sql` in `session`: (columns, rows), columns as [{"name", "type"}] (Spark's

@@ -21,7 +21,7 @@ AGGREGATE = ("SELECT date_trunc('hour', event_ts) AS h, country, count(*), avg(v
 
 def warehouse_listing(lake):
     out = {}
-    for root, _, files in os.walk(lake.warehouse):
+    for root, _, files in os.walk(lake.warehouse_dir):
         for f in files:
             p = os.path.join(root, f)
             out[p] = os.path.getsize(p)

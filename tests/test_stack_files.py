@@ -11,6 +11,7 @@ import re
 import shutil
 import stat
 import subprocess
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -24,9 +25,14 @@ SERVICES = {  # service → host port the README names
 ONE_SHOT = ["minio-init", "tables", "generator", "maintain-hourly", "maintain-daily"]
 # What docker-compose.yml requires (no default) and what scripts/compose-secrets writes.
 SECRETS = ("POSTGRES_PASSWORD", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "GRAFANA_PASSWORD")
-# Every variable the compose file reads: cleared from the environment compose runs in, and
+# What docker-compose.rest.yml requires on top (scripts/compose-secrets writes them too).
+REST_SECRETS = ("POLARIS_CLIENT_ID", "POLARIS_CLIENT_SECRET")
+ALL_SECRETS = SECRETS + REST_SECRETS
+REST = ("docker-compose.yml", "docker-compose.rest.yml")
+FLOE_SERVICES = ["floe", "tables", "generator", "maintain-hourly", "maintain-daily"]
+# Every variable the compose files read: cleared from the environment compose runs in, and
 # --env-file replaces any .env in the clone, so a developer's own cannot decide a test.
-STACK_VARS = SECRETS + ("FLOE_BIND_ADDRESS", "FLOE_KAFKA_ADVERTISED_HOST")
+STACK_VARS = ALL_SECRETS + ("FLOE_BIND_ADDRESS", "FLOE_KAFKA_ADVERTISED_HOST")
 SECRET_KEY = re.compile(r"password|secret|key", re.IGNORECASE)
 KNOWN_DEFAULTS = {
     "", "admin", "administrator", "password", "passw0rd", "pass", "secret", "changeme",
@@ -42,18 +48,18 @@ def docker_compose():
     return exe
 
 
-def run_compose(env_file, **env):
-    """`docker-compose config` with only env_file and env as the stack's variables."""
+def run_compose(env_file, files=("docker-compose.yml",), **env):
+    """`docker-compose config` of files with only env_file and env as the stack's variables."""
     clean = {k: v for k, v in os.environ.items() if k not in STACK_VARS}
     clean.update(env)
-    return subprocess.run([docker_compose(), "--env-file", str(env_file),
-                           "-f", str(ROOT / "docker-compose.yml"), "config"],
+    args = [a for f in files for a in ("-f", str(ROOT / f))]
+    return subprocess.run([docker_compose(), "--env-file", str(env_file), *args, "config"],
                           cwd=ROOT, env=clean, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True)
 
 
-def compose_config(env_file, **env):
-    out = run_compose(env_file, **env)
+def compose_config(env_file, files=("docker-compose.yml",), **env):
+    out = run_compose(env_file, files, **env)
     assert out.returncode == 0, out.stderr
     import yaml
     return yaml.safe_load(out.stdout)
@@ -253,8 +259,8 @@ def test_compose_secrets_writes_random_secrets_and_never_overwrites(tmp_path):
     first, second = write_secrets(tmp_path / "a.env"), write_secrets(tmp_path / "b.env")
     assert stat.S_IMODE(first.stat().st_mode) == 0o600
     a, b = read_env_file(first), read_env_file(second)
-    assert set(a) == set(SECRETS), a
-    for var in SECRETS:
+    assert set(a) == set(ALL_SECRETS), a
+    for var in ALL_SECRETS:
         # URL-safe (the catalog URI embeds POSTGRES_PASSWORD), long, different every time.
         assert re.fullmatch(r"[A-Za-z0-9._-]{16,}", a[var]), (var, a[var])
         assert a[var] != b[var], var
@@ -272,7 +278,7 @@ def test_compose_secrets_writes_random_secrets_and_never_overwrites(tmp_path):
     text = mine.read_text()
     assert text.startswith("# mine\nGRAFANA_PASSWORD=my-own-choice\n"), text
     got = read_env_file(mine)
-    assert set(got) == set(SECRETS) and got["GRAFANA_PASSWORD"] == "my-own-choice", got
+    assert set(got) == set(ALL_SECRETS) and got["GRAFANA_PASSWORD"] == "my-own-choice", got
 
 
 def test_secrets_stay_out_of_git_and_the_image():
@@ -322,3 +328,117 @@ def test_deployment_doc_says_how_to_run_and_expose_the_stack():
     for word in SECRETS + ("scripts/compose-secrets", ".env", "127.0.0.1", "FLOE_BIND_ADDRESS",
                            "FLOE_KAFKA_ADVERTISED_HOST", "TLS"):
         assert word in section, word
+
+
+# --- docker-compose.rest.yml: the same stack on Apache Polaris (an Iceberg REST catalog) ------
+
+def read_properties(path):
+    return dict(l.split("=", 1) for l in (ROOT / path).read_text().splitlines()
+                if l.strip() and not l.startswith("#"))
+
+
+@pytest.fixture(scope="module")
+def rest_config(secrets_file):
+    return compose_config(secrets_file, REST)
+
+
+def test_rest_stack_is_valid_and_switches_floe_to_polaris(rest_config, secrets):
+    services = rest_config["services"]
+    assert set(SERVICES) | set(ONE_SHOT) | {"polaris", "polaris-init"} <= set(services)
+    assert "8181" in {pub for _, pub, _ in published_ports(services["polaris"])}
+    assert "healthcheck" in services["polaris"]
+    init = services["polaris-init"]
+    assert init["depends_on"]["polaris"]["condition"] == "service_healthy"
+    script = " ".join(init["command"])
+    for call in ("/catalog/v1/oauth/tokens", "scope=PRINCIPAL_ROLE:ALL",
+                 "/management/v1/catalogs", '"name": "lake"', '"pathStyleAccess": true',
+                 '"endpoint": "http://minio:9000"', "s3://lake/warehouse",
+                 "/catalogs/lake/catalog-roles/catalog_admin/grants", "CATALOG_MANAGE_CONTENT"):
+        assert call in script, call
+    bootstrap = services["polaris"]["environment"]["POLARIS_BOOTSTRAP_CREDENTIALS"]
+    assert bootstrap == f"POLARIS,{secrets['POLARIS_CLIENT_ID']},{secrets['POLARIS_CLIENT_SECRET']}"
+    for name in FLOE_SERVICES:
+        svc = services[name]
+        env = svc["environment"]
+        assert env["FLOE__CATALOG__URI"] == "http://polaris:8181/api/catalog", name
+        assert env["FLOE__CATALOG__WAREHOUSE"] == "lake", name
+        assert env["FLOE__CATALOG__SCOPE"] == "PRINCIPAL_ROLE:ALL", name
+        assert env["FLOE__CATALOG__CREDENTIAL"] == \
+            f"{secrets['POLARIS_CLIENT_ID']}:{secrets['POLARIS_CLIENT_SECRET']}", name
+        assert env["FLOE__S3__ENDPOINT"] == "http://minio:9000", name   # the base's S3 stays
+        assert svc["depends_on"]["polaris-init"]["condition"] == "service_completed_successfully"
+    # The JDBC stack is unchanged by the REST file's existence.
+    assert "polaris" not in compose_config_plain(secrets)
+
+
+def compose_config_plain(secrets):
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        env_file = Path(d) / "compose.env"
+        env_file.write_text("".join(f"{k}={v}\n" for k, v in secrets.items()))
+        return compose_config(env_file)["services"]
+
+
+def test_rest_trino_reads_the_catalog_floe_writes(rest_config, secrets):
+    svc = rest_config["services"]
+    env = svc["floe"]["environment"]
+    props = read_properties("trino/etc/catalog-rest/lake.properties")
+    assert props["connector.name"] == "iceberg"
+    assert props["iceberg.catalog.type"] == "rest"
+    assert props["iceberg.rest-catalog.uri"] == env["FLOE__CATALOG__URI"]
+    assert props["iceberg.rest-catalog.warehouse"] == env["FLOE__CATALOG__WAREHOUSE"]
+    assert props["iceberg.rest-catalog.security"] == "OAUTH2"
+    assert props["iceberg.rest-catalog.oauth2.scope"] == env["FLOE__CATALOG__SCOPE"]
+    assert props["iceberg.rest-catalog.oauth2.credential"] == \
+        "${ENV:POLARIS_CLIENT_ID}:${ENV:POLARIS_CLIENT_SECRET}"
+    assert props["s3.endpoint"] == env["FLOE__S3__ENDPOINT"]
+    assert props["s3.path-style-access"] == "true"
+    assert props["s3.aws-access-key"] == "${ENV:MINIO_ROOT_USER}"
+    assert props["s3.aws-secret-key"] == "${ENV:MINIO_ROOT_PASSWORD}"
+    trino = svc["trino"]
+    for var in REST_SECRETS + ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"):
+        assert trino["environment"][var] == secrets[var], var
+    mounts = [m if isinstance(m, str) else f"{m.get('source')}:{m.get('target')}"
+              for m in trino["volumes"]]
+    catalog = [m for m in mounts if m.split(":")[1] == "/etc/trino/catalog"]
+    assert len(catalog) == 1 and catalog[0].split(":")[0].endswith("trino/etc/catalog-rest"), mounts
+    assert trino["depends_on"]["polaris-init"]["condition"] == "service_completed_successfully"
+
+
+def test_rest_stack_binds_to_loopback_unless_told(rest_config, secrets_file):
+    open_ports = {name: list(published_ports(svc)) for name, svc in rest_config["services"].items()
+                  if any(ip != "127.0.0.1" for ip, _, _ in published_ports(svc))}
+    assert not open_ports, open_ports
+    cfg = compose_config(secrets_file, REST, FLOE_BIND_ADDRESS="192.0.2.10")
+    assert {ip for svc in cfg["services"].values() for ip, _, _ in published_ports(svc)} == \
+        {"192.0.2.10"}
+
+
+def test_rest_stack_has_no_default_secrets(rest_config, secrets):
+    found = list(secret_values(rest_config["services"]))
+    weak = [(path, value) for path, value in found if value.strip().lower() in KNOWN_DEFAULTS]
+    assert not weak, weak
+    literal = [(path, value) for path, value in found if value not in secrets.values()]
+    assert not literal, literal
+    text = (ROOT / "docker-compose.rest.yml").read_text()
+    refs = re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)([^}]*)\}", text)
+    assert {name for name, _ in refs} <= set(STACK_VARS), refs
+    secret_refs = [(name, rest) for name, rest in refs if name in ALL_SECRETS]
+    assert set(REST_SECRETS) <= {name for name, _ in secret_refs}, secret_refs
+    defaulted = [(name, rest) for name, rest in secret_refs if not rest.startswith(":?")]
+    assert not defaulted, f"secrets with a default in docker-compose.rest.yml: {defaulted}"
+    # No literal credentials for Polaris anywhere (its quickstart's root:s3cr3t, say).
+    assert not re.search(r"(?i)s3cr3t|POLARIS,root,", text)
+
+
+def test_rest_stack_refuses_to_start_without_its_secrets(tmp_path, secrets):
+    for var in ALL_SECRETS:
+        env_file = tmp_path / f"{var}.env"
+        env_file.write_text("".join(f"{k}={v}\n" for k, v in secrets.items() if k != var))
+        out = run_compose(env_file, REST)
+        assert out.returncode != 0, f"the REST stack's config passed without {var}"
+        assert var in out.stderr and "scripts/compose-secrets" in out.stderr, (var, out.stderr)
+    # The JDBC stack alone does not need Polaris's.
+    env_file = tmp_path / "jdbc.env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in secrets.items() if k in SECRETS))
+    assert run_compose(env_file).returncode == 0

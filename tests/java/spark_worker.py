@@ -18,6 +18,11 @@ out is {"ready": true, "spark": VERSION, "seconds": START_UP}. Every answer echo
         Iceberg's JdbcCatalog keeps its tables under the Spark catalog's name (its
         catalog_name column), so `name` must be floe's catalog.name, and every floe lake, all
         named "floe" in the tests, needs a session of its own.
+  {"op": "open", "type": "rest", "name": "floe", "uri": "http://127.0.0.1:PORT",
+   "warehouse": "WAREHOUSE NAME" | null, "token": null | "…", "credential": null | "id:secret",
+   "s3": …, "conf": {…}}
+      → {"session": "s2"}: the same with Iceberg's REST catalog client instead (a bearer
+        token, or OAuth2 client credentials exchanged at {uri}/v1/oauth/tokens).
   {"op": "sql", "session": "s1", "sql": "SELECT …"}
       (on SQLite, each statement runs with its catalog initialized anew: see op_sql; a USE
       does not carry over to the next statement there)
@@ -86,9 +91,25 @@ def base_session(scratch):
 
 
 def catalog_conf(req):
-    """The Spark SQL settings of an Iceberg JDBC catalog named req["name"]."""
+    """The Spark SQL settings of an Iceberg JDBC (or REST) catalog named req["name"]."""
     name = req["name"]
     p = f"spark.sql.catalog.{name}"
+    if req.get("type") == "rest":
+        conf = {
+            p: "org.apache.iceberg.spark.SparkCatalog",
+            f"{p}.type": "rest",
+            f"{p}.uri": req["uri"],
+            f"{p}.cache-enabled": "false",
+            "spark.sql.defaultCatalog": name,
+        }
+        for key in ("warehouse", "token", "credential"):
+            if req.get(key):
+                conf[f"{p}.{key}"] = req[key]
+        s3 = req.get("s3")
+        if s3:
+            conf.update(s3_conf(p, s3))
+        conf.update(req.get("conf") or {})
+        return conf
     conf = {
         p: "org.apache.iceberg.spark.SparkCatalog",
         f"{p}.type": "jdbc",
@@ -110,18 +131,22 @@ def catalog_conf(req):
         conf[f"{p}.jdbc.busy_timeout"] = "10000"
     s3 = req.get("s3")
     if s3:
-        # Iceberg's S3FileIO; it needs the AWS SDK v2 on the class path, which this stack
-        # does not ship yet (no registry package has it).
-        conf.update({
-            f"{p}.io-impl": "org.apache.iceberg.aws.s3.S3FileIO",
-            f"{p}.s3.endpoint": s3["endpoint"],
-            f"{p}.s3.path-style-access": "true",
-            f"{p}.s3.access-key-id": s3["access_key_id"],
-            f"{p}.s3.secret-access-key": s3["secret_access_key"],
-            f"{p}.client.region": s3.get("region", "us-east-1"),
-        })
+        conf.update(s3_conf(p, s3))
     conf.update(req.get("conf") or {})
     return conf
+
+
+def s3_conf(p, s3):
+    """Iceberg's S3FileIO; it needs the AWS SDK v2 on the class path, which this stack does
+    not ship yet (no registry package has it)."""
+    return {
+        f"{p}.io-impl": "org.apache.iceberg.aws.s3.S3FileIO",
+        f"{p}.s3.endpoint": s3["endpoint"],
+        f"{p}.s3.path-style-access": "true",
+        f"{p}.s3.access-key-id": s3["access_key_id"],
+        f"{p}.s3.secret-access-key": s3["secret_access_key"],
+        f"{p}.client.region": s3.get("region", "us-east-1"),
+    }
 
 
 def encode(v, t):
@@ -184,7 +209,8 @@ class Worker:
         sid = f"s{self.next_id}"
         self.next_id += 1
         self.sessions[sid] = {"spark": s, "name": req["name"], "loaded": False,
-                              "fresh": req["uri"].startswith("jdbc:sqlite:")}
+                              "fresh": req["uri"].startswith("jdbc:sqlite:")
+                              and req.get("type", "jdbc") == "jdbc"}
         return {"session": sid}
 
     def session(self, req):
