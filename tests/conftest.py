@@ -74,9 +74,14 @@ def pg_database(pg_server):
     yield f"{base}/{name}"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "rest"])
 def lake(request, tmp_path, floe_bin):
-    """A floe working directory with its catalog on SQLite or PostgreSQL."""
+    """A floe working directory with its catalog on SQLite, PostgreSQL or the REST server
+    (Iceberg Java's own handlers, through a fault-free gate)."""
+    if request.param == "rest":
+        lake = request.getfixturevalue("rest_lake")
+        yield lake
+        return
     if request.param == "postgres":
         uri = request.getfixturevalue("pg_database")
     else:

@@ -107,7 +107,7 @@ def test_a_load_killed_at_random_moments_loads_every_line_once(lake, tmp_path):
     lake.run("table", "create", "--all")
     args = ("load", "--table", "lake.events", "--input", tmp_path / "events.jsonl",
             "--max-rows", "1000")
-    kills, outputs = 0, []
+    kills, outputs, finished = 0, [], False
     for attempt in range(6):
         proc = lake.popen(*args)
         try:
@@ -118,7 +118,11 @@ def test_a_load_killed_at_random_moments_loads_every_line_once(lake, tmp_path):
             kills += 1
         outputs.append(proc.communicate(timeout=60)[0])
         if proc.returncode == 0:
+            finished = True
             break
+    if not finished:
+        rest = lake.run(*args).stdout
+        assert rest.startswith("resumed load"), rest
     done = lake.run(*args).stdout
     assert done.startswith("skipped"), done
     assert kills >= 1

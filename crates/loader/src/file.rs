@@ -126,6 +126,13 @@ pub async fn load_lines(
         let Some(line) = line else {
             break;
         };
+        // A full batch is committed once another line follows, so the last one commits
+        // together with the load's end instead of leaving that to a commit of its own.
+        if in_batch >= policy.max_rows || sink.pending_bytes() >= policy.max_bytes {
+            let f = sink.flush_load(line_no + 1, false).await?;
+            report.add_flush(&f);
+            in_batch = 0;
+        }
         line_no += 1;
         report.input_bytes += line.read;
         let mut payload = line.bytes;
@@ -165,11 +172,6 @@ pub async fn load_lines(
             }
         }
         in_batch += 1;
-        if in_batch >= policy.max_rows || sink.pending_bytes() >= policy.max_bytes {
-            let f = sink.flush_load(line_no + 1, false).await?;
-            report.add_flush(&f);
-            in_batch = 0;
-        }
         report.count_rejected(sink);
         progress(&report);
     }
