@@ -335,17 +335,102 @@ pub(crate) struct RestCatalog {
     label: String,
     headers: HeaderMap,
     auth: Auth,
+    sigv4: Option<SigV4>,
+}
+
+/// AWS SigV4 signing with credentials from the AWS default chain, as Iceberg Java's
+/// `RESTSigV4AuthSession` signs: the body's SHA-256 in `x-amz-content-sha256`, and a bearer
+/// token, if any, moved to `Original-Authorization`.
+struct SigV4 {
+    signer: reqsign_core::Signer<reqsign_aws_v4::Credential>,
+}
+
+/// reqsign's HTTP client (for credential sources that call out: web identity, ECS, IMDS).
+#[derive(Debug, Clone)]
+struct ReqwestSend(reqwest::Client);
+
+impl reqsign_core::HttpSend for ReqwestSend {
+    async fn http_send(
+        &self,
+        req: http::Request<bytes::Bytes>,
+    ) -> reqsign_core::Result<http::Response<bytes::Bytes>> {
+        let fail = |e: reqwest::Error| {
+            reqsign_core::Error::unexpected("sending a credential request").with_source(e)
+        };
+        let req = reqwest::Request::try_from(req).map_err(fail)?;
+        let resp = self.0.execute(req).await.map_err(fail)?;
+        let mut out = http::Response::builder().status(resp.status());
+        for (k, v) in resp.headers() {
+            out = out.header(k, v);
+        }
+        let body = resp.bytes().await.map_err(fail)?;
+        out.body(body).map_err(|e| {
+            reqsign_core::Error::unexpected("reading a credential response").with_source(e)
+        })
+    }
+}
+
+impl SigV4 {
+    fn new(cfg: &crate::config::SigV4Config, http: &reqwest::Client) -> Result<Self> {
+        let region = cfg
+            .region
+            .clone()
+            .or_else(|| std::env::var("AWS_REGION").ok())
+            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+            .filter(|r| !r.is_empty())
+            .ok_or_else(|| {
+                Error::Config(
+                    "catalog.sigv4 needs a region: set catalog.sigv4.region or AWS_REGION".into(),
+                )
+            })?;
+        let service = cfg.service.as_deref().unwrap_or("execute-api");
+        let ctx = reqsign_core::Context::new()
+            .with_file_read(reqsign_file_read_tokio::TokioFileRead)
+            .with_http_send(ReqwestSend(http.clone()))
+            .with_env(reqsign_core::OsEnv);
+        Ok(Self {
+            signer: reqsign_core::Signer::new(
+                ctx,
+                reqsign_aws_v4::DefaultCredentialProvider::new(),
+                reqsign_aws_v4::RequestSigner::new(service, &region),
+            ),
+        })
+    }
+
+    /// Signs `req` in place.
+    async fn sign(&self, req: &mut reqwest::Request) -> std::result::Result<(), String> {
+        use sha2::{Digest, Sha256};
+        let body: &[u8] = req.body().and_then(|b| b.as_bytes()).unwrap_or(&[]);
+        let digest = Sha256::digest(body);
+        let hash: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let mut headers = req.headers().clone();
+        if let Some(auth) = headers.remove(reqwest::header::AUTHORIZATION) {
+            headers.insert("original-authorization", auth);
+        }
+        headers.insert(
+            "x-amz-content-sha256",
+            HeaderValue::from_str(&hash).expect("hex is a header value"),
+        );
+        let (mut parts, ()) = http::Request::builder()
+            .method(req.method().clone())
+            .uri(req.url().as_str())
+            .body(())
+            .map_err(|e| e.to_string())?
+            .into_parts();
+        parts.headers = headers;
+        self.signer
+            .sign(&mut parts, None)
+            .await
+            .map_err(|e| format!("signing the request (AWS SigV4): {e}"))?;
+        *req.headers_mut() = parts.headers;
+        Ok(())
+    }
 }
 
 impl RestCatalog {
     /// Reads the server's config (`GET /v1/config`) and builds the client and the file I/O
     /// for the catalog's tables.
     pub(crate) async fn connect(cfg: &CatalogConfig, s3: &S3Config) -> Result<(Self, FileIO)> {
-        if cfg.sigv4.enabled {
-            return Err(Error::Unsupported(
-                "catalog.sigv4: AWS SigV4 signing of REST catalog requests is not supported yet; use a token or OAuth2 credential".into(),
-            ));
-        }
         if let Some(d) = &cfg.access_delegation {
             return Err(Error::Unsupported(format!(
                 "catalog.access_delegation = {d:?}: vended credentials are not supported yet; give floe S3 credentials in [s3]"
@@ -448,12 +533,18 @@ impl RestCatalog {
             (None, None) => Auth::None,
         };
 
+        let sigv4 = if cfg.sigv4.enabled {
+            Some(SigV4::new(&cfg.sigv4, &http)?)
+        } else {
+            None
+        };
         let mut catalog = Self {
             http,
             base: format!("{root}/v1"),
             label,
             headers,
             auth,
+            sigv4,
         };
         let mut url = format!("{root}/v1/config");
         if !cfg.warehouse.is_empty() {
@@ -568,7 +659,21 @@ impl RestCatalog {
             if let Some(b) = body {
                 req = req.json(b);
             }
-            let (failure, status, detail) = match req.send().await {
+            let mut req = req.build().map_err(|e| {
+                rest_error(
+                    &self.label,
+                    context,
+                    RestFailure::BadRequest,
+                    None,
+                    e.to_string(),
+                )
+            })?;
+            if let Some(s) = &self.sigv4 {
+                s.sign(&mut req).await.map_err(|detail| {
+                    rest_error(&self.label, context, RestFailure::NotSent, None, detail)
+                })?;
+            }
+            let (failure, status, detail) = match self.http.execute(req).await {
                 Ok(resp) if resp.status().is_success() => {
                     return resp.bytes().await.map_err(|e| {
                         rest_error(
@@ -998,4 +1103,187 @@ pub(crate) fn requirements(base: &TableMetadata, updates: &[TableUpdate]) -> Vec
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iceberg::spec::{
+        MAIN_BRANCH, NestedField, Operation, PrimitiveType, Schema, Snapshot, Summary, Type,
+    };
+
+    fn table() -> TableMetadata {
+        let schema = Schema::builder()
+            .with_fields(vec![
+                NestedField::required(1, "id", Type::Primitive(PrimitiveType::Long)).into(),
+            ])
+            .build()
+            .unwrap();
+        let creation = iceberg::TableCreation::builder()
+            .name("t".into())
+            .location("file:///w/t".into())
+            .schema(schema)
+            .build();
+        iceberg::spec::TableMetadataBuilder::from_table_creation(creation)
+            .unwrap()
+            .build()
+            .unwrap()
+            .metadata
+    }
+
+    fn append(base: &TableMetadata, id: i64) -> iceberg::spec::TableMetadataBuildResult {
+        let snapshot = Snapshot::builder()
+            .with_snapshot_id(id)
+            .with_parent_snapshot_id(base.current_snapshot_id())
+            .with_sequence_number(base.next_sequence_number())
+            .with_timestamp_ms(base.last_updated_ms() + 1)
+            .with_manifest_list(format!("file:///w/t/metadata/snap-{id}.avro"))
+            .with_summary(Summary {
+                operation: Operation::Append,
+                additional_properties: HashMap::new(),
+            })
+            .with_schema_id(base.current_schema_id())
+            .build();
+        let mut props = HashMap::new();
+        props.insert("floe.offsets.g".to_string(), format!("{id}"));
+        base.clone()
+            .into_builder(None)
+            .set_branch_snapshot(snapshot, MAIN_BRANCH)
+            .unwrap()
+            .set_properties(props)
+            .unwrap()
+            .build()
+            .unwrap()
+    }
+
+    fn holds(reqs: &[TableRequirement], m: &TableMetadata) -> bool {
+        reqs.iter().all(|r| r.check(Some(m)).is_ok())
+    }
+
+    #[test]
+    fn a_commit_requires_the_main_it_was_built_on() {
+        let empty = table();
+        let first = append(&empty, 1);
+        let reqs = requirements(&empty, &first.changes);
+        assert!(
+            reqs.contains(&TableRequirement::RefSnapshotIdMatch {
+                r#ref: MAIN_BRANCH.into(),
+                snapshot_id: None
+            }),
+            "{reqs:?}"
+        );
+        assert!(reqs.contains(&TableRequirement::UuidMatch { uuid: empty.uuid() }));
+        assert!(holds(&reqs, &empty));
+        // Another writer committed first: the same commit must be refused.
+        let other = append(&empty, 2).metadata;
+        assert!(!holds(&reqs, &other));
+
+        // A commit of properties alone still asserts main: a state commit on a stale base
+        // is refused too.
+        let base = first.metadata;
+        let state = base
+            .clone()
+            .into_builder(None)
+            .set_properties(HashMap::from([("floe.offsets.g".into(), "x".into())]))
+            .unwrap()
+            .build()
+            .unwrap();
+        let reqs = requirements(&base, &state.changes);
+        assert!(holds(&reqs, &base));
+        assert!(!holds(&reqs, &append(&base, 3).metadata));
+    }
+
+    #[test]
+    fn a_schema_change_requires_the_schema_it_was_built_on() {
+        let base = table();
+        let schema = Schema::builder()
+            .with_schema_id(1)
+            .with_fields(vec![
+                NestedField::required(1, "id", Type::Primitive(PrimitiveType::Long)).into(),
+                NestedField::optional(2, "x", Type::Primitive(PrimitiveType::String)).into(),
+            ])
+            .build()
+            .unwrap();
+        let evolved = base
+            .clone()
+            .into_builder(None)
+            .add_current_schema(schema.clone())
+            .unwrap()
+            .build()
+            .unwrap();
+        let reqs = requirements(&base, &evolved.changes);
+        assert!(reqs.contains(&TableRequirement::LastAssignedFieldIdMatch {
+            last_assigned_field_id: 1
+        }));
+        assert!(reqs.contains(&TableRequirement::CurrentSchemaIdMatch {
+            current_schema_id: 0
+        }));
+        assert!(holds(&reqs, &base));
+        assert!(!holds(&reqs, &evolved.metadata));
+        // Serialized with the REST spec's names.
+        let json = serde_json::to_value(&reqs).unwrap();
+        let kinds: Vec<&str> = json
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["type"].as_str().unwrap())
+            .collect();
+        assert!(kinds.contains(&"assert-ref-snapshot-id"), "{kinds:?}");
+        assert!(
+            kinds.contains(&"assert-last-assigned-field-id"),
+            "{kinds:?}"
+        );
+    }
+
+    #[test]
+    fn statuses_say_what_a_failure_means() {
+        assert_eq!(RestFailure::of(StatusCode::CONFLICT), RestFailure::Conflict);
+        assert_eq!(
+            RestFailure::of(StatusCode::BAD_GATEWAY),
+            RestFailure::ServerError
+        );
+        assert_eq!(
+            RestFailure::of(StatusCode::SERVICE_UNAVAILABLE),
+            RestFailure::Unavailable
+        );
+        assert_eq!(
+            RestFailure::of(StatusCode::FORBIDDEN),
+            RestFailure::Unauthorized
+        );
+        assert_eq!(
+            RestFailure::of(StatusCode::UNPROCESSABLE_ENTITY),
+            RestFailure::BadRequest
+        );
+        for f in [
+            RestFailure::ServerError,
+            RestFailure::Unavailable,
+            RestFailure::NoReply,
+        ] {
+            assert!(f.commit_may_have_landed() && f.is_transient(), "{f:?}");
+        }
+        for f in [
+            RestFailure::Conflict,
+            RestFailure::RateLimited,
+            RestFailure::NotSent,
+        ] {
+            assert!(!f.commit_may_have_landed() && f.is_transient(), "{f:?}");
+        }
+        assert!(!RestFailure::Unauthorized.is_transient());
+        let detail = error_detail(
+            StatusCode::CONFLICT,
+            br#"{"error": {"message": "Requirement failed: branch main has changed", "type": "CommitFailedException", "code": 409}}"#,
+        );
+        assert_eq!(
+            detail,
+            "HTTP 409 Conflict: CommitFailedException: Requirement failed: branch main has changed"
+        );
+        let detail = error_detail(
+            StatusCode::UNAUTHORIZED,
+            br#"{"error": "invalid_client", "error_description": "bad secret token=abc"}"#,
+        );
+        assert_eq!(
+            detail,
+            "HTTP 401 Unauthorized: invalid_client bad secret token=***"
+        );
+    }
 }
