@@ -91,6 +91,22 @@ def lake(request, tmp_path, floe_bin):
     lake.close()
 
 
+@pytest.fixture(params=["sqlite", "rest"])
+def catalog_lake(request, tmp_path, floe_bin):
+    """A floe working directory on the embedded SQLite catalog or on the REST server: for the
+    end-to-end tests of everything that goes through the catalog (the Kafka loader, loads,
+    maintenance, evolution, replay, aggregates). PostgreSQL adds nothing there that `lake`
+    does not cover."""
+    if request.param == "rest":
+        lake = request.getfixturevalue("rest_lake")
+        yield lake
+        return
+    lake = Lake(floe_bin, tmp_path, f"sqlite://{tmp_path}/floe-data/catalog.db",
+                f"{tmp_path}/floe-data/warehouse")
+    yield lake
+    lake.close()
+
+
 @pytest.fixture
 def sqlite_lake(tmp_path, floe_bin):
     lake = Lake(floe_bin, tmp_path, f"sqlite://{tmp_path}/floe-data/catalog.db",

@@ -211,6 +211,15 @@ class Lake:
                                 recursive=True))
 
 
+def local_path(uri):
+    """The local path of a file URI in any of its spellings (`file:///a`, `file:/a` as Java
+    writes it, or a plain path)."""
+    for prefix in ("file://", "file:"):
+        if uri.startswith(prefix):
+            return uri[len(prefix):]
+    return uri
+
+
 def s3_client(s3):
     import boto3
     return boto3.client("s3", endpoint_url=s3["endpoint"], region_name="us-east-1",

@@ -124,6 +124,9 @@ class RestGate:
         self.inject_config = dict(inject_config or {})
         self.inject_catalog_config = dict(inject_catalog_config or {})
         self.inject_storage_credentials = None  # a list: LoadTableResult's storage-credentials
+        # A check of every non-token request (e.g. its AWS SigV4 signature): returns None to
+        # let it through, or why it is refused (403).
+        self.verify = None
         self.requests = []
         self.tokens = {}  # token → (expires at, time.monotonic(); client id; scope)
         self.tokens_issued = 0
@@ -344,6 +347,10 @@ class _Handler(BaseHTTPRequestHandler):
                 why = "no bearer token" if not auth else "invalid or expired bearer token"
                 return self._send(401, error_body(401, f"Not authorized: {why}"),
                                   [("WWW-Authenticate", 'Bearer error="invalid_token"')], seen)
+        if gate.verify is not None:
+            why = gate.verify(seen)
+            if why:
+                return self._send(403, error_body(403, f"Forbidden: {why}"), [], seen)
         faults = gate._take(self.command, path)
         if "delay" in faults:
             time.sleep(faults["delay"].seconds)

@@ -117,8 +117,8 @@ def raw_rows(lake):
     return lake.read_pyiceberg("lake.events").num_rows
 
 
-def test_aggregates_equal_a_brute_force_recomputation_also_after_compaction(sqlite_lake, dev_broker, tmp_path):
-    lake = sqlite_lake
+def test_aggregates_equal_a_brute_force_recomputation_also_after_compaction(catalog_lake, dev_broker, tmp_path):
+    lake = catalog_lake
     payloads = prepared_with_duplicates(lake, dev_broker, tmp_path, 20_000, seed=81)
     lake.run(*run_args(dev_broker, "--max-rows", "3000", "--flush-interval", "500ms", "--until-drained"),
              timeout=180)
@@ -149,10 +149,10 @@ def test_aggregates_equal_a_brute_force_recomputation_also_after_compaction(sqli
 
 @pytest.mark.parametrize("failpoint", ["after-table-commit@2", "after-aggregate-commit@3",
                                        "before-kafka-commit@2"])
-def test_a_crash_between_the_tables_commits_counts_nothing_twice(sqlite_lake, dev_broker, tmp_path, failpoint):
+def test_a_crash_between_the_tables_commits_counts_nothing_twice(catalog_lake, dev_broker, tmp_path, failpoint):
     """Killed after the raw table's commit (aggregates behind it), between the two aggregate
     tables' commits, or before the Kafka commit: the restart brings every table level, once."""
-    lake = sqlite_lake
+    lake = catalog_lake
     payloads = prepared_with_duplicates(lake, dev_broker, tmp_path, 12_000, seed=87)
     args = run_args(dev_broker, "--max-rows", "1500", "--flush-interval", "500ms", "--until-drained")
     crashed = lake.popen(*args, env={"FLOE_FAILPOINTS": failpoint})
@@ -164,8 +164,8 @@ def test_a_crash_between_the_tables_commits_counts_nothing_twice(sqlite_lake, de
     assert_aggregates_exact(lake)
 
 
-def test_aggregates_stay_exact_across_sigkills_and_restarts(sqlite_lake, dev_broker, tmp_path):
-    lake = sqlite_lake
+def test_aggregates_stay_exact_across_sigkills_and_restarts(catalog_lake, dev_broker, tmp_path):
+    lake = catalog_lake
     payloads = prepared_with_duplicates(lake, dev_broker, tmp_path, 30_000, seed=83)
     args = run_args(dev_broker, "--max-rows", "1000", "--flush-interval", "200ms")
     kill_at_random_moments(lake, args, times=3, low=2.0, high=4.0, seed=5)
@@ -175,8 +175,8 @@ def test_aggregates_stay_exact_across_sigkills_and_restarts(sqlite_lake, dev_bro
     assert_aggregates_exact(lake)
 
 
-def test_two_loaders_in_one_group_aggregate_exactly(sqlite_lake, dev_broker, tmp_path):
-    lake = sqlite_lake
+def test_two_loaders_in_one_group_aggregate_exactly(catalog_lake, dev_broker, tmp_path):
+    lake = catalog_lake
     payloads = prepared_with_duplicates(lake, dev_broker, tmp_path, 30_000, seed=85)
     args = run_args(dev_broker, "--max-rows", "2000", "--flush-interval", "300ms")
     procs = [lake.popen(*args) for _ in range(2)]
@@ -197,8 +197,8 @@ def test_two_loaders_in_one_group_aggregate_exactly(sqlite_lake, dev_broker, tmp
     assert_aggregates_exact(lake)
 
 
-def test_aggregates_can_be_chosen_or_turned_off(sqlite_lake, dev_broker, tmp_path):
-    lake = sqlite_lake
+def test_aggregates_can_be_chosen_or_turned_off(catalog_lake, dev_broker, tmp_path):
+    lake = catalog_lake
     prepared_with_duplicates(lake, dev_broker, tmp_path, 2_000, seed=89)
     bad = lake.run(*run_args(dev_broker, "--until-drained", "--aggregates", "nope"), check=False, timeout=60)
     assert bad.returncode != 0 and "no definition named nope" in bad.stderr, bad.stderr
@@ -207,7 +207,7 @@ def test_aggregates_can_be_chosen_or_turned_off(sqlite_lake, dev_broker, tmp_pat
     assert lake.pyiceberg_table("lake.events_hourly_multi").current_snapshot() is not None
 
 
-def test_events_beyond_2262_are_aggregated_in_their_hour(sqlite_lake, dev_broker, tmp_path):
+def test_events_beyond_2262_are_aggregated_in_their_hour(catalog_lake, dev_broker, tmp_path):
     """Event times a nanosecond timestamp cannot hold (after 2262-04-11, before 1677-09-21)
     are valid `timestamptz` values: they load, and each aggregate puts them in their hour
     (DataFusion's own date_bin failed the query on them, which held the loader back)."""
@@ -215,7 +215,7 @@ def test_events_beyond_2262_are_aggregated_in_their_hour(sqlite_lake, dev_broker
 
     from confluent_kafka import Producer
     from oracle import expected_row
-    lake = sqlite_lake
+    lake = catalog_lake
     payloads = prepared_with_duplicates(lake, dev_broker, tmp_path, 3_000, seed=95)
     template = json.loads(next(p for p in payloads if expected_row(p)))
     far = []

@@ -83,8 +83,8 @@ def test_a_file_loaded_twice_is_loaded_once(lake, tmp_path):
     assert py == Counter(good.keys()) + Counter(good.keys()) + Counter(extra.keys())
 
 
-def test_stdin_loads_are_apart_unless_given_one_load_id(sqlite_lake, tmp_path):
-    lake = sqlite_lake
+def test_stdin_loads_are_apart_unless_given_one_load_id(catalog_lake, tmp_path):
+    lake = catalog_lake
     good, _, _ = mixed_file(tmp_path / "events.jsonl", n_good=200, bad_every=1000, seed=5)
     data = (tmp_path / "events.jsonl").read_bytes()
     lake.run("table", "create", "--all")
@@ -132,8 +132,8 @@ def test_a_load_killed_at_random_moments_loads_every_line_once(lake, tmp_path):
     assert len(good) + len(bad) == lines
 
 
-def test_where_of_a_replay_is_one_expression(sqlite_lake, tmp_path):
-    lake = sqlite_lake
+def test_where_of_a_replay_is_one_expression(catalog_lake, tmp_path):
+    lake = catalog_lake
     _, bad, _ = mixed_file(tmp_path / "events.jsonl", n_good=100, bad_every=10, seed=8)
     lake.run("table", "create", "--all")
     _load(lake, tmp_path / "events.jsonl")
@@ -206,8 +206,8 @@ HOUR_MS = 3_600_000
 FIRST_UNHOLDABLE_MS = 2**31 * HOUR_MS
 
 
-def test_event_times_beyond_the_hour_partition_are_out_of_range_dead_letters(sqlite_lake, tmp_path):
-    lake = sqlite_lake
+def test_event_times_beyond_the_hour_partition_are_out_of_range_dead_letters(catalog_lake, tmp_path):
+    lake = catalog_lake
     base_ms = 1_704_067_200_000  # 2024-01-01T00:00:00Z
     good = [{"event_guid": f"g{i}", "event_ts": base_ms + (i % 3) * HOUR_MS + i, "country": "fr"}
             for i in range(30)]
@@ -279,8 +279,8 @@ def run_measured(lake, *args, stdin=None):
     return p, int(rss.group(1)) * 1024
 
 
-def test_lines_larger_than_the_limit_are_too_large_dead_letters_never_held(sqlite_lake, tmp_path):
-    lake = sqlite_lake
+def test_lines_larger_than_the_limit_are_too_large_dead_letters_never_held(catalog_lake, tmp_path):
+    lake = catalog_lake
     lake.run("table", "create", "--all")
     big = 120 * MIB  # each; holding one would take more than the whole bound below
     for source in ("file", "stdin"):
@@ -403,8 +403,8 @@ def assert_corpus_accounted(lake, corpus, limit):
         assert countries[f"inj-{i}"] == s, "stored verbatim"
 
 
-def test_a_hostile_corpus_through_floe_load_is_rows_or_dead_letters(sqlite_lake, tmp_path):
-    lake = sqlite_lake
+def test_a_hostile_corpus_through_floe_load_is_rows_or_dead_letters(catalog_lake, tmp_path):
+    lake = catalog_lake
     limit = MIB
     corpus = hostile_corpus(limit)
     path = tmp_path / "hostile.jsonl"
@@ -420,10 +420,10 @@ def test_a_hostile_corpus_through_floe_load_is_rows_or_dead_letters(sqlite_lake,
     assert_corpus_accounted(lake, corpus, limit)
 
 
-def test_a_hostile_corpus_through_floe_run_is_rows_or_dead_letters(sqlite_lake, dev_broker,
+def test_a_hostile_corpus_through_floe_run_is_rows_or_dead_letters(catalog_lake, dev_broker,
                                                                    tmp_path):
     from confluent_kafka import Producer
-    lake = sqlite_lake
+    lake = catalog_lake
     # librdkafka's mock broker keeps 5 MB per partition (older messages go, as retention
     # would take them): the corpus stays below that.
     limit = 256 * 1024
@@ -490,12 +490,12 @@ def wait_for_rows(lake, table, n, proc, log, timeout=120):
     return rows
 
 
-def test_ten_thousand_idle_connections_to_the_metrics_port_do_not_stop_the_loader(sqlite_lake, dev_broker, tmp_path):
+def test_ten_thousand_idle_connections_to_the_metrics_port_do_not_stop_the_loader(catalog_lake, dev_broker, tmp_path):
     """Item 4: clients of the metrics endpoint cannot take the loader's file descriptors. The
     loader runs with 4096 of them; 10,000 connections that never send a byte are opened to its
     metrics port while it loads; it keeps committing, /metrics answers again once the idle
     connections time out, and SIGTERM still ends it cleanly."""
-    lake = sqlite_lake
+    lake = catalog_lake
     raise_fd_limit(12_000)
     first = generated(lake, tmp_path, 2_000, seed=401)
     second = generated(lake, tmp_path, 2_000, seed=402)
@@ -542,13 +542,13 @@ def test_ten_thousand_idle_connections_to_the_metrics_port_do_not_stop_the_loade
     assert_exactly(lake, first + second)
 
 
-def test_a_failed_dedup_rebuild_is_retried_and_counts_nothing_twice(sqlite_lake, dev_broker, tmp_path):
+def test_a_failed_dedup_rebuild_is_retried_and_counts_nothing_twice(catalog_lake, dev_broker, tmp_path):
     """Item 10: rebuilding the dedup state when partitions are assigned fails (twice); the
     loader retries it instead of failing every later flush until a restart, and the rebuilt
     state keeps the aggregates exact: the stream sent again is all duplicates of events
     already counted."""
     from test_aggregates import assert_aggregates_exact, prepared_with_duplicates
-    lake = sqlite_lake
+    lake = catalog_lake
     payloads = prepared_with_duplicates(lake, dev_broker, tmp_path, 3_000, seed=411)
     args = run_args(dev_broker, "--max-rows", "1000", "--flush-interval", "300ms", "--until-drained")
     lake.run(*args, timeout=120)
@@ -583,14 +583,14 @@ DURATION_TOTAL_TABLE = {
 }
 
 
-def test_an_aggregate_that_overflows_its_column_stops_the_loader_with_the_reason(sqlite_lake, dev_broker, tmp_path):
+def test_an_aggregate_that_overflows_its_column_stops_the_loader_with_the_reason(catalog_lake, dev_broker, tmp_path):
     """Item 11: a flush that fails for a reason retrying cannot change (an aggregate's total
     overflows its `int` column) stops the loader with the table and the reason, instead of
     being rewound and retried for ever; nothing of the batch is committed."""
     import json
 
     from confluent_kafka import Producer
-    lake = sqlite_lake
+    lake = catalog_lake
     (lake.dir / "sql" / "aggregates").mkdir(parents=True)
     (lake.dir / "sql" / "aggregates" / "duration_total.sql").write_text(DURATION_TOTAL_SQL)
     (lake.dir / "schemas" / "lake.events_duration_total.json").write_text(json.dumps(DURATION_TOTAL_TABLE))
@@ -613,12 +613,12 @@ def test_an_aggregate_that_overflows_its_column_stops_the_loader_with_the_reason
     assert lake.pyiceberg_table("lake.events").current_snapshot() is None
 
 
-def test_a_commit_that_fails_transiently_is_retried_and_loads_each_message_once(sqlite_lake, dev_broker, tmp_path):
+def test_a_commit_that_fails_transiently_is_retried_and_loads_each_message_once(catalog_lake, dev_broker, tmp_path):
     """Item 11: the raw table's commit fails three times in a row with an error retrying may
     mend (an I/O error); each time the loader rewinds and retries after a pause, then loads
     every message exactly once."""
     from test_kafka_loader import prepared
-    lake = sqlite_lake
+    lake = catalog_lake
     payloads = prepared(lake, dev_broker, tmp_path, 3_000, seed=431, malformed=0.02)
     lake.extra_env["FLOE_FAILPOINTS"] = "before-table-commit=error:3"
     done = lake.run(*run_args(dev_broker, "--max-rows", "1000", "--flush-interval", "300ms",
@@ -627,7 +627,7 @@ def test_a_commit_that_fails_transiently_is_retried_and_loads_each_message_once(
     assert_exactly(lake, payloads)
 
 
-def test_the_dedup_state_stays_under_its_cap_and_says_what_it_forgot(sqlite_lake, dev_broker, tmp_path):
+def test_the_dedup_state_stays_under_its_cap_and_says_what_it_forgot(catalog_lake, dev_broker, tmp_path):
     """Item 10: the aggregates' dedup state holds at most `dedup_max_keys` ids; past it the
     oldest are forgotten, with a warning, and (as documented) a later duplicate of a
     forgotten id counts again. 1,000 distinct events then duplicates of the 100 oldest, on one
@@ -637,7 +637,7 @@ def test_the_dedup_state_stays_under_its_cap_and_says_what_it_forgot(sqlite_lake
     from confluent_kafka import Producer
 
     from test_kafka_loader import START_MS
-    lake = sqlite_lake
+    lake = catalog_lake
     (lake.dir / "floe.toml").write_text(
         '[[pipelines]]\ntopics = ["events"]\ntable = "lake.events"\ndedup_max_keys = 500\n')
     lake.run("table", "create", "--all")

@@ -88,14 +88,14 @@ def assert_java_reads_every_table(lake, what):
     return tables
 
 
-def test_iceberg_java_reads_every_table_through_its_life(sqlite_lake, dev_broker, tmp_path,
+def test_iceberg_java_reads_every_table_through_its_life(catalog_lake, dev_broker, tmp_path,
                                                          iceberg_java):
     """Raw, dead letters and aggregates as `floe run` writes them, then after a schema
     evolution, compaction, retention and a dead-letter replay: Java reads what PyIceberg
     reads, row for row."""
     import json
     from test_kafka_loader import prepared, run_args
-    lake = sqlite_lake
+    lake = catalog_lake
     prepared(lake, dev_broker, tmp_path, 4000, seed=61, malformed=0.02)
     lake.run(*run_args(dev_broker, "--max-rows", "1000", "--flush-interval", "500ms",
                        "--until-drained"), timeout=180)

@@ -83,8 +83,8 @@ def run_args(brokers, *extra):
             "--group", "g", *extra]
 
 
-def test_events_load_exactly_once_with_dead_letters_in_table_and_topic(sqlite_lake, dev_broker, tmp_path):
-    lake = sqlite_lake
+def test_events_load_exactly_once_with_dead_letters_in_table_and_topic(catalog_lake, dev_broker, tmp_path):
+    lake = catalog_lake
     payloads = prepared(lake, dev_broker, tmp_path, 20_000, seed=11, malformed=0.03)
     out = lake.run(*run_args(dev_broker, "--flush-interval", "1s", "--until-drained"), timeout=120).stdout
     assert "20000 messages" in out, out
@@ -118,8 +118,8 @@ def test_events_load_exactly_once_with_dead_letters_in_table_and_topic(sqlite_la
 
 @pytest.mark.parametrize("failpoint", ["decode@5000", "after-data-files@2",
                                        "after-table-commit@2", "before-kafka-commit@2"])
-def test_a_crash_at_any_point_then_restart_loses_and_duplicates_nothing(sqlite_lake, dev_broker, tmp_path, failpoint):
-    lake = sqlite_lake
+def test_a_crash_at_any_point_then_restart_loses_and_duplicates_nothing(catalog_lake, dev_broker, tmp_path, failpoint):
+    lake = catalog_lake
     payloads = prepared(lake, dev_broker, tmp_path, 15_000, seed=21, malformed=0.02)
     args = run_args(dev_broker, "--max-rows", "1500", "--flush-interval", "500ms", "--until-drained")
     crashed = lake.popen(*args, env={"FLOE_FAILPOINTS": failpoint})
@@ -129,8 +129,8 @@ def test_a_crash_at_any_point_then_restart_loses_and_duplicates_nothing(sqlite_l
     assert_exactly(lake, payloads)
 
 
-def test_sigkill_at_random_moments_loses_and_duplicates_nothing(sqlite_lake, dev_broker, tmp_path):
-    lake = sqlite_lake
+def test_sigkill_at_random_moments_loses_and_duplicates_nothing(catalog_lake, dev_broker, tmp_path):
+    lake = catalog_lake
     payloads = prepared(lake, dev_broker, tmp_path, 30_000, seed=31, malformed=0.01)
     args = run_args(dev_broker, "--max-rows", "700", "--flush-interval", "200ms")
     kill_at_random_moments(lake, args, times=4, low=1.0, high=4.0, seed=5)
@@ -138,8 +138,8 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(sqlite_lake, dev
     assert_exactly(lake, payloads)
 
 
-def test_loaders_in_one_group_share_partitions_and_survive_one_leaving(sqlite_lake, dev_broker, tmp_path):
-    lake = sqlite_lake
+def test_loaders_in_one_group_share_partitions_and_survive_one_leaving(catalog_lake, dev_broker, tmp_path):
+    lake = catalog_lake
     payloads = prepared(lake, dev_broker, tmp_path, 40_000, seed=41, malformed=0.01)
     args = run_args(dev_broker, "--max-rows", "2000", "--flush-interval", "300ms")
     procs = [lake.popen(*args) for _ in range(3)]
@@ -181,8 +181,8 @@ def messages_received(port, expect, proc, timeout=90):
     return received
 
 
-def test_sigterm_commits_what_was_consumed_and_exits_zero(sqlite_lake, dev_broker, tmp_path):
-    lake = sqlite_lake
+def test_sigterm_commits_what_was_consumed_and_exits_zero(catalog_lake, dev_broker, tmp_path):
+    lake = catalog_lake
     payloads = prepared(lake, dev_broker, tmp_path, 5_000, seed=51)
     port = free_port()
     p = lake.popen(*run_args(dev_broker, "--flush-interval", "1h"),
@@ -197,9 +197,9 @@ def test_sigterm_commits_what_was_consumed_and_exits_zero(sqlite_lake, dev_broke
     assert_exactly(lake, payloads)
 
 
-def test_without_dead_letters_the_loader_stops_at_the_first_bad_message(sqlite_lake, dev_broker, tmp_path):
+def test_without_dead_letters_the_loader_stops_at_the_first_bad_message(catalog_lake, dev_broker, tmp_path):
     from confluent_kafka import Producer
-    lake = sqlite_lake
+    lake = catalog_lake
     lake.run("table", "create", "--all")
     payloads = generated(lake, tmp_path, 300, seed=61)
     prod = Producer({"bootstrap.servers": dev_broker})

@@ -9,6 +9,7 @@ import time
 from collections import Counter
 
 from events import mixed_file
+from readers import local_path
 from test_kafka_loader import prepared, produce, generated, run_args, split
 
 JAVA_ROW = ("INSERT INTO lake.events VALUES ('java-{n}', TIMESTAMP '2025-11-13 02:00:00', "
@@ -48,8 +49,8 @@ def live_delete_files(lake, name="lake.events"):
 
 
 def test_offsets_survive_java_commits_and_expiry_keeping_one_foreign_snapshot(
-        sqlite_lake, dev_broker, tmp_path, iceberg_java):
-    lake = sqlite_lake
+        catalog_lake, dev_broker, tmp_path, iceberg_java):
+    lake = catalog_lake
     first = prepared(lake, dev_broker, tmp_path, 3000, seed=31, malformed=0.02)
     lake.run(*run_args(dev_broker, "--flush-interval", "1s", "--until-drained"), timeout=180)
     good1, bad1 = split(first)
@@ -102,8 +103,8 @@ def test_compaction_applies_a_java_merge_on_read_delete(lake, tmp_path, iceberg_
     assert json.loads(q.splitlines()[0])["n"] == sum(want.values()), q
 
 
-def test_a_java_delete_while_floe_compacts_is_not_undone(sqlite_lake, tmp_path, iceberg_java):
-    lake = sqlite_lake
+def test_a_java_delete_while_floe_compacts_is_not_undone(catalog_lake, tmp_path, iceberg_java):
+    lake = catalog_lake
     good, _, _ = mixed_file(tmp_path / "e.jsonl", n_good=4_000, bad_every=4000, seed=34)
     lake.run("table", "create", "--all")
     lake.run("load", "--table", "lake.events", "--input", tmp_path / "e.jsonl", "--max-rows", "400")
@@ -155,8 +156,8 @@ def test_a_table_nested_in_another_survives_its_orphan_removal(lake, tmp_path):
     assert p.returncode != 0 and "1h" in p.stderr, p.stderr
 
 
-def test_thousands_of_small_commits_keep_the_metadata_small(sqlite_lake, tmp_path, iceberg_java):
-    lake = sqlite_lake
+def test_thousands_of_small_commits_keep_the_metadata_small(catalog_lake, tmp_path, iceberg_java):
+    lake = catalog_lake
     lake.run("table", "create", "--all")
     want = Counter()
     for batch in range(6):
@@ -182,7 +183,7 @@ def test_thousands_of_small_commits_keep_the_metadata_small(sqlite_lake, tmp_pat
     assert len(manifests) <= 5, len(manifests)
     assert all(m.deleted_files_count == 0 for m in manifests)
     assert all(m.added_files_count + m.existing_files_count > 0 for m in manifests)
-    location = table.metadata_location.removeprefix("file://")
+    location = local_path(table.metadata_location)
     assert os.path.getsize(location) < 64 * 1024, os.path.getsize(location)
     metadata_dir = os.path.dirname(location)
     n_files = len(os.listdir(metadata_dir))
@@ -204,7 +205,7 @@ def java_retrying(lake, sql, attempts=5):
             time.sleep(1)
 
 
-def test_chaos_java_commits_interleave_with_floe_run_and_maintain(sqlite_lake, dev_broker,
+def test_chaos_java_commits_interleave_with_floe_run_and_maintain(catalog_lake, dev_broker,
                                                                   tmp_path, iceberg_java):
     """Iceberg Java's INSERT, merge-on-read DELETE, rewrite_data_files, rewrite_manifests,
     expire_snapshots and ADD COLUMN, between and during `floe run` (killed and restarted) and
@@ -212,7 +213,7 @@ def test_chaos_java_commits_interleave_with_floe_run_and_maintain(sqlite_lake, d
     exactly what Java deleted, as Java, PyIceberg and DuckDB read them."""
     import random
     import signal
-    lake = sqlite_lake
+    lake = catalog_lake
     payloads = prepared(lake, dev_broker, tmp_path, 24_000, seed=41, malformed=0.02)
     good, bad = split(payloads)
     lake.java_sql("ALTER TABLE lake.events SET TBLPROPERTIES ("
@@ -289,8 +290,8 @@ def test_a_partition_spec_evolved_by_java_is_followed(lake, tmp_path, iceberg_ja
     assert_readers_agree(lake, want)
 
 
-def test_a_table_upgraded_to_format_v3_is_refused_by_name(sqlite_lake, tmp_path, iceberg_java):
-    lake = sqlite_lake
+def test_a_table_upgraded_to_format_v3_is_refused_by_name(catalog_lake, tmp_path, iceberg_java):
+    lake = catalog_lake
     good, _, _ = mixed_file(tmp_path / "a.jsonl", n_good=2_000, bad_every=10**9, seed=53)
     lake.run("table", "create", "--all")
     lake.run("load", "--table", "lake.events", "--input", tmp_path / "a.jsonl", "--max-rows", "500")
@@ -303,11 +304,11 @@ def test_a_table_upgraded_to_format_v3_is_refused_by_name(sqlite_lake, tmp_path,
     assert lake.java_sql("SELECT count(*) AS n FROM lake.events")[0]["n"] == before == len(good)
 
 
-def test_a_table_no_flush_brings_rows_gains_no_snapshot(sqlite_lake, dev_broker, tmp_path):
+def test_a_table_no_flush_brings_rows_gains_no_snapshot(catalog_lake, dev_broker, tmp_path):
     """The dead-letter table of a clean stream: no snapshot per flush (it once had an empty
     one every flush), its offsets recorded as a property before the loader stops, so a restart
     reads nothing again."""
-    lake = sqlite_lake
+    lake = catalog_lake
     prepared(lake, dev_broker, tmp_path, 6000, seed=71)
     lake.run(*run_args(dev_broker, "--max-rows", "500", "--flush-interval", "200ms",
                        "--until-drained"), timeout=180)

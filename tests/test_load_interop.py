@@ -74,35 +74,35 @@ def test_load_reads_back_identically_in_pyiceberg_and_duckdb(lake, tmp_path):
     assert d_dl.column("n")[0].as_py() == len(bad)
 
 
-def test_floe_query_agrees_with_the_readers(sqlite_lake, tmp_path):
+def test_floe_query_agrees_with_the_readers(catalog_lake, tmp_path):
     good, bad, _ = mixed_file(tmp_path / "e.jsonl", n_good=2000, bad_every=40, seed=3)
-    sqlite_lake.run("table", "create", "--all")
-    sqlite_lake.run("load", "--table", "lake.events", "--input", tmp_path / "e.jsonl")
-    out = sqlite_lake.run("query", "SELECT count(*) AS n, count(DISTINCT event_guid) AS g "
+    catalog_lake.run("table", "create", "--all")
+    catalog_lake.run("load", "--table", "lake.events", "--input", tmp_path / "e.jsonl")
+    out = catalog_lake.run("query", "SELECT count(*) AS n, count(DISTINCT event_guid) AS g "
                           "FROM lake.events", "--format", "csv").stdout.splitlines()
     assert out == ["n,g", f"{len(good)},{len(good)}"]
-    out = sqlite_lake.run("query", "SELECT count(*) AS n FROM events_dead_letters",
+    out = catalog_lake.run("query", "SELECT count(*) AS n FROM events_dead_letters",
                           "--format", "json").stdout.strip()
     assert out == f'{{"n":{len(bad)}}}'
 
 
-def test_a_rejected_line_without_dead_letters_stops_the_load(sqlite_lake, tmp_path):
+def test_a_rejected_line_without_dead_letters_stops_the_load(catalog_lake, tmp_path):
     f = tmp_path / "e.jsonl"
     f.write_bytes(b'{"eventGuid":"a","timestamp":1}\n{"eventGuid":"b","timestamp":"nope"}\n')
-    sqlite_lake.run("table", "create", "--all")
-    p = sqlite_lake.run("load", "--table", "lake.events", "--input", f, "--no-dead-letters",
+    catalog_lake.run("table", "create", "--all")
+    p = catalog_lake.run("load", "--table", "lake.events", "--input", f, "--no-dead-letters",
                         check=False)
     assert p.returncode != 0
     assert "line 2" in p.stderr and 'field "event_ts"' in p.stderr, p.stderr
-    assert sqlite_lake.read_pyiceberg("lake.events").num_rows == 0
+    assert catalog_lake.read_pyiceberg("lake.events").num_rows == 0
 
 
-def test_data_files_are_zstd_parquet_with_field_ids(sqlite_lake, tmp_path):
+def test_data_files_are_zstd_parquet_with_field_ids(catalog_lake, tmp_path):
     import pyarrow.parquet as pq
     mixed_file(tmp_path / "e.jsonl", n_good=500, bad_every=10**9, seed=5)
-    sqlite_lake.run("table", "create", "--all")
-    sqlite_lake.run("load", "--table", "lake.events", "--input", tmp_path / "e.jsonl")
-    files = sqlite_lake.data_files_on_disk("lake.events")
+    catalog_lake.run("table", "create", "--all")
+    catalog_lake.run("load", "--table", "lake.events", "--input", tmp_path / "e.jsonl")
+    files = catalog_lake.data_files_on_disk("lake.events")
     assert files
     for f in files:
         meta = pq.ParquetFile(f).metadata

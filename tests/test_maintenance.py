@@ -43,8 +43,8 @@ def timed_duckdb(lake, sql, repeat=3):
     return best
 
 
-def test_compaction_then_expiry_keep_every_row_and_exactly_the_referenced_files(sqlite_lake, tmp_path):
-    lake = sqlite_lake
+def test_compaction_then_expiry_keep_every_row_and_exactly_the_referenced_files(catalog_lake, tmp_path):
+    lake = catalog_lake
     good, _, _ = mixed_file(tmp_path / "e.jsonl", n_good=20_000, bad_every=1000, seed=3)
     lake.run("table", "create", "--all")
     lake.run("load", "--table", "lake.events", "--input", tmp_path / "e.jsonl", "--max-rows", "100")
@@ -99,8 +99,8 @@ def test_compaction_then_expiry_keep_every_row_and_exactly_the_referenced_files(
             assert os.path.exists(m.manifest_path.removeprefix("file://"))
 
 
-def test_retention_removes_exactly_the_rows_older_than_the_cutoff(sqlite_lake, tmp_path):
-    lake = sqlite_lake
+def test_retention_removes_exactly_the_rows_older_than_the_cutoff(catalog_lake, tmp_path):
+    lake = catalog_lake
     good, _, _ = mixed_file(tmp_path / "e.jsonl", n_good=5_000, bad_every=1000, seed=5)
     lake.run("table", "create", "--all")
     lake.run("load", "--table", "lake.events", "--input", tmp_path / "e.jsonl", "--max-rows", "700")
@@ -120,8 +120,8 @@ def test_retention_removes_exactly_the_rows_older_than_the_cutoff(sqlite_lake, t
     assert Counter(duck) == Counter(want)
 
 
-def test_compaction_while_floe_run_commits_loses_and_duplicates_nothing(sqlite_lake, dev_broker, tmp_path):
-    lake = sqlite_lake
+def test_compaction_while_floe_run_commits_loses_and_duplicates_nothing(catalog_lake, dev_broker, tmp_path):
+    lake = catalog_lake
     payloads = prepared(lake, dev_broker, tmp_path, 30_000, seed=71, malformed=0.01)
     loader = lake.popen(*run_args(dev_broker, "--max-rows", "500", "--flush-interval", "200ms"))
     compactions = 0

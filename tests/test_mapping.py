@@ -68,8 +68,8 @@ def dead_letters(lake):
 
 
 def test_cloud_events_unwrap_like_plain_events_and_missing_data_is_a_dead_letter(
-        sqlite_lake, dev_broker, tmp_path, floe_bin):
-    lake = sqlite_lake
+        catalog_lake, dev_broker, tmp_path, floe_bin):
+    lake = catalog_lake
     plain = generated(lake, tmp_path, 6_000, seed=801, malformed=0.02)
     wrapped = [cloud_event(p) for p in plain]
     # CloudEvents without a JSON object at /data: binary data, no data at all, data null.
@@ -113,8 +113,8 @@ def test_cloud_events_unwrap_like_plain_events_and_missing_data_is_a_dead_letter
     assert +Counter(d["error_kind"] for d in dead if d["error_kind"] != "envelope") == +ref_kinds
 
 
-def test_computed_columns_and_rules_on_seed_events(sqlite_lake, dev_broker, tmp_path):
-    lake = sqlite_lake
+def test_computed_columns_and_rules_on_seed_events(catalog_lake, dev_broker, tmp_path):
+    lake = catalog_lake
     payloads = generated(lake, tmp_path, 8_000, seed=802, malformed=0.02)
     lake.run("table", "create", "--all")
     lake.run("table", "evolve", "lake.events", "--add-column", "country_code:string",
@@ -168,8 +168,8 @@ long_session = "session_duration >= 30"
     assert len(dead) - len(rule_dead) == sum(1 for p in payloads if expected_row(p) is None)
 
 
-def test_a_mapping_that_cannot_work_is_refused_at_start(sqlite_lake, dev_broker):
-    lake = sqlite_lake
+def test_a_mapping_that_cannot_work_is_refused_at_start(catalog_lake, dev_broker):
+    lake = catalog_lake
     lake.run("table", "create", "--all")
     cases = [
         ('unnest = "data"\n', "pipelines[0].unnest"),
@@ -196,10 +196,10 @@ def test_a_mapping_that_cannot_work_is_refused_at_start(sqlite_lake, dev_broker)
     assert "property floe.rule.broken" in p.stderr, p.stderr[-2000:]
 
 
-def test_floe_load_applies_the_mapping_and_a_fixed_rule_replays_its_dead_letters(sqlite_lake, tmp_path):
+def test_floe_load_applies_the_mapping_and_a_fixed_rule_replays_its_dead_letters(catalog_lake, tmp_path):
     """The configured pipeline's mapping applies to `floe load` of its table; after a rule
     was relaxed, `floe dlq replay` loads exactly the rows it had rejected, once."""
-    lake = sqlite_lake
+    lake = catalog_lake
     plain = generated(lake, tmp_path, 3_000, seed=803)
     src = tmp_path / "wrapped.jsonl"
     src.write_bytes(b"\n".join(cloud_event(p) for p in plain) + b"\n")

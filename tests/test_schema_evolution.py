@@ -69,9 +69,9 @@ def rows_by_guid(lake, *columns):
 
 
 def test_a_column_added_by_pyiceberg_fills_from_the_next_flush_without_a_restart(
-        sqlite_lake, dev_broker, tmp_path):
+        catalog_lake, dev_broker, tmp_path):
     from pyiceberg.types import StringType
-    lake = sqlite_lake
+    lake = catalog_lake
     before = generated(lake, tmp_path, 2_000, seed=91)
     after = with_fields(generated(lake, tmp_path, 2_000, seed=92),
                         referrer=lambda o: "ref-" + o["eventGuid"][:8])
@@ -100,10 +100,10 @@ def test_a_column_added_by_pyiceberg_fills_from_the_next_flush_without_a_restart
     assert (d.column("n")[0].as_py(), d.column("m")[0].as_py()) == (len(after), len(before) + len(after))
 
 
-def test_a_change_holds_across_a_rebalance(sqlite_lake, dev_broker, tmp_path):
+def test_a_change_holds_across_a_rebalance(catalog_lake, dev_broker, tmp_path):
     """Two loaders in one group; after the change one is killed and the other takes over its
     partitions: every event after the change has the column, none is lost or doubled."""
-    lake = sqlite_lake
+    lake = catalog_lake
     before = generated(lake, tmp_path, 3_000, seed=103)
     after = with_fields(generated(lake, tmp_path, 3_000, seed=104), referrer="x")
     first = start_loader(lake, dev_broker)
@@ -123,11 +123,11 @@ def test_a_change_holds_across_a_rebalance(sqlite_lake, dev_broker, tmp_path):
     assert lake.read_pyiceberg("lake.events").num_rows == len(rows)  # no guid twice
 
 
-def test_floe_table_evolve_add_rename_widen_drop_while_loading(sqlite_lake, dev_broker, tmp_path):
+def test_floe_table_evolve_add_rename_widen_drop_while_loading(catalog_lake, dev_broker, tmp_path):
     """With the aggregates on: they go on over the evolved table (session_duration, which
     they sum, is widened) and stay equal to a recomputation from the raw table."""
     from test_aggregates import assert_aggregates_exact
-    lake = sqlite_lake
+    lake = catalog_lake
     loader = start_loader(lake, dev_broker, aggregates=True)
     sent = 0
 
@@ -205,8 +205,8 @@ def test_floe_table_evolve_add_rename_widen_drop_while_loading(sqlite_lake, dev_
     assert_aggregates_exact(lake)
 
 
-def test_forbidden_changes_are_refused_and_change_nothing(sqlite_lake, dev_broker, tmp_path):
-    lake = sqlite_lake
+def test_forbidden_changes_are_refused_and_change_nothing(catalog_lake, dev_broker, tmp_path):
+    lake = catalog_lake
     lake.run("table", "create", "--all")
     lake.run("load", "--table", "lake.events", "--input", _jsonl(lake, tmp_path, 200))
     before = lake.pyiceberg_table("lake.events").metadata_location
@@ -238,8 +238,8 @@ def _jsonl(lake, tmp_path, n):
     return path
 
 
-def test_dead_letters_for_a_missing_column_replay_once_it_is_added(sqlite_lake, dev_broker, tmp_path):
-    lake = sqlite_lake
+def test_dead_letters_for_a_missing_column_replay_once_it_is_added(catalog_lake, dev_broker, tmp_path):
+    lake = catalog_lake
     loader = start_loader(lake, dev_broker)
     plain = generated(lake, tmp_path, 500, seed=101)
     tagged = with_fields(generated(lake, tmp_path, 300, seed=102), campaign=lambda o: "k" + o["eventGuid"][:4])

@@ -66,8 +66,8 @@ def consume_all(bootstrap, topic, expect, conf=None, timeout=60, distinct=False)
 
 
 def test_independent_producer_to_tansu_loads_exactly_once_across_sigkills_and_a_broker_restart(
-        sqlite_lake, tansu, tmp_path):
-    lake = sqlite_lake
+        catalog_lake, tansu, tmp_path):
+    lake = catalog_lake
     tansu.start()
     tansu.topic("events", 4)
     tansu.topic("events.dead-letters", 1)
@@ -108,12 +108,12 @@ def test_independent_producer_to_tansu_loads_exactly_once_across_sigkills_and_a_
     assert set(dead) == set(bad)
 
 
-def test_a_broker_slow_to_answer_still_drains(sqlite_lake, tansu, tmp_path):
+def test_a_broker_slow_to_answer_still_drains(catalog_lake, tansu, tmp_path):
     """Every answer of the broker comes 1.5 s late (the loader asks with 1 s timeouts here
     and there): `--until-drained` still loads everything once and stops. (It once asked for
     the watermarks behind the in-flight fetch, whose timeout failed the fetch with it, and
     re-sent both for ever.)"""
-    lake = sqlite_lake
+    lake = catalog_lake
     tansu.start()
     tansu.topic("events", 2)
     tansu.topic("events.dead-letters", 1)
@@ -131,7 +131,7 @@ def test_a_broker_slow_to_answer_still_drains(sqlite_lake, tansu, tmp_path):
 
 
 @pytest.mark.parametrize("malformed", [0.0, 0.02])
-def test_sigterm_during_a_broker_outage_exits_and_loses_nothing(sqlite_lake, tansu, tmp_path,
+def test_sigterm_during_a_broker_outage_exits_and_loses_nothing(catalog_lake, tansu, tmp_path,
                                                                 malformed):
     """The broker goes away under a loader holding consumed rows, then SIGTERM.
     - Without dead letters, the final commit needs no broker: the loader commits and exits 0
@@ -140,7 +140,7 @@ def test_sigterm_during_a_broker_outage_exits_and_loses_nothing(sqlite_lake, tan
       the loader gives up on them after --shutdown-timeout and exits 1 (the dead-letter table
       keeps its own offsets, so they are read again).
     Either way, with the broker back, a drain leaves each message once in the tables."""
-    lake = sqlite_lake
+    lake = catalog_lake
     tansu.start()
     tansu.topic("events", 2)
     tansu.topic("events.dead-letters", 1)
@@ -172,8 +172,8 @@ def test_sigterm_during_a_broker_outage_exits_and_loses_nothing(sqlite_lake, tan
     assert_exactly(lake, payloads)
 
 
-def test_sasl_scram_with_the_password_from_a_file_and_never_logged(sqlite_lake, tansu, tmp_path):
-    lake = sqlite_lake
+def test_sasl_scram_with_the_password_from_a_file_and_never_logged(catalog_lake, tansu, tmp_path):
+    lake = catalog_lake
     password = "tansu-pw-" + "7c1e9b"
     # Users and topics are made before authentication is switched on.
     tansu.start()
