@@ -138,6 +138,16 @@ impl CatalogConfig {
         Some(rest.split_once('?').unwrap_or((rest, "")))
     }
 
+    /// The warehouse identifier to send a REST catalog: `warehouse`, except that the SQL
+    /// catalogs' default folder (left in place when only `uri` was set) means none.
+    pub fn rest_warehouse(&self) -> &str {
+        if self.warehouse == Self::default().warehouse {
+            ""
+        } else {
+            &self.warehouse
+        }
+    }
+
     /// Whether `uri` names an Iceberg REST catalog (`http://` or `https://`).
     pub fn is_rest(&self) -> bool {
         let u = self.uri.to_ascii_lowercase();

@@ -82,13 +82,17 @@ pub async fn run_quickstart(cfg: &FloeConfig, mut args: QuickstartArgs) -> Resul
     }
     super::report::print_report(&catalog).await?;
     drop(broker);
-    println!(
-        "\nDone in {:.1}s. The data stays in {}: try `floe query \"SELECT country, count(*) FROM events GROUP BY 1\"`,\nor read it with PyIceberg / DuckDB (see README).",
-        started.elapsed().as_secs_f64(),
+    let kept = if catalog.is_rest() {
+        format!("catalog {}", catalog.warehouse())
+    } else {
         std::path::Path::new(&cfg.catalog.warehouse)
             .parent()
             .map(|p| p.display().to_string())
             .unwrap_or_default()
+    };
+    println!(
+        "\nDone in {:.1}s. The data stays in {kept}: try `floe query \"SELECT country, count(*) FROM events GROUP BY 1\"`,\nor read it with PyIceberg / DuckDB (see README).",
+        started.elapsed().as_secs_f64(),
     );
     Ok(())
 }

@@ -438,10 +438,11 @@ impl RestCatalog {
         }
         let root = cfg.uri.trim_end_matches('/').to_string();
         let root = root.strip_suffix("/v1").unwrap_or(&root).to_string();
-        let label = if cfg.warehouse.is_empty() {
+        let warehouse = cfg.rest_warehouse();
+        let label = if warehouse.is_empty() {
             redact_uri(&root)
         } else {
-            format!("{} (warehouse {})", redact_uri(&root), cfg.warehouse)
+            format!("{} (warehouse {warehouse})", redact_uri(&root))
         };
 
         let mut builder = reqwest::Client::builder()
@@ -547,9 +548,9 @@ impl RestCatalog {
             sigv4,
         };
         let mut url = format!("{root}/v1/config");
-        if !cfg.warehouse.is_empty() {
+        if !warehouse.is_empty() {
             url.push_str("?warehouse=");
-            url.push_str(&utf8_percent_encode(&cfg.warehouse, SEGMENT).to_string());
+            url.push_str(&utf8_percent_encode(warehouse, SEGMENT).to_string());
         }
         let body = catalog
             .call(Method::GET, &url, None, "reading the catalog's config")
