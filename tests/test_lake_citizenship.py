@@ -160,8 +160,11 @@ def test_thousands_of_small_commits_keep_the_metadata_small(catalog_lake, tmp_pa
     lake = catalog_lake
     lake.run("table", "create", "--all")
     want = Counter()
+    # 3,000 commits (600 on REST, where each is two HTTP round trips and a metadata file the
+    # server writes): either way far past write.metadata.previous-versions-max (100).
+    per_batch = 1_000 if lake.kind == "rest" else 5_000
     for batch in range(6):
-        good, _, _ = mixed_file(tmp_path / f"e{batch}.jsonl", n_good=5_000, bad_every=10**9,
+        good, _, _ = mixed_file(tmp_path / f"e{batch}.jsonl", n_good=per_batch, bad_every=10**9,
                                 seed=100 + batch)
         want.update(good.keys())
         lake.run("load", "--table", "lake.events", "--input", tmp_path / f"e{batch}.jsonl",
@@ -174,7 +177,7 @@ def test_thousands_of_small_commits_keep_the_metadata_small(catalog_lake, tmp_pa
         assert len(manifests) <= 150, f"{len(manifests)} manifests after batch {batch}"
         assert all(m.added_files_count + m.existing_files_count > 0 for m in manifests)
     table = lake.pyiceberg_table("lake.events")
-    assert int(table.current_snapshot().summary["total-records"]) == 30_000
+    assert int(table.current_snapshot().summary["total-records"]) == 6 * per_batch
 
     lake.run("maintain", "--table", "lake.events", "--older-than", "0s", "--retain-last", "1",
              "--orphan-age", "0s", "--force")
@@ -233,8 +236,15 @@ def test_chaos_java_commits_interleave_with_floe_run_and_maintain(catalog_lake, 
             java_retrying(lake, JAVA_ROW.format(n=round_))
             inserted[f"java-{round_}"] += 1
         elif op == "delete":
-            present = [r["event_guid"] for r in lake.java_sql(
-                "SELECT event_guid FROM lake.events WHERE event_guid NOT LIKE 'java-%' LIMIT 50")]
+            # The loader's first commit may take a while (a group join; REST round trips).
+            deadline = time.monotonic() + 60
+            while True:
+                present = [r["event_guid"] for r in lake.java_sql(
+                    "SELECT event_guid FROM lake.events WHERE event_guid NOT LIKE 'java-%' "
+                    "LIMIT 50")]
+                if present or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
             assert present, "the loader committed rows by now"
             in_list = ", ".join(f"'{g}'" for g in present)
             java_retrying(lake, f"DELETE FROM lake.events WHERE event_guid IN ({in_list})")
@@ -315,7 +325,16 @@ def test_a_table_no_flush_brings_rows_gains_no_snapshot(catalog_lake, dev_broker
     raw = lake.pyiceberg_table("lake.events")
     dlq = lake.pyiceberg_table("lake.events_dead_letters")
     assert len(raw.snapshots()) >= 5
-    assert dlq.snapshots() == [], [s.summary for s in dlq.snapshots()]
+    if lake.kind == "rest":
+        # REST requirements guard no property: the offsets ride on one snapshot without
+        # files, which moves main (docs/configuration.md), not one per flush.
+        assert len(dlq.snapshots()) <= 1, [s.summary for s in dlq.snapshots()]
+        for snap in dlq.snapshots():
+            props = snap.summary.additional_properties
+            assert props.get("floe.state-only") == "true", props
+            assert props.get("added-data-files", "0") == "0", props
+    else:
+        assert dlq.snapshots() == [], [s.summary for s in dlq.snapshots()]
     offsets = json.loads(raw.properties["floe.offsets.g"])
     assert json.loads(dlq.properties["floe.offsets.g"]) == offsets
     assert sum(offsets["events"].values()) == 6000
