@@ -29,10 +29,12 @@ struct Cli {
     /// Config file (default: ./floe.toml if present).
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Catalog database URI (catalog.uri), e.g. sqlite://floe-data/catalog.db or postgres://…
+    /// Catalog (catalog.uri): sqlite://floe-data/catalog.db, postgres://…, or https://… an
+    /// Iceberg REST catalog.
     #[arg(long, global = true, value_name = "URI")]
     catalog_uri: Option<String>,
-    /// Warehouse root (catalog.warehouse): a folder or s3://bucket/prefix.
+    /// Warehouse (catalog.warehouse): a folder or s3://bucket/prefix; on REST the catalog's
+    /// warehouse name.
     #[arg(long, global = true, value_name = "PATH")]
     warehouse: Option<String>,
     /// Log format: plain or json (log.format).
