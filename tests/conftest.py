@@ -424,3 +424,65 @@ class _LazyFloe:
 
     def __str__(self):
         return self.__fspath__()
+
+
+# --- Vended credentials: a REST catalog handing out S3 credentials S3 enforces -------------
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "vended(**options): options of the `vended_rest` server (tests/pyrest.py "
+        "PyRestServer: vend, vend_ttl_s, use_storage_credentials, revoke_old, enforce_expiry)")
+
+
+@pytest.fixture(scope="session")
+def vended_s3(tmp_path_factory):
+    """An S3 server of its own for the session that enforces credentials (tests/vendeds3.py:
+    moto with IAM auth on): `.endpoint`, `.admin` (keys allowed everything, a settings dict
+    for readers.s3_client), `.vend(prefix, ttl_s)` / `.revoke(cred)` (STS credentials allowed
+    on one prefix), `.client(cred)`, `.requests(access_key_id)` (what S3 got, by key)."""
+    from vendeds3 import AuthS3
+    s3 = AuthS3(log=tmp_path_factory.mktemp("vended-s3") / "server.log").start()
+    yield s3
+    s3.stop()
+
+
+@pytest.fixture
+def vended_rest(request, tmp_path, vended_s3, monkeypatch):
+    """An Iceberg REST catalog for this test (tests/pyrest.py: PyIceberg's SqlCatalog in a
+    thread) with its warehouse in a fresh bucket of `vended_s3`, vending credentials to
+    clients that send `X-Iceberg-Access-Delegation: vended-credentials`. Options from
+    `@pytest.mark.vended(revoke_old=True, vend_ttl_s=…)`, or set its attributes at any time.
+    Yields the server: `.uri`, `.warehouse` (the name clients give), `.location`
+    (s3://bucket/warehouse), `.vends`, `.credentials`, `.current(table)`, `.requests`,
+    `.seen(method, path)`, `.fail_next`. No ambient AWS credentials reach the test's clients
+    (nor floe), and no AWS SDK probes the EC2 metadata service."""
+    import uuid
+    from pyrest import PyRestServer
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ROLE_ARN",
+                "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    marker = request.node.get_closest_marker("vended")
+    options = marker.kwargs if marker else {}
+    server = PyRestServer(vended_s3, tmp_path / "pyrest", bucket="vended-" + uuid.uuid4().hex[:10],
+                          **options)
+    with server:
+        yield server
+
+
+@pytest.fixture
+def vended_lake(request, tmp_path, vended_rest):
+    """A floe working directory on `vended_rest` with no S3 keys of its own: floe gets the
+    endpoint (FLOE__S3__ENDPOINT, REGION, PATH_STYLE) and
+    FLOE__CATALOG__ACCESS_DELEGATION=vended-credentials, and must use what the catalog vends.
+    Readers (PyIceberg, DuckDB) use the S3 admin's keys and ask the catalog for no
+    credentials, so they never cause a vend (nor, with revoke_old, revoke floe's). floe is
+    built only when the test runs it."""
+    from pyrest import vended_lake as make
+    lake = make(_LazyFloe(request), tmp_path, vended_rest)
+    yield lake
+    lake.close()

@@ -24,7 +24,8 @@ class Lake:
                  kind=None, token=None, credential=None, ca_file=None, warehouse_dir=None):
         """`kind` is "sql" (catalog_uri sqlite://… or postgres://…, `warehouse` a folder or
         s3://…) or "rest" (catalog_uri http(s)://… of an Iceberg REST catalog, `warehouse`
-        its warehouse name, `warehouse_dir` the folder where that catalog keeps the files;
+        its warehouse name, `warehouse_dir` the folder (or s3://bucket/path) where that
+        catalog keeps the files;
         `token`, `credential` ("id:secret", OAuth2) and `ca_file` for its client); by
         default from `catalog_uri`'s scheme. `floe_bin` may be anything os.fspath() takes
         (conftest's rest_lake builds floe only when it is run)."""
@@ -41,10 +42,13 @@ class Lake:
         self.warehouse_dir = str(warehouse_dir) if warehouse_dir else (
             warehouse if self.kind == "sql" else None)
         self.name = name
-        # S3 settings for an s3:// warehouse: endpoint, access_key_id, secret_access_key.
+        # S3 settings for an s3:// warehouse: endpoint, access_key_id, secret_access_key
+        # (the keys left out when the REST catalog vends them), region.
         self.s3 = s3
         # What readers use (the S3 server itself when floe goes through a fault proxy).
         self.reader_s3 = s3
+        # Added to (or overriding) the properties of readers' PyIceberg RestCatalog.
+        self.reader_rest_props = {}
         self.extra_env = {}
         # This lake's Spark session in the Iceberg Java worker: (worker, session id), opened
         # on first use.
@@ -70,10 +74,12 @@ class Lake:
         env.setdefault("FLOE__METRICS__LISTEN", "127.0.0.1:0")
         if self.s3:
             env["FLOE__S3__ENDPOINT"] = self.s3["endpoint"]
-            env["FLOE__S3__REGION"] = "us-east-1"
+            env["FLOE__S3__REGION"] = self.s3.get("region", "us-east-1")
             env["FLOE__S3__PATH_STYLE"] = "true"
-            env["FLOE__S3__ACCESS_KEY_ID"] = self.s3["access_key_id"]
-            env["FLOE__S3__SECRET_ACCESS_KEY"] = self.s3["secret_access_key"]
+            # Without keys (vended credentials: the catalog hands them out) only the endpoint.
+            if self.s3.get("access_key_id"):
+                env["FLOE__S3__ACCESS_KEY_ID"] = self.s3["access_key_id"]
+                env["FLOE__S3__SECRET_ACCESS_KEY"] = self.s3["secret_access_key"]
         env.update(self.extra_env)
         return env
 
@@ -125,6 +131,9 @@ class Lake:
                       "s3.access-key-id": self.reader_s3["access_key_id"],
                       "s3.secret-access-key": self.reader_s3["secret_access_key"],
                       "s3.region": "us-east-1"})
+            if self.reader_s3.get("session_token"):
+                p["s3.session-token"] = self.reader_s3["session_token"]
+        p.update(self.reader_rest_props)
         p.update(props)
         return RestCatalog(self.name, **p)
 
@@ -203,8 +212,9 @@ class Lake:
 
     def data_files_on_disk(self, name):
         ns, table = name.split(".", 1)
-        if self.reader_s3:
-            bucket, prefix = self.warehouse[len("s3://"):].split("/", 1)
+        where = self.warehouse_dir or self.warehouse
+        if self.reader_s3 and where.startswith("s3://"):
+            bucket, prefix = where[len("s3://"):].split("/", 1)
             keys = s3_keys(self.reader_s3, bucket, f"{prefix}/{ns}/{table}/data/")
             return sorted(f"s3://{bucket}/{k}" for k in keys if k.endswith(".parquet"))
         return sorted(glob.glob(f"{self.warehouse_dir}/{ns}/{table}/data/**/*.parquet",
@@ -224,7 +234,8 @@ def s3_client(s3):
     import boto3
     return boto3.client("s3", endpoint_url=s3["endpoint"], region_name="us-east-1",
                         aws_access_key_id=s3["access_key_id"],
-                        aws_secret_access_key=s3["secret_access_key"])
+                        aws_secret_access_key=s3["secret_access_key"],
+                        aws_session_token=s3.get("session_token"))
 
 
 def s3_keys(s3, bucket, prefix):
@@ -257,9 +268,10 @@ def duckdb_connect(s3=None):
         con.execute(f"LOAD '{files[-1]}'")
     if s3:
         endpoint = s3["endpoint"].split("://", 1)[1]
+        token = f", SESSION_TOKEN '{s3['session_token']}'" if s3.get("session_token") else ""
         con.execute(f"""CREATE SECRET floe_s3 (TYPE S3, KEY_ID '{s3["access_key_id"]}',
             SECRET '{s3["secret_access_key"]}', ENDPOINT '{endpoint}', URL_STYLE 'path',
-            USE_SSL false, REGION 'us-east-1')""")
+            USE_SSL false, REGION 'us-east-1'{token})""")
     return con
 
 
