@@ -21,6 +21,7 @@ use iceberg_storage_opendal::OpenDalStorageFactory;
 
 pub(crate) mod rest;
 mod sql;
+mod vended;
 
 pub use rest::RestFailure;
 

@@ -15,6 +15,7 @@
 //!   commit is never resent blindly (only after a 401, which applied nothing).
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use iceberg::io::{FileIO, FileIOBuilder};
@@ -302,6 +303,35 @@ struct LoadTableResponse {
     #[serde(rename = "metadata-location")]
     metadata_location: Option<String>,
     metadata: TableMetadata,
+    #[serde(default)]
+    config: HashMap<String, String>,
+    #[serde(rename = "storage-credentials", default)]
+    storage_credentials: Vec<StorageCredential>,
+}
+
+#[derive(Deserialize)]
+struct StorageCredential {
+    prefix: String,
+    #[serde(default)]
+    config: HashMap<String, String>,
+}
+
+impl LoadTableResponse {
+    /// The vended credential for `location`: the storage credential of the longest prefix
+    /// that holds it, else the one in `config`.
+    fn credential_for(&self, location: &str) -> Option<(String, HashMap<String, String>)> {
+        let location = location.trim_end_matches('/');
+        self.storage_credentials
+            .iter()
+            .filter(|c| location.starts_with(c.prefix.trim_end_matches('/')))
+            .max_by_key(|c| c.prefix.len())
+            .map(|c| (c.prefix.clone(), c.config.clone()))
+            .or_else(|| {
+                self.config
+                    .contains_key("s3.access-key-id")
+                    .then(|| (location.to_string(), self.config.clone()))
+            })
+    }
 }
 
 #[derive(Deserialize)]
@@ -326,7 +356,8 @@ struct ListTablesResponse {
     next_page_token: Option<String>,
 }
 
-/// A connected REST catalog.
+/// A connected REST catalog (cheap to clone: vended credentials keep one to renew).
+#[derive(Clone)]
 pub(crate) struct RestCatalog {
     http: reqwest::Client,
     /// `{uri}/v1` plus `/{prefix}` when the server gave one.
@@ -334,8 +365,17 @@ pub(crate) struct RestCatalog {
     /// The URI (redacted) and warehouse, for messages.
     label: String,
     headers: HeaderMap,
-    auth: Auth,
-    sigv4: Option<SigV4>,
+    auth: Arc<Auth>,
+    sigv4: Option<Arc<SigV4>>,
+    /// With vended credentials: the tables' storages.
+    vended: Option<Vended>,
+}
+
+/// The tables' storages with vended credentials, and the storage properties they start from.
+#[derive(Clone)]
+struct Vended {
+    registry: Arc<super::vended::Registry>,
+    props: Arc<HashMap<String, String>>,
 }
 
 /// AWS SigV4 signing with credentials from the AWS default chain, as Iceberg Java's
@@ -431,11 +471,15 @@ impl RestCatalog {
     /// Reads the server's config (`GET /v1/config`) and builds the client and the file I/O
     /// for the catalog's tables.
     pub(crate) async fn connect(cfg: &CatalogConfig, s3: &S3Config) -> Result<(Self, FileIO)> {
-        if let Some(d) = &cfg.access_delegation {
-            return Err(Error::Unsupported(format!(
-                "catalog.access_delegation = {d:?}: vended credentials are not supported yet; give floe S3 credentials in [s3]"
-            )));
-        }
+        let vended = match cfg.access_delegation.as_deref().map(str::trim) {
+            None | Some("") => false,
+            Some("vended-credentials") => true,
+            Some(other) => {
+                return Err(Error::Config(format!(
+                    "catalog.access_delegation = {other:?}: floe supports \"vended-credentials\" (remote signing is not supported); leave it unset to use [s3]"
+                )));
+            }
+        };
         let root = cfg.uri.trim_end_matches('/').to_string();
         let root = root.strip_suffix("/v1").unwrap_or(&root).to_string();
         let warehouse = cfg.rest_warehouse();
@@ -535,17 +579,24 @@ impl RestCatalog {
         };
 
         let sigv4 = if cfg.sigv4.enabled {
-            Some(SigV4::new(&cfg.sigv4, &http)?)
+            Some(Arc::new(SigV4::new(&cfg.sigv4, &http)?))
         } else {
             None
         };
+        if vended {
+            headers.insert(
+                "X-Iceberg-Access-Delegation",
+                HeaderValue::from_static("vended-credentials"),
+            );
+        }
         let mut catalog = Self {
             http,
             base: format!("{root}/v1"),
             label,
             headers,
-            auth,
+            auth: Arc::new(auth),
             sigv4,
+            vended: None,
         };
         let mut url = format!("{root}/v1/config");
         if !warehouse.is_empty() {
@@ -587,10 +638,18 @@ impl RestCatalog {
                 .filter(|(k, _)| k.starts_with("s3."))
                 .map(|(k, v)| (k.clone(), v.clone())),
         );
-        let file_io =
-            FileIOBuilder::new(std::sync::Arc::new(OpenDalResolvingStorageFactory::new()))
-                .with_props(props)
-                .build();
+        let file_io = if vended {
+            let registry = Arc::new(super::vended::Registry::default());
+            catalog.vended = Some(Vended {
+                registry: registry.clone(),
+                props: Arc::new(props.iter().cloned().collect()),
+            });
+            FileIOBuilder::new(Arc::new(super::vended::RoutingFactory { registry }))
+        } else {
+            FileIOBuilder::new(Arc::new(OpenDalResolvingStorageFactory::new()))
+        }
+        .with_props(props)
+        .build();
         Ok((catalog, file_io))
     }
 
@@ -645,7 +704,7 @@ impl RestCatalog {
         let mut pause = Duration::from_millis(200);
         loop {
             attempt += 1;
-            let token = match &self.auth {
+            let token = match self.auth.as_ref() {
                 Auth::None => None,
                 Auth::Token(t) => Some(t.clone()),
                 Auth::OAuth2(o) => Some(o.token(&self.http, &self.label).await?),
@@ -696,7 +755,7 @@ impl RestCatalog {
                     let body = resp.bytes().await.unwrap_or_default();
                     if status == StatusCode::UNAUTHORIZED
                         && !refreshed
-                        && let (Auth::OAuth2(o), Some(t)) = (&self.auth, &token)
+                        && let (Auth::OAuth2(o), Some(t)) = (self.auth.as_ref(), &token)
                     {
                         o.forget(t).await;
                         refreshed = true;
@@ -708,7 +767,7 @@ impl RestCatalog {
                     }
                     let mut detail = error_detail(status, &body);
                     if RestFailure::of(status) == RestFailure::Unauthorized {
-                        detail.push_str(match self.auth {
+                        detail.push_str(match self.auth.as_ref() {
                             Auth::None => "; the catalog wants credentials: set catalog.token or catalog.credential",
                             _ => "; check the catalog credentials (catalog.token / catalog.credential) and their privileges",
                         });
@@ -880,6 +939,7 @@ impl RestCatalog {
             other => other?,
         };
         let loaded: LoadTableResponse = self.parse(&body, &context)?;
+        self.keep_credentials(ident, &loaded)?;
         let location = loaded.metadata_location.ok_or_else(|| {
             rest_error(
                 &self.label,
@@ -890,6 +950,65 @@ impl RestCatalog {
             )
         })?;
         Ok((location, loaded.metadata))
+    }
+
+    /// With vended credentials: keeps the ones `loaded` carries for the table's location.
+    fn keep_credentials(&self, ident: &TableIdent, loaded: &LoadTableResponse) -> Result<()> {
+        let Some(Vended {
+            registry,
+            props: base,
+        }) = &self.vended
+        else {
+            return Ok(());
+        };
+        let location = loaded.metadata.location();
+        let Some((prefix, config)) = loaded.credential_for(location) else {
+            tracing::debug!(table = %ident, "the catalog vended no S3 credentials; using [s3]");
+            return Ok(());
+        };
+        let Some(credential) = super::vended::credential_of(&config) else {
+            return Ok(());
+        };
+        let mut props: HashMap<String, String> = base.as_ref().clone();
+        for key in [
+            "s3.endpoint",
+            "s3.region",
+            "s3.path-style-access",
+            "client.region",
+        ] {
+            if let Some(v) = config.get(key).or_else(|| loaded.config.get(key)) {
+                let key = if key == "client.region" {
+                    "s3.region"
+                } else {
+                    key
+                };
+                props.insert(key.to_string(), v.clone());
+            }
+        }
+        registry
+            .register(&prefix, credential, &props, (self, ident))
+            .map_err(Error::from)
+    }
+
+    /// Loads the table again for the credentials vended for `location` (their renewal).
+    pub(crate) async fn vended_credential(
+        &self,
+        ident: &TableIdent,
+        location: &str,
+    ) -> Result<Option<iceberg_storage_opendal::AwsCredential>> {
+        let context = format!("renewing the storage credentials of {ident}");
+        let body = self
+            .call(
+                Method::GET,
+                &format!("{}?snapshots=refs", self.table_path(ident)),
+                None,
+                &context,
+            )
+            .await?;
+        let loaded: LoadTableResponse = self.parse(&body, &context)?;
+        Ok(loaded
+            .credential_for(location)
+            .and_then(|(_, config)| super::vended::credential_of(&config)))
     }
 
     /// Creates the table (`POST …/namespaces/{ns}/tables`); the server picks its location.
@@ -948,6 +1067,7 @@ impl RestCatalog {
             other => other?,
         };
         let loaded: LoadTableResponse = self.parse(&reply, &context)?;
+        self.keep_credentials(ident, &loaded)?;
         let location = loaded.metadata_location.ok_or_else(|| {
             rest_error(
                 &self.label,
