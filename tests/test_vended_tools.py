@@ -285,6 +285,21 @@ def test_floe_loads_with_only_vended_credentials(vended_lake, tmp_path):
             and r.path.startswith(f"/{server.bucket}/")]
     assert data and all(r.access_key_id in keys for r in data)
 
+    # Maintenance on vended credentials too: compaction writes, expiry deletes, orphan
+    # removal lists the table's location with them (a stray file there is removed).
+    stray = f"{server.location}/lake/events/data/stray.parquet".removeprefix("s3://")
+    bucket, key = stray.split("/", 1)
+    admin = s3.client()
+    admin.put_object(Bucket=bucket, Key=key, Body=b"not referenced")
+    out = lake.run("maintain", "--all", "--compact", "--expire-snapshots", "--older-than", "0s",
+                   "--retain-last", "1", "--remove-orphans", "--orphan-age", "0s", "--force",
+                   timeout=300).stdout
+    assert "lake.events: remove-orphans" in out, out
+    listed = admin.list_objects_v2(Bucket=bucket, Prefix=key)
+    assert listed.get("KeyCount", 0) == 0, "the stray file is still there"
+    py = Counter(lake.read_pyiceberg("lake.events").column("event_guid").to_pylist())
+    assert py == Counter(good.keys())
+
 
 @pytest.mark.vended(enforce_expiry=True, vend_ttl_s=15, use_storage_credentials=True)
 def test_floe_renews_expired_vended_credentials(vended_lake, tmp_path):

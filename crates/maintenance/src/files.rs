@@ -95,9 +95,13 @@ pub struct StoredFile {
 
 /// Every file under `location` (a table's location), listed through object_store (iceberg-rust's
 /// storage cannot list): a local folder, or an `s3://` prefix with the catalog's S3 settings.
-pub async fn list_files(location: &str, s3: &S3Config) -> Result<Vec<StoredFile>> {
+pub async fn list_files(
+    location: &str,
+    s3: &S3Config,
+    session_token: Option<&str>,
+) -> Result<Vec<StoredFile>> {
     if floe_lake::config::is_s3(location) {
-        return list_s3(location, s3).await;
+        return list_s3(location, s3, session_token).await;
     }
     let dir = local_path(location).ok_or_else(|| {
         Error::Config(format!(
@@ -134,7 +138,11 @@ async fn list_store(
         .collect())
 }
 
-async fn list_s3(location: &str, s3: &S3Config) -> Result<Vec<StoredFile>> {
+async fn list_s3(
+    location: &str,
+    s3: &S3Config,
+    session_token: Option<&str>,
+) -> Result<Vec<StoredFile>> {
     use object_store::aws::AmazonS3Builder;
     let rest = location.split_once("://").map(|(_, r)| r).unwrap_or("");
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -154,6 +162,9 @@ async fn list_s3(location: &str, s3: &S3Config) -> Result<Vec<StoredFile>> {
     }
     if let Some(secret) = s3.secret()? {
         builder = builder.with_secret_access_key(secret);
+    }
+    if let Some(token) = session_token {
+        builder = builder.with_token(token);
     }
     let store = builder
         .build()

@@ -106,7 +106,8 @@ impl RemoveOrphans {
         let cutoff = chrono::Utc::now()
             - chrono::Duration::from_std(self.older_than).unwrap_or(chrono::Duration::MAX);
         let (location, metadata) = catalog.load_metadata(&ident).await?;
-        let listed = list_files(metadata.location(), catalog.s3()).await?;
+        let (s3, token) = catalog.s3_for(metadata.location());
+        let listed = list_files(metadata.location(), &s3, token.as_deref()).await?;
         let (location, metadata) = match catalog.load_metadata(&ident).await {
             Ok(m) => m,
             Err(_) => (location, metadata),

@@ -193,6 +193,30 @@ impl Catalog {
         &self.inner.s3
     }
 
+    /// The S3 settings and session token to list `location` (a table's) with another S3
+    /// client: `[s3]`'s, or with vended credentials the ones the catalog gave for it.
+    pub fn s3_for(&self, location: &str) -> (S3Config, Option<String>) {
+        if let Backend::Rest(r) = &self.inner.backend
+            && let Some((credential, props)) = r.vended_for(location)
+        {
+            let mut s3 = self.inner.s3.clone();
+            s3.access_key_id = Some(credential.access_key_id);
+            s3.secret_access_key = Some(credential.secret_access_key);
+            s3.secret_access_key_file = None;
+            if let Some(e) = props.get("s3.endpoint") {
+                s3.endpoint = Some(e.clone());
+            }
+            if let Some(r) = props.get("s3.region") {
+                s3.region = Some(r.clone());
+            }
+            if let Some(p) = props.get("s3.path-style-access") {
+                s3.path_style = p.eq_ignore_ascii_case("true");
+            }
+            return (s3, credential.session_token);
+        }
+        (self.inner.s3.clone(), None)
+    }
+
     /// File I/O for table data and metadata.
     pub fn file_io(&self) -> &FileIO {
         &self.inner.file_io

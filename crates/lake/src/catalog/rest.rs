@@ -990,6 +990,17 @@ impl RestCatalog {
             .map_err(Error::from)
     }
 
+    /// The vended credentials kept for `location` and its storage properties.
+    pub(crate) fn vended_for(
+        &self,
+        location: &str,
+    ) -> Option<(
+        iceberg_storage_opendal::AwsCredential,
+        HashMap<String, String>,
+    )> {
+        self.vended.as_ref()?.registry.current(location)
+    }
+
     /// Loads the table again for the credentials vended for `location` (their renewal).
     pub(crate) async fn vended_credential(
         &self,

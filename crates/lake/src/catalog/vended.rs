@@ -48,6 +48,8 @@ struct TableStorage {
     prefix: String,
     storage: Arc<dyn Storage>,
     credentials: Arc<VendedCredentials>,
+    /// The storage properties (endpoint, region, path style).
+    props: HashMap<String, String>,
 }
 
 /// `s3a://` and `s3n://` name the same objects as `s3://`.
@@ -76,19 +78,38 @@ pub(crate) fn credential_of(config: &HashMap<String, String>) -> Option<AwsCrede
     })
 }
 
+impl TableStorage {
+    fn holds(&self, path: &str) -> bool {
+        path.starts_with(self.prefix.as_str())
+            && (path.len() == self.prefix.len()
+                || self.prefix.ends_with('/')
+                || path.as_bytes()[self.prefix.len()] == b'/')
+    }
+}
+
 impl Registry {
     fn route(&self, path: &str) -> Option<Arc<dyn Storage>> {
         let path = normalized(path);
         let tables = self.tables.read().expect("registry lock");
         tables
             .iter()
-            .find(|t| {
-                path.starts_with(t.prefix.as_str())
-                    && (path.len() == t.prefix.len()
-                        || t.prefix.ends_with('/')
-                        || path.as_bytes()[t.prefix.len()] == b'/')
-            })
+            .find(|t| t.holds(&path))
             .map(|t| t.storage.clone())
+    }
+
+    /// The newest credentials kept for `path`'s table and its storage properties (for
+    /// listing it with another S3 client).
+    pub(crate) fn current(&self, path: &str) -> Option<(AwsCredential, HashMap<String, String>)> {
+        let path = normalized(path);
+        let tables = self.tables.read().expect("registry lock");
+        let t = tables.iter().find(|t| t.holds(&path))?;
+        let credential = t
+            .credentials
+            .fresh
+            .lock()
+            .expect("credentials lock")
+            .clone()?;
+        Some((credential, t.props.clone()))
     }
 
     /// Records the credentials a load-table response vended for `location` (a table's, or a
@@ -129,13 +150,14 @@ impl Registry {
                 CredentialSource(creds.clone()),
             ))),
         }
-        .build(&StorageConfig::from_props(props))?;
+        .build(&StorageConfig::from_props(props.clone()))?;
         let mut tables = self.tables.write().expect("registry lock");
         if !tables.iter().any(|t| t.prefix == prefix) {
             tables.push(TableStorage {
                 prefix,
                 storage,
                 credentials: creds,
+                props,
             });
             tables.sort_by_key(|t| std::cmp::Reverse(t.prefix.len()));
         }
