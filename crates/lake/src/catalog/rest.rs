@@ -938,12 +938,22 @@ impl RestCatalog {
             }) => return Err(Error::NoSuchTable(ident.to_string())),
             other => other?,
         };
-        let loaded: LoadTableResponse = self.parse(&body, &context)?;
+        self.loaded(ident, &body, &context)
+    }
+
+    /// A load-table result's metadata location and metadata, its vended credentials kept.
+    fn loaded(
+        &self,
+        ident: &TableIdent,
+        body: &[u8],
+        context: &str,
+    ) -> Result<(String, TableMetadata)> {
+        let loaded: LoadTableResponse = self.parse(body, context)?;
         self.keep_credentials(ident, &loaded)?;
         let location = loaded.metadata_location.ok_or_else(|| {
             rest_error(
                 &self.label,
-                &context,
+                context,
                 RestFailure::BadRequest,
                 None,
                 "the response has no metadata-location (a staged table?)".into(),
@@ -1077,18 +1087,7 @@ impl RestCatalog {
             }) => return Err(Error::TableExists(ident.to_string())),
             other => other?,
         };
-        let loaded: LoadTableResponse = self.parse(&reply, &context)?;
-        self.keep_credentials(ident, &loaded)?;
-        let location = loaded.metadata_location.ok_or_else(|| {
-            rest_error(
-                &self.label,
-                &context,
-                RestFailure::BadRequest,
-                None,
-                "the response has no metadata-location".into(),
-            )
-        })?;
-        Ok((location, loaded.metadata))
+        self.loaded(ident, &reply, &context)
     }
 
     /// Drops the table; with `purge` the server deletes its files.

@@ -377,29 +377,15 @@ impl Committer {
         let Some(id) = snapshot_id else {
             return Ok(Published::Lost);
         };
-        let mut pause = Duration::from_millis(200);
-        let mut last_error = error.to_string();
-        for _ in 0..6 {
-            match self.catalog.load_metadata(table).await {
-                Ok((location, current)) => {
-                    if current.snapshot_by_id(id).is_some() {
-                        return Ok(Published::Swapped(location, Box::new(current)));
-                    }
-                    let main = |m: &TableMetadata| m.current_snapshot_id();
-                    return Ok(if main(&current) != main(base) {
-                        Published::Lost
-                    } else {
-                        Published::Pending
-                    });
-                }
-                Err(e) => last_error = e.to_string(),
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(5));
+        let (location, current) = self.reload_patiently(table, error).await?;
+        if current.snapshot_by_id(id).is_some() {
+            return Ok(Published::Swapped(location, Box::new(current)));
         }
-        Err(Error::CommitStateUnknown {
-            table: table.to_string(),
-            reason: format!("the catalog could not be read back: {last_error}"),
+        let main = |m: &TableMetadata| m.current_snapshot_id();
+        Ok(if main(&current) != main(base) {
+            Published::Lost
+        } else {
+            Published::Pending
         })
     }
 
@@ -469,28 +455,37 @@ impl Committer {
         snapshot_id: Option<i64>,
         error: &Error,
     ) -> Result<bool> {
+        let (location, current) = self.reload_patiently(table, error).await?;
+        match swap_outcome(
+            base_location,
+            base,
+            new_location,
+            snapshot_id,
+            &location,
+            &current,
+        ) {
+            Some(landed) => Ok(landed),
+            None => Err(Error::CommitStateUnknown {
+                table: table.to_string(),
+                reason: format!(
+                    "{error}; the table's metadata log no longer shows what followed {base_location}"
+                ),
+            }),
+        }
+    }
+
+    /// The table's metadata after a commit whose outcome is unknown, read back with a few
+    /// tries (the catalog may be what failed); [`Error::CommitStateUnknown`] if it cannot be.
+    async fn reload_patiently(
+        &self,
+        table: &TableIdent,
+        error: &Error,
+    ) -> Result<(String, TableMetadata)> {
         let mut pause = Duration::from_millis(200);
         let mut last_error = error.to_string();
         for _ in 0..6 {
             match self.catalog.load_metadata(table).await {
-                Ok((location, current)) => {
-                    return match swap_outcome(
-                        base_location,
-                        base,
-                        new_location,
-                        snapshot_id,
-                        &location,
-                        &current,
-                    ) {
-                        Some(landed) => Ok(landed),
-                        None => Err(Error::CommitStateUnknown {
-                            table: table.to_string(),
-                            reason: format!(
-                                "{last_error}; the table's metadata log no longer shows what followed {base_location}"
-                            ),
-                        }),
-                    };
-                }
+                Ok(loaded) => return Ok(loaded),
                 Err(e) => last_error = e.to_string(),
             }
             tokio::time::sleep(pause).await;
