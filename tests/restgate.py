@@ -79,7 +79,9 @@ class Seen:
 
 @dataclass
 class Fault:
-    """A fault rule: fires on at most `times` matching requests (None: all); `fired` counts."""
+    """A fault rule: fires on at most `times` matching requests (None: all); `fired` counts.
+    With `skip`, the first `skip` matching requests pass untouched (a fault mid-way through
+    a load); `skipped` counts them."""
     kind: str
     code: int = None
     times: int = 1
@@ -90,6 +92,8 @@ class Fault:
     body: dict = None
     headers: dict = field(default_factory=dict)
     fired: int = 0
+    skip: int = 0
+    skipped: int = 0
 
     def matches(self, method, path):
         if self.times is not None and self.fired >= self.times:
@@ -191,38 +195,47 @@ class RestGate:
             self.faults.append(fault)
         return fault
 
-    def status_after_forward(self, code, times=1, table=None, body=None, path=None, method=None):
+    def status_after_forward(self, code, times=1, table=None, body=None, path=None, method=None,
+                             skip=0):
         """Forwards a commit (the server applies it), then answers `code` (500/502/504) with
-        an ErrorResponse instead of the server's answer: an outcome the client cannot know."""
+        an ErrorResponse instead of the server's answer: an outcome the client cannot know.
+        `skip`: the first `skip` matching requests pass untouched."""
         return self._add(Fault("status_after", code=code, times=times, table=table, body=body,
-                               path=path, method=method))
+                               path=path, method=method, skip=skip))
 
-    def cut_after_forward(self, times=1, table=None, path=None, method=None):
+    def cut_after_forward(self, times=1, table=None, path=None, method=None, skip=0):
         """Forwards a commit (the server applies it), then closes the connection unanswered."""
-        return self._add(Fault("cut_after", times=times, table=table, path=path, method=method))
+        return self._add(Fault("cut_after", times=times, table=table, path=path, method=method,
+                               skip=skip))
 
     def status_before_forward(self, code, times=1, table=None, body=None, retry_after=None,
-                              path=None, method=None):
+                              path=None, method=None, skip=0):
         """Answers `code` (503/429/…) without forwarding: the commit is not applied."""
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
         return self._add(Fault("status_before", code=code, times=times, table=table, body=body,
-                               headers=headers, path=path, method=method))
+                               headers=headers, path=path, method=method, skip=skip))
 
-    def delay(self, seconds, times=None, table=None, path=None, method=None):
+    def delay(self, seconds, times=None, table=None, path=None, method=None, skip=0):
         """Holds matching requests (table commits unless `path`) `seconds` before forwarding."""
         return self._add(Fault("delay", seconds=seconds, times=times, table=table, path=path,
-                               method=method))
+                               method=method, skip=skip))
 
     def clear_faults(self):
         with self._lock:
             self.faults = []
 
     def _take(self, method, path):
-        """The faults that fire on this request (at most one of each kind), counted."""
+        """The faults that fire on this request (at most one of each kind), counted. A rule
+        still skipping counts every matching request, whatever else fires on it."""
         fired = {}
         with self._lock:
             for f in self.faults:
-                if f.kind not in fired and f.matches(method, path):
+                if not f.matches(method, path):
+                    continue
+                if f.skipped < f.skip:
+                    f.skipped += 1
+                    continue
+                if f.kind not in fired:
                     f.fired += 1
                     fired[f.kind] = f
         return fired

@@ -31,7 +31,6 @@ use super::{Outcome, redact_text, redact_uri};
 use crate::config::{CatalogConfig, S3Config};
 use crate::{Error, Result};
 use floe_schema::TableDefinition;
-use iceberg_storage_opendal::OpenDalResolvingStorageFactory;
 
 /// Characters left as they are in a path segment (RFC 3986 unreserved).
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -638,18 +637,16 @@ impl RestCatalog {
                 .filter(|(k, _)| k.starts_with("s3."))
                 .map(|(k, v)| (k.clone(), v.clone())),
         );
-        let file_io = if vended {
-            let registry = Arc::new(super::vended::Registry::default());
+        let registry = Arc::new(super::vended::Registry::default());
+        if vended {
             catalog.vended = Some(Vended {
                 registry: registry.clone(),
                 props: Arc::new(props.iter().cloned().collect()),
             });
-            FileIOBuilder::new(Arc::new(super::vended::RoutingFactory { registry }))
-        } else {
-            FileIOBuilder::new(Arc::new(OpenDalResolvingStorageFactory::new()))
         }
-        .with_props(props)
-        .build();
+        let file_io = FileIOBuilder::new(Arc::new(super::vended::RoutingFactory { registry }))
+            .with_props(props)
+            .build();
         Ok((catalog, file_io))
     }
 

@@ -5,6 +5,10 @@
 //! routed to the storage of the longest table location that holds it (others, to storage with
 //! floe's own `[s3]` settings). A table's credentials are renewed from the catalog when they
 //! near their expiry (`s3.session-token-expires-at-ms`).
+//!
+//! Without vended credentials the same routing serves every REST catalog: `s3://` paths go
+//! to S3 with floe's settings, others to iceberg's local file system (not OpenDAL's, whose
+//! set-up builds an HTTP client that panics on a machine without CA certificates).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -13,14 +17,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use iceberg::TableIdent;
+use iceberg::io::LocalFsStorageFactory;
 use iceberg::io::{
     FileMetadata, FileRead, FileWrite, InputFile, OutputFile, Storage, StorageConfig,
     StorageFactory,
 };
-use iceberg::{ErrorKind, TableIdent};
-use iceberg_storage_opendal::{
-    AwsCredential, CustomAwsCredentialLoader, OpenDalResolvingStorageFactory, OpenDalStorageFactory,
-};
+use iceberg_storage_opendal::{AwsCredential, CustomAwsCredentialLoader, OpenDalStorageFactory};
 use serde::{Deserialize, Serialize};
 
 use super::rest::RestCatalog;
@@ -231,7 +234,13 @@ impl StorageFactory for RoutingFactory {
     fn build(&self, config: &StorageConfig) -> iceberg::Result<Arc<dyn Storage>> {
         Ok(Arc::new(RoutingStorage {
             registry: self.registry.clone(),
-            fallback: Some(OpenDalResolvingStorageFactory::new().build(config)?),
+            fallback: Some(Fallback {
+                s3: OpenDalStorageFactory::S3 {
+                    customized_credential_load: None,
+                }
+                .build(config)?,
+                local: LocalFsStorageFactory.build(config)?,
+            }),
         }))
     }
 }
@@ -242,7 +251,14 @@ struct RoutingStorage {
     #[serde(skip)]
     registry: Arc<Registry>,
     #[serde(skip)]
-    fallback: Option<Arc<dyn Storage>>,
+    fallback: Option<Fallback>,
+}
+
+/// Where paths of no vended table go.
+#[derive(Debug)]
+struct Fallback {
+    s3: Arc<dyn Storage>,
+    local: Arc<dyn Storage>,
 }
 
 impl RoutingStorage {
@@ -250,8 +266,16 @@ impl RoutingStorage {
         if let Some(s) = self.registry.route(path) {
             return Ok(s);
         }
-        self.fallback.clone().ok_or_else(|| {
-            iceberg::Error::new(ErrorKind::Unexpected, "routing storage without a fallback")
+        let f = self.fallback.as_ref().ok_or_else(|| {
+            iceberg::Error::new(
+                iceberg::ErrorKind::Unexpected,
+                "routing storage without a fallback",
+            )
+        })?;
+        Ok(if crate::config::is_s3(path) {
+            f.s3.clone()
+        } else {
+            f.local.clone()
         })
     }
 }

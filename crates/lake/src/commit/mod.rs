@@ -344,7 +344,9 @@ impl Committer {
                 Ok(Published::Lost)
             }
             Outcome::Unknown(e) => {
-                let published = self.resolve_rest(table, base, snapshot_id, &e).await?;
+                let published = self
+                    .resolve_rest(table, base, built, snapshot_id, &e)
+                    .await?;
                 match &published {
                     Published::Swapped(..) => {
                         tracing::info!(%table, error = %e, "no clear answer from the catalog; the table shows the commit landed")
@@ -365,19 +367,25 @@ impl Committer {
     /// Learns what became of a REST commit whose reply was lost or failed, from the table:
     /// its snapshot is there → landed; `main` moved on without it → it never will (every
     /// floe commit asserts `main`); otherwise it may still be in flight (`Pending`). A commit
-    /// without a snapshot (a metadata update) is run again on fresh metadata, which finds
-    /// it done if it was.
+    /// without a snapshot (a metadata update) landed if the table shows every one of its
+    /// changes; else it is run again on fresh metadata (its requirements keep a late copy
+    /// from applying twice).
     async fn resolve_rest(
         &self,
         table: &TableIdent,
         base: &TableMetadata,
+        built: &iceberg::spec::TableMetadataBuildResult,
         snapshot_id: Option<i64>,
         error: &Error,
     ) -> Result<Published> {
-        let Some(id) = snapshot_id else {
-            return Ok(Published::Lost);
-        };
         let (location, current) = self.reload_patiently(table, error).await?;
+        let Some(id) = snapshot_id else {
+            return Ok(if shows_changes(&current, built) {
+                Published::Swapped(location, Box::new(current))
+            } else {
+                Published::Lost
+            });
+        };
         if current.snapshot_by_id(id).is_some() {
             return Ok(Published::Swapped(location, Box::new(current)));
         }
@@ -577,6 +585,33 @@ fn swap_outcome(
         return Some(true);
     }
     None
+}
+
+/// Whether `current` shows every change of `built` (a metadata update whose answer was lost):
+/// its schema added and current, its snapshots and refs removed, its properties set and
+/// removed. A change it cannot tell about counts as not shown.
+fn shows_changes(current: &TableMetadata, built: &iceberg::spec::TableMetadataBuildResult) -> bool {
+    use iceberg::TableUpdate as U;
+    !built.changes.is_empty()
+        && built.changes.iter().all(|c| match c {
+            U::AddSchema { schema } => current
+                .schemas_iter()
+                .any(|s| s.as_struct() == schema.as_struct()),
+            U::SetCurrentSchema { .. } => {
+                current.current_schema().as_struct() == built.metadata.current_schema().as_struct()
+            }
+            U::RemoveSnapshots { snapshot_ids } => snapshot_ids
+                .iter()
+                .all(|id| current.snapshot_by_id(*id).is_none()),
+            U::RemoveSnapshotRef { ref_name } => current.snapshot_for_ref(ref_name).is_none(),
+            U::SetProperties { updates } => updates
+                .iter()
+                .all(|(k, v)| current.properties().get(k) == Some(v)),
+            U::RemoveProperties { removals } => removals
+                .iter()
+                .all(|k| !current.properties().contains_key(k)),
+            _ => false,
+        })
 }
 
 /// The files of `written` that `metadata`'s new snapshot does not reference (the new-files
