@@ -142,7 +142,19 @@ def wait_for_port(port, proc, name, timeout=30):
         except OSError:
             time.sleep(0.05)
     proc.kill()
+    proc.wait()
     raise RuntimeError(f"{name} did not listen on port {port} within {timeout} s")
+
+
+def stop_process(proc, grace=10):
+    """Stops `proc` (if it runs): SIGTERM, then SIGKILL after `grace` seconds."""
+    if proc and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def free_port() -> int:
@@ -242,13 +254,7 @@ class Tansu:
         return self
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
     def panic(self):
         """The first panic Tansu's log shows (its own bug: e.g. 0.6.0's storage service dies
@@ -342,13 +348,7 @@ class RestServer:
             return ""
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 @pytest.fixture(scope="session")

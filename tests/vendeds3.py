@@ -90,6 +90,7 @@ class AuthS3:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self):
+        from conftest import free_port, wait_for_port
         env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="0")
         for attempt in range(5):
             self.port = free_port()
@@ -131,13 +132,8 @@ class AuthS3:
                       "secret_access_key": key["SecretAccessKey"]}
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        from conftest import stop_process
+        stop_process(self.proc)
 
     def _boto(self, service, s3):
         import boto3
@@ -199,29 +195,6 @@ class AuthS3:
         if access_key_id is not ...:
             seen = [x for x in seen if x.access_key_id == access_key_id]
         return seen
-
-
-def free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port, proc, name, timeout=30):
-    import socket
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    proc.wait()
-    raise RuntimeError(f"{name} did not listen on port {port} within {timeout} s")
 
 
 # --- the server process ---------------------------------------------------------------------
