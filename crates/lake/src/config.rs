@@ -205,25 +205,13 @@ impl CatalogConfig {
         keys
     }
 
-    /// A secret given as a value or as a file (the file's content, trimmed), named `key` in
-    /// messages.
+    /// A secret given as a value or as a file (either trimmed), named `key` in messages.
     pub(crate) fn secret(
         value: &Option<String>,
         file: &Option<String>,
         key: &str,
     ) -> crate::Result<Option<String>> {
-        if let Some(v) = value {
-            return Ok(Some(v.trim().to_string()));
-        }
-        match file {
-            None => Ok(None),
-            Some(path) => std::fs::read_to_string(path)
-                .map(|s| Some(s.trim().to_string()))
-                .map_err(|source| crate::Error::Io {
-                    context: format!("reading catalog.{key}_file {path}"),
-                    source,
-                }),
-        }
+        Ok(read_secret(value, file, &format!("catalog.{key}"))?.map(|v| v.trim().to_string()))
     }
 }
 
@@ -306,18 +294,11 @@ impl S3Config {
 
     /// The secret access key: the value, else the file's content (trimmed).
     pub fn secret(&self) -> crate::Result<Option<String>> {
-        if self.secret_access_key.is_some() {
-            return Ok(self.secret_access_key.clone());
-        }
-        match &self.secret_access_key_file {
-            None => Ok(None),
-            Some(path) => std::fs::read_to_string(path)
-                .map(|s| Some(s.trim().to_string()))
-                .map_err(|source| crate::Error::Io {
-                    context: format!("reading s3.secret_access_key_file {path}"),
-                    source,
-                }),
-        }
+        read_secret(
+            &self.secret_access_key,
+            &self.secret_access_key_file,
+            "s3.secret_access_key",
+        )
     }
 
     /// The region to use: the configured one, else `us-east-1` for a custom endpoint.
@@ -344,6 +325,27 @@ impl S3Config {
             props.push(("s3.secret-access-key".into(), s));
         }
         Ok(props)
+    }
+}
+
+/// A secret setting `key` given as a value, else as the file `key_file` names (its content
+/// trimmed, e.g. a Docker or Kubernetes secret).
+fn read_secret(
+    value: &Option<String>,
+    file: &Option<String>,
+    key: &str,
+) -> crate::Result<Option<String>> {
+    if value.is_some() {
+        return Ok(value.clone());
+    }
+    match file {
+        None => Ok(None),
+        Some(path) => std::fs::read_to_string(path)
+            .map(|s| Some(s.trim().to_string()))
+            .map_err(|source| crate::Error::Io {
+                context: format!("reading {key}_file {path}"),
+                source,
+            }),
     }
 }
 
