@@ -9,18 +9,19 @@
 //! required column on a table that has rows, dropping a partition source or identifier column,
 //! names that clash (also by case: Trino folds names), and anything the Trino guard refuses.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
 use iceberg::TableIdent;
-use iceberg::spec::{
-    NestedField, NestedFieldRef, PrimitiveType, Schema, StructType, TableMetadata, Type,
-};
+use iceberg::spec::{NestedField, NestedFieldRef, PrimitiveType, Schema, TableMetadata, Type};
 
 use crate::{Committer, Error, Result};
+use fields::{add_at, collect_ids, edit_at, find, siblings};
 
 use floe_schema::names::ALIAS_PROPERTY_PREFIX as ALIAS_PREFIX;
+
+mod fields;
 
 /// One requested change. Paths are dot-separated (`device.model`).
 #[derive(Debug, Clone, PartialEq)]
@@ -238,249 +239,339 @@ pub fn plan(table: &str, meta: &TableMetadata, changes: &[Change]) -> Result<Pla
             "table evolve {table}: no change given (--add-column, --drop-column, --rename-column, --widen, --add-alias)"
         )));
     }
-    let current = meta.current_schema();
-    let mut fields: Vec<NestedFieldRef> = current.as_struct().fields().to_vec();
-    let mut next_id = meta.last_column_id().max(current.highest_field_id()) + 1;
-    let before: std::collections::BTreeMap<String, String> = meta
-        .properties()
-        .iter()
-        .filter_map(|(k, v)| {
-            k.strip_prefix(ALIAS_PREFIX)
-                .map(|k| (k.to_string(), v.clone()))
-        })
-        .collect();
-    let mut aliases = before.clone();
-    let mut lines = Vec::new();
-    let mut schema_changed = false;
-    let has_rows = meta.current_snapshot().is_some_and(|s| {
-        s.summary()
-            .additional_properties
-            .get("total-records")
-            .is_none_or(|n| n != "0")
-    });
-    let protected: Vec<(i32, &'static str)> = meta
-        .default_partition_spec()
-        .fields()
-        .iter()
-        .map(|f| (f.source_id, "the partition spec's source"))
-        .chain(
-            current
-                .identifier_field_ids()
-                .map(|id| (id, "an identifier field")),
-        )
-        .collect();
-    let refuse = |what: &Change, why: String| bad(format!("{table}: cannot {what}: {why}"));
-
+    let mut planner = Planner::new(table, meta);
     for change in changes {
+        planner.apply(change)?;
+    }
+    planner.finish()
+}
+
+/// A plan being made: the schema's fields and the aliases as the changes so far left them.
+struct Planner<'a> {
+    table: &'a str,
+    meta: &'a TableMetadata,
+    /// The top-level fields of the schema being evolved.
+    fields: Vec<NestedFieldRef>,
+    /// The id of the next new field: above `last-column-id` and every id in the schema.
+    next_id: i32,
+    /// The aliases (JSON key → column) before the changes.
+    before: BTreeMap<String, String>,
+    /// The aliases after the changes so far.
+    aliases: BTreeMap<String, String>,
+    lines: Vec<String>,
+    schema_changed: bool,
+    /// Whether the table has rows (a new required column would have no value in them).
+    has_rows: bool,
+    /// The field ids that cannot be dropped, and what they are.
+    protected: Vec<(i32, &'static str)>,
+}
+
+impl<'a> Planner<'a> {
+    /// A plan of no change yet on `meta`'s current schema.
+    fn new(table: &'a str, meta: &'a TableMetadata) -> Self {
+        let current = meta.current_schema();
+        let fields: Vec<NestedFieldRef> = current.as_struct().fields().to_vec();
+        let next_id = meta.last_column_id().max(current.highest_field_id()) + 1;
+        let before: BTreeMap<String, String> = meta
+            .properties()
+            .iter()
+            .filter_map(|(k, v)| {
+                k.strip_prefix(ALIAS_PREFIX)
+                    .map(|k| (k.to_string(), v.clone()))
+            })
+            .collect();
+        let aliases = before.clone();
+        let has_rows = meta.current_snapshot().is_some_and(|s| {
+            s.summary()
+                .additional_properties
+                .get("total-records")
+                .is_none_or(|n| n != "0")
+        });
+        let protected: Vec<(i32, &'static str)> = meta
+            .default_partition_spec()
+            .fields()
+            .iter()
+            .map(|f| (f.source_id, "the partition spec's source"))
+            .chain(
+                current
+                    .identifier_field_ids()
+                    .map(|id| (id, "an identifier field")),
+            )
+            .collect();
+        Self {
+            table,
+            meta,
+            fields,
+            next_id,
+            before,
+            aliases,
+            lines: Vec::new(),
+            schema_changed: false,
+            has_rows,
+            protected,
+        }
+    }
+
+    /// The error refusing `what`, saying why.
+    fn refuse(&self, what: &Change, why: String) -> Error {
+        bad(format!("{}: cannot {what}: {why}", self.table))
+    }
+
+    /// Applies one change to the plan, or refuses it.
+    fn apply(&mut self, change: &Change) -> Result<()> {
         match change {
             Change::AddColumn {
                 path,
                 ty,
                 doc,
                 required,
-            } => {
-                if *required && has_rows {
-                    return Err(refuse(
-                        change,
-                        "the table has rows, and they would have no value for a required \
-                         column; add it as optional (--add-column), backfill, and rely on \
-                         readers or a rule to enforce it"
-                            .into(),
-                    ));
-                }
-                let segs: Vec<&str> = path.split('.').collect();
-                let mut field = NestedField::optional(
-                    next_id,
-                    segs[segs.len() - 1],
-                    Type::Primitive(ty.clone()),
-                );
-                field.required = *required;
-                if let Some(d) = doc {
-                    field = field.with_doc(d);
-                }
-                let field_id = next_id;
-                next_id += 1;
-                let created = add_at(&mut fields, &segs, field, &mut next_id)
-                    .map_err(|why| refuse(change, why))?;
-                let mut line = format!("{change} (field id {field_id})");
-                if !created.is_empty() {
-                    line.push_str(&format!("; new struct {}", created.join(", ")));
-                }
-                lines.push(line);
-                schema_changed = true;
-            }
-            Change::DropColumn { path } => {
-                let segs: Vec<&str> = path.split('.').collect();
-                let f = find(&fields, &segs).map_err(|why| refuse(change, why))?;
-                let mut ids = Vec::new();
-                collect_ids(&f, &mut ids);
-                if let Some((_, role)) = protected.iter().find(|(id, _)| ids.contains(id)) {
-                    return Err(refuse(
-                        change,
-                        format!(
-                            "it is {role}; change the partition spec or identifier fields first"
-                        ),
-                    ));
-                }
-                if segs.len() == 1 && fields.len() == 1 {
-                    return Err(refuse(change, "it is the table's only column".into()));
-                }
-                edit_at(&mut fields, &segs, &mut |_| None).map_err(|why| refuse(change, why))?;
-                lines.push(format!(
-                    "{change} (field id {}; old files keep their values)",
-                    f.id
-                ));
-                schema_changed = true;
-            }
-            Change::RenameColumn { path, to } => {
-                let segs: Vec<&str> = path.split('.').collect();
-                let f = find(&fields, &segs).map_err(|why| refuse(change, why))?;
-                if f.name == *to {
-                    return Err(refuse(change, "it already has that name".into()));
-                }
-                let siblings = siblings(&fields, &segs[..segs.len() - 1]);
-                if let Some(clash) = siblings
-                    .iter()
-                    .find(|s| s.id != f.id && s.name.eq_ignore_ascii_case(to))
-                {
-                    return Err(refuse(
-                        change,
-                        format!(
-                            "column {} already exists (Trino folds names to lower case)",
-                            clash.name
-                        ),
-                    ));
-                }
-                let to = to.clone();
-                edit_at(&mut fields, &segs, &mut |f| {
-                    let mut g = f.as_ref().clone();
-                    g.name = to.clone();
-                    Some(Arc::new(g))
-                })
-                .map_err(|why| refuse(change, why))?;
-                lines.push(format!(
-                    "{change} (field id {}; old files read under the new name)",
-                    f.id
-                ));
-                if segs.len() == 1 {
-                    // Aliases follow the column, and producers still sending the old key keep
-                    // filling it.
-                    for (key, col) in aliases.iter_mut() {
-                        if col == path {
-                            col.clone_from(&to);
-                            lines.push(format!("alias {key:?} now decodes into {to}"));
-                        }
-                    }
-                    if !aliases.contains_key(path.as_str()) {
-                        aliases.insert(path.clone(), to.clone());
-                        lines.push(format!(
-                            "JSON key {path:?} keeps decoding into {to} (alias; --drop-alias {path} to stop)"
-                        ));
-                    }
-                }
-                schema_changed = true;
-            }
-            Change::Widen { path, ty } => {
-                let segs: Vec<&str> = path.split('.').collect();
-                let f = find(&fields, &segs).map_err(|why| refuse(change, why))?;
-                let Type::Primitive(from) = f.field_type.as_ref() else {
-                    return Err(refuse(
-                        change,
-                        format!("{path} is a {}, not a primitive column", f.field_type),
-                    ));
-                };
-                if from == ty {
-                    return Err(refuse(change, format!("{path} is already {ty}")));
-                }
-                if !promotion_allowed(from, ty) {
-                    return Err(refuse(
-                        change,
-                        format!(
-                            "Iceberg does not allow {from} → {ty} (allowed: int → long, \
-                             float → double, decimal(P,S) → decimal(P2,S) with P2 > P); to \
-                             change a type, add a new column (e.g. {path}_v2), backfill it and \
-                             drop {path}"
-                        ),
-                    ));
-                }
-                let ty = ty.clone();
-                edit_at(&mut fields, &segs, &mut |f| {
-                    let mut g = f.as_ref().clone();
-                    g.field_type = Box::new(Type::Primitive(ty.clone()));
-                    Some(Arc::new(g))
-                })
-                .map_err(|why| refuse(change, why))?;
-                lines.push(format!(
-                    "{change} (was {from}; old files are promoted on read)"
-                ));
-                schema_changed = true;
-            }
-            Change::AddAlias { json_key, column } => {
-                if !fields.iter().any(|f| f.name == *column) {
-                    return Err(refuse(
-                        change,
-                        format!("there is no top-level column {column}"),
-                    ));
-                }
-                match aliases.insert(json_key.clone(), column.clone()) {
-                    Some(old) if old != *column => lines.push(format!("{change} (was into {old})")),
-                    _ => lines.push(change.to_string()),
-                }
-            }
-            Change::DropAlias { json_key } => {
-                if aliases.remove(json_key).is_none() {
-                    let known: Vec<&str> = aliases.keys().map(String::as_str).collect();
-                    let known = if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.join(", ")
-                    };
-                    return Err(refuse(
-                        change,
-                        format!("there is no such alias (aliases: {known})"),
-                    ));
-                }
-                lines.push(change.to_string());
-            }
+            } => self.add_column(change, path, ty, doc.as_deref(), *required),
+            Change::DropColumn { path } => self.drop_column(change, path),
+            Change::RenameColumn { path, to } => self.rename_column(change, path, to),
+            Change::Widen { path, ty } => self.widen(change, path, ty),
+            Change::AddAlias { json_key, column } => self.add_alias(change, json_key, column),
+            Change::DropAlias { json_key } => self.drop_alias(change, json_key),
         }
     }
 
-    let schema = if schema_changed {
+    /// [`Change::AddColumn`]: a new field with a fresh id (and fresh ids for the parent
+    /// structs it creates).
+    fn add_column(
+        &mut self,
+        change: &Change,
+        path: &str,
+        ty: &PrimitiveType,
+        doc: Option<&str>,
+        required: bool,
+    ) -> Result<()> {
+        if required && self.has_rows {
+            return Err(self.refuse(
+                change,
+                "the table has rows, and they would have no value for a required \
+                 column; add it as optional (--add-column), backfill, and rely on \
+                 readers or a rule to enforce it"
+                    .into(),
+            ));
+        }
+        let segs: Vec<&str> = path.split('.').collect();
+        let mut field = NestedField::optional(
+            self.next_id,
+            segs[segs.len() - 1],
+            Type::Primitive(ty.clone()),
+        );
+        field.required = required;
+        if let Some(d) = doc {
+            field = field.with_doc(d);
+        }
+        let field_id = self.next_id;
+        self.next_id += 1;
+        let created = add_at(&mut self.fields, &segs, field, &mut self.next_id)
+            .map_err(|why| self.refuse(change, why))?;
+        let mut line = format!("{change} (field id {field_id})");
+        if !created.is_empty() {
+            line.push_str(&format!("; new struct {}", created.join(", ")));
+        }
+        self.lines.push(line);
+        self.schema_changed = true;
+        Ok(())
+    }
+
+    /// [`Change::DropColumn`]: unless it is (or holds) a partition source or identifier
+    /// field, or is the table's only column.
+    fn drop_column(&mut self, change: &Change, path: &str) -> Result<()> {
+        let segs: Vec<&str> = path.split('.').collect();
+        let f = find(&self.fields, &segs).map_err(|why| self.refuse(change, why))?;
+        let mut ids = Vec::new();
+        collect_ids(&f, &mut ids);
+        if let Some((_, role)) = self.protected.iter().find(|(id, _)| ids.contains(id)) {
+            return Err(self.refuse(
+                change,
+                format!("it is {role}; change the partition spec or identifier fields first"),
+            ));
+        }
+        if segs.len() == 1 && self.fields.len() == 1 {
+            return Err(self.refuse(change, "it is the table's only column".into()));
+        }
+        edit_at(&mut self.fields, &segs, &mut |_| None).map_err(|why| self.refuse(change, why))?;
+        self.lines.push(format!(
+            "{change} (field id {}; old files keep their values)",
+            f.id
+        ));
+        self.schema_changed = true;
+        Ok(())
+    }
+
+    /// [`Change::RenameColumn`]: same field id, no clash with a sibling (also by case); a
+    /// top-level column's aliases follow it and its old name becomes one.
+    fn rename_column(&mut self, change: &Change, path: &str, to: &str) -> Result<()> {
+        let segs: Vec<&str> = path.split('.').collect();
+        let f = find(&self.fields, &segs).map_err(|why| self.refuse(change, why))?;
+        if f.name == *to {
+            return Err(self.refuse(change, "it already has that name".into()));
+        }
+        let siblings = siblings(&self.fields, &segs[..segs.len() - 1]);
+        if let Some(clash) = siblings
+            .iter()
+            .find(|s| s.id != f.id && s.name.eq_ignore_ascii_case(to))
+        {
+            return Err(self.refuse(
+                change,
+                format!(
+                    "column {} already exists (Trino folds names to lower case)",
+                    clash.name
+                ),
+            ));
+        }
+        let to = to.to_string();
+        edit_at(&mut self.fields, &segs, &mut |f| {
+            let mut g = f.as_ref().clone();
+            g.name = to.clone();
+            Some(Arc::new(g))
+        })
+        .map_err(|why| self.refuse(change, why))?;
+        self.lines.push(format!(
+            "{change} (field id {}; old files read under the new name)",
+            f.id
+        ));
+        if segs.len() == 1 {
+            // Aliases follow the column, and producers still sending the old key keep
+            // filling it.
+            for (key, col) in self.aliases.iter_mut() {
+                if col == path {
+                    col.clone_from(&to);
+                    self.lines
+                        .push(format!("alias {key:?} now decodes into {to}"));
+                }
+            }
+            if !self.aliases.contains_key(path) {
+                self.aliases.insert(path.to_string(), to.clone());
+                self.lines.push(format!(
+                    "JSON key {path:?} keeps decoding into {to} (alias; --drop-alias {path} to stop)"
+                ));
+            }
+        }
+        self.schema_changed = true;
+        Ok(())
+    }
+
+    /// [`Change::Widen`]: only the promotions Iceberg allows.
+    fn widen(&mut self, change: &Change, path: &str, ty: &PrimitiveType) -> Result<()> {
+        let segs: Vec<&str> = path.split('.').collect();
+        let f = find(&self.fields, &segs).map_err(|why| self.refuse(change, why))?;
+        let Type::Primitive(from) = f.field_type.as_ref() else {
+            return Err(self.refuse(
+                change,
+                format!("{path} is a {}, not a primitive column", f.field_type),
+            ));
+        };
+        if from == ty {
+            return Err(self.refuse(change, format!("{path} is already {ty}")));
+        }
+        if !promotion_allowed(from, ty) {
+            return Err(self.refuse(
+                change,
+                format!(
+                    "Iceberg does not allow {from} → {ty} (allowed: int → long, \
+                     float → double, decimal(P,S) → decimal(P2,S) with P2 > P); to \
+                     change a type, add a new column (e.g. {path}_v2), backfill it and \
+                     drop {path}"
+                ),
+            ));
+        }
+        let ty = ty.clone();
+        edit_at(&mut self.fields, &segs, &mut |f| {
+            let mut g = f.as_ref().clone();
+            g.field_type = Box::new(Type::Primitive(ty.clone()));
+            Some(Arc::new(g))
+        })
+        .map_err(|why| self.refuse(change, why))?;
+        self.lines.push(format!(
+            "{change} (was {from}; old files are promoted on read)"
+        ));
+        self.schema_changed = true;
+        Ok(())
+    }
+
+    /// [`Change::AddAlias`]: into a top-level column.
+    fn add_alias(&mut self, change: &Change, json_key: &str, column: &str) -> Result<()> {
+        if !self.fields.iter().any(|f| f.name == *column) {
+            return Err(self.refuse(change, format!("there is no top-level column {column}")));
+        }
+        match self
+            .aliases
+            .insert(json_key.to_string(), column.to_string())
+        {
+            Some(old) if old != *column => self.lines.push(format!("{change} (was into {old})")),
+            _ => self.lines.push(change.to_string()),
+        }
+        Ok(())
+    }
+
+    /// [`Change::DropAlias`]: of an alias that exists.
+    fn drop_alias(&mut self, change: &Change, json_key: &str) -> Result<()> {
+        if self.aliases.remove(json_key).is_none() {
+            let known: Vec<&str> = self.aliases.keys().map(String::as_str).collect();
+            let known = if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            };
+            return Err(self.refuse(change, format!("there is no such alias (aliases: {known})")));
+        }
+        self.lines.push(change.to_string());
+        Ok(())
+    }
+
+    /// The plan: the evolved schema (checked as a table definition) when it changed, and the
+    /// alias properties to set and remove.
+    fn finish(mut self) -> Result<Plan> {
+        let schema = if self.schema_changed {
+            Some(self.evolved_schema()?)
+        } else {
+            None
+        };
+        let properties = self
+            .aliases
+            .iter()
+            .filter(|(k, v)| self.before.get(*k) != Some(v))
+            .map(|(k, v)| (format!("{ALIAS_PREFIX}{k}"), v.clone()))
+            .collect();
+        let removed = self
+            .before
+            .keys()
+            .filter(|k| !self.aliases.contains_key(*k))
+            .map(|k| format!("{ALIAS_PREFIX}{k}"))
+            .collect();
+        Ok(Plan {
+            schema,
+            properties,
+            removed,
+            lines: self.lines,
+        })
+    }
+
+    /// The schema of the evolved fields (same schema id and identifier fields), noting the
+    /// aliases left pointing at no column.
+    fn evolved_schema(&mut self) -> Result<Schema> {
+        let (table, meta) = (self.table, self.meta);
+        let current = meta.current_schema();
         let schema = Schema::builder()
             .with_schema_id(current.schema_id())
             .with_identifier_field_ids(current.identifier_field_ids())
-            .with_fields(fields)
+            .with_fields(std::mem::take(&mut self.fields))
             .build()
             .map_err(|e| bad(format!("{table}: the evolved schema is invalid: {e}")))?;
         // An alias of a dropped column points at nothing (the decoder ignores it).
-        for (key, v) in &aliases {
+        for (key, v) in &self.aliases {
             if schema.field_by_name(v).is_none() {
-                lines.push(format!(
+                self.lines.push(format!(
                     "note: alias {key:?} → {v} now points at no column and is ignored"
                 ));
             }
         }
         crate::compat::check_definition(table, meta.format_version(), &schema, meta.properties())?;
-        Some(schema)
-    } else {
-        None
-    };
-    let properties = aliases
-        .iter()
-        .filter(|(k, v)| before.get(*k) != Some(v))
-        .map(|(k, v)| (format!("{ALIAS_PREFIX}{k}"), v.clone()))
-        .collect();
-    let removed = before
-        .keys()
-        .filter(|k| !aliases.contains_key(*k))
-        .map(|k| format!("{ALIAS_PREFIX}{k}"))
-        .collect();
-    Ok(Plan {
-        schema,
-        properties,
-        removed,
-        lines,
-    })
+        Ok(schema)
+    }
 }
 
 fn promotion_allowed(from: &PrimitiveType, to: &PrimitiveType) -> bool {
@@ -499,163 +590,6 @@ fn promotion_allowed(from: &PrimitiveType, to: &PrimitiveType) -> bool {
         ) => s1 == s2 && p2 > p1,
         _ => false,
     }
-}
-
-fn collect_ids(f: &NestedField, out: &mut Vec<i32>) {
-    out.push(f.id);
-    match f.field_type.as_ref() {
-        Type::Struct(s) => s.fields().iter().for_each(|c| collect_ids(c, out)),
-        Type::List(l) => collect_ids(&l.element_field, out),
-        Type::Map(m) => {
-            collect_ids(&m.key_field, out);
-            collect_ids(&m.value_field, out);
-        }
-        Type::Primitive(_) => {}
-    }
-}
-
-/// The field at `segs` (exact names).
-fn find(fields: &[NestedFieldRef], segs: &[&str]) -> std::result::Result<NestedFieldRef, String> {
-    let mut level = fields.to_vec();
-    for (i, seg) in segs.iter().enumerate() {
-        let f = level
-            .iter()
-            .find(|f| f.name == *seg)
-            .cloned()
-            .ok_or_else(|| no_such(&level, segs, i))?;
-        if i + 1 == segs.len() {
-            return Ok(f);
-        }
-        match f.field_type.as_ref() {
-            Type::Struct(s) => level = s.fields().to_vec(),
-            other => {
-                return Err(format!(
-                    "{} is a {other}, not a struct",
-                    segs[..=i].join(".")
-                ));
-            }
-        }
-    }
-    unreachable!("paths have at least one segment")
-}
-
-fn no_such(level: &[NestedFieldRef], segs: &[&str], i: usize) -> String {
-    let names: Vec<&str> = level.iter().map(|f| f.name.as_str()).collect();
-    let hint = level
-        .iter()
-        .find(|f| f.name.eq_ignore_ascii_case(segs[i]))
-        .map(|f| format!(" (did you mean {}?)", f.name))
-        .unwrap_or_default();
-    format!(
-        "no column {}{hint}; columns here: {}",
-        segs[..=i].join("."),
-        names.join(", ")
-    )
-}
-
-/// The fields of the struct at `parent` (top level when empty), or none when it is missing.
-fn siblings(fields: &[NestedFieldRef], parent: &[&str]) -> Vec<NestedFieldRef> {
-    if parent.is_empty() {
-        return fields.to_vec();
-    }
-    match find(fields, parent).map(|f| f.field_type.as_ref().clone()) {
-        Ok(Type::Struct(s)) => s.fields().to_vec(),
-        _ => Vec::new(),
-    }
-}
-
-/// Replaces (or with `None` removes) the field at `segs`, rebuilding its parent structs.
-fn edit_at(
-    fields: &mut Vec<NestedFieldRef>,
-    segs: &[&str],
-    edit: &mut dyn FnMut(&NestedFieldRef) -> Option<NestedFieldRef>,
-) -> std::result::Result<(), String> {
-    let pos = fields
-        .iter()
-        .position(|f| f.name == segs[0])
-        .ok_or_else(|| no_such(fields, segs, 0))?;
-    if segs.len() == 1 {
-        match edit(&fields[pos]) {
-            Some(f) => fields[pos] = f,
-            None => {
-                fields.remove(pos);
-            }
-        }
-        return Ok(());
-    }
-    let Type::Struct(s) = fields[pos].field_type.as_ref() else {
-        return Err(format!("{} is not a struct", segs[0]));
-    };
-    let mut inner = s.fields().to_vec();
-    edit_at(&mut inner, &segs[1..], edit)?;
-    if inner.is_empty() {
-        return Err(format!(
-            "it is the last field of struct {}; drop {} instead",
-            segs[0], segs[0]
-        ));
-    }
-    let mut parent = fields[pos].as_ref().clone();
-    parent.field_type = Box::new(Type::Struct(StructType::new(inner)));
-    fields[pos] = Arc::new(parent);
-    Ok(())
-}
-
-/// Adds `field` at `segs` (its last segment is the field's name), creating missing parent
-/// structs (optional) with ids from `next_id`. Returns the structs created.
-fn add_at(
-    fields: &mut Vec<NestedFieldRef>,
-    segs: &[&str],
-    field: NestedField,
-    next_id: &mut i32,
-) -> std::result::Result<Vec<String>, String> {
-    if segs.len() == 1 {
-        if let Some(f) = fields.iter().find(|f| f.name.eq_ignore_ascii_case(segs[0])) {
-            return Err(if f.name == segs[0] {
-                format!("column {} already exists", f.name)
-            } else {
-                format!(
-                    "column {} already exists (Trino folds names to lower case)",
-                    f.name
-                )
-            });
-        }
-        fields.push(Arc::new(field));
-        return Ok(Vec::new());
-    }
-    let mut created = Vec::new();
-    let pos = match fields.iter().position(|f| f.name == segs[0]) {
-        Some(p) => p,
-        None => {
-            if let Some(f) = fields.iter().find(|f| f.name.eq_ignore_ascii_case(segs[0])) {
-                return Err(format!(
-                    "column {} already exists (Trino folds names to lower case)",
-                    f.name
-                ));
-            }
-            let id = *next_id;
-            *next_id += 1;
-            fields.push(Arc::new(NestedField::optional(
-                id,
-                segs[0],
-                Type::Struct(StructType::new(Vec::new())),
-            )));
-            created.push(segs[0].to_string());
-            fields.len() - 1
-        }
-    };
-    let Type::Struct(s) = fields[pos].field_type.as_ref() else {
-        return Err(format!(
-            "{} is a {}, not a struct",
-            segs[0], fields[pos].field_type
-        ));
-    };
-    let mut inner = s.fields().to_vec();
-    let more = add_at(&mut inner, &segs[1..], field, next_id)?;
-    created.extend(more.into_iter().map(|c| format!("{}.{c}", segs[0])));
-    let mut parent = fields[pos].as_ref().clone();
-    parent.field_type = Box::new(Type::Struct(StructType::new(inner)));
-    fields[pos] = Arc::new(parent);
-    Ok(created)
 }
 
 /// What [`evolve`] did.

@@ -2,7 +2,7 @@
 //! Iceberg Java's `JdbcCatalog` schema) or an Iceberg REST catalog, chosen by `catalog.uri`.
 //!
 //! Every command goes through [`Catalog`]; only the commit differs underneath
-//! ([`Catalog::publish`]): on a SQL catalog floe writes the metadata file and swaps the
+//! (`crate::commit::publish`): on a SQL catalog floe writes the metadata file and swaps the
 //! table's metadata location itself, on REST it sends the changes with their requirements
 //! (`POST …/tables/{t}`) and the server writes the metadata file.
 

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use iceberg::TableIdent;
 use iceberg::spec::{
     DataContentType, DataFile, FormatVersion, MAIN_BRANCH, ManifestContentType, ManifestFile,
-    ManifestList, ManifestListWriter, Snapshot, SnapshotSummaryCollector, Summary, TableMetadata,
-    TableMetadataBuildResult, UNASSIGNED_SEQUENCE_NUMBER,
+    ManifestList, ManifestListWriter, Snapshot, SnapshotRef, SnapshotSummaryCollector, Summary,
+    TableMetadata, TableMetadataBuildResult, UNASSIGNED_SEQUENCE_NUMBER,
 };
 use rand::Rng;
 
@@ -144,35 +144,13 @@ pub(crate) async fn stage(
             .build()?;
         return Ok(Staged::State(built));
     }
-    match base.format_version() {
-        FormatVersion::V2 => {}
-        FormatVersion::V1 => {
-            return Err(Error::Config(format!(
-                "{table} is an Iceberg v1 table; floe writes v2 tables (upgrade it: ALTER TABLE … SET TBLPROPERTIES ('format-version' = '2'))"
-            )));
-        }
-        v => {
-            return Err(Error::Unsupported(format!(
-                "{table} is an Iceberg v{} table; floe reads and writes format v2 only (v3 row lineage and deletion vectors would be corrupted or ignored): load into a v2 table",
-                v as u8
-            )));
-        }
-    }
+    check_format_version(&table_name, base)?;
 
     let parent = base.current_snapshot();
     let snapshot_id = new_snapshot_id(base);
     let sequence_number = base.next_sequence_number();
     let props = ManifestProps::of(base.properties());
-    let parent_manifests: Vec<ManifestFile> = match parent {
-        Some(p) => {
-            let bytes = file_io.new_input(p.manifest_list())?.read().await?;
-            ManifestList::parse_with_version(&bytes, base.format_version())?
-                .consume_entries()
-                .into_iter()
-                .collect()
-        }
-        None => Vec::new(),
-    };
+    let parent_manifests = parent_manifests(file_io, base).await?;
     let mut reader = Manifests::new(file_io, base);
     let mut out = ManifestOut::new(
         file_io,
@@ -185,85 +163,29 @@ pub(crate) async fn stage(
     let mut extra: HashMap<String, String> = HashMap::new();
 
     let manifests = if matches!(req.change, Change::RewriteManifests) {
-        let (m, entries) =
-            super::manifests::rewrite_all(&parent_manifests, props, &mut reader, &mut out).await?;
-        extra.insert("manifests-created".into(), m.len().to_string());
-        extra.insert(
-            "manifests-replaced".into(),
-            parent_manifests.len().to_string(),
-        );
-        extra.insert("manifests-kept".into(), "0".into());
-        extra.insert("entries-processed".into(), entries.to_string());
-        m
+        rewrite_manifests(&parent_manifests, props, &mut reader, &mut out, &mut extra).await?
     } else {
-        let removed_data: HashSet<&str> =
-            req.change.removed_data().map(|f| f.file_path()).collect();
-        let removed_deletes =
-            dangling_deletes(req, &parent_manifests, &removed_data, &mut reader).await?;
-        let (mut manifests, removed_refs) = carry(
+        let mut manifests = carry_checked(
             &table_name,
+            req,
             &parent_manifests,
-            &removed_data,
-            &removed_deletes,
             &mut reader,
             &mut out,
             &mut collector,
         )
         .await?;
-        if let Some(from) = req.validate_from_sequence
-            && !removed_refs.is_empty()
-        {
-            for d in reader.live_deletes(&parent_manifests, Some(from)).await? {
-                if let Some(hit) = removed_refs.iter().find(|r| d.may_apply(r)) {
-                    return Err(Error::ConcurrentDelete {
-                        table: table_name,
-                        data_file: hit.path.clone(),
-                        delete_file: d.file.file_path().to_string(),
-                    });
-                }
-            }
-        }
-        // New manifests first: readers see the newest data early. Delete files (a row
-        // delta, as other engines commit them) go to a delete manifest (in the current spec).
-        let added = req.change.added();
-        let spec_id = base.default_partition_spec_id();
-        let (deletes, data): (Vec<&DataFile>, Vec<&DataFile>) = added
-            .iter()
-            .partition(|f| f.content_type() != DataContentType::Data);
-        let spec = base.default_partition_spec().clone();
-        if !deletes.is_empty() {
-            let mut w = out.writer(ManifestContentType::Deletes, spec_id)?;
-            for f in deletes {
-                collector.add_file(f, base.current_schema().clone(), spec.clone());
-                w.add_file(f.clone(), UNASSIGNED_SEQUENCE_NUMBER)?;
-            }
-            manifests.insert(0, w.write_manifest_file().await?);
-        }
-        if !data.is_empty() {
-            let data_spec_id = req.spec_id.unwrap_or(spec_id);
-            let data_spec = base
-                .partition_spec_by_id(data_spec_id)
-                .cloned()
-                .ok_or_else(|| {
-                    Error::Config(format!(
-                        "{table}: the files were written with partition spec {data_spec_id}, which the table does not have"
-                    ))
-                })?;
-            let mut w = out.writer(ManifestContentType::Data, data_spec_id)?;
-            for f in data {
-                collector.add_file(f, base.current_schema().clone(), data_spec.clone());
-                w.add_file(f.clone(), UNASSIGNED_SEQUENCE_NUMBER)?;
-            }
-            manifests.insert(0, w.write_manifest_file().await?);
-        }
+        add_new_manifests(
+            &table_name,
+            base,
+            req,
+            &mut manifests,
+            &mut out,
+            &mut collector,
+        )
+        .await?;
         if props.merge_enabled {
-            let mut counts = MergeCounts::default();
             manifests =
-                super::manifests::merge(manifests, props, &mut reader, &mut out, &mut counts)
-                    .await?;
-            extra.insert("manifests-created".into(), counts.created.to_string());
-            extra.insert("manifests-replaced".into(), counts.replaced.to_string());
-            extra.insert("manifests-kept".into(), counts.kept.to_string());
+                merge_manifests(manifests, props, &mut reader, &mut out, &mut extra).await?;
         }
         manifests
     };
@@ -274,32 +196,17 @@ pub(crate) async fn stage(
         base.location()
     );
     written.push(list_path.clone());
-    let mut list_writer = ManifestListWriter::v2(
-        file_io.new_output(&list_path)?.writer().await?,
+    write_manifest_list(
+        file_io,
+        &list_path,
         snapshot_id,
         parent.map(|p| p.snapshot_id()),
         sequence_number,
-    );
-    list_writer.add_manifests(manifests.into_iter())?;
-    list_writer.close().await?;
+        manifests,
+    )
+    .await?;
 
-    let mut summary = collector.build();
-    add_totals(
-        &mut summary,
-        parent.map(|p| &p.summary().additional_properties),
-    );
-    summary.extend(extra);
-    summary.extend(req.properties.clone());
-    if let Some((k, v)) = committed_ranges(req) {
-        summary.insert(k, v);
-    }
-    summary.insert("floe.version".into(), env!("CARGO_PKG_VERSION").to_string());
-    summary.insert("floe.writer".into(), super::writer_id().to_string());
-    if req.change.is_state_only() {
-        // REST: a snapshot that adds nothing, so that the commit of floe's state moves
-        // `main`, which the catalog checks (see `Catalog::state_needs_snapshot`).
-        summary.insert("floe.state-only".into(), "true".into());
-    }
+    let summary = snapshot_summary(req, collector, parent, extra);
     let now_ms = chrono::Utc::now()
         .timestamp_millis()
         .max(base.last_updated_ms());
@@ -322,6 +229,214 @@ pub(crate) async fn stage(
         .set_properties(state)?
         .build()?;
     Ok(Staged::Snapshot { snapshot_id, built })
+}
+
+/// Refuses a table floe cannot write: only format v2 is written (v1 is refused with how to
+/// upgrade, v3 and later as unsupported).
+fn check_format_version(table: &str, base: &TableMetadata) -> Result<()> {
+    match base.format_version() {
+        FormatVersion::V2 => {}
+        FormatVersion::V1 => {
+            return Err(Error::Config(format!(
+                "{table} is an Iceberg v1 table; floe writes v2 tables (upgrade it: ALTER TABLE … SET TBLPROPERTIES ('format-version' = '2'))"
+            )));
+        }
+        v => {
+            return Err(Error::Unsupported(format!(
+                "{table} is an Iceberg v{} table; floe reads and writes format v2 only (v3 row lineage and deletion vectors would be corrupted or ignored): load into a v2 table",
+                v as u8
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The manifests of `base`'s current snapshot (none without one).
+async fn parent_manifests(
+    file_io: &iceberg::io::FileIO,
+    base: &TableMetadata,
+) -> Result<Vec<ManifestFile>> {
+    Ok(match base.current_snapshot() {
+        Some(p) => {
+            let bytes = file_io.new_input(p.manifest_list())?.read().await?;
+            ManifestList::parse_with_version(&bytes, base.format_version())?
+                .consume_entries()
+                .into_iter()
+                .collect()
+        }
+        None => Vec::new(),
+    })
+}
+
+/// [`Change::RewriteManifests`]: every live entry of the parent's manifests rewritten into
+/// new ones, counted in `extra` for the summary.
+async fn rewrite_manifests(
+    parent_manifests: &[ManifestFile],
+    props: ManifestProps,
+    reader: &mut Manifests<'_>,
+    out: &mut ManifestOut<'_>,
+    extra: &mut HashMap<String, String>,
+) -> Result<Vec<ManifestFile>> {
+    let (m, entries) = super::manifests::rewrite_all(parent_manifests, props, reader, out).await?;
+    extra.insert("manifests-created".into(), m.len().to_string());
+    extra.insert(
+        "manifests-replaced".into(),
+        parent_manifests.len().to_string(),
+    );
+    extra.insert("manifests-kept".into(), "0".into());
+    extra.insert("entries-processed".into(), entries.to_string());
+    Ok(m)
+}
+
+/// The parent's manifests carried into the new snapshot with the change's removals
+/// ([`carry`]), after checking (given the sequence number the change read) that no delete
+/// file committed since applies to a removed data file ([`Error::ConcurrentDelete`]).
+async fn carry_checked(
+    table: &str,
+    req: &CommitRequest,
+    parent_manifests: &[ManifestFile],
+    reader: &mut Manifests<'_>,
+    out: &mut ManifestOut<'_>,
+    collector: &mut SnapshotSummaryCollector,
+) -> Result<Vec<ManifestFile>> {
+    let removed_data: HashSet<&str> = req.change.removed_data().map(|f| f.file_path()).collect();
+    let removed_deletes = dangling_deletes(req, parent_manifests, &removed_data, reader).await?;
+    let (manifests, removed_refs) = carry(
+        table,
+        parent_manifests,
+        &removed_data,
+        &removed_deletes,
+        reader,
+        out,
+        collector,
+    )
+    .await?;
+    if let Some(from) = req.validate_from_sequence
+        && !removed_refs.is_empty()
+    {
+        for d in reader.live_deletes(parent_manifests, Some(from)).await? {
+            if let Some(hit) = removed_refs.iter().find(|r| d.may_apply(r)) {
+                return Err(Error::ConcurrentDelete {
+                    table: table.to_string(),
+                    data_file: hit.path.clone(),
+                    delete_file: d.file.file_path().to_string(),
+                });
+            }
+        }
+    }
+    Ok(manifests)
+}
+
+/// Writes the change's added files into new manifests put first in `manifests`: the data
+/// files' (in the spec they were written with), then the delete files' (in the current spec).
+async fn add_new_manifests(
+    table: &str,
+    base: &TableMetadata,
+    req: &CommitRequest,
+    manifests: &mut Vec<ManifestFile>,
+    out: &mut ManifestOut<'_>,
+    collector: &mut SnapshotSummaryCollector,
+) -> Result<()> {
+    // New manifests first: readers see the newest data early. Delete files (a row
+    // delta, as other engines commit them) go to a delete manifest (in the current spec).
+    let added = req.change.added();
+    let spec_id = base.default_partition_spec_id();
+    let (deletes, data): (Vec<&DataFile>, Vec<&DataFile>) = added
+        .iter()
+        .partition(|f| f.content_type() != DataContentType::Data);
+    let spec = base.default_partition_spec().clone();
+    if !deletes.is_empty() {
+        let mut w = out.writer(ManifestContentType::Deletes, spec_id)?;
+        for f in deletes {
+            collector.add_file(f, base.current_schema().clone(), spec.clone());
+            w.add_file(f.clone(), UNASSIGNED_SEQUENCE_NUMBER)?;
+        }
+        manifests.insert(0, w.write_manifest_file().await?);
+    }
+    if !data.is_empty() {
+        let data_spec_id = req.spec_id.unwrap_or(spec_id);
+        let data_spec = base
+            .partition_spec_by_id(data_spec_id)
+            .cloned()
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "{table}: the files were written with partition spec {data_spec_id}, which the table does not have"
+                ))
+            })?;
+        let mut w = out.writer(ManifestContentType::Data, data_spec_id)?;
+        for f in data {
+            collector.add_file(f, base.current_schema().clone(), data_spec.clone());
+            w.add_file(f.clone(), UNASSIGNED_SEQUENCE_NUMBER)?;
+        }
+        manifests.insert(0, w.write_manifest_file().await?);
+    }
+    Ok(())
+}
+
+/// Merges `manifests` ([`super::manifests::merge`]), with what it did counted in `extra` for
+/// the summary.
+async fn merge_manifests(
+    manifests: Vec<ManifestFile>,
+    props: ManifestProps,
+    reader: &mut Manifests<'_>,
+    out: &mut ManifestOut<'_>,
+    extra: &mut HashMap<String, String>,
+) -> Result<Vec<ManifestFile>> {
+    let mut counts = MergeCounts::default();
+    let manifests = super::manifests::merge(manifests, props, reader, out, &mut counts).await?;
+    extra.insert("manifests-created".into(), counts.created.to_string());
+    extra.insert("manifests-replaced".into(), counts.replaced.to_string());
+    extra.insert("manifests-kept".into(), counts.kept.to_string());
+    Ok(manifests)
+}
+
+/// Writes the new snapshot's manifest list to `list_path`.
+async fn write_manifest_list(
+    file_io: &iceberg::io::FileIO,
+    list_path: &str,
+    snapshot_id: i64,
+    parent_id: Option<i64>,
+    sequence_number: i64,
+    manifests: Vec<ManifestFile>,
+) -> Result<()> {
+    let mut list_writer = ManifestListWriter::v2(
+        file_io.new_output(list_path)?.writer().await?,
+        snapshot_id,
+        parent_id,
+        sequence_number,
+    );
+    list_writer.add_manifests(manifests.into_iter())?;
+    list_writer.close().await?;
+    Ok(())
+}
+
+/// The new snapshot's summary: the collected file counts with the parent's totals carried
+/// forward, `extra` (manifest counts), the request's properties, the offsets covered and
+/// floe's own entries.
+fn snapshot_summary(
+    req: &CommitRequest,
+    collector: SnapshotSummaryCollector,
+    parent: Option<&SnapshotRef>,
+    extra: HashMap<String, String>,
+) -> HashMap<String, String> {
+    let mut summary = collector.build();
+    add_totals(
+        &mut summary,
+        parent.map(|p| &p.summary().additional_properties),
+    );
+    summary.extend(extra);
+    summary.extend(req.properties.clone());
+    if let Some((k, v)) = committed_ranges(req) {
+        summary.insert(k, v);
+    }
+    summary.insert("floe.version".into(), env!("CARGO_PKG_VERSION").to_string());
+    summary.insert("floe.writer".into(), super::writer_id().to_string());
+    if req.change.is_state_only() {
+        // REST: a snapshot that adds nothing, so that the commit of floe's state moves
+        // `main`, which the catalog checks (see `Catalog::state_needs_snapshot`).
+        summary.insert("floe.state-only".into(), "true".into());
+    }
+    summary
 }
 
 /// Of the delete files the change asks to remove, those still live that no data file left
