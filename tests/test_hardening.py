@@ -647,8 +647,7 @@ def test_the_dedup_state_stays_under_its_cap_and_says_what_it_forgot(catalog_lak
         event = dict(template, eventGuid=f"e{i}", timestamp=START_MS + i * 1_000)
         prod.produce("events", value=json.dumps(event).encode(), key=event["eventGuid"], partition=0)
     assert prod.flush(30) == 0
-    lake.extra_env["FLOE_CHUNK_ROWS"] = "100"
-    done = lake.run(*run_args(dev_broker, "--until-drained"), timeout=120)
+    done = lake.run(*run_args(dev_broker, "--until-drained", "--chunk-rows", "100"), timeout=120)
     assert "reached dedup_max_keys" in done.stderr, done.stderr
     assert lake.read_pyiceberg("lake.events").num_rows == 1_100
     total = lake.read_duckdb("lake.events_hourly_multi", "SELECT sum(event_count) AS n FROM t")

@@ -30,9 +30,9 @@ def write_config(lake, pipeline_toml):
 def run_drained(lake, brokers, timeout=180, chunk_rows=None):
     """`floe run` until drained; `chunk_rows` makes chunks small, so that transforms run on
     worker threads while the next chunk decodes (as they do with real volumes)."""
-    lake.extra_env = {"FLOE_CHUNK_ROWS": str(chunk_rows)} if chunk_rows else {}
+    chunks = ["--chunk-rows", str(chunk_rows)] if chunk_rows else []
     return lake.run("run", "--brokers", brokers, "--group", "g", "--flush-interval", "500ms",
-                    "--aggregates", "none", "--until-drained", timeout=timeout)
+                    "--aggregates", "none", "--until-drained", *chunks, timeout=timeout)
 
 
 def cloud_event(payload: bytes) -> bytes:

@@ -9,7 +9,9 @@ pub mod date_bin;
 pub mod dedup;
 pub mod definition;
 pub mod engine;
+pub mod guard;
 pub mod input;
+pub mod query;
 
 pub use definition::{AggregateDef, Merge};
 pub use engine::{Aggregator, Form};
@@ -28,6 +30,20 @@ pub enum Error {
         /// DataFusion's error.
         #[source]
         source: datafusion::error::DataFusionError,
+    },
+    /// A schema change to `table` would break an aggregate reading it.
+    #[error(
+        "{table}: the change would break aggregate {name} (sql/aggregates/{name}.sql): {source}\n\
+         change the query first (it reads the table's columns by name), or pass --force"
+    )]
+    Breaks {
+        /// The table changed.
+        table: String,
+        /// The aggregate.
+        name: String,
+        /// Why its query no longer plans.
+        #[source]
+        source: Box<Error>,
     },
     /// The query's output does not fit the target table.
     #[error("aggregate {name}: output does not fit {target}: {message}")]
@@ -48,7 +64,7 @@ impl Error {
     pub fn retryable(&self) -> bool {
         match self {
             Error::Query { source, .. } => datafusion_retryable(source),
-            Error::Definition(_) | Error::Output { .. } => false,
+            Error::Definition(_) | Error::Output { .. } | Error::Breaks { .. } => false,
         }
     }
 }

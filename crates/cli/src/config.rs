@@ -117,7 +117,7 @@ impl FloeConfig {
         let mut c = self.clone();
         c.catalog = c.catalog.redacted();
         c.s3 = c.s3.redacted();
-        c.kafka.properties = floe_loader::kafka::redacted(&c.kafka.properties);
+        c.kafka.properties = floe_loader::source::kafka::redacted(&c.kafka.properties);
         toml::to_string_pretty(&c).expect("config serializes")
     }
 
@@ -222,10 +222,7 @@ mod tests {
         use super::*;
 
         fn cases() -> u32 {
-            std::env::var("FLOE_FUZZ_CASES")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(256)
+            floe_testkit::fuzz_cases()
         }
 
         /// TOML-ish text: sections and keys floe knows (and some it does not), with values of

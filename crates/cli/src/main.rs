@@ -148,6 +148,10 @@ fn main() -> ExitCode {
         // SAFETY: no other thread exists yet (the runtime starts below).
         unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
     }
+    // Crash, race and retry tests arm floe's failpoints through the environment.
+    if let Ok(spec) = std::env::var("FLOE_FAILPOINTS") {
+        floe_lake::fail::arm(&spec);
+    }
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use floe_loader::config::MetricsConfig;
-use floe_loader::metrics::{COMMIT_SECONDS, Health, METRICS_CONNECTIONS_REFUSED};
+use floe_loader::telemetry::{COMMIT_SECONDS, Health, METRICS_CONNECTIONS_REFUSED};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};

@@ -1,12 +1,13 @@
-//! Failpoints for crash, race and retry tests: `FLOE_FAILPOINTS=name[@n][=action],…` acts the
-//! n-th time (default first) execution reaches `point(name)` or `check(name)`. Actions:
+//! Failpoints for crash, race and retry tests: [`arm`] with `name[@n][=action],…` acts the n-th
+//! time (default first) execution reaches `point(name)` or `check(name)`. The `floe` binary
+//! arms them from the environment variable `FLOE_FAILPOINTS`. Actions:
 //! - none: abort the process (as a SIGKILL would stop it);
 //! - `sleep:MS`: pause that long (printing `failpoint NAME: sleeping` to stderr first, so a
 //!   test can act while it waits);
 //! - `error[:K]`: make [`check`] return an error that retrying may mend (an I/O error), that
 //!   time and the K-1 times after it (`point` ignores it).
 //!
-//! Unset in production: one relaxed load per call.
+//! Unarmed in production: one relaxed load per call.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -37,26 +38,29 @@ fn action(spec: &str) -> Action {
     Action::Sleep(Duration::ZERO)
 }
 
+/// Arms the failpoints of `spec` (see the module docs) for the rest of the process; a second
+/// call changes nothing.
+pub fn arm(spec: &str) {
+    let map = spec
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            let (point, action) = match s.split_once('=') {
+                Some((p, a)) => (p, action(a)),
+                None => (s, Action::Abort),
+            };
+            match point.split_once('@') {
+                Some((name, n)) => (name.to_string(), (n.parse().unwrap_or(1), action)),
+                None => (point.to_string(), (1, action)),
+            }
+        })
+        .collect();
+    let _ = POINTS.set(Some(Mutex::new(map)));
+}
+
 fn points() -> &'static Option<Points> {
-    POINTS.get_or_init(|| {
-        let spec = std::env::var("FLOE_FAILPOINTS").ok()?;
-        let map = spec
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| {
-                let (point, action) = match s.split_once('=') {
-                    Some((p, a)) => (p, action(a)),
-                    None => (s, Action::Abort),
-                };
-                match point.split_once('@') {
-                    Some((name, n)) => (name.to_string(), (n.parse().unwrap_or(1), action)),
-                    None => (point.to_string(), (1, action)),
-                }
-            })
-            .collect();
-        Some(Mutex::new(map))
-    })
+    POINTS.get_or_init(|| None)
 }
 
 /// The action of failpoint `name` if it is armed and due now.

@@ -17,6 +17,7 @@ pub mod offsets;
 pub mod partition;
 pub mod scan;
 pub mod state;
+pub mod summary;
 pub mod writer;
 
 pub use catalog::{Catalog, parse_table_ident};

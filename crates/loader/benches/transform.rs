@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use arrow_array::RecordBatch;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use floe_loader::generate::{Generator, GeneratorOptions};
+use floe_devtools::generate::{Generator, GeneratorOptions};
 use floe_loader::transform::Stage;
 use floe_schema::{Decoder, DecoderOptions, RecordMeta, TableDefinition};
 
@@ -35,7 +35,7 @@ fn bench(c: &mut Criterion) {
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/lake.events.json"),
     )
     .unwrap();
-    let mapping = floe_loader::transform::benchmark_mapping();
+    let mapping = floe_devtools::mappings::benchmark_mapping();
     let opts = DecoderOptions::for_pipeline(&def.properties, &mapping);
     let mut g = Generator::new(GeneratorOptions {
         start_ms: 1_742_199_657_865,

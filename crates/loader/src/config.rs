@@ -118,6 +118,9 @@ pub struct FlushConfig {
     /// most this much of the topic for it.
     #[serde(with = "humantime_serde")]
     pub idle_offsets_interval: Duration,
+    /// Decoded rows handed to the Parquet writer (and the transform stage and aggregates) at
+    /// a time: memory holds a few such chunks per pipeline whatever the batch size.
+    pub chunk_rows: usize,
 }
 
 impl Default for FlushConfig {
@@ -127,6 +130,7 @@ impl Default for FlushConfig {
             max_bytes: bytesize::ByteSize::mib(256),
             interval: Duration::from_secs(60),
             idle_offsets_interval: Duration::from_secs(600),
+            chunk_rows: 65_536,
         }
     }
 }
@@ -160,6 +164,9 @@ pub struct PipelineConfig {
     /// chunk of rows. Past it the oldest are forgotten before `dedup_window` ends: a later
     /// duplicate of one of them is counted again (`floe_dedup_evictions_total`, a warning).
     pub dedup_max_keys: usize,
+    /// The aggregates skip grouping a chunk (each event is its own partial row) when at least
+    /// this share of its rows have distinct keys; above 1, they always group.
+    pub aggregate_rows_form_share: f64,
     /// JSON pointer of the object decoded as the row (`/data` for CloudEvents, `/payload`
     /// for Debezium); overrides the table's `floe.unnest`; `""` turns it off.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -189,6 +196,7 @@ impl Default for PipelineConfig {
             dedup_column: "event_guid".into(),
             dedup_window: Duration::from_secs(3600),
             dedup_max_keys: 10_000_000,
+            aggregate_rows_form_share: crate::aggregates::ROWS_FORM_SHARE,
             unnest: None,
             columns: BTreeMap::new(),
             computed: BTreeMap::new(),
@@ -203,7 +211,7 @@ impl PipelineConfig {
         self.dead_letters.then(|| {
             self.dead_letter_table
                 .clone()
-                .unwrap_or_else(|| format!("{}_dead_letters", self.table))
+                .unwrap_or_else(|| crate::dead_letters::default_table(&self.table))
         })
     }
 
@@ -215,7 +223,10 @@ impl PipelineConfig {
         match &self.dead_letter_topic {
             Some(t) if t.is_empty() => None,
             Some(t) => Some(t.clone()),
-            None => self.topics.first().map(|t| format!("{t}.dead-letters")),
+            None => self
+                .topics
+                .first()
+                .map(|t| crate::dead_letters::default_topic(t)),
         }
     }
 

@@ -16,21 +16,19 @@
 //!
 //! Messages that still fail stay in the dead-letter table, untouched.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Int32Type, Int64Type, TimestampMicrosecondType};
-use arrow_array::{Array, BooleanArray, RecordBatch};
-use datafusion::prelude::{Expr, SessionContext, col, lit};
+use arrow_array::{BooleanArray, RecordBatch};
+use datafusion::execution::SendableRecordBatchStream;
 use floe_lake::commit::{Change, CommitRequest};
 use floe_lake::scan::{FileReader, live_data_files};
 use floe_lake::{Committer, DataWriter, PositionSet, applied_positions, parse_table_ident};
-use floe_schema::{Decoder, RecordMeta};
+use floe_schema::RecordMeta;
 use futures::TryStreamExt;
-use iceberg_datafusion::IcebergStaticTableProvider;
 
+use crate::decode::Decoding;
+use crate::source::dead_letters::{DeadLetterRows, column, normalize};
 use crate::{Error, Result};
 
 /// What to replay.
@@ -57,7 +55,7 @@ impl ReplayOptions {
     pub fn new(table: impl Into<String>) -> Self {
         let table = table.into();
         Self {
-            dead_letter_table: format!("{table}_dead_letters"),
+            dead_letter_table: crate::dead_letters::default_table(&table),
             table,
             filter: None,
             dry_run: false,
@@ -120,46 +118,142 @@ mod waiting {
     }
 }
 
-/// Runs the rows decoded since the last chunk through the transform stage (the rows it
-/// rejects stay dead letters; the others are `waiting` no more: they count as replayed) and
-/// writes them (unless a dry run).
-async fn write_chunk(
-    decoder: &mut Decoder,
-    stage: Option<&mut crate::transform::Stage>,
-    waiting: &mut waiting::Waiting,
-    positions: &mut PositionSet,
-    report: &mut ReplayReport,
-    writer: Option<&mut DataWriter>,
-) -> Result<()> {
-    if decoder.is_empty() {
-        return Ok(());
-    }
-    let rows = decoder.finish();
-    let rows = match stage {
-        None => rows,
-        Some(stage) => {
-            let staged = stage
-                .apply(rows, chrono::Utc::now().timestamp_micros())
-                .map_err(Error::Config)?;
-            for (i, (source, slot, offset)) in waiting.drain().enumerate() {
-                if staged.kept.as_ref().is_none_or(|k| k.value(i)) {
-                    positions.insert(&source, slot, offset);
-                    report.replayed += 1;
-                }
+/// A replay in progress: the decode stage of the table, the dead letters decoded so far
+/// and where they came from, and the file they are written to.
+struct Replay<'a> {
+    opts: &'a ReplayOptions,
+    decoding: Decoding,
+    /// Positions an earlier replay applied (their dead letters are only cleaned up).
+    applied: &'a PositionSet,
+    /// Rows decoded and waiting for the transform stage (its rules may still reject them).
+    waiting: waiting::Waiting,
+    /// Positions of the rows replayed.
+    positions: PositionSet,
+    report: ReplayReport,
+    /// `None` on a dry run.
+    writer: Option<DataWriter>,
+    ingested_at_us: i64,
+}
+
+impl Replay<'_> {
+    /// Decodes one batch of dead letters into the replay.
+    async fn offer(&mut self, batch: &RecordBatch) -> Result<()> {
+        let batch = normalize(batch)?;
+        let rows = DeadLetterRows::new(&batch)?;
+        let kinds = column(&batch, "error_kind")?.as_string::<i32>();
+        for i in 0..batch.num_rows() {
+            self.report.selected += 1;
+            if kinds.value(i) == floe_schema::DecodeErrorKind::TooLarge.as_str() {
+                // Only the start of the message was kept: it can never load.
+                self.still_failing("too_large");
+                continue;
             }
-            for r in &staged.rejected {
-                *report
-                    .still_failing
-                    .entry(r.why.kind.to_string())
-                    .or_default() += 1;
+            self.offer_row(&rows, i);
+            if self.decoding.decoder.len() >= ENCODE_ROWS {
+                self.write_chunk().await?;
             }
-            staged.rows
         }
-    };
-    if let Some(w) = writer {
-        w.write(&rows).await?;
+        Ok(())
     }
-    Ok(())
+
+    /// Decodes dead letter `i` of `rows` unless it cannot be tracked, was replayed before,
+    /// or repeats one already taken.
+    fn offer_row(&mut self, rows: &DeadLetterRows<'_>, i: usize) {
+        let (source, partition, offset) = rows.position(i);
+        let source = source.as_ref();
+        let Some(offset) = offset else {
+            self.report.untracked += 1;
+            return;
+        };
+        let slot = partition.unwrap_or(-1);
+        if self.applied.contains(source, slot, offset) {
+            self.report.already_replayed += 1;
+            return;
+        }
+        if self.positions.contains(source, slot, offset)
+            || self.waiting.contains(&(source.to_string(), slot, offset))
+        {
+            return; // the same message dead-lettered twice: load it once
+        }
+        let Some(payload) = rows.payload(i) else {
+            self.still_failing("tombstone");
+            return;
+        };
+        let meta = RecordMeta {
+            topic: rows.topic(i),
+            partition,
+            offset: Some(offset),
+            timestamp_ms: rows.timestamp_ms(i),
+            key: rows.key(i),
+            ingested_at_us: self.ingested_at_us,
+        };
+        let decoder = &mut self.decoding.decoder;
+        let decoded = if self.opts.dry_run && self.decoding.stage.is_none() {
+            decoder.check(payload, &meta)
+        } else {
+            decoder.decode(payload, &meta)
+        };
+        match (decoded, self.decoding.stage.as_mut()) {
+            (Ok(()), None) => {
+                self.positions.insert(source, slot, offset);
+                self.report.replayed += 1;
+            }
+            (Ok(()), Some(s)) => {
+                s.push(&meta, payload, Vec::new(), true, false, false);
+                self.waiting.push((source.to_string(), slot, offset));
+            }
+            (Err(e), _) => self.still_failing(e.kind.as_str()),
+        }
+    }
+
+    fn still_failing(&mut self, kind: &str) {
+        *self
+            .report
+            .still_failing
+            .entry(kind.to_string())
+            .or_default() += 1;
+    }
+
+    /// Runs the rows decoded since the last chunk through the transform stage (the rows it
+    /// rejects stay dead letters; the others are `waiting` no more: they count as replayed)
+    /// and writes them (unless a dry run).
+    async fn write_chunk(&mut self) -> Result<()> {
+        if self.decoding.decoder.is_empty() {
+            return Ok(());
+        }
+        let rows = self.decoding.decoder.finish();
+        let rows = match self.decoding.stage.as_mut() {
+            None => rows,
+            Some(stage) => {
+                let staged = stage
+                    .apply(rows, chrono::Utc::now().timestamp_micros())
+                    .map_err(Error::Transform)?;
+                for (i, (source, slot, offset)) in self.waiting.drain().enumerate() {
+                    if staged.kept.as_ref().is_none_or(|k| k.value(i)) {
+                        self.positions.insert(&source, slot, offset);
+                        self.report.replayed += 1;
+                    }
+                }
+                for r in &staged.rejected {
+                    self.still_failing(r.why.kind);
+                }
+                staged.rows
+            }
+        };
+        if let Some(w) = &mut self.writer {
+            w.write(&rows).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads every selected dead letter into the replay.
+    async fn read_all(&mut self, mut stream: SendableRecordBatchStream) -> Result<()> {
+        let reading = |e| Error::Config(format!("reading {}: {e}", self.opts.dead_letter_table));
+        while let Some(batch) = stream.try_next().await.map_err(reading)? {
+            self.offer(&batch).await?;
+        }
+        self.write_chunk().await
+    }
 }
 
 /// Replays dead letters as described in the module docs.
@@ -175,146 +269,38 @@ pub async fn replay(committer: &Committer, opts: &ReplayOptions) -> Result<Repla
         .map(|s| s.sequence_number())
         .unwrap_or(0);
     let applied = applied_positions(&metadata, &opts.dead_letter_table)?;
-    let mut report = ReplayReport {
-        dry_run: opts.dry_run,
-        ..Default::default()
-    };
-
-    let ctx = SessionContext::new();
-    let provider = IcebergStaticTableProvider::try_new_from_table(dl_table.clone())
-        .await
-        .map_err(|e| Error::Config(format!("opening {}: {e}", opts.dead_letter_table)))?;
-    ctx.register_table("dead_letters", Arc::new(provider))
-        .map_err(|e| Error::Config(e.to_string()))?;
-    let reading = |e: datafusion::error::DataFusionError| {
-        Error::Config(format!("reading {}: {e}", opts.dead_letter_table))
-    };
-    let df = ctx.table("dead_letters").await.map_err(reading)?;
-    let mut predicate = col("target_table").eq(lit(opts.table.as_str()));
-    if let Some(f) = &opts.filter {
-        predicate = predicate.and(parse_where(&ctx, f, df.schema(), &opts.dead_letter_table)?);
-    }
-    let mut columns = vec![
-        "source_topic",
-        "source_partition",
-        "source_offset",
-        "source_key",
-        "source_timestamp",
-        "payload",
-        "error_kind",
-    ];
-    if df.schema().has_column_with_unqualified_name("source_load") {
-        columns.push("source_load");
-    }
-    let mut stream = df
-        .filter(predicate)
-        .and_then(|df| df.select_columns(&columns))
-        .map_err(reading)?
-        .execute_stream()
-        .await
-        .map_err(reading)?;
-
-    let (mut decoder, mut stage) =
-        crate::transform::prepare(&opts.table, &metadata, &opts.mapping, &opts.section)?;
-    // Rows decoded and waiting for the transform stage (its rules may still reject them).
-    let mut waiting: waiting::Waiting = Default::default();
-    let mut writer = (!opts.dry_run)
+    let stream = crate::source::dead_letters::read(
+        &dl_table,
+        &opts.dead_letter_table,
+        &opts.table,
+        opts.filter.as_deref(),
+    )
+    .await?;
+    let spec_id = metadata.default_partition_spec_id();
+    let writer = (!opts.dry_run)
         .then(|| DataWriter::new(catalog.file_io(), &metadata))
         .transpose()?;
-    let mut positions = PositionSet::new();
-    let ingested_at_us = chrono::Utc::now().timestamp_micros();
-    let outcome: Result<()> = async {
-        while let Some(batch) = stream
-            .try_next()
-            .await
-            .map_err(|e| Error::Config(format!("reading {}: {e}", opts.dead_letter_table)))?
-        {
-            let batch = normalize(&batch)?;
-            let rows = DeadLetterRows::new(&batch)?;
-            let kinds = column(&batch, "error_kind")?.as_string::<i32>();
-            for i in 0..batch.num_rows() {
-                report.selected += 1;
-                if kinds.value(i) == floe_schema::DecodeErrorKind::TooLarge.as_str() {
-                    // Only the start of the message was kept: it can never load.
-                    *report.still_failing.entry("too_large".into()).or_default() += 1;
-                    continue;
-                }
-                let (source, partition, offset) = rows.position(i);
-                let source = source.as_ref();
-                let Some(offset) = offset else {
-                    report.untracked += 1;
-                    continue;
-                };
-                let slot = partition.unwrap_or(-1);
-                if applied.contains(source, slot, offset) {
-                    report.already_replayed += 1;
-                    continue;
-                }
-                if positions.contains(source, slot, offset)
-                    || waiting.contains(&(source.to_string(), slot, offset))
-                {
-                    continue; // the same message dead-lettered twice: load it once
-                }
-                let Some(payload) = rows.payload(i) else {
-                    *report.still_failing.entry("tombstone".into()).or_default() += 1;
-                    continue;
-                };
-                let meta = RecordMeta {
-                    topic: rows.topic(i),
-                    partition,
-                    offset: Some(offset),
-                    timestamp_ms: rows.timestamp_ms(i),
-                    key: rows.key(i),
-                    ingested_at_us,
-                };
-                let decoded = if opts.dry_run && stage.is_none() {
-                    decoder.check(payload, &meta)
-                } else {
-                    decoder.decode(payload, &meta)
-                };
-                match decoded {
-                    Ok(()) => match stage.as_mut() {
-                        None => {
-                            positions.insert(source, slot, offset);
-                            report.replayed += 1;
-                        }
-                        Some(s) => {
-                            s.push(&meta, payload, Vec::new(), true, false, false);
-                            waiting.push((source.to_string(), slot, offset));
-                        }
-                    },
-                    Err(e) => {
-                        *report
-                            .still_failing
-                            .entry(e.kind.as_str().to_string())
-                            .or_default() += 1;
-                    }
-                }
-                if decoder.len() >= ENCODE_ROWS {
-                    write_chunk(
-                        &mut decoder,
-                        stage.as_mut(),
-                        &mut waiting,
-                        &mut positions,
-                        &mut report,
-                        writer.as_mut(),
-                    )
-                    .await?;
-                }
-            }
-        }
-        write_chunk(
-            &mut decoder,
-            stage.as_mut(),
-            &mut waiting,
-            &mut positions,
-            &mut report,
-            writer.as_mut(),
-        )
-        .await
-    }
-    .await;
-    if let Err(e) = outcome {
+    let mut run = Replay {
+        opts,
+        decoding: Decoding::new(&opts.table, metadata, opts.mapping.clone(), &opts.section)?,
+        applied: &applied,
+        waiting: waiting::Waiting::default(),
+        positions: PositionSet::new(),
+        report: ReplayReport {
+            dry_run: opts.dry_run,
+            ..Default::default()
+        },
+        writer,
+        ingested_at_us: chrono::Utc::now().timestamp_micros(),
+    };
+    let read = run.read_all(stream).await;
+    let Replay {
+        positions,
+        mut report,
+        writer,
+        ..
+    } = run;
+    if let Err(e) = read {
         if let Some(w) = writer {
             w.abort().await;
         }
@@ -323,7 +309,6 @@ pub async fn replay(committer: &Committer, opts: &ReplayOptions) -> Result<Repla
     let Some(writer) = writer else {
         return Ok(report); // dry run
     };
-
     let mut all_applied = applied;
     if positions.is_empty() {
         writer.abort().await;
@@ -331,7 +316,7 @@ pub async fn replay(committer: &Committer, opts: &ReplayOptions) -> Result<Repla
         let files = writer.close().await?;
         let mut req = CommitRequest::append(files)
             .with_applied(&opts.dead_letter_table, positions)
-            .written_with(metadata.default_partition_spec_id());
+            .written_with(spec_id);
         if let Some(a) = req.applied.as_mut() {
             a.read_at = Some(read_at);
         }
@@ -348,35 +333,45 @@ pub async fn replay(committer: &Committer, opts: &ReplayOptions) -> Result<Repla
         all_applied = applied_positions(&committed.metadata, &opts.dead_letter_table)?;
     }
     if !all_applied.is_empty() {
-        let (removed, snapshot) = remove_applied(
-            committer,
-            &opts.table,
-            &opts.dead_letter_table,
-            &all_applied,
-        )
-        .await?;
-        report.removed_dead_letters = removed;
-        report.dead_letter_snapshot_id = snapshot;
-        // Their dead letters are gone: the marks have nothing left to guard. A replay that
-        // read the dead letters before they left is refused from now on (the horizon).
-        let gone_at = catalog
-            .load_metadata(&dl_ident)
-            .await?
-            .1
-            .current_snapshot()
-            .map(|s| s.sequence_number())
-            .unwrap_or(0);
-        let mut forget = CommitRequest::append(Vec::new());
-        forget.applied = Some(floe_lake::commit::AppliedUpdate {
-            name: opts.dead_letter_table.clone(),
-            positions: PositionSet::new(),
-            forget: all_applied,
-            forget_at: Some(gone_at),
-            read_at: None,
-        });
-        committer.commit(&ident, forget).await?;
+        clean_up(committer, opts, all_applied, &mut report).await?;
     }
     Ok(report)
+}
+
+/// Removes the replayed rows from the dead-letter table, then their marks from the table's
+/// state: with their dead letters gone they have nothing left to guard. A replay that read
+/// the dead letters before they left is refused from then on (the horizon).
+async fn clean_up(
+    committer: &Committer,
+    opts: &ReplayOptions,
+    applied: PositionSet,
+    report: &mut ReplayReport,
+) -> Result<()> {
+    let (removed, snapshot) =
+        remove_applied(committer, &opts.table, &opts.dead_letter_table, &applied).await?;
+    report.removed_dead_letters = removed;
+    report.dead_letter_snapshot_id = snapshot;
+    let dl_ident = parse_table_ident(&opts.dead_letter_table)?;
+    let gone_at = committer
+        .catalog()
+        .load_metadata(&dl_ident)
+        .await?
+        .1
+        .current_snapshot()
+        .map(|s| s.sequence_number())
+        .unwrap_or(0);
+    let mut forget = CommitRequest::append(Vec::new());
+    forget.applied = Some(floe_lake::commit::AppliedUpdate {
+        name: opts.dead_letter_table.clone(),
+        positions: PositionSet::new(),
+        forget: applied,
+        forget_at: Some(gone_at),
+        read_at: None,
+    });
+    committer
+        .commit(&parse_table_ident(&opts.table)?, forget)
+        .await?;
+    Ok(())
 }
 
 /// Rewrites the dead-letter table without the rows of `table` whose positions are in
@@ -477,296 +472,6 @@ async fn remove_applied(
                 );
             }
             Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-/// Parses `--where` text as one boolean expression over the dead-letter table's columns
-/// (DataFusion's SQL expression parser; never pasted into a statement). Subqueries, aggregates
-/// and window functions are refused.
-fn parse_where(
-    ctx: &SessionContext,
-    text: &str,
-    schema: &datafusion::common::DFSchema,
-    dead_letter_table: &str,
-) -> Result<Expr> {
-    use datafusion::common::tree_node::TreeNode;
-    use datafusion::logical_expr::ExprSchemable;
-    let columns = schema
-        .fields()
-        .iter()
-        .map(|f| f.name().as_str())
-        .collect::<Vec<_>>()
-        .join(", ");
-    let bad = |why: String| {
-        Error::Config(format!(
-            "--where {text:?} is not one boolean expression over {dead_letter_table}'s columns \
-             ({columns}): {why}"
-        ))
-    };
-    let expr = ctx
-        .parse_sql_expr(text, schema)
-        .map_err(|e| bad(e.to_string()))?;
-    let mut refused = None;
-    expr.apply(|e| {
-        let what = match e {
-            Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_) => Some("a subquery"),
-            Expr::AggregateFunction(_) => Some("an aggregate function"),
-            Expr::WindowFunction(_) => Some("a window function"),
-            Expr::Placeholder(_) => Some("a placeholder"),
-            _ => None,
-        };
-        if let Some(what) = what {
-            refused = Some(what);
-            return Ok(datafusion::common::tree_node::TreeNodeRecursion::Stop);
-        }
-        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
-    })
-    .map_err(|e| bad(e.to_string()))?;
-    if let Some(what) = refused {
-        return Err(bad(format!("{what} is not allowed")));
-    }
-    let ty = expr.get_type(schema).map_err(|e| bad(e.to_string()))?;
-    if ty != arrow_schema::DataType::Boolean && ty != arrow_schema::DataType::Null {
-        return Err(bad(format!("it is of type {ty}, not boolean")));
-    }
-    Ok(expr)
-}
-
-/// Typed access to a dead-letter batch's source columns.
-struct DeadLetterRows<'a> {
-    topic: &'a arrow_array::StringArray,
-    /// `source_load` (dead-letter tables created before floe 0.2 may lack it).
-    load: Option<&'a arrow_array::StringArray>,
-    partition: &'a arrow_array::PrimitiveArray<Int32Type>,
-    offset: &'a arrow_array::PrimitiveArray<Int64Type>,
-    key: &'a arrow_array::BinaryArray,
-    timestamp: &'a arrow_array::PrimitiveArray<TimestampMicrosecondType>,
-    payload: &'a arrow_array::BinaryArray,
-}
-
-impl<'a> DeadLetterRows<'a> {
-    fn new(batch: &'a RecordBatch) -> Result<Self> {
-        let typed = |name: &str| -> Result<&'a dyn Array> { column(batch, name) };
-        let wrong = |name: &str| {
-            Error::Config(format!(
-                "dead-letter column {name} has an unexpected type (is this a floe dead-letter table?)"
-            ))
-        };
-        Ok(Self {
-            topic: typed("source_topic")?
-                .as_string_opt::<i32>()
-                .ok_or_else(|| wrong("source_topic"))?,
-            load: match batch.column_by_name("source_load") {
-                None => None,
-                Some(c) => Some(
-                    c.as_string_opt::<i32>()
-                        .ok_or_else(|| wrong("source_load"))?,
-                ),
-            },
-            partition: typed("source_partition")?
-                .as_primitive_opt()
-                .ok_or_else(|| wrong("source_partition"))?,
-            offset: typed("source_offset")?
-                .as_primitive_opt()
-                .ok_or_else(|| wrong("source_offset"))?,
-            key: typed("source_key")?
-                .as_binary_opt::<i32>()
-                .ok_or_else(|| wrong("source_key"))?,
-            timestamp: typed("source_timestamp")?
-                .as_primitive_opt()
-                .ok_or_else(|| wrong("source_timestamp"))?,
-            payload: typed("payload")?
-                .as_binary_opt::<i32>()
-                .ok_or_else(|| wrong("payload"))?,
-        })
-    }
-
-    /// The row's position: its source (the topic; for a line of a load, `file:<path>@<load
-    /// id>`, as line numbers are unique only within a load), partition and offset.
-    fn position(&self, i: usize) -> (Cow<'a, str>, Option<i32>, Option<i64>) {
-        let topic = self.topic.value(i);
-        let source = match self.load.filter(|l| l.is_valid(i)) {
-            Some(load) => Cow::Owned(format!("{topic}@{}", load.value(i))),
-            None => Cow::Borrowed(topic),
-        };
-        (
-            source,
-            self.partition.is_valid(i).then(|| self.partition.value(i)),
-            self.offset.is_valid(i).then(|| self.offset.value(i)),
-        )
-    }
-
-    fn topic(&self, i: usize) -> &'a str {
-        self.topic.value(i)
-    }
-
-    fn payload(&self, i: usize) -> Option<&'a [u8]> {
-        self.payload.is_valid(i).then(|| self.payload.value(i))
-    }
-
-    fn key(&self, i: usize) -> Option<&'a [u8]> {
-        self.key.is_valid(i).then(|| self.key.value(i))
-    }
-
-    fn timestamp_ms(&self, i: usize) -> Option<i64> {
-        self.timestamp
-            .is_valid(i)
-            .then(|| self.timestamp.value(i).div_euclid(1000))
-    }
-}
-
-/// Casts view-typed string/binary columns (DataFusion may produce them) to the plain types.
-fn normalize(batch: &RecordBatch) -> Result<RecordBatch> {
-    use arrow_schema::{DataType, Field, Schema};
-    let mut fields = Vec::with_capacity(batch.num_columns());
-    let mut columns = Vec::with_capacity(batch.num_columns());
-    for (field, col) in batch.schema().fields().iter().zip(batch.columns()) {
-        let target = match field.data_type() {
-            DataType::Utf8View | DataType::LargeUtf8 => Some(DataType::Utf8),
-            DataType::BinaryView | DataType::LargeBinary => Some(DataType::Binary),
-            _ => None,
-        };
-        match target {
-            Some(t) => {
-                let cast = datafusion::arrow::compute::cast(col, &t)
-                    .map_err(|e| Error::Config(format!("reading {}: {e}", field.name())))?;
-                fields.push(Field::new(field.name(), t, field.is_nullable()));
-                columns.push(cast);
-            }
-            None => {
-                fields.push(field.as_ref().clone());
-                columns.push(col.clone());
-            }
-        }
-    }
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
-        .map_err(|e| Error::Config(format!("reading dead letters: {e}")))
-}
-
-fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a dyn Array> {
-    batch
-        .column_by_name(name)
-        .map(|c| c.as_ref())
-        .ok_or_else(|| {
-            Error::Config(format!(
-                "the dead-letter table has no column {name} (is this a floe dead-letter table?)"
-            ))
-        })
-}
-
-#[cfg(test)]
-mod tests {
-    use proptest::prelude::*;
-
-    use super::*;
-
-    fn cases() -> u32 {
-        std::env::var("FLOE_FUZZ_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(256)
-    }
-
-    fn dead_letter_schema() -> datafusion::common::DFSchema {
-        let def = floe_schema::TableDefinition::dead_letter("lake.t_dead_letters").unwrap();
-        let arrow = iceberg::arrow::schema_to_arrow_schema(&def.schema).unwrap();
-        datafusion::common::DFSchema::try_from(arrow).unwrap()
-    }
-
-    /// Text built from what SQL injections and honest filters are made of.
-    fn where_text() -> impl Strategy<Value = String> {
-        let token = prop_oneof![
-            Just("error_kind"),
-            Just("source_offset"),
-            Just("source_topic"),
-            Just("payload"),
-            Just("failed_at"),
-            Just("no_such"),
-            Just("'unknown_field'"),
-            Just("'it''s'"),
-            Just("'"),
-            Just("\""),
-            Just("42"),
-            Just("-1e400"),
-            Just("NULL"),
-            Just("TRUE"),
-            Just("="),
-            Just("<>"),
-            Just("<"),
-            Just("+"),
-            Just("||"),
-            Just("AND"),
-            Just("OR"),
-            Just("NOT"),
-            Just("LIKE"),
-            Just("IN"),
-            Just("IS"),
-            Just("BETWEEN"),
-            Just("("),
-            Just(")"),
-            Just(","),
-            Just(";"),
-            Just("--"),
-            Just("/*"),
-            Just("*/"),
-            Just("SELECT"),
-            Just("FROM dead_letters"),
-            Just("UNION"),
-            Just("DROP TABLE x"),
-            Just("count(*)"),
-            Just("row_number() OVER ()"),
-            Just("lower("),
-            Just("CAST("),
-            Just("AS INT"),
-            Just("CASE WHEN"),
-            Just("THEN"),
-            Just("ELSE"),
-            Just("END"),
-            Just("$1"),
-            Just("*"),
-        ];
-        prop_oneof![
-            4 => prop::collection::vec(token, 1..24).prop_map(|t| t.join(" ")),
-            1 => "\\PC{0,64}",
-        ]
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
-
-        /// Any `--where` text is one boolean expression over the columns, or refused naming
-        /// `--where`; never a panic, never a statement, subquery or aggregate.
-        #[test]
-        fn fuzz_where_is_one_boolean_expression_or_refused(text in where_text()) {
-            let ctx = SessionContext::new();
-            let schema = dead_letter_schema();
-            match parse_where(&ctx, &text, &schema, "lake.t_dead_letters") {
-                Ok(expr) => {
-                    use datafusion::logical_expr::ExprSchemable;
-                    let ty = expr.get_type(&schema).unwrap();
-                    prop_assert!(
-                        matches!(ty, arrow_schema::DataType::Boolean | arrow_schema::DataType::Null),
-                        "{text:?} gave {ty}"
-                    );
-                    use datafusion::common::tree_node::TreeNode;
-                    let forbidden = expr
-                        .exists(|e| {
-                            Ok(matches!(
-                                e,
-                                Expr::ScalarSubquery(_)
-                                    | Expr::Exists(_)
-                                    | Expr::InSubquery(_)
-                                    | Expr::AggregateFunction(_)
-                                    | Expr::WindowFunction(_)
-                                    | Expr::Placeholder(_)
-                            ))
-                        })
-                        .unwrap();
-                    prop_assert!(!forbidden, "{text:?}: {expr}");
-                }
-                Err(e) => prop_assert!(e.to_string().contains("--where"), "{e}"),
-            }
         }
     }
 }

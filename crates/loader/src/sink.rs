@@ -10,14 +10,15 @@ use std::time::{Duration, Instant};
 
 use floe_lake::commit::{CommitRequest, OffsetsUpdate};
 use floe_lake::loads::{LoadMark, LoadUpdate, load_mark};
-use floe_lake::{Committed, Committer, DataWriter, parse_table_ident};
-use floe_schema::dead_letter::{DeadLetter, dead_letter_batch};
-use floe_schema::{DecodeError, Decoder, RecordMeta, TableDefinition};
+use floe_lake::{Committer, DataWriter, parse_table_ident};
+use floe_schema::{DecodeError, RecordMeta, TableDefinition};
 use iceberg::TableIdent;
 use iceberg::spec::TableMetadata;
 
 use crate::Result;
-use crate::transform::{Stage, prepare};
+use crate::dead_letters::Rejects;
+use crate::decode::{Decoding, check_size};
+use crate::telemetry::{self, Event};
 
 /// Sink settings.
 #[derive(Debug, Clone)]
@@ -47,7 +48,7 @@ impl SinkOptions {
     pub fn new(table: impl Into<String>) -> Self {
         let table = table.into();
         Self {
-            dead_letter_table: Some(format!("{table}_dead_letters")),
+            dead_letter_table: Some(crate::dead_letters::default_table(&table)),
             table,
             create_dead_letter_table: true,
             encode_rows: 65_536,
@@ -183,17 +184,15 @@ pub struct TableSink {
     committer: Committer,
     ident: TableIdent,
     name: String,
-    metadata: TableMetadata,
-    decoder: Decoder,
-    stage: Option<Stage>,
-    mapping: floe_schema::Mapping,
-    section: String,
+    /// The decoder and transform stage, kept current with the table.
+    decoding: Decoding,
     /// Kinds of the rows the transform stage rejected since the last call to
     /// [`TableSink::take_rejected`].
     rejected: Vec<&'static str>,
     writer: Option<DataWriter>,
     dead: Option<DeadLetterTable>,
-    pending_dead: Vec<DeadLetter>,
+    /// The batch's dead letters (the stop rule without a dead-letter table).
+    rejects: Rejects,
     encode_rows: usize,
     batch_rows: u64,
     batch_bytes: u64,
@@ -211,9 +210,9 @@ impl TableSink {
         let catalog = committer.catalog().clone();
         let ident = parse_table_ident(&opts.table)?;
         let (_, metadata) = catalog.load_metadata(&ident).await?;
-        floe_lake::compat::check_metadata(&ident.to_string(), &metadata)?;
-        let (decoder, stage) =
-            prepare(&ident.to_string(), &metadata, &opts.mapping, &opts.section)?;
+        let name = ident.to_string();
+        floe_lake::compat::check_metadata(&name, &metadata)?;
+        let decoding = Decoding::new(&name, metadata, opts.mapping.clone(), &opts.section)?;
         let dead = match &opts.dead_letter_table {
             None => None,
             Some(name) => {
@@ -238,17 +237,13 @@ impl TableSink {
         };
         Ok(Self {
             committer,
-            name: ident.to_string(),
+            rejects: Rejects::new(&name, dead.is_some()),
+            name,
             ident,
-            metadata,
-            decoder,
-            stage,
-            mapping: opts.mapping.clone(),
-            section: opts.section.clone(),
+            decoding,
             rejected: Vec::new(),
             writer: None,
             dead,
-            pending_dead: Vec::new(),
             encode_rows: opts.encode_rows.max(1),
             batch_rows: 0,
             batch_bytes: 0,
@@ -266,7 +261,7 @@ impl TableSink {
     /// pushed with [`TableSink::push_line`].
     pub async fn begin_load(&mut self, id: &str, source: &str) -> Result<LoadStatus> {
         self.refresh().await?;
-        let target = load_mark(&self.metadata, id)?;
+        let target = load_mark(self.decoding.metadata(), id)?;
         let mut dead_letters = None;
         if let Some(dead) = &mut self.dead {
             dead.metadata = self.committer.catalog().load_metadata(&dead.ident).await?.1;
@@ -292,6 +287,7 @@ impl TableSink {
             },
             Some(_) => Progress::of(dead_letters.as_ref()),
         };
+        self.rejects.set_load(Some(id.to_string()));
         self.load = Some(Load {
             id: id.to_string(),
             source: source.to_string(),
@@ -323,7 +319,7 @@ impl TableSink {
             return Ok(LinePush::Skipped);
         }
         let size = truncated.unwrap_or(payload.len() as u64);
-        if size > self.max_message_bytes as u64 {
+        if check_size(size, self.max_message_bytes).is_err() {
             return Ok(match self.push_too_large(payload, size, meta).await? {
                 Some(err) => LinePush::DeadLettered(err),
                 None => LinePush::Accepted,
@@ -331,7 +327,7 @@ impl TableSink {
         }
         if line < load.target.next {
             self.batch_bytes += payload.len() as u64;
-            return Ok(match self.decoder.check(payload, meta) {
+            return Ok(match self.decoding.decoder.check(payload, meta) {
                 Ok(()) => LinePush::AlreadyLoaded,
                 Err(err) => LinePush::DeadLettered(self.reject(payload, meta, err)?),
             });
@@ -349,8 +345,8 @@ impl TableSink {
             return Ok(false);
         }
         let (_, metadata) = self.committer.catalog().load_metadata(&self.ident).await?;
-        let changed = self.decoder.differs_for(&metadata);
-        self.refresh_from(metadata)?;
+        let changed = self.decoding.differs_for(&metadata);
+        self.refresh_from(metadata);
         Ok(changed)
     }
 
@@ -366,7 +362,7 @@ impl TableSink {
 
     /// Dead letters since the last flush.
     pub fn pending_dead_letters(&self) -> usize {
-        self.pending_dead.len()
+        self.rejects.pending.len()
     }
 
     /// Payload bytes (accepted and rejected) since the last flush.
@@ -394,7 +390,7 @@ impl TableSink {
     ) -> Result<Option<DecodeError>> {
         self.start_batch().await?;
         self.batch_bytes += start.len() as u64;
-        let err = floe_schema::decode::too_large(size, self.max_message_bytes as u64);
+        let err = check_size(size, self.max_message_bytes).expect_err("over the limit");
         self.reject(start, meta, err).map(Some)
     }
 
@@ -415,26 +411,33 @@ impl TableSink {
         payload: &[u8],
         meta: &RecordMeta<'_>,
     ) -> Result<Option<DecodeError>> {
-        if payload.len() > self.max_message_bytes {
+        if check_size(payload.len() as u64, self.max_message_bytes).is_err() {
             return self
                 .push_too_large(payload, payload.len() as u64, meta)
                 .await;
         }
         self.start_batch().await?;
         self.batch_bytes += payload.len() as u64;
-        match self.decoder.decode(payload, meta) {
+        match self.decoding.decoder.decode(payload, meta) {
             Ok(()) => {
                 self.batch_rows += 1;
-                if let Some(stage) = &mut self.stage {
-                    stage.push(meta, payload, Vec::new(), true, self.dead.is_some(), false);
+                let to_dlq = self.dead.is_some() && !self.dead_letter_held(meta);
+                if let Some(stage) = &mut self.decoding.stage {
+                    stage.push(meta, payload, Vec::new(), true, to_dlq, false);
                 }
-                if self.decoder.len() >= self.encode_rows {
+                if self.decoding.decoder.len() >= self.encode_rows {
                     self.encode().await?;
                 }
                 Ok(None)
             }
             Err(err) => self.reject(payload, meta, err).map(Some),
         }
+    }
+
+    /// Whether the dead-letter table holds this line's dead letter from an earlier run of
+    /// the load.
+    fn dead_letter_held(&self, meta: &RecordMeta<'_>) -> bool {
+        matches!((&self.load, meta.offset), (Some(load), Some(line)) if line < load.dead.next)
     }
 
     /// Keeps a dead letter for a rejected message (an error without a dead-letter table).
@@ -444,30 +447,9 @@ impl TableSink {
         meta: &RecordMeta<'_>,
         err: DecodeError,
     ) -> Result<DecodeError> {
-        if self.dead.is_none() {
-            return Err(crate::Error::Rejected {
-                source_name: describe_source(meta.topic, meta.partition, meta.offset),
-                reason: err.to_string(),
-            });
-        }
-        if let (Some(load), Some(line)) = (&self.load, meta.offset)
-            && line < load.dead.next
-        {
-            return Ok(err); // the dead-letter table holds it from an earlier run
-        }
-        let mut dl = DeadLetter::from_decode_error(
-            &err,
-            &self.name,
-            meta.topic,
-            payload,
-            meta.ingested_at_us,
-        );
-        dl.source_partition = meta.partition;
-        dl.source_offset = meta.offset;
-        dl.source_load = self.load.as_ref().map(|l| l.id.clone());
-        dl.source_key = meta.key.map(<[u8]>::to_vec);
-        dl.source_timestamp_ms = meta.timestamp_ms;
-        self.pending_dead.push(dl);
+        let keep = !self.dead_letter_held(meta);
+        self.rejects
+            .decode_failed(&err, meta, payload, Vec::new, keep)?;
         Ok(err)
     }
 
@@ -480,42 +462,29 @@ impl TableSink {
 
     /// Unknown JSON fields skipped since the last call.
     pub fn take_unknown_fields(&mut self) -> u64 {
-        self.decoder.take_unknown_fields()
+        self.decoding.decoder.take_unknown_fields()
     }
 
     /// Hands decoded rows to the Parquet writer.
     async fn encode(&mut self) -> Result<()> {
-        if self.decoder.is_empty() {
+        if self.decoding.decoder.is_empty() {
             return Ok(());
         }
-        let mut batch = self.decoder.finish();
-        crate::metrics::mapping_applied(&self.name, self.decoder.take_mapping_counts());
-        if let Some(stage) = &mut self.stage {
+        let mut batch = self.decoding.decoder.finish();
+        telemetry::MappingApplied {
+            table: &self.name,
+            counts: self.decoding.decoder.take_mapping_counts(),
+        }
+        .emit();
+        if let Some(stage) = &mut self.decoding.stage {
             let staged = stage
                 .apply(batch, chrono::Utc::now().timestamp_micros())
-                .map_err(crate::Error::Config)?;
+                .map_err(crate::Error::Transform)?;
             for r in staged.rejected {
-                if self.dead.is_none() {
-                    let d = &r.dead_letter;
-                    return Err(crate::Error::Rejected {
-                        source_name: describe_source(
-                            &d.source_topic,
-                            d.source_partition,
-                            d.source_offset,
-                        ),
-                        reason: r.why.message,
-                    });
-                }
+                let (kind, keep) = (r.why.kind, r.source.to_dlq());
+                self.rejects.transform_rejected(r, keep)?;
                 self.batch_rows -= 1;
-                self.rejected.push(r.why.kind);
-                let mut dl = r.dead_letter;
-                if let Some(load) = &self.load {
-                    if dl.source_offset.is_some_and(|line| line < load.dead.next) {
-                        continue; // the dead-letter table holds it from an earlier run
-                    }
-                    dl.source_load = Some(load.id.clone());
-                }
-                self.pending_dead.push(dl);
+                self.rejected.push(kind);
             }
             batch = staged.rows;
             if batch.num_rows() == 0 {
@@ -525,7 +494,7 @@ impl TableSink {
         if self.writer.is_none() {
             self.writer = Some(DataWriter::new(
                 self.committer.catalog().file_io(),
-                &self.metadata,
+                self.decoding.metadata(),
             )?);
         }
         let writer = self.writer.as_mut().expect("just set");
@@ -583,20 +552,20 @@ impl TableSink {
             report.snapshot_id = done.snapshot_id.or(report.snapshot_id);
             report.conflicts += done.attempts - 1;
             report.commit_time += done.elapsed;
-            self.refresh_from(done.metadata)?;
+            self.refresh_from(done.metadata);
         }
         let dead_load = self
             .load
             .as_ref()
-            .and_then(|l| l.update(load_to, l.dead, !self.pending_dead.is_empty()));
+            .and_then(|l| l.update(load_to, l.dead, !self.rejects.pending.is_empty()));
         if let Some(dead) = &mut self.dead
-            && (!self.pending_dead.is_empty() || offsets.is_some() || dead_load.is_some())
+            && (!self.rejects.pending.is_empty() || offsets.is_some() || dead_load.is_some())
         {
-            let done = commit_dead_letters(
+            let done = crate::dead_letters::commit(
                 &self.committer,
                 &dead.ident,
                 &dead.metadata,
-                &self.pending_dead,
+                &self.rejects.pending,
                 offsets,
                 dead_load.clone(),
             )
@@ -604,14 +573,14 @@ impl TableSink {
             if let (Some(load), Some(u)) = (&mut self.load, &dead_load) {
                 load.dead = u.into();
             }
-            report.dead_letters = self.pending_dead.len() as u64;
+            report.dead_letters = self.rejects.pending.len() as u64;
             report.dead_letter_snapshot_id = done.snapshot_id;
             report.conflicts += done.attempts - 1;
             report.commit_time += done.elapsed;
             dead.metadata = done.metadata;
             tracing::debug!(table = %dead.name, rows = report.dead_letters, "dead letters committed");
         }
-        self.pending_dead.clear();
+        self.rejects.pending.clear();
         self.batch_rows = 0;
         self.batch_bytes = 0;
         self.batch_started = None;
@@ -620,83 +589,24 @@ impl TableSink {
 
     /// Drops everything pushed since the last flush (files written for it are deleted).
     pub async fn discard(&mut self) {
-        let _ = self.decoder.finish();
-        if let Some(stage) = &mut self.stage {
-            stage.clear();
-        }
+        self.decoding.clear();
         self.rejected.clear();
         if let Some(w) = self.writer.take() {
             w.abort().await;
         }
-        self.pending_dead.clear();
+        self.rejects.pending.clear();
         self.batch_rows = 0;
         self.batch_bytes = 0;
         self.batch_started = None;
     }
 
-    /// Adopts newer table metadata; rebuilds the decoder when messages decode differently
-    /// (schema, aliases, unknown-field policy, mapping). Metadata the decoder cannot be built
-    /// for (say a rule reading a dropped column) is logged and not adopted: loading goes on as
+    /// Adopts newer table metadata (the sink is between batches); rebuilds the decoder when
+    /// messages decode differently (schema, aliases, unknown-field policy, mapping). Metadata
+    /// the decoder cannot be built for is reported and not adopted: loading goes on as
     /// before, and the commit in progress (dead letters after rows) is not cut short.
-    fn refresh_from(&mut self, metadata: TableMetadata) -> Result<()> {
+    fn refresh_from(&mut self, metadata: TableMetadata) {
         self.refreshed_at = Instant::now();
-        if self.decoder.differs_for(&metadata) {
-            match prepare(&self.name, &metadata, &self.mapping, &self.section) {
-                Ok((decoder, stage)) => {
-                    crate::metrics::schema_changed(&self.name, &self.metadata, &metadata);
-                    self.decoder = decoder;
-                    self.stage = stage;
-                }
-                Err(e) => {
-                    tracing::error!(table = %self.name, schema = metadata.current_schema_id(), error = %e, "cannot decode against the table's new schema or mapping; keeping the old one");
-                    return Ok(());
-                }
-            }
-        }
-        self.metadata = metadata;
-        Ok(())
-    }
-}
-
-/// Writes `dead` letters as a data file of the dead-letter table (schema of `metadata`) and
-/// commits them with `offsets`; the file is deleted if the commit definitely fails.
-pub(crate) async fn commit_dead_letters(
-    committer: &Committer,
-    table: &TableIdent,
-    metadata: &TableMetadata,
-    dead: &[DeadLetter],
-    offsets: Option<OffsetsUpdate>,
-    load: Option<LoadUpdate>,
-) -> Result<Committed> {
-    if dead.is_empty() {
-        // Only state to record (no snapshot is added).
-        let mut req = CommitRequest::append(Vec::new());
-        req.offsets = offsets;
-        req.load = load;
-        return Ok(committer.commit(table, req).await?);
-    }
-    let schema = std::sync::Arc::new(
-        iceberg::arrow::schema_to_arrow_schema(metadata.current_schema())
-            .map_err(floe_lake::Error::from)?,
-    );
-    let batch = dead_letter_batch(&schema, dead)?;
-    let mut writer = DataWriter::new(committer.catalog().file_io(), metadata)?;
-    if let Err(e) = writer.write(&batch).await {
-        writer.abort().await;
-        return Err(e.into());
-    }
-    let spec_id = writer.spec_id();
-    let mut req = CommitRequest::append(writer.close().await?).written_with(spec_id);
-    req.offsets = offsets;
-    req.load = load;
-    Ok(committer.commit(table, req).await?)
-}
-
-/// Where a message came from, for errors: `topic[partition]@offset` or `file:… line n`.
-pub(crate) fn describe_source(topic: &str, partition: Option<i32>, offset: Option<i64>) -> String {
-    match (partition, offset) {
-        (Some(p), Some(o)) => format!("{topic}[{p}]@{o}"),
-        (None, Some(line)) => format!("{topic} line {line}"),
-        _ => topic.to_string(),
+        self.decoding.offer(metadata, true);
+        self.decoding.next_batch();
     }
 }

@@ -20,7 +20,7 @@ use floe_transform::{Applied, MetaRows, Rejection, Transform};
 use iceberg::spec::TableMetadata;
 
 use crate::Error;
-use crate::metrics as m;
+use crate::telemetry as m;
 
 /// The decoder and the transform stage for loading into `table` (its `metadata`) with
 /// `pipeline`'s mapping laid over the table's own (`floe.*` properties). Every entry is
@@ -34,6 +34,67 @@ pub fn prepare(
 ) -> crate::Result<(Decoder, Option<Stage>)> {
     let (options, stage) = check(table, metadata, pipeline, section).map_err(Error::Config)?;
     Ok((Decoder::new(metadata.current_schema(), &options)?, stage))
+}
+
+/// One entry of the mapping in force for a table, with where it is set.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MappingEntry {
+    /// The setting's config key (`columns.user_id`, `rules.positive`).
+    pub setting: String,
+    /// Its value.
+    pub value: String,
+    /// Where it is set: `table property floe.…` or `pipelines[0].…`.
+    pub from: String,
+}
+
+/// The mapping in force for a table (`floe table show`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MappingInForce {
+    /// Its entries: the table's `floe.*` properties with the pipeline's laid over them.
+    pub entries: Vec<MappingEntry>,
+    /// Why it does not work against the table's current schema, if it does not.
+    pub problem: Option<String>,
+}
+
+/// The mapping in force for `table` (its `metadata`): its `floe.*` properties with
+/// `pipeline`'s entries (configured in `section`) laid over them, each with where it comes
+/// from; then whether it works against the current schema.
+pub fn mapping_in_force(
+    table: &str,
+    metadata: &TableMetadata,
+    pipeline: &Mapping,
+    section: &str,
+) -> MappingInForce {
+    let own = Mapping::from_table_properties(metadata.properties());
+    let mut entries: BTreeMap<Setting, (String, String)> = own
+        .entries()
+        .into_iter()
+        .map(|(s, v)| {
+            let from = format!("table property {}", s.property_key());
+            (s.clone(), (v.to_string(), from))
+        })
+        .collect();
+    for (s, v) in pipeline.entries() {
+        let from = format!("{section}.{}", s.config_key());
+        entries.insert(s, (v.to_string(), from));
+    }
+    let problem = prepare(table, metadata, pipeline, section)
+        .err()
+        .map(|e| match e {
+            Error::Config(message) => message,
+            other => other.to_string(),
+        });
+    MappingInForce {
+        entries: entries
+            .into_iter()
+            .map(|(s, (value, from))| MappingEntry {
+                setting: s.config_key(),
+                value,
+                from,
+            })
+            .collect(),
+        problem,
+    }
 }
 
 fn check(
@@ -431,28 +492,6 @@ impl Work {
     }
 }
 
-/// The mapping `floe bench` and the transform benchmark measure: two computed columns and two
-/// rules, the examples of the mapping's documentation (normalizing, scaling; the rules hold
-/// for seed events, so what is measured is evaluating them, not writing dead letters).
-pub fn benchmark_mapping() -> Mapping {
-    Mapping {
-        computed: [
-            ("country".to_string(), "lower(country)".to_string()),
-            ("value".to_string(), "value * 100".to_string()),
-        ]
-        .into(),
-        rules: [
-            ("non_negative_value".to_string(), "value >= 0".to_string()),
-            (
-                "known_country".to_string(),
-                "country IS NOT NULL".to_string(),
-            ),
-        ]
-        .into(),
-        ..Default::default()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -468,7 +507,7 @@ mod tests {
                 .join("../../schemas/lake.events.json"),
         )
         .unwrap();
-        let mapping = benchmark_mapping();
+        let mapping = floe_devtools::mappings::benchmark_mapping();
         let opts = DecoderOptions::for_pipeline(&def.properties, &mapping);
         let mut decoder = Decoder::new(&def.schema, &opts).unwrap();
         let mut stage = Stage::new("lake.events", &def.schema, &opts.mapping)

@@ -11,8 +11,8 @@ use arrow_array::{Array, RecordBatch};
 use common::{add_column, catalog_with_table, scan};
 use floe_lake::commit::CommitRequest;
 use floe_lake::{Catalog, Committer, DataWriter, PositionSet, parse_table_ident};
-use floe_loader::file::{FlushPolicy, LoadSource, load_lines};
 use floe_loader::replay::{ReplayOptions, replay};
+use floe_loader::source::lines::{FlushPolicy, LoadSource, load_lines};
 use floe_loader::{SinkOptions, TableSink};
 use floe_schema::{Decoder, DecoderOptions, RecordMeta};
 

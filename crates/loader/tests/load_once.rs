@@ -11,7 +11,7 @@ use arrow_array::types::Int64Type;
 use common::{catalog_with_table, scan};
 use floe_lake::loads::load_mark;
 use floe_lake::{Catalog, Committer, parse_table_ident};
-use floe_loader::file::{FlushPolicy, LoadReport, LoadSource, load_lines};
+use floe_loader::source::lines::{FlushPolicy, LoadReport, LoadSource, load_lines};
 use floe_loader::{SinkOptions, TableSink};
 
 const DEF: &str = r#"{

@@ -8,10 +8,10 @@ use std::time::Duration;
 use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
 use common::{catalog, scan};
-use floe_lake::Committer;
+use floe_devtools::broker::DevBroker;
+use floe_lake::{Catalog, Committer};
 use floe_loader::config::{KafkaConfig, LimitsConfig, PipelineConfig};
-use floe_loader::kafka::DevBroker;
-use floe_loader::run::{RunOptions, run_to_end};
+use floe_loader::source::kafka::{RunOptions, run_to_end};
 use floe_schema::TableDefinition;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -48,20 +48,7 @@ async fn kafka_messages_over_the_limit_are_too_large_dead_letters() {
         message(3, MIB - 20),
         message(4, 10),
     ];
-    let producer: FutureProducer = floe_loader::kafka::producer_config(&kafka)
-        .set("message.max.bytes", "10000000")
-        .set("compression.type", "none")
-        .create()
-        .unwrap();
-    for m in &messages {
-        producer
-            .send(
-                FutureRecord::<(), _>::to("big").payload(m),
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
-    }
+    produce(&kafka, &messages).await;
     let limits = LimitsConfig {
         max_message_bytes: bytesize::ByteSize::mib(1),
     };
@@ -91,22 +78,7 @@ async fn kafka_messages_over_the_limit_are_too_large_dead_letters() {
     }
     ids.sort();
     assert_eq!(ids, [1, 3, 4]);
-    let mut dead = Vec::new();
-    for b in scan(&catalog, "lake.t_dead_letters").await {
-        for i in 0..b.num_rows() {
-            let s = |c: &str| b.column_by_name(c).unwrap().as_string::<i32>().value(i);
-            let payload = b
-                .column_by_name("payload")
-                .unwrap()
-                .as_binary::<i64>()
-                .value(i);
-            dead.push((
-                s("error_kind").to_string(),
-                s("error_message").to_string(),
-                payload.to_vec(),
-            ));
-        }
-    }
+    let dead = dead_letters(&catalog).await;
     let big = &messages[1];
     assert_eq!(
         dead,
@@ -138,4 +110,43 @@ async fn kafka_messages_over_the_limit_are_too_large_dead_letters() {
             .sum::<usize>(),
         1
     );
+}
+
+/// Sends `messages` to topic `big`, uncompressed, whatever their size.
+async fn produce(kafka: &KafkaConfig, messages: &[Vec<u8>]) {
+    let producer: FutureProducer = floe_loader::source::kafka::producer_config(kafka)
+        .set("message.max.bytes", "10000000")
+        .set("compression.type", "none")
+        .create()
+        .unwrap();
+    for m in messages {
+        producer
+            .send(
+                FutureRecord::<(), _>::to("big").payload(m),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// The dead letters of `lake.t`: (kind, message, payload).
+async fn dead_letters(catalog: &Catalog) -> Vec<(String, String, Vec<u8>)> {
+    let mut dead = Vec::new();
+    for b in scan(catalog, "lake.t_dead_letters").await {
+        for i in 0..b.num_rows() {
+            let s = |c: &str| b.column_by_name(c).unwrap().as_string::<i32>().value(i);
+            let payload = b
+                .column_by_name("payload")
+                .unwrap()
+                .as_binary::<i64>()
+                .value(i);
+            dead.push((
+                s("error_kind").to_string(),
+                s("error_message").to_string(),
+                payload.to_vec(),
+            ));
+        }
+    }
+    dead
 }

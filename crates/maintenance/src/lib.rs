@@ -12,6 +12,7 @@
 pub mod compact;
 pub mod expire;
 pub mod files;
+pub mod maintain;
 pub mod manifests;
 pub mod orphans;
 pub mod retention;
@@ -41,3 +42,5 @@ impl From<arrow_schema::ArrowError> for Error {
 
 /// Result with [`Error`] as the default error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub use maintain::{Steps, TableReport, maintain};

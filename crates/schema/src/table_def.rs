@@ -150,6 +150,29 @@ impl TableDefinition {
             .collect()
     }
 
+    /// The definitions (`*.json`) of folder `dir`, sorted by file name.
+    pub fn load_dir(dir: &Path) -> Result<Vec<Self>> {
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .map_err(|e| Error::InvalidDefinition {
+                source_name: dir.display().to_string(),
+                message: format!("reading the schemas directory: {e}"),
+            })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        files.sort();
+        files.iter().map(|f| Self::from_file(f)).collect()
+    }
+
+    /// The definitions of folder `dir`, or the built-in ones when there is no such folder.
+    pub fn known(dir: &Path) -> Result<Vec<Self>> {
+        if dir.is_dir() {
+            Self::load_dir(dir)
+        } else {
+            Self::builtin()
+        }
+    }
+
     /// `namespace.table`.
     pub fn full_name(&self) -> String {
         format!("{}.{}", self.namespace.join("."), self.name)

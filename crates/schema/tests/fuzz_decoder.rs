@@ -18,10 +18,7 @@ use proptest::test_runner::Config;
 use serde_json::{Value, json};
 
 fn cases() -> u32 {
-    std::env::var("FLOE_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256)
+    floe_testkit::fuzz_cases()
 }
 
 /// A table with every kind of column the decoder fills: nested struct, list, map, timestamp

@@ -171,3 +171,12 @@ async fn write_parquet(
         .unwrap();
     (path, size)
 }
+
+/// Cases per fuzz target: `FLOE_FUZZ_CASES`, or 256 (a longer run:
+/// `FLOE_FUZZ_CASES=200000 cargo nextest run --workspace -E 'test(fuzz)'`, docs/testing.md).
+pub fn fuzz_cases() -> u32 {
+    std::env::var("FLOE_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}

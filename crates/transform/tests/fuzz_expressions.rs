@@ -12,10 +12,7 @@ use proptest::prelude::*;
 use proptest::test_runner::Config;
 
 fn cases() -> u32 {
-    std::env::var("FLOE_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256)
+    floe_testkit::fuzz_cases()
 }
 
 fn schema() -> iceberg::spec::Schema {

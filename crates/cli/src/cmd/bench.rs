@@ -5,18 +5,20 @@
 //! shows each phase's fastest round, and a cost is the median over rounds of the phase against
 //! the loader in the same round. The aggregates phase also reports the aggregate path's own CPU
 //! time per event and stage, counted where that work runs
-//! ([`floe_loader::metrics::aggregate_cpu`]).
+//! ([`floe_loader::telemetry::aggregate_cpu`]).
 
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
+use floe_devtools::broker::DevBroker;
 use floe_lake::{Catalog, CatalogConfig};
 use floe_loader::config::{FlushConfig, KafkaConfig, PipelineConfig};
-use floe_loader::kafka::DevBroker;
-use floe_loader::run::{RunOptions, run_to_end};
+use floe_loader::source::kafka::{RunOptions, run_to_end};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
+
+use floe_devtools::meters::{cpu_seconds, peak_rss, reset_peak_rss};
 
 use super::generate::{GenArgs, produce_to_kafka};
 
@@ -55,23 +57,6 @@ pub struct BenchArgs {
     soak_keep: bool,
 }
 
-/// Peak resident memory since the last reset (VmHWM), in bytes.
-fn peak_rss() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        * 1024
-}
-
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
 /// A phase of the benchmark.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Phase {
@@ -88,21 +73,6 @@ pub enum Phase {
     Soak,
 }
 
-/// CPU time of the whole process so far (user + system), in seconds.
-fn cpu_seconds() -> f64 {
-    // Fields 14 and 15 of /proc/self/stat, after the parenthesised command name; in clock
-    // ticks of 1/100 s on Linux.
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            let rest = &s[s.rfind(')')? + 2..];
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
-        })
-        .unwrap_or(0.0)
-        / 100.0
-}
-
 /// One measured phase.
 struct Measured {
     events: u64,
@@ -113,9 +83,9 @@ struct Measured {
     aggregate_cpu: [f64; 3],
 }
 
-/// [`floe_loader::metrics::aggregate_cpu`] in seconds.
+/// [`floe_loader::telemetry::aggregate_cpu`] in seconds.
 fn aggregate_cpu() -> [f64; 3] {
-    floe_loader::metrics::aggregate_cpu().map(|d| d.as_secs_f64())
+    floe_loader::telemetry::aggregate_cpu().map(|d| d.as_secs_f64())
 }
 
 pub async fn run_bench(args: BenchArgs) -> Result<()> {
@@ -162,127 +132,168 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
         produced.delivered,
         produced.elapsed.as_secs_f64()
     );
-
     // Each round runs every phase once; interleaving the phases spreads a busy spell of the
     // machine over all of them. The table shows each phase's fastest round; the costs compare
     // phases within each round (pairs run back to back) and take the median round.
-    let mut results: Vec<(Phase, Measured)> = Vec::new();
-    let mut rounds: Vec<Vec<(Phase, f64)>> = Vec::new();
-    // Per round: CPU seconds per event of each phase.
-    let mut cpu_rounds: Vec<Vec<(Phase, f64)>> = Vec::new();
-    // Per round of the aggregates phase: the aggregate path's CPU seconds per event, by stage.
-    let mut aggregate_rounds: Vec<[f64; 3]> = Vec::new();
+    let mut rounds = Rounds::default();
     for _ in 0..args.repeat.max(1) {
+        rounds.run(&phases, &kafka, &args, partitions).await?;
+    }
+    rounds.print_table(mb);
+    rounds.print_costs();
+    rounds.print_aggregate_cpu();
+    println!(
+        "(CPU s: the whole process, the in-process broker included; peak RSS includes the broker's copy of the topic)"
+    );
+    Ok(())
+}
+
+/// What the rounds measured.
+#[derive(Default)]
+struct Rounds {
+    /// Per phase, its fastest round (with the highest peak memory of all its rounds).
+    results: Vec<(Phase, Measured)>,
+    /// Per round: events/s of each phase.
+    rounds: Vec<Vec<(Phase, f64)>>,
+    /// Per round: CPU seconds per event of each phase.
+    cpu_rounds: Vec<Vec<(Phase, f64)>>,
+    /// Per round of the aggregates phase: the aggregate path's CPU seconds per event, by stage.
+    aggregate_rounds: Vec<[f64; 3]>,
+}
+
+impl Rounds {
+    /// Runs one round: every phase once.
+    async fn run(
+        &mut self,
+        phases: &[Phase],
+        kafka: &KafkaConfig,
+        args: &BenchArgs,
+        partitions: i32,
+    ) -> Result<()> {
+        let events = args.gen_args.events;
         let mut round = Vec::new();
         let mut cpu_round = Vec::new();
-        for &phase in &phases {
+        for &phase in phases {
             let m = match phase {
                 Phase::Soak => continue,
-                Phase::Consume => consume_phase(&kafka, partitions, events).await?,
+                Phase::Consume => consume_phase(kafka, partitions, events).await?,
                 Phase::Load => {
-                    load_once(&kafka, &args, Vec::new(), floe_schema::Mapping::default()).await?
+                    load_once(kafka, args, Vec::new(), floe_schema::Mapping::default()).await?
                 }
                 Phase::Aggregates => {
-                    load_once(
-                        &kafka,
-                        &args,
-                        floe_aggregate::AggregateDef::builtin()?,
-                        floe_schema::Mapping::default(),
-                    )
-                    .await?
+                    let defs = floe_aggregate::AggregateDef::builtin()?;
+                    load_once(kafka, args, defs, floe_schema::Mapping::default()).await?
                 }
                 Phase::Mapping => {
-                    load_once(
-                        &kafka,
-                        &args,
-                        Vec::new(),
-                        floe_loader::transform::benchmark_mapping(),
-                    )
-                    .await?
+                    let mapping = floe_devtools::mappings::benchmark_mapping();
+                    load_once(kafka, args, Vec::new(), mapping).await?
                 }
             };
             round.push((phase, m.events as f64 / m.secs));
             cpu_round.push((phase, m.cpu / m.events as f64));
             if phase == Phase::Aggregates {
-                aggregate_rounds.push(m.aggregate_cpu.map(|s| s / m.events as f64));
+                self.aggregate_rounds
+                    .push(m.aggregate_cpu.map(|s| s / m.events as f64));
             }
-            match results.iter_mut().find(|(p, _)| *p == phase) {
-                Some((_, best)) => {
-                    let rss = best.rss.max(m.rss);
-                    if m.secs < best.secs {
-                        *best = m;
-                    }
-                    best.rss = rss;
-                }
-                None => results.push((phase, m)),
-            }
+            self.keep_best(phase, m);
         }
-        rounds.push(round);
-        cpu_rounds.push(cpu_round);
+        self.rounds.push(round);
+        self.cpu_rounds.push(cpu_round);
+        Ok(())
     }
 
-    println!("\n| phase | events | seconds | events/s | MB/s | CPU s | peak RSS |");
-    println!("|---|---|---|---|---|---|---|");
-    for (phase, m) in &results {
-        let name = match phase {
-            Phase::Consume => "consume only",
-            Phase::Load => "floe run (decode + Parquet + commit)",
-            Phase::Aggregates => "floe run + aggregates (dedup + DataFusion)",
-            Phase::Mapping => "floe run + 2 computed columns + 2 rules (DataFusion expressions)",
-            Phase::Soak => continue,
-        };
-        println!(
-            "| {name} | {} | {:.2} | {:.0} | {:.0} | {:.1} | {} |",
-            m.events,
-            m.secs,
-            m.events as f64 / m.secs,
-            mb / m.secs,
-            m.cpu,
-            bytesize::ByteSize(m.rss)
-        );
-    }
-    println!();
-    if let Some(r) = median_ratio(&rounds, Phase::Load, Phase::Consume) {
-        println!("loader / consume-only = {r:.2}");
-    }
-    for (phase, what) in [
-        (Phase::Aggregates, "aggregates"),
-        (Phase::Mapping, "computed columns + rules"),
-    ] {
-        let Some(r) = median_ratio(&rounds, phase, Phase::Load) else {
-            continue;
-        };
-        let costs: Vec<String> = rounds
-            .iter()
-            .filter_map(|round| ratio(round, phase, Phase::Load))
-            .map(|r| format!("{:.0}", (1.0 - r) * 100.0))
-            .collect();
-        println!(
-            "{what} cost {:.0} % of loader throughput (median round; rounds: {} %)",
-            (1.0 - r) * 100.0,
-            costs.join(", ")
-        );
-        // The same in CPU time per event, which a busy spell of the machine disturbs less.
-        if let Some(c) = median_ratio(&cpu_rounds, phase, Phase::Load) {
-            let costs: Vec<String> = cpu_rounds
-                .iter()
-                .filter_map(|round| ratio(round, phase, Phase::Load))
-                .map(|r| format!("{:.0}", (r - 1.0) * 100.0))
-                .collect();
-            println!(
-                "{what} add {:.0} % to the loader's CPU time per event (median round; rounds: {} %)",
-                (c - 1.0) * 100.0,
-                costs.join(", ")
-            );
+    /// Keeps `m` as `phase`'s result when it is its fastest round.
+    fn keep_best(&mut self, phase: Phase, m: Measured) {
+        match self.results.iter_mut().find(|(p, _)| *p == phase) {
+            Some((_, best)) => {
+                let rss = best.rss.max(m.rss);
+                if m.secs < best.secs {
+                    *best = m;
+                }
+                best.rss = rss;
+            }
+            None => self.results.push((phase, m)),
         }
     }
-    // The aggregate path's own CPU time (thread CPU of its work, counted where it runs), which
-    // the broker's share and the machine's other load do not blur as much.
-    let sum = |s: &[f64; 3]| s.iter().sum::<f64>();
-    if let Some(stages) = median_by(aggregate_rounds.clone(), sum) {
+
+    /// Each phase's fastest round.
+    fn print_table(&self, mb: f64) {
+        println!("\n| phase | events | seconds | events/s | MB/s | CPU s | peak RSS |");
+        println!("|---|---|---|---|---|---|---|");
+        for (phase, m) in &self.results {
+            let name = match phase {
+                Phase::Consume => "consume only",
+                Phase::Load => "floe run (decode + Parquet + commit)",
+                Phase::Aggregates => "floe run + aggregates (dedup + DataFusion)",
+                Phase::Mapping => {
+                    "floe run + 2 computed columns + 2 rules (DataFusion expressions)"
+                }
+                Phase::Soak => continue,
+            };
+            println!(
+                "| {name} | {} | {:.2} | {:.0} | {:.0} | {:.1} | {} |",
+                m.events,
+                m.secs,
+                m.events as f64 / m.secs,
+                mb / m.secs,
+                m.cpu,
+                bytesize::ByteSize(m.rss)
+            );
+        }
+        println!();
+    }
+
+    /// What the aggregates and the mapping cost, against the loader in the same round.
+    fn print_costs(&self) {
+        if let Some(r) = median_ratio(&self.rounds, Phase::Load, Phase::Consume) {
+            println!("loader / consume-only = {r:.2}");
+        }
+        for (phase, what) in [
+            (Phase::Aggregates, "aggregates"),
+            (Phase::Mapping, "computed columns + rules"),
+        ] {
+            let Some(r) = median_ratio(&self.rounds, phase, Phase::Load) else {
+                continue;
+            };
+            let costs: Vec<String> = self
+                .rounds
+                .iter()
+                .filter_map(|round| ratio(round, phase, Phase::Load))
+                .map(|r| format!("{:.0}", (1.0 - r) * 100.0))
+                .collect();
+            println!(
+                "{what} cost {:.0} % of loader throughput (median round; rounds: {} %)",
+                (1.0 - r) * 100.0,
+                costs.join(", ")
+            );
+            // The same in CPU time per event, which a busy spell of the machine disturbs less.
+            if let Some(c) = median_ratio(&self.cpu_rounds, phase, Phase::Load) {
+                let costs: Vec<String> = self
+                    .cpu_rounds
+                    .iter()
+                    .filter_map(|round| ratio(round, phase, Phase::Load))
+                    .map(|r| format!("{:.0}", (r - 1.0) * 100.0))
+                    .collect();
+                println!(
+                    "{what} add {:.0} % to the loader's CPU time per event (median round; rounds: {} %)",
+                    (c - 1.0) * 100.0,
+                    costs.join(", ")
+                );
+            }
+        }
+    }
+
+    /// The aggregate path's own CPU time (thread CPU of its work, counted where it runs),
+    /// which the broker's share and the machine's other load do not blur as much.
+    fn print_aggregate_cpu(&self) {
+        let sum = |s: &[f64; 3]| s.iter().sum::<f64>();
+        let Some(stages) = median_by(self.aggregate_rounds.clone(), sum) else {
+            return;
+        };
         let total = sum(&stages);
         let ns = |s: f64| s * 1e9;
-        let all: Vec<String> = aggregate_rounds
+        let all: Vec<String> = self
+            .aggregate_rounds
             .iter()
             .map(|s| format!("{:.0}", ns(sum(s))))
             .collect();
@@ -294,7 +305,8 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
             ns(stages[2]),
             all.join(", ")
         );
-        let load: Vec<f64> = cpu_rounds
+        let load: Vec<f64> = self
+            .cpu_rounds
             .iter()
             .filter_map(|r| r.iter().find(|(p, _)| *p == Phase::Load).map(|(_, c)| *c))
             .collect();
@@ -307,10 +319,6 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
             None => println!(),
         }
     }
-    println!(
-        "(CPU s: the whole process, the in-process broker included; peak RSS includes the broker's copy of the topic)"
-    );
-    Ok(())
 }
 
 /// Events/s of phase `a` over phase `b` in one round.
@@ -342,9 +350,10 @@ async fn consume_phase(kafka: &KafkaConfig, partitions: i32, events: u64) -> Res
     let aggregate = aggregate_cpu();
     let k = kafka.clone();
     let (consumed, secs) = tokio::task::spawn_blocking(move || -> Result<(u64, f64)> {
-        let consumer: BaseConsumer = floe_loader::kafka::consumer_config(&k, &Default::default())
-            .set("enable.partition.eof", "false")
-            .create()?;
+        let consumer: BaseConsumer =
+            floe_loader::source::kafka::consumer_config(&k, &Default::default())
+                .set("enable.partition.eof", "false")
+                .create()?;
         let mut tpl = TopicPartitionList::new();
         for p in 0..partitions {
             tpl.add_partition_offset("bench", p, Offset::Beginning)?;

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use floe_loader::kafka::DevBroker;
+use floe_devtools::broker::DevBroker;
 
 #[derive(Args)]
 pub struct DevBrokerArgs {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use floe_loader::generate::{Generator, GeneratorOptions, MessageKind};
+use floe_devtools::generate::{Generator, GeneratorOptions, MessageKind};
 
 /// Generator flags shared by `generate` and `quickstart`.
 #[derive(Args, Clone)]
@@ -141,7 +141,7 @@ pub async fn produce_to_kafka(
     topic: String,
     gen_args: GenArgs,
     rate: Option<f64>,
-) -> Result<floe_loader::produce::ProduceReport> {
+) -> Result<floe_devtools::produce::ProduceReport> {
     let mut generator = gen_args.generator()?;
     let events = gen_args.events;
     tokio::task::spawn_blocking(move || {
@@ -154,9 +154,10 @@ pub async fn produce_to_kafka(
         } else {
             indicatif::ProgressBar::hidden()
         };
-        let r = floe_loader::produce::produce(&kafka, &topic, &mut generator, events, rate, |n| {
-            bar.set_position(n)
-        });
+        let r =
+            floe_devtools::produce::produce(&kafka, &topic, &mut generator, events, rate, |n| {
+                bar.set_position(n)
+            });
         bar.finish_and_clear();
         r
     })

@@ -1,5 +1,5 @@
 //! `floe load`: JSON lines into a table, exactly once: a file already loaded is skipped, a
-//! killed load resumes after its last commit (see `floe_loader::file`).
+//! killed load resumes after its last commit (see `floe_loader::source::lines`).
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use floe_loader::file::{
+use floe_loader::source::lines::{
     FlushPolicy, LoadReport, LoadSource, file_load_id, load_lines, stream_load_id,
 };
 use floe_loader::{SinkOptions, TableSink};
@@ -50,54 +50,13 @@ pub struct LoadArgs {
 
 pub async fn run(cfg: &FloeConfig, args: LoadArgs) -> Result<()> {
     let committer = super::committer(cfg).await?;
-    let mut opts = SinkOptions::new(&args.table);
-    if let Some(dl) = &args.dead_letter_table {
-        opts.dead_letter_table = Some(dl.clone());
-    }
-    if args.no_dead_letters {
-        opts.dead_letter_table = None;
-    }
-    (opts.mapping, opts.section) = cfg.mapping_for(&args.table);
-    let mut limits = cfg.limits;
-    if let Some(size) = args.max_message_size {
-        limits.max_message_bytes = size;
-    }
-    opts.max_message_bytes = limits.max_message_bytes();
+    let opts = sink_options(cfg, &args);
     let mut sink = TableSink::open(committer, &opts).await?;
-    let stdin = args.input.as_os_str() == "-";
-    let (reader, name, total): (Box<dyn BufRead>, String, Option<u64>) = if stdin {
-        (
-            Box::new(std::io::BufReader::with_capacity(1 << 20, std::io::stdin())),
-            "stdin".into(),
-            None,
-        )
-    } else {
-        let f = std::fs::File::open(&args.input)
-            .with_context(|| format!("opening {}", args.input.display()))?;
-        let len = f.metadata().ok().map(|m| m.len());
-        let abs = std::path::absolute(&args.input).unwrap_or(args.input.clone());
-        (
-            Box::new(std::io::BufReader::with_capacity(1 << 20, f)),
-            abs.display().to_string(),
-            len,
-        )
+    let (reader, name, total) = open_input(&args.input)?;
+    let source = LoadSource {
+        id: load_id(&args, total)?,
+        name,
     };
-    let mut id = match &args.load_id {
-        Some(id) if id.trim().is_empty() => anyhow::bail!("--load-id must not be empty"),
-        Some(id) => id.clone(),
-        None if stdin => stream_load_id(),
-        None => {
-            let bar = progress_bar(total);
-            bar.set_message("fingerprinting");
-            let id = file_load_id(&args.input, |n| bar.set_position(n))?;
-            bar.finish_and_clear();
-            id
-        }
-    };
-    if args.force {
-        id = format!("{id}+{}", stream_load_id());
-    }
-    let source = LoadSource { id, name };
     let bar = progress_bar(total);
     let started = Instant::now();
     let mut last = Instant::now();
@@ -118,6 +77,78 @@ pub async fn run(cfg: &FloeConfig, args: LoadArgs) -> Result<()> {
     })
     .await?;
     bar.finish_and_clear();
+    print_report(&sink, &opts, &source, &report, started.elapsed());
+    Ok(())
+}
+
+/// The sink's settings: the command's flags over the configured pipeline of the table.
+fn sink_options(cfg: &FloeConfig, args: &LoadArgs) -> SinkOptions {
+    let mut opts = SinkOptions::new(&args.table);
+    if let Some(dl) = &args.dead_letter_table {
+        opts.dead_letter_table = Some(dl.clone());
+    }
+    if args.no_dead_letters {
+        opts.dead_letter_table = None;
+    }
+    (opts.mapping, opts.section) = cfg.mapping_for(&args.table);
+    if let Some((_, p)) = cfg.pipeline_for(&args.table) {
+        opts.encode_rows = p.flush.chunk_rows;
+    }
+    let mut limits = cfg.limits;
+    if let Some(size) = args.max_message_size {
+        limits.max_message_bytes = size;
+    }
+    opts.max_message_bytes = limits.max_message_bytes();
+    opts
+}
+
+/// The input (`-`: stdin), its name for dead letters and messages, and its size if known.
+fn open_input(input: &std::path::Path) -> Result<(Box<dyn BufRead>, String, Option<u64>)> {
+    if input.as_os_str() == "-" {
+        let stdin = std::io::BufReader::with_capacity(1 << 20, std::io::stdin());
+        return Ok((Box::new(stdin), "stdin".into(), None));
+    }
+    let f = std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?;
+    let len = f.metadata().ok().map(|m| m.len());
+    let abs = std::path::absolute(input).unwrap_or(input.to_path_buf());
+    Ok((
+        Box::new(std::io::BufReader::with_capacity(1 << 20, f)),
+        abs.display().to_string(),
+        len,
+    ))
+}
+
+/// The load's id: `--load-id`, else the file's fingerprint (stdin: an id of its own); with
+/// `--force`, a new load of the same input.
+fn load_id(args: &LoadArgs, total: Option<u64>) -> Result<String> {
+    let stdin = args.input.as_os_str() == "-";
+    let id = match &args.load_id {
+        Some(id) if id.trim().is_empty() => anyhow::bail!("--load-id must not be empty"),
+        Some(id) => id.clone(),
+        None if stdin => stream_load_id(),
+        None => {
+            let bar = progress_bar(total);
+            bar.set_message("fingerprinting");
+            let id = file_load_id(&args.input, |n| bar.set_position(n))?;
+            bar.finish_and_clear();
+            id
+        }
+    };
+    Ok(if args.force {
+        format!("{id}+{}", stream_load_id())
+    } else {
+        id
+    })
+}
+
+/// What the load did: skipped, resumed, loaded (with dead letters by kind), and its commits.
+fn print_report(
+    sink: &TableSink,
+    opts: &SinkOptions,
+    source: &LoadSource,
+    report: &LoadReport,
+    took: Duration,
+) {
     let name = &source.name;
     if let Some(status) = report.status.as_ref().filter(|s| s.done) {
         let at = status
@@ -131,7 +162,7 @@ pub async fn run(cfg: &FloeConfig, args: LoadArgs) -> Result<()> {
             sink.table_name(),
             source.id,
         );
-        return Ok(());
+        return;
     }
     if let Some(status) = report.status.as_ref().filter(|s| s.resume_at > 1) {
         println!(
@@ -139,7 +170,7 @@ pub async fn run(cfg: &FloeConfig, args: LoadArgs) -> Result<()> {
             source.id, status.resume_at, report.skipped,
         );
     }
-    let secs = started.elapsed().as_secs_f64();
+    let secs = took.as_secs_f64();
     println!(
         "loaded {} into {}: {} lines, {} accepted, {} dead-lettered{}",
         name,
@@ -172,7 +203,6 @@ pub async fn run(cfg: &FloeConfig, args: LoadArgs) -> Result<()> {
             String::new()
         }
     );
-    Ok(())
 }
 
 fn progress_bar(total: Option<u64>) -> ProgressBar {

@@ -1,25 +1,17 @@
 //! `floe maintain`: the scheduled maintenance job (compaction, retention, snapshot expiry,
 //! orphan removal), safe while loaders commit. Exit status is non-zero only on a real failure:
-//! a compaction bin skipped because another writer got there first is not one.
+//! a compaction bin skipped because another writer got there first is not one. The steps
+//! themselves are [`floe_maintenance::maintain`]; this parses and prints.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::Args;
-use floe_lake::{Committer, parse_table_ident};
-use floe_maintenance::compact::Compact;
-use floe_maintenance::expire::ExpireSnapshots;
-use floe_maintenance::manifests::RewriteManifests;
-use floe_maintenance::orphans::RemoveOrphans;
-use floe_maintenance::retention::Retention;
+use floe_maintenance::maintain::{Step, Steps};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::json;
 
 use crate::config::FloeConfig;
-
-/// Table property giving a table's retention when `--retention` is not set (e.g. `30d`).
-pub const RETENTION_PROPERTY: &str = "floe.retention";
 
 #[derive(Args)]
 pub struct MaintainArgs {
@@ -73,10 +65,30 @@ pub struct MaintainArgs {
     metrics_listen: Option<String>,
 }
 
+impl MaintainArgs {
+    fn steps(&self) -> Steps {
+        Steps {
+            compact: self.compact,
+            retention: self.retention,
+            rewrite_manifests: self.rewrite_manifests,
+            expire_snapshots: self.expire_snapshots,
+            remove_orphans: self.remove_orphans,
+            dry_run: self.dry_run,
+            target_file_size: self.target_file_size.map(|s| s.as_u64()),
+            older_than: self.older_than,
+            retain_last: self.retain_last,
+            orphan_age: self.orphan_age,
+            force: self.force,
+        }
+    }
+}
+
 pub async fn run(cfg: &FloeConfig, args: MaintainArgs) -> Result<()> {
     if let Some(listen) = &args.metrics_listen {
         let handle = crate::telemetry::install()?;
-        let health = Arc::new(floe_loader::metrics::Health::new(Duration::from_secs(3600)));
+        let health = Arc::new(floe_loader::telemetry::Health::new(Duration::from_secs(
+            3600,
+        )));
         let endpoint = floe_loader::config::MetricsConfig {
             listen: listen.clone(),
             ..cfg.metrics.clone()
@@ -96,17 +108,36 @@ pub async fn run(cfg: &FloeConfig, args: MaintainArgs) -> Result<()> {
         args.table.clone()
     };
     let aggregates = cfg.aggregate_definitions()?;
-    let all_steps = !(args.compact
-        || args.expire_snapshots
-        || args.retention.is_some()
-        || args.remove_orphans
-        || args.rewrite_manifests);
+    let steps = args.steps();
     let mut reports = Vec::new();
     let mut failures = Vec::new();
     for table in &tables {
-        match maintain_table(&committer, table, &args, all_steps, &aggregates).await {
-            Ok((report, errors)) => {
-                failures.extend(errors.into_iter().map(|e| format!("{table}: {e}")));
+        let bar = progress_bar(args.json);
+        let b = bar.clone();
+        let progress = Arc::new(move |done, total| {
+            b.set_length(total);
+            b.set_position(done);
+        });
+        let print = |step: Step<'_>| {
+            bar.finish_and_clear();
+            if !args.json {
+                println!("{}", describe(table, step, &args));
+            }
+        };
+        let done = floe_maintenance::maintain(
+            &committer,
+            table,
+            &steps,
+            &aggregates,
+            Some(progress),
+            print,
+        )
+        .await;
+        bar.finish_and_clear();
+        match done {
+            Ok(report) => {
+                let errors = report.steps.compact.iter().flat_map(|c| &c.errors);
+                failures.extend(errors.map(|e| format!("{table}: {e}")));
                 reports.push(report);
             }
             Err(e) => {
@@ -124,91 +155,41 @@ pub async fn run(cfg: &FloeConfig, args: MaintainArgs) -> Result<()> {
     Ok(())
 }
 
-/// Runs the steps on one table in the safe order: compact → retention → rewrite manifests →
-/// expire → orphans.
-async fn maintain_table(
-    committer: &Committer,
-    table: &str,
-    args: &MaintainArgs,
-    all_steps: bool,
-    aggregates: &[floe_aggregate::AggregateDef],
-) -> Result<(serde_json::Value, Vec<String>)> {
-    let mut out = serde_json::Map::new();
-    let mut errors = Vec::new();
-    let say = |line: String| {
-        if !args.json {
-            println!("{line}");
-        }
-    };
+/// The line a finished step prints.
+fn describe(table: &str, step: Step<'_>, args: &MaintainArgs) -> String {
     let dry = if args.dry_run { " (dry run)" } else { "" };
-
-    if all_steps || args.compact {
-        let bar = progress_bar(args.json);
-        let b = bar.clone();
-        let mut op =
-            Compact::new(table)
-                .dry_run(args.dry_run)
-                .progress(Arc::new(move |done, total| {
-                    b.set_length(total);
-                    b.set_position(done);
-                }));
-        if let Some(size) = args.target_file_size {
-            op = op.target_file_size(size.as_u64());
+    let size = bytesize::ByteSize;
+    match step {
+        Step::Compact(r) => {
+            let mut line = format!(
+                "{table}: compact{dry}: {} → {} files, {} → {} in {} partitions ({} bins committed, {} skipped)",
+                r.files_before,
+                r.files_after,
+                size(r.bytes_before),
+                size(r.bytes_after),
+                r.partitions,
+                r.bins_committed,
+                r.bins_skipped
+            );
+            if r.files_with_deletes > 0 {
+                line.push_str(&format!(
+                    "\n{table}: compact: {} files rewritten with other engines' row-level deletes applied; {} delete files removed",
+                    r.files_with_deletes, r.delete_files_removed
+                ));
+            }
+            line
         }
-        if let Some(def) = aggregates.iter().find(|d| d.target == table) {
-            op = op.fold(def.clone());
-        }
-        let r = op.execute(committer).await?;
-        bar.finish_and_clear();
-        say(format!(
-            "{table}: compact{dry}: {} → {} files, {} → {} in {} partitions ({} bins committed, {} skipped)",
-            r.files_before,
-            r.files_after,
-            bytesize::ByteSize(r.bytes_before),
-            bytesize::ByteSize(r.bytes_after),
-            r.partitions,
-            r.bins_committed,
-            r.bins_skipped
-        ));
-        if r.files_with_deletes > 0 {
-            say(format!(
-                "{table}: compact: {} files rewritten with other engines' row-level deletes applied; {} delete files removed",
-                r.files_with_deletes, r.delete_files_removed
-            ));
-        }
-        errors.extend(r.errors.iter().cloned());
-        out.insert("compact".into(), serde_json::to_value(&r)?);
-    }
-
-    let retention = match args.retention {
-        Some(d) => Some(d),
-        None if all_steps => table_retention(committer, table).await?,
-        None => None,
-    };
-    if let Some(keep) = retention {
-        let r = Retention::keep(table, keep)
-            .dry_run(args.dry_run)
-            .execute(committer)
-            .await?;
-        say(format!(
+        Step::Retention(r) => format!(
             "{table}: retention{dry}: rows of {} before {} removed: {} rows, {} files whole, {} rewritten, {} → {}",
             r.column,
             r.cutoff,
             r.rows_deleted,
             r.files_deleted,
             r.files_rewritten,
-            bytesize::ByteSize(r.bytes_before),
-            bytesize::ByteSize(r.bytes_after)
-        ));
-        out.insert("retention".into(), serde_json::to_value(&r)?);
-    }
-
-    if all_steps || args.rewrite_manifests {
-        let r = RewriteManifests::new(table)
-            .dry_run(args.dry_run)
-            .execute(committer)
-            .await?;
-        say(format!(
+            size(r.bytes_before),
+            size(r.bytes_after)
+        ),
+        Step::RewriteManifests(r) => format!(
             "{table}: rewrite-manifests{dry}: {} → {} manifests{}",
             r.manifests_before,
             r.manifests_after,
@@ -217,63 +198,25 @@ async fn maintain_table(
             } else {
                 " (already clustered)"
             }
-        ));
-        out.insert("rewrite_manifests".into(), serde_json::to_value(&r)?);
-    }
-
-    if all_steps || args.expire_snapshots {
-        let mut op = ExpireSnapshots::new(table).dry_run(args.dry_run);
-        if let Some(d) = args.older_than {
-            op = op.older_than(d);
-        }
-        if let Some(n) = args.retain_last {
-            op = op.retain_last(n);
-        }
-        let r = op.execute(committer).await?;
-        say(format!(
+        ),
+        Step::ExpireSnapshots(r) => format!(
             "{table}: expire-snapshots{dry}: {} → {} snapshots; deleted {} data files ({}), {} manifests, {} manifest lists",
             r.snapshots_before,
             r.snapshots_after,
             r.data_files_deleted,
-            bytesize::ByteSize(r.data_bytes_deleted),
+            size(r.data_bytes_deleted),
             r.manifests_deleted,
             r.manifest_lists_deleted
-        ));
-        out.insert("expire_snapshots".into(), serde_json::to_value(&r)?);
-    }
-
-    if all_steps || args.remove_orphans {
-        let r = RemoveOrphans::new(table)
-            .older_than(args.orphan_age)
-            .force(args.force)
-            .dry_run(args.dry_run)
-            .execute(committer)
-            .await?;
-        say(format!(
+        ),
+        Step::RemoveOrphans(r) => format!(
             "{table}: remove-orphans{dry}: {} files listed, {} referenced, {} orphans removed ({}), {} unreferenced but younger than {}",
             r.files_listed,
             r.files_referenced,
             r.removed.len(),
-            bytesize::ByteSize(r.bytes_removed),
+            size(r.bytes_removed),
             r.too_young,
             humantime::format_duration(args.orphan_age)
-        ));
-        out.insert("remove_orphans".into(), serde_json::to_value(&r)?);
-    }
-    Ok((json!({ "table": table, "steps": out }), errors))
-}
-
-/// The table's `floe.retention` property, parsed.
-async fn table_retention(committer: &Committer, table: &str) -> Result<Option<Duration>> {
-    let (_, meta) = committer
-        .catalog()
-        .load_metadata(&parse_table_ident(table)?)
-        .await?;
-    match meta.properties().get(RETENTION_PROPERTY) {
-        None => Ok(None),
-        Some(v) => humantime::parse_duration(v.trim()).map(Some).map_err(|e| {
-            anyhow::anyhow!("{table}: table property {RETENTION_PROPERTY} = {v:?}: {e}")
-        }),
+        ),
     }
 }
 

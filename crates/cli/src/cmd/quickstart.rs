@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
+use floe_devtools::broker::DevBroker;
 use floe_loader::config::{FlushConfig, KafkaConfig, PipelineConfig};
-use floe_loader::kafka::DevBroker;
-use floe_loader::run::{RunOptions, run_to_end};
+use floe_loader::source::kafka::{RunOptions, run_to_end};
 
 use super::generate::{GenArgs, print_counts, produce_to_kafka};
 use crate::config::FloeConfig;

@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use floe_loader::config::PipelineConfig;
-use floe_loader::metrics::Health;
-use floe_loader::run::{RunOptions, run};
+use floe_loader::source::kafka::{RunOptions, run};
+use floe_loader::telemetry::Health;
 
 use crate::config::FloeConfig;
 
@@ -35,6 +35,9 @@ pub struct RunArgs {
     /// Commit after this many payload bytes (e.g. 256MiB).
     #[arg(long, value_name = "SIZE")]
     pub max_bytes: Option<bytesize::ByteSize>,
+    /// Decoded rows handed to the Parquet writer at a time (flush.chunk_rows).
+    #[arg(long, value_name = "N")]
+    pub chunk_rows: Option<usize>,
     /// Dead-letter table for --topic (default <table>_dead_letters).
     #[arg(long)]
     pub dead_letter_table: Option<String>,
@@ -91,6 +94,9 @@ pub fn pipelines(cfg: &FloeConfig, args: &RunArgs) -> Vec<PipelineConfig> {
         }
         if let Some(b) = args.max_bytes {
             p.flush.max_bytes = b;
+        }
+        if let Some(n) = args.chunk_rows {
+            p.flush.chunk_rows = n;
         }
         if args.no_dead_letters {
             p.dead_letters = false;

@@ -53,53 +53,9 @@ pub async fn run(s: Soak) -> Result<()> {
     let mut latencies: Vec<Duration> = Vec::with_capacity(s.commits as usize);
     let mut planning_start = None;
     let started = Instant::now();
-    let base_us = 1_767_225_600_000_000i64; // 2026-01-01
     for c in 0..s.commits {
-        let (_, meta) = catalog.load_metadata(&ident).await?;
-        let mut decoder = floe_schema::Decoder::new(
-            meta.current_schema(),
-            &floe_schema::DecoderOptions::default(),
-        )?;
-        for r in 0..s.rows {
-            let n = c * s.rows + r;
-            // One hour of events per 1,000 commits: partitions fill as a day's would.
-            let us = base_us + (n as i64) * 3_600_000_000 / s.rows as i64 / 1000;
-            let ts = chrono::DateTime::from_timestamp_micros(us)
-                .expect("in range")
-                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-            let line = format!(
-                r#"{{"event_guid":"{n:016x}","event_ts":"{ts}","user_id":"u{}","action":"view","country":"NL","device_type":"mobile","page":"/p","category":"c","value":1.5}}"#,
-                n % 997
-            );
-            decoder
-                .decode(line.as_bytes(), &floe_schema::RecordMeta::default())
-                .map_err(|e| anyhow::anyhow!("soak event: {e}"))?;
-        }
-        let mut writer = DataWriter::new(catalog.file_io(), &meta)?;
-        writer.write(&decoder.finish()).await?;
-        let files = writer.close().await?;
-        let req = CommitRequest::append(files).with_offsets(
-            "soak",
-            vec![OffsetRange {
-                topic: "events".into(),
-                partition: 0,
-                first: (c * s.rows) as i64,
-                next: ((c + 1) * s.rows) as i64,
-            }],
-        );
-        let t = Instant::now();
-        committer.commit(&ident, req).await?;
-        latencies.push(t.elapsed());
-        if s.compact_every > 0 && (c + 1) % s.compact_every == 0 {
-            Compact::new("lake.events").execute(&committer).await?;
-        }
-        if (c + 1) % s.expire_every.max(1) == 0 {
-            ExpireSnapshots::new("lake.events")
-                .older_than(Duration::ZERO)
-                .retain_last(10)
-                .execute(&committer)
-                .await?;
-        }
+        latencies.push(append(&s, c, &committer, &ident).await?);
+        maintain(&s, c, &committer).await?;
         if c + 1 == window as u64 {
             planning_start = Some(plan_time(&catalog, &ident).await?);
         }
@@ -111,15 +67,84 @@ pub async fn run(s: Soak) -> Result<()> {
             );
         }
     }
-    let planning_end = plan_time(&catalog, &ident).await?;
-    let (location, meta) = catalog.load_metadata(&ident).await?;
-    let manifests = manifest_count(&catalog, &meta).await?;
-    let metadata_bytes = std::fs::metadata(location.trim_start_matches("file://"))?.len();
-    let metadata_files = std::fs::read_dir(format!(
-        "{}/metadata",
-        meta.location().trim_start_matches("file://")
-    ))?
-    .count();
+    let planning = (
+        planning_start.unwrap_or_default(),
+        plan_time(&catalog, &ident).await?,
+    );
+    print_results(&latencies, window, planning);
+    print_table(&catalog, &ident).await?;
+    if keep {
+        println!(
+            "lake kept: catalog sqlite://{0}/catalog.db, warehouse {0}/warehouse",
+            dir.keep().display()
+        );
+    }
+    Ok(())
+}
+
+/// Commit `c`: `s.rows` events appended with their offsets; how long the commit took.
+async fn append(
+    s: &Soak,
+    c: u64,
+    committer: &Committer,
+    ident: &iceberg::TableIdent,
+) -> Result<Duration> {
+    let catalog = committer.catalog();
+    let base_us = 1_767_225_600_000_000i64; // 2026-01-01
+    let (_, meta) = catalog.load_metadata(ident).await?;
+    let mut decoder = floe_schema::Decoder::new(
+        meta.current_schema(),
+        &floe_schema::DecoderOptions::default(),
+    )?;
+    for r in 0..s.rows {
+        let n = c * s.rows + r;
+        // One hour of events per 1,000 commits: partitions fill as a day's would.
+        let us = base_us + (n as i64) * 3_600_000_000 / s.rows as i64 / 1000;
+        let ts = chrono::DateTime::from_timestamp_micros(us)
+            .expect("in range")
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let line = format!(
+            r#"{{"event_guid":"{n:016x}","event_ts":"{ts}","user_id":"u{}","action":"view","country":"NL","device_type":"mobile","page":"/p","category":"c","value":1.5}}"#,
+            n % 997
+        );
+        decoder
+            .decode(line.as_bytes(), &floe_schema::RecordMeta::default())
+            .map_err(|e| anyhow::anyhow!("soak event: {e}"))?;
+    }
+    let mut writer = DataWriter::new(catalog.file_io(), &meta)?;
+    writer.write(&decoder.finish()).await?;
+    let files = writer.close().await?;
+    let req = CommitRequest::append(files).with_offsets(
+        "soak",
+        vec![OffsetRange {
+            topic: "events".into(),
+            partition: 0,
+            first: (c * s.rows) as i64,
+            next: ((c + 1) * s.rows) as i64,
+        }],
+    );
+    let t = Instant::now();
+    committer.commit(ident, req).await?;
+    Ok(t.elapsed())
+}
+
+/// The maintenance a cron would run after commit `c`: compaction and snapshot expiry.
+async fn maintain(s: &Soak, c: u64, committer: &Committer) -> Result<()> {
+    if s.compact_every > 0 && (c + 1).is_multiple_of(s.compact_every) {
+        Compact::new("lake.events").execute(committer).await?;
+    }
+    if (c + 1).is_multiple_of(s.expire_every.max(1)) {
+        ExpireSnapshots::new("lake.events")
+            .older_than(Duration::ZERO)
+            .retain_last(10)
+            .execute(committer)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Commit latency and scan planning over the first and the last `window` commits.
+fn print_results(latencies: &[Duration], window: usize, planning: (Duration, Duration)) {
     let first = &latencies[..window];
     let last = &latencies[latencies.len() - window..];
     println!("\n| | first {window} commits | last {window} commits |");
@@ -142,9 +167,21 @@ pub async fn run(s: Soak) -> Result<()> {
     );
     println!(
         "| scan planning (iceberg-rust, floe query) | {:.1} ms | {:.1} ms |",
-        ms(planning_start.unwrap_or_default()),
-        ms(planning_end)
+        ms(planning.0),
+        ms(planning.1)
     );
+}
+
+/// The metadata the table ends with.
+async fn print_table(catalog: &Catalog, ident: &iceberg::TableIdent) -> Result<()> {
+    let (location, meta) = catalog.load_metadata(ident).await?;
+    let manifests = manifest_count(catalog, &meta).await?;
+    let metadata_bytes = std::fs::metadata(location.trim_start_matches("file://"))?.len();
+    let metadata_files = std::fs::read_dir(format!(
+        "{}/metadata",
+        meta.location().trim_start_matches("file://")
+    ))?
+    .count();
     println!(
         "\nat the end: {manifests} manifests in the current snapshot, {} snapshots, metadata.json {} bytes, {metadata_files} files in metadata/, {} rows",
         meta.snapshots().count(),
@@ -158,12 +195,6 @@ pub async fn run(s: Soak) -> Result<()> {
             .unwrap_or_default()
     );
     println!("table metadata: {location}");
-    if keep {
-        println!(
-            "lake kept: catalog sqlite://{0}/catalog.db, warehouse {0}/warehouse",
-            dir.keep().display()
-        );
-    }
     Ok(())
 }
 

@@ -1,15 +1,14 @@
 //! `floe table create|list|show|evolve`.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use floe_lake::evolve::Change;
+use floe_lake::summary::TableSummary;
 use floe_lake::{Catalog, parse_table_ident};
+use floe_loader::transform::MappingInForce;
 use floe_schema::TableDefinition;
-use iceberg::spec::TableMetadata;
-use serde_json::{Value, json};
 
 use crate::config::FloeConfig;
 
@@ -155,9 +154,8 @@ async fn evolve(cfg: &FloeConfig, catalog: Catalog, args: EvolveArgs) -> Result<
     Ok(())
 }
 
-/// Refuses a change that would break an aggregate reading this table (a dropped or renamed
-/// column its SQL uses, a type it cannot sum): loaders would fail every flush until the SQL is
-/// fixed.
+/// Refuses a change that would break an aggregate reading this table
+/// ([`floe_aggregate::guard`]): loaders would fail every flush until the SQL is fixed.
 async fn check_aggregates(
     cfg: &FloeConfig,
     catalog: &Catalog,
@@ -165,30 +163,10 @@ async fn check_aggregates(
     changes: &[Change],
 ) -> Result<()> {
     let table = ident.to_string();
-    let defs: Vec<_> = cfg
-        .aggregate_definitions()?
-        .into_iter()
-        .filter(|d| d.source.as_deref() == Some(table.as_str()))
-        .collect();
-    if defs.is_empty() {
-        return Ok(());
-    }
     let (_, meta) = catalog.load_metadata(ident).await?;
-    let Some(schema) = floe_lake::evolve::plan(&table, &meta, changes)?.schema else {
-        return Ok(());
-    };
-    let arrow = std::sync::Arc::new(iceberg::arrow::schema_to_arrow_schema(&schema)?);
-    for def in defs {
-        let name = def.name.clone();
-        if let Err(e) = floe_aggregate::Aggregator::new(vec![def])
-            .columns_read(&arrow)
-            .await
-        {
-            bail!(
-                "{table}: the change would break aggregate {name} (sql/aggregates/{name}.sql): {e}\n\
-                 change the query first (it reads the table's columns by name), or pass --force"
-            );
-        }
+    if let Some(schema) = floe_lake::evolve::plan(&table, &meta, changes)?.schema {
+        let defs = cfg.aggregate_definitions()?;
+        floe_aggregate::guard::check_schema_change(&defs, &table, &schema).await?;
     }
     Ok(())
 }
@@ -210,17 +188,6 @@ fn print_field(f: &iceberg::spec::NestedFieldRef, indent: &str) {
             print_field(c, &format!("{indent}  "));
         }
     }
-}
-
-/// Definition files of the schemas directory, sorted.
-pub fn definition_files(dir: &str) -> Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading schemas directory {dir}"))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    files.sort();
-    Ok(files)
 }
 
 async fn create(cfg: &FloeConfig, catalog: &Catalog, args: CreateArgs) -> Result<()> {
@@ -258,14 +225,7 @@ async fn create(cfg: &FloeConfig, catalog: &Catalog, args: CreateArgs) -> Result
 
 /// The definitions of the schemas directory, or the built-in ones when there is none.
 pub fn known_definitions(cfg: &FloeConfig) -> Result<Vec<TableDefinition>> {
-    if std::path::Path::new(&cfg.schemas_dir).is_dir() {
-        Ok(definition_files(&cfg.schemas_dir)?
-            .iter()
-            .map(|f| TableDefinition::from_file(f))
-            .collect::<Result<Vec<_>, _>>()?)
-    } else {
-        Ok(TableDefinition::builtin()?)
-    }
+    Ok(TableDefinition::known(Path::new(&cfg.schemas_dir))?)
 }
 
 /// Creates every table of the schemas directory, or the built-in definitions when there is no
@@ -297,214 +257,97 @@ async fn create_all(catalog: &Catalog, defs: &[TableDefinition]) -> Result<()> {
     Ok(())
 }
 
-/// Every group's committed offsets.
-fn all_offsets(meta: &TableMetadata) -> Result<Value> {
-    Ok(serde_json::to_value(
-        floe_lake::offsets::all_committed_offsets(meta)?,
-    )?)
-}
-
-pub fn describe(meta: &TableMetadata, name: &str, metadata_location: &str) -> Result<Value> {
-    let schema = meta.current_schema();
-    let columns: Vec<Value> = schema
-        .as_struct()
-        .fields()
-        .iter()
-        .map(|f| {
-            json!({"id": f.id, "name": f.name, "type": f.field_type.to_string(),
-                   "required": f.required, "doc": f.doc})
-        })
-        .collect();
-    let spec = meta.default_partition_spec();
-    let partitioning: Vec<Value> = spec
-        .fields()
-        .iter()
-        .map(|p| {
-            let source = schema
-                .field_by_id(p.source_id)
-                .map(|f| f.name.clone())
-                .unwrap_or_default();
-            json!({"name": p.name, "transform": p.transform.to_string(), "source": source})
-        })
-        .collect();
-    let mut snapshots: Vec<&_> = meta.snapshots().collect();
-    snapshots.sort_by_key(|s| (s.sequence_number(), s.timestamp_ms()));
-    let snaps: Vec<Value> = snapshots
-        .iter()
-        .map(|s| {
-            let p = &s.summary().additional_properties;
-            json!({
-                "snapshot_id": s.snapshot_id(),
-                "sequence_number": s.sequence_number(),
-                "timestamp": s.timestamp().map(|t| t.to_rfc3339()).unwrap_or_default(),
-                "operation": s.summary().operation.as_str(),
-                "added_records": p.get("added-records").and_then(|v| v.parse::<u64>().ok()),
-                "total_records": p.get("total-records").and_then(|v| v.parse::<u64>().ok()),
-            })
-        })
-        .collect();
-    let current = meta
-        .current_snapshot()
-        .map(|s| &s.summary().additional_properties);
-    let total = |k: &str| {
-        current
-            .and_then(|p| p.get(k))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // floe's state (offsets, replay marks) is shown as such, not as properties.
-    let props: BTreeMap<&String, &String> = meta
-        .properties()
-        .iter()
-        .filter(|(k, _)| !floe_lake::state::is_state_key(k))
-        .collect();
-    Ok(json!({
-        "table": name,
-        "location": meta.location(),
-        "metadata_location": metadata_location,
-        "format_version": meta.format_version() as u8,
-        "schema_id": schema.schema_id(),
-        "columns": columns,
-        "partitioning": partitioning,
-        "properties": props,
-        "current_snapshot_id": meta.current_snapshot_id(),
-        "snapshots": snaps,
-        "data_files": total("total-data-files"),
-        "rows": total("total-records"),
-        "bytes": total("total-files-size"),
-        "committed_offsets": all_offsets(meta)?,
-    }))
-}
-
-/// The mapping in force for `table`: its `floe.*` properties with the configured pipeline's
-/// entries laid over them, each with where it comes from; then whether it works against the
-/// current schema.
-fn mapping_in_force(cfg: &FloeConfig, table: &str, meta: &TableMetadata) -> Value {
-    let own = floe_schema::Mapping::from_table_properties(meta.properties());
-    let mut entries: BTreeMap<floe_schema::Setting, (String, String)> = own
-        .entries()
-        .into_iter()
-        .map(|(s, v)| {
-            (
-                s.clone(),
-                (
-                    v.to_string(),
-                    format!("table property {}", s.property_key()),
-                ),
-            )
-        })
-        .collect();
-    let (mapping, section) = cfg.mapping_for(table);
-    for (s, v) in mapping.entries() {
-        let from = format!("{section}.{}", s.config_key());
-        entries.insert(s, (v.to_string(), from));
-    }
-    let problem = floe_loader::transform::prepare(table, meta, &mapping, &section)
-        .err()
-        .map(|e| match e {
-            floe_loader::Error::Config(message) => message,
-            other => other.to_string(),
-        });
-    json!({
-        "entries": entries
-            .iter()
-            .map(|(s, (v, from))| json!({"setting": s.config_key(), "value": v, "from": from}))
-            .collect::<Vec<_>>(),
-        "problem": problem,
-    })
+/// What `floe table show` reports: the table's summary and the mapping in force.
+#[derive(serde::Serialize)]
+struct Shown {
+    #[serde(flatten)]
+    summary: TableSummary,
+    mapping: MappingInForce,
 }
 
 async fn show(cfg: &FloeConfig, catalog: &Catalog, args: ShowArgs) -> Result<()> {
     let ident = parse_table_ident(&args.name)?;
+    let name = ident.to_string();
     let location = catalog
         .find_metadata_location(&ident)
         .await?
-        .ok_or_else(|| floe_lake::Error::NoSuchTable(ident.to_string()))?;
+        .ok_or_else(|| floe_lake::Error::NoSuchTable(name.clone()))?;
     let (_, meta) = catalog.load_metadata(&ident).await?;
-    let mut d = describe(&meta, &ident.to_string(), &location)?;
-    d["mapping"] = mapping_in_force(cfg, &ident.to_string(), &meta);
+    let (mapping, section) = cfg.mapping_for(&name);
+    let shown = Shown {
+        summary: floe_lake::summary::summarize(&meta, &name, &location)?,
+        mapping: floe_loader::transform::mapping_in_force(&name, &meta, &mapping, &section),
+    };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&d)?);
+        println!("{}", serde_json::to_string_pretty(&shown)?);
         return Ok(());
     }
-    println!("table     {}", d["table"].as_str().unwrap_or_default());
-    println!("location  {}", d["location"].as_str().unwrap_or_default());
-    println!(
-        "metadata  {}",
-        d["metadata_location"].as_str().unwrap_or_default()
-    );
+    print_summary(&shown.summary);
+    print_mapping(&shown.mapping);
+    print_state(&shown.summary)
+}
+
+fn print_summary(d: &TableSummary) {
+    println!("table     {}", d.table);
+    println!("location  {}", d.location);
+    println!("metadata  {}", d.metadata_location);
     println!(
         "rows      {}   data files {}   bytes {}",
-        d["rows"], d["data_files"], d["bytes"]
+        d.rows, d.data_files, d.bytes
     );
-    println!("\nschema (id {})", d["schema_id"]);
-    for c in d["columns"].as_array().into_iter().flatten() {
+    println!("\nschema (id {})", d.schema_id);
+    for c in &d.columns {
         println!(
             "  {:>4}  {:<24} {:<16} {}",
-            c["id"],
-            c["name"].as_str().unwrap_or_default(),
-            c["type"].as_str().unwrap_or_default(),
-            if c["required"].as_bool() == Some(true) {
-                "required"
-            } else {
-                "optional"
-            }
+            c.id,
+            c.name,
+            c.ty,
+            if c.required { "required" } else { "optional" }
         );
     }
     println!("\npartitioned by");
-    for p in d["partitioning"].as_array().into_iter().flatten() {
-        println!(
-            "  {}({}) as {}",
-            p["transform"].as_str().unwrap_or_default(),
-            p["source"].as_str().unwrap_or_default(),
-            p["name"].as_str().unwrap_or_default()
-        );
+    for p in &d.partitioning {
+        println!("  {}({}) as {}", p.transform, p.source, p.name);
     }
+}
+
+fn print_mapping(m: &MappingInForce) {
     println!("\nmapping (unnest, projections, computed columns, rules)");
-    let entries = d["mapping"]["entries"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    if entries.is_empty() {
+    if m.entries.is_empty() {
         println!("  (none: JSON keys match columns by name)");
     }
-    for e in &entries {
-        println!(
-            "  {:<28} {:<40} from {}",
-            e["setting"].as_str().unwrap_or_default(),
-            e["value"].as_str().unwrap_or_default(),
-            e["from"].as_str().unwrap_or_default()
-        );
+    for e in &m.entries {
+        println!("  {:<28} {:<40} from {}", e.setting, e.value, e.from);
     }
-    if let Some(p) = d["mapping"]["problem"].as_str() {
+    if let Some(p) = &m.problem {
         println!("  NOT USABLE: {p}");
     }
+}
+
+fn print_state(d: &TableSummary) -> Result<()> {
     println!("\nproperties");
-    for (k, v) in d["properties"].as_object().into_iter().flatten() {
-        println!("  {k} = {}", v.as_str().unwrap_or_default());
+    for (k, v) in &d.properties {
+        println!("  {k} = {v}");
     }
-    let snaps = d["snapshots"].as_array().cloned().unwrap_or_default();
-    println!("\nsnapshots ({}; last 10)", snaps.len());
-    for s in snaps.iter().rev().take(10).rev() {
+    println!("\nsnapshots ({}; last 10)", d.snapshots.len());
+    let shown = d.snapshots.len().saturating_sub(10);
+    let opt = |v: Option<u64>| v.map_or_else(|| "null".to_string(), |n| n.to_string());
+    for s in &d.snapshots[shown..] {
         println!(
             "  {:>20}  {}  {:<9} +{} rows → {}",
-            s["snapshot_id"],
-            s["timestamp"].as_str().unwrap_or_default(),
-            s["operation"].as_str().unwrap_or_default(),
-            s["added_records"],
-            s["total_records"]
+            s.snapshot_id,
+            s.timestamp,
+            s.operation,
+            opt(s.added_records),
+            opt(s.total_records)
         );
     }
     println!("\ncommitted offsets");
-    let offsets = d["committed_offsets"]
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-    if offsets.is_empty() {
+    if d.committed_offsets.is_empty() {
         println!("  (none)");
     }
-    for (group, topics) in offsets {
-        println!("  group {group}: {topics}");
+    for (group, topics) in &d.committed_offsets {
+        println!("  group {group}: {}", serde_json::to_value(topics)?);
     }
     Ok(())
 }

@@ -10,9 +10,10 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::config::KafkaConfig;
+use floe_loader::config::KafkaConfig;
+use floe_loader::{Error, Result};
+
 use crate::generate::{Generator, MessageKind};
-use crate::{Error, Result};
 
 #[derive(Default)]
 struct Delivery {
@@ -63,9 +64,9 @@ pub fn produce(
     mut progress: impl FnMut(u64),
 ) -> Result<ProduceReport> {
     let delivery = Arc::new(Delivery::default());
-    let producer: BaseProducer<Ctx> = crate::kafka::producer_config(kafka)
+    let producer: BaseProducer<Ctx> = floe_loader::source::kafka::producer_config(kafka)
         .create_with_context(Ctx(delivery.clone()))
-        .map_err(|e| Error::Kafka(format!("creating the producer: {e}")))?;
+        .map_err(|e| Error::kafka("creating the producer", e))?;
     let started = Instant::now();
     let mut report = ProduceReport::default();
     for i in 0..events {
@@ -88,7 +89,7 @@ pub fn produce(
                     record = r;
                     producer.poll(Duration::from_millis(10));
                 }
-                Err((e, _)) => return Err(Error::Kafka(format!("producing to {topic}: {e}"))),
+                Err((e, _)) => return Err(Error::kafka(format!("producing to {topic}"), e)),
             }
         }
         if i % 10_000 == 0 {
@@ -98,14 +99,14 @@ pub fn produce(
     }
     producer
         .flush(Duration::from_secs(120))
-        .map_err(|e| Error::Kafka(format!("flushing the producer: {e}")))?;
+        .map_err(|e| Error::kafka("flushing the producer", e))?;
     progress(events);
     report.delivered = delivery.ok.load(Ordering::Relaxed);
     report.failed = delivery.failed.load(Ordering::Relaxed);
     report.elapsed = started.elapsed();
     if report.failed > 0 {
-        return Err(Error::Kafka(format!(
-            "{} of {events} messages were not delivered",
+        return Err(Error::Internal(format!(
+            "{} of {events} messages were not delivered to {topic}",
             report.failed
         )));
     }

@@ -12,24 +12,24 @@
 //!   needs the `_kafka_partition` and `_kafka_offset` columns, and `_kafka_topic` when a
 //!   pipeline reads several topics.)
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Int32Type, Int64Type, TimestampMicrosecondType};
+use arrow_array::types::TimestampMicrosecondType;
 use arrow_array::{Array, BooleanArray, RecordBatch};
-use floe_aggregate::dedup::{Deduper, Part, key_hash};
-use floe_aggregate::engine::conform;
+use floe_aggregate::dedup::{Deduper, Part};
 use floe_aggregate::{AggregateDef, Aggregator, Form};
 use floe_lake::commit::{CommitRequest, OffsetsUpdate};
-use floe_lake::{Committer, DataWriter, OffsetRange, parse_table_ident};
-use futures::TryStreamExt;
+use floe_lake::{Committer, OffsetRange};
 use iceberg::TableIdent;
-use iceberg::expr::Reference;
-use iceberg::spec::{Datum, TableMetadata};
 
-use crate::metrics::{AggregateStage, CpuMeter, thread_cpu};
+mod partials;
+mod tables;
+
+pub use tables::{dedup_columns, ensure_tables, select};
+
+use crate::telemetry::{AggregateStage, CpuMeter, thread_cpu};
 use crate::{Error, Result};
+use partials::PartialStream;
+use tables::load_recent_keys;
 
 /// Partial rows per aggregate beyond which they are merged during a batch (and twice the rows
 /// the last merge left, so merging stays linear when partials hardly fold, e.g. a high
@@ -44,101 +44,24 @@ const MERGE_PAYS: f64 = 0.8;
 
 /// An aggregate whose latest grouped chunk yielded more than this share of its rows makes its
 /// partials in [`Form::Rows`] (one row per event, no grouping): grouping keys that hardly
-/// repeat costs a hash aggregation for a few percent fewer rows.
-const ROWS_PAY: f64 = 0.9;
+/// repeat costs a hash aggregation for a few percent fewer rows. The default of
+/// `pipelines[].aggregate_rows_form_share`.
+pub const ROWS_FORM_SHARE: f64 = 0.9;
 
-/// [`ROWS_PAY`], or the environment variable `FLOE_AGGREGATE_ROWS_PAY` (a tuning knob: above
-/// 1, partials are always grouped).
-fn rows_pay() -> f64 {
-    static PAY: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *PAY.get_or_init(|| {
-        std::env::var("FLOE_AGGREGATE_ROWS_PAY")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(ROWS_PAY)
-    })
+/// How a pipeline's aggregation is tuned (`pipelines[]` keys).
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    /// How far back in event time duplicates are recognised (`dedup_window`).
+    pub dedup_window: std::time::Duration,
+    /// Event ids the dedup state holds at most (`dedup_max_keys`).
+    pub dedup_max_keys: usize,
+    /// Share of distinct keys from which a chunk's partials skip grouping
+    /// (`aggregate_rows_form_share`, [`ROWS_FORM_SHARE`]).
+    pub rows_form_share: f64,
 }
 
 /// In [`Form::Rows`], every this many chunks run grouped, to see whether keys repeat now.
 const ROWS_PROBE_EVERY: u32 = 16;
-
-/// Partials queued per streaming writer (backpressure on the writer task beyond it).
-const STREAM_QUEUE: usize = 4;
-
-/// What a streaming partial writer receives.
-enum ToStream {
-    Rows(RecordBatch),
-    /// The flush failed or was discarded: delete what was written.
-    Abort,
-}
-
-/// An aggregate's partials written to Parquet on a task of their own: as they come, while
-/// the batch is still being consumed, for aggregates whose partials do not fold (merging them
-/// would not pay, and writing them all at flush would put their encoding on the commit's
-/// critical path); at flush for the ones held and merged.
-struct PartialStream {
-    tx: tokio::sync::mpsc::Sender<ToStream>,
-    done: tokio::task::JoinHandle<Result<Vec<iceberg::spec::DataFile>>>,
-}
-
-impl PartialStream {
-    fn open(catalog: floe_lake::Catalog, table: AggTable, cpu: CpuMeter) -> Self {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<ToStream>(STREAM_QUEUE);
-        let work = async move {
-            let (_, meta) = catalog.load_metadata(&table.ident).await?;
-            let target = Arc::new(
-                iceberg::arrow::schema_to_arrow_schema(meta.current_schema())
-                    .map_err(floe_lake::Error::from)?,
-            );
-            let mut w = DataWriter::for_partials(catalog.file_io(), &meta)?;
-            while let Some(msg) = rx.recv().await {
-                let rows = match msg {
-                    ToStream::Rows(rows) => rows,
-                    ToStream::Abort => {
-                        w.abort().await;
-                        return Ok(Vec::new());
-                    }
-                };
-                let written = match conform(&table.def, &rows, &target) {
-                    Ok(shaped) => w.write(&shaped).await.map_err(Error::from),
-                    Err(e) => Err(Error::from(e)),
-                };
-                if let Err(e) = written {
-                    w.abort().await;
-                    return Err(e);
-                }
-            }
-            Ok(w.close().await?)
-        };
-        let done = tokio::spawn(async move { cpu.time(work).await });
-        Self { tx, done }
-    }
-
-    /// Sends rows; a writer that stopped (an error) is reported at [`Self::finish`].
-    async fn send(&self, rows: RecordBatch) {
-        let _ = self.tx.send(ToStream::Rows(rows)).await;
-    }
-
-    /// Closes the stream and returns its files.
-    async fn finish(self) -> Result<Vec<iceberg::spec::DataFile>> {
-        drop(self.tx);
-        self.done
-            .await
-            .map_err(|e| Error::Internal(format!("aggregate writer task: {e}")))?
-    }
-
-    /// Drops what was written (without waiting).
-    fn abort(self) {
-        let tx = self.tx;
-        if tx.try_send(ToStream::Abort).is_err()
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
-        {
-            rt.spawn(async move {
-                let _ = tx.send(ToStream::Abort).await;
-            });
-        }
-    }
-}
 
 /// Per row of a chunk: where it came from and which tables take it.
 #[derive(Debug, Default)]
@@ -198,6 +121,8 @@ pub struct Aggregation {
     /// fold), opened at the first such partial.
     streams: Vec<Option<PartialStream>>,
     catalog: floe_lake::Catalog,
+    /// [`Tuning::rows_form_share`].
+    rows_form_share: f64,
 }
 
 /// The dedup state's size, kept under its cap.
@@ -213,8 +138,8 @@ impl DedupMeters {
         Self {
             table: table.to_string(),
             max_keys,
-            keys: metrics::gauge!(crate::metrics::DEDUP_KEYS, "table" => table.to_string()),
-            evictions: metrics::counter!(crate::metrics::DEDUP_EVICTIONS, "table" => table.to_string()),
+            keys: metrics::gauge!(crate::telemetry::DEDUP_KEYS, "table" => table.to_string()),
+            evictions: metrics::counter!(crate::telemetry::DEDUP_EVICTIONS, "table" => table.to_string()),
         }
     }
 
@@ -259,11 +184,11 @@ impl Aggregation {
         source: &str,
         tables: Vec<AggTable>,
         columns: DedupColumns,
-        window: std::time::Duration,
-        max_keys: usize,
         topics: Vec<String>,
         catalog: floe_lake::Catalog,
+        tuning: Tuning,
     ) -> Self {
+        let (window, max_keys) = (tuning.dedup_window, tuning.dedup_max_keys);
         let aggregator = Aggregator::new(tables.iter().map(|t| t.def.clone()).collect());
         let n = tables.len();
         Self {
@@ -288,6 +213,7 @@ impl Aggregation {
             running: std::collections::VecDeque::new(),
             streams: (0..n).map(|_| None).collect(),
             catalog,
+            rows_form_share: tuning.rows_form_share,
         }
     }
 
@@ -303,6 +229,49 @@ impl Aggregation {
             return Ok(());
         }
         let cpu = thread_cpu();
+        let first = self.first_sightings(rows, routing)?;
+        self.dedup_meters.capped(&mut self.dedup);
+        // Timed in two parts, around the awaits below: a task may resume on another thread,
+        // whose CPU clock is another one.
+        self.cpu.dedup.since(cpu);
+        let rows = self.project(rows).await?;
+        let cpu = thread_cpu();
+        let forms: Vec<Form> = (0..self.tables.len()).map(|i| self.form(i)).collect();
+        let inputs = self.inputs(&rows, routing, &first)?;
+        self.cpu.dedup.since(cpu);
+        let aggregator = self.aggregator.clone();
+        let cpu = self.cpu.query.clone();
+        // The queries run on another task; results are folded in order.
+        let queries = async move {
+            let mut out = Vec::new();
+            for (which, batch) in inputs {
+                if batch.num_rows() == 0 {
+                    continue;
+                }
+                let rows = batch.num_rows();
+                for i in which {
+                    let partial = aggregator.partial(i, forms[i], &batch).await?;
+                    out.push((i, forms[i], rows, partial));
+                }
+            }
+            Ok(out)
+        };
+        self.running
+            .push_back(tokio::spawn(async move { cpu.time(queries).await }));
+        while self.running.len() > RUNNING_CHUNKS {
+            self.collect_one().await?;
+        }
+        Ok(())
+    }
+
+    /// Per row: whether it is the first sighting of its event id (within the dedup window)
+    /// that some aggregate still needs; a row without an id always counts.
+    fn first_sightings(
+        &mut self,
+        rows: &RecordBatch,
+        routing: &RowRouting,
+    ) -> Result<BooleanArray> {
+        let n = rows.num_rows();
         let keys = rows
             .column_by_name(&self.columns.key)
             .and_then(|c| c.as_string_opt::<i32>())
@@ -344,12 +313,12 @@ impl Aggregation {
                 i += 1;
             }
         }
-        let first = BooleanArray::new(first.finish(), None);
-        self.dedup_meters.capped(&mut self.dedup);
-        // Timed in two parts, around the awaits below: a task may resume on another thread,
-        // whose CPU clock is another one.
-        self.cpu.dedup.since(cpu);
-        // Only the columns the queries read are copied by the filter.
+        Ok(BooleanArray::new(first.finish(), None))
+    }
+
+    /// The columns of `rows` the queries read (only those are copied by the filters); a new
+    /// chunk schema also tells which aggregates have a rows form for it.
+    async fn project(&mut self, rows: &RecordBatch) -> Result<RecordBatch> {
         let schema = rows.schema();
         let (read, known) = match &self.read {
             Some((s, read)) if *s == schema => (read.clone(), true),
@@ -359,57 +328,42 @@ impl Aggregation {
             .project(&read)
             .map_err(|e| Error::Config(format!("projecting the aggregates' columns: {e}")))?;
         if !known {
-            // A new chunk schema: which aggregates have a rows form for it (then it is known).
             for i in 0..self.tables.len() {
                 self.rows_form[i] = self.aggregator.has_rows_form(i, &rows.schema()).await?;
             }
             self.read = Some((schema, read));
         }
-        let cpu = thread_cpu();
-        let forms: Vec<Form> = (0..self.tables.len()).map(|i| self.form(i)).collect();
+        Ok(rows)
+    }
+
+    /// The rows each aggregate takes (first sightings it still needs), as (aggregates, rows)
+    /// pairs: one pair for all when every aggregate takes every first sighting.
+    fn inputs(
+        &self,
+        rows: &RecordBatch,
+        routing: &RowRouting,
+        first: &BooleanArray,
+    ) -> Result<Vec<(Vec<usize>, RecordBatch)>> {
+        let n = rows.num_rows();
         let keep = |mask: &BooleanArray| -> Result<RecordBatch> {
             if mask.true_count() == n {
                 return Ok(rows.clone());
             }
-            arrow_select::filter::filter_record_batch(&rows, mask)
+            arrow_select::filter::filter_record_batch(rows, mask)
                 .map_err(|e| Error::Config(format!("filtering duplicates: {e}")))
         };
-        // The queries run on another task; results are folded in order.
-        let mut inputs: Vec<(Vec<usize>, RecordBatch)> = Vec::new();
         if routing.aggs.iter().all(Option::is_none) {
-            inputs.push(((0..self.tables.len()).collect(), keep(&first)?));
-        } else {
-            for i in 0..self.tables.len() {
+            return Ok(vec![((0..self.tables.len()).collect(), keep(first)?)]);
+        }
+        (0..self.tables.len())
+            .map(|i| {
                 let mask: BooleanArray = match &routing.aggs[i] {
                     None => first.clone(),
                     Some(m) => (0..n).map(|r| Some(first.value(r) && m[r])).collect(),
                 };
-                inputs.push((vec![i], keep(&mask)?));
-            }
-        }
-        self.cpu.dedup.since(cpu);
-        let aggregator = self.aggregator.clone();
-        let cpu = self.cpu.query.clone();
-        let queries = async move {
-            let mut out = Vec::new();
-            for (which, batch) in inputs {
-                if batch.num_rows() == 0 {
-                    continue;
-                }
-                let rows = batch.num_rows();
-                for i in which {
-                    let partial = aggregator.partial(i, forms[i], &batch).await?;
-                    out.push((i, forms[i], rows, partial));
-                }
-            }
-            Ok(out)
-        };
-        self.running
-            .push_back(tokio::spawn(async move { cpu.time(queries).await }));
-        while self.running.len() > RUNNING_CHUNKS {
-            self.collect_one().await?;
-        }
-        Ok(())
+                Ok((vec![i], keep(&mask)?))
+            })
+            .collect()
     }
 
     /// Folds the oldest running chunk's partials in.
@@ -433,7 +387,7 @@ impl Aggregation {
     /// now and then to measure again.
     fn form(&mut self, i: usize) -> Form {
         if self.rows_form[i]
-            && self.chunk_ratio[i] > rows_pay()
+            && self.chunk_ratio[i] > self.rows_form_share
             && self.rows_run[i] < ROWS_PROBE_EVERY
         {
             self.rows_run[i] += 1;
@@ -625,198 +579,4 @@ impl Aggregation {
     pub fn forget(&mut self, parts: &[Part]) {
         self.dedup.forget(parts);
     }
-}
-
-/// The aggregate tables a pipeline feeds: the named definitions, or every definition whose
-/// source is the pipeline's table.
-pub fn select<'a>(
-    defs: &'a [AggregateDef],
-    table: &str,
-    names: Option<&[String]>,
-) -> Result<Vec<&'a AggregateDef>> {
-    match names {
-        None => Ok(defs
-            .iter()
-            .filter(|d| d.source.as_deref() == Some(table))
-            .collect()),
-        Some(names) => names
-            .iter()
-            .map(|n| {
-                defs.iter().find(|d| d.name == *n).ok_or_else(|| {
-                    Error::Config(format!(
-                        "aggregates: no definition named {n} (known: {})",
-                        defs.iter()
-                            .map(|d| d.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ))
-                })
-            })
-            .collect(),
-    }
-}
-
-/// The dedup columns of a raw table, checked: the id column, the event time (source of the
-/// time partition), and the Kafka metadata columns the state is rebuilt from.
-pub fn dedup_columns(
-    table: &str,
-    metadata: &TableMetadata,
-    key: &str,
-    topics: usize,
-) -> Result<DedupColumns> {
-    let schema = metadata.current_schema();
-    if schema.field_by_name(key).is_none() {
-        return Err(Error::Config(format!(
-            "dedup_column {key}: {table} has no such column"
-        )));
-    }
-    let mut needed = vec!["_kafka_partition", "_kafka_offset"];
-    if topics > 1 {
-        needed.push("_kafka_topic");
-    }
-    for c in needed {
-        if schema.field_by_name(c).is_none() {
-            return Err(Error::Config(format!(
-                "aggregates need column {c} in {table} to rebuild their dedup state after a restart; add it (floe fills it)"
-            )));
-        }
-    }
-    let time = floe_lake::partition::event_time_column(metadata)
-        .map(|(_, name)| name)
-        .ok_or_else(|| {
-            Error::Config(format!(
-                "aggregates need {table} partitioned by the event time (hour/day/month/year of a timestamp)"
-            ))
-        })?;
-    Ok(DedupColumns {
-        key: key.to_string(),
-        time,
-    })
-}
-
-/// Ids (with event time) of the raw table's recent rows, per partition, below each partition's
-/// offset.
-async fn load_recent_keys(
-    committer: &Committer,
-    raw: &TableIdent,
-    columns: &DedupColumns,
-    topics: &[String],
-    window_us: i64,
-    parts: &[(Part, Option<i64>)],
-) -> floe_lake::Result<HashMap<Part, Vec<(u128, i64)>>> {
-    let mut out: HashMap<Part, Vec<(u128, i64)>> = HashMap::new();
-    let below: HashMap<&Part, i64> = parts
-        .iter()
-        .filter_map(|(p, o)| o.map(|o| (p, o)))
-        .collect();
-    if below.is_empty() {
-        return Ok(out);
-    }
-    let catalog = committer.catalog();
-    let table = catalog.load_table(raw).await?;
-    let metadata = table.metadata();
-    if metadata.current_snapshot().is_none() {
-        return Ok(out);
-    }
-    let time_id = metadata
-        .current_schema()
-        .field_by_name(&columns.time)
-        .map(|f| f.id)
-        .unwrap_or(-1);
-    let watermark = floe_lake::scan::live_data_files(catalog.file_io(), metadata)
-        .await?
-        .iter()
-        .filter_map(|f| f.data_file.upper_bounds().get(&time_id))
-        .filter_map(|d| match d.literal() {
-            iceberg::spec::PrimitiveLiteral::Long(v) => Some(*v),
-            _ => None,
-        })
-        .max();
-    let Some(watermark) = watermark else {
-        return Ok(out);
-    };
-    // Twice the window: partitions lag the newest one; each partition trims to its own.
-    let horizon = watermark.saturating_sub(window_us.saturating_mul(2));
-    let mut select = vec![
-        columns.key.as_str(),
-        columns.time.as_str(),
-        "_kafka_partition",
-        "_kafka_offset",
-    ];
-    let multi = topics.len() > 1;
-    if multi {
-        select.push("_kafka_topic");
-    }
-    let scan = table
-        .scan()
-        .select(select)
-        .with_filter(
-            Reference::new(columns.time.clone())
-                .greater_than_or_equal_to(Datum::timestamptz_micros(horizon)),
-        )
-        .build()?;
-    let mut stream = scan.to_arrow().await?;
-    while let Some(b) = stream.try_next().await? {
-        let keys = b.column(0).as_string::<i32>();
-        let times = b.column(1).as_primitive::<TimestampMicrosecondType>();
-        let partitions = b.column(2).as_primitive::<Int32Type>();
-        let offsets = b.column(3).as_primitive::<Int64Type>();
-        let topic_col = multi.then(|| b.column(4).as_string::<i32>());
-        for i in 0..b.num_rows() {
-            if keys.is_null(i) || partitions.is_null(i) || offsets.is_null(i) {
-                continue;
-            }
-            let topic = match &topic_col {
-                Some(t) if t.is_valid(i) => t.value(i).to_string(),
-                Some(_) => continue,
-                None => topics[0].clone(),
-            };
-            let part: Part = (topic, partitions.value(i));
-            if below.get(&part).is_some_and(|b| offsets.value(i) < *b) {
-                let t = if times.is_null(i) { 0 } else { times.value(i) };
-                out.entry(part)
-                    .or_default()
-                    .push((key_hash(keys.value(i).as_bytes()), t));
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Creates the aggregate tables from their definitions in `schemas` if missing; returns their
-/// identifiers.
-pub async fn ensure_tables(
-    committer: &Committer,
-    defs: &[&AggregateDef],
-    definitions: &[floe_schema::TableDefinition],
-) -> Result<Vec<AggTable>> {
-    let mut out = Vec::new();
-    for def in defs {
-        let ident = parse_table_ident(&def.target)?;
-        if committer
-            .catalog()
-            .find_metadata_location(&ident)
-            .await?
-            .is_none()
-        {
-            let table_def = definitions
-                .iter()
-                .find(|d| d.full_name() == def.target)
-                .ok_or_else(|| {
-                    Error::Config(format!(
-                        "aggregate {}: table {} does not exist and schemas/ has no definition of it",
-                        def.name, def.target
-                    ))
-                })?;
-            committer
-                .catalog()
-                .create_table_if_missing(table_def)
-                .await?;
-        }
-        out.push(AggTable {
-            def: (*def).clone(),
-            ident,
-        });
-    }
-    Ok(out)
 }

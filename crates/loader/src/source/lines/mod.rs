@@ -9,13 +9,16 @@
 //! both tables hold (a finished one reads nothing), and a load killed mid-way resumes after
 //! its last commit.
 
+mod reader;
+
 use std::io::BufRead;
 
 use floe_schema::RecordMeta;
 
-use crate::lines::LineReader;
 use crate::sink::{FlushReport, LinePush, LoadStatus, TableSink};
 use crate::{Error, Result};
+
+pub use reader::{Line, LineReader};
 
 /// When to flush.
 #[derive(Debug, Clone, Copy)]

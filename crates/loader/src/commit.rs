@@ -1,0 +1,181 @@
+//! The commit stage of a batch, on the pipeline's writer task: the raw table first (its rows
+//! with the offset ranges they came from; the commit refuses ranges the table already holds),
+//! then the dead letters (topic, then table) and the aggregates side by side. Rebuilding dedup
+//! state reads raw rows below the aggregates' offsets, so the raw table always leads.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_array::RecordBatch;
+use floe_lake::OffsetRange;
+use floe_lake::commit::{CommitRequest, OffsetsUpdate};
+use floe_schema::dead_letter::DeadLetter;
+use iceberg::spec::{DataFile, TableMetadata};
+
+use crate::aggregates::RowRouting;
+use crate::error::FlushError;
+use crate::telemetry::{self, Event};
+use crate::write::Writer;
+
+/// A batch to commit, as the pipeline hands it over.
+pub(crate) struct FlushJob {
+    pub batch: u64,
+    /// The metadata its rows were decoded against.
+    pub metadata: Arc<TableMetadata>,
+    /// Its last chunk, not sent before.
+    pub last: Option<RecordBatch>,
+    pub last_routing: Option<Box<RowRouting>>,
+    pub dead: Vec<DeadLetter>,
+    pub raw_ranges: Vec<OffsetRange>,
+    pub dlq_ranges: Vec<OffsetRange>,
+    pub agg_ranges: Vec<Vec<OffsetRange>>,
+    /// Revocation, shutdown or drained: every table's offsets are recorded, including those
+    /// a table with nothing new would otherwise record later (`flush.idle_offsets_interval`).
+    pub last_before_stop: bool,
+}
+
+/// What a batch's commit did.
+pub(crate) struct Flushed {
+    /// The raw table after the commit.
+    pub metadata: TableMetadata,
+    /// The newest event time among the committed rows (epoch micros), when the table is
+    /// partitioned by time.
+    pub newest_event_us: Option<i64>,
+    pub rows: u64,
+    pub dead_letters: u64,
+    pub files: usize,
+    pub bytes: u64,
+}
+
+/// How often the writer reports the table's files per partition (reads its manifests).
+const LAYOUT_EVERY: Duration = Duration::from_secs(60);
+
+type Flush<T> = std::result::Result<T, FlushError>;
+
+impl Writer {
+    /// Commits a batch: closes its files, commits the raw table, then the dead letters and
+    /// the aggregates.
+    pub(crate) async fn flush(&mut self, mut job: FlushJob) -> Flush<Flushed> {
+        if let Some(last) = job.last.take() {
+            let routing = job.last_routing.take();
+            if let Err(e) = self
+                .chunk(job.batch, &last, &job.metadata, routing.as_deref())
+                .await
+            {
+                self.abort_current().await;
+                return Err(FlushError::Failed(e));
+            }
+        }
+        let (files, agg_files) = self.close_files(job.batch).await?;
+        floe_lake::fail::point("after-data-files");
+        let flushed = Flushed {
+            rows: files.iter().map(|f| f.record_count()).sum(),
+            bytes: files.iter().map(|f| f.file_size_in_bytes()).sum(),
+            files: files.len(),
+            newest_event_us: newest_event_time(&job.metadata, &files),
+            dead_letters: 0,
+            metadata: self.commit_raw(&job, files).await?,
+        };
+        floe_lake::fail::point("after-table-commit");
+        self.report_layout(&flushed.metadata);
+        let dead_letters = self.dead.commit(&self.committer, &self.group, &job);
+        let aggregates = async {
+            match self.aggregation.as_mut() {
+                Some(a) => {
+                    let rows = a
+                        .commit(&self.committer, &self.group, &job.agg_ranges, agg_files)
+                        .await?;
+                    tracing::debug!(table = %self.name, rows = ?rows, "aggregates committed");
+                    Ok(())
+                }
+                None => Ok::<_, FlushError>(()),
+            }
+        };
+        let (dead_letters, aggregated) = futures::future::join(dead_letters, aggregates).await;
+        let (dead_letters, ()) = (dead_letters?, aggregated?);
+        tracing::debug!(table = %self.name, rows = flushed.rows, dead_letters, files = flushed.files, "batch committed");
+        Ok(Flushed {
+            dead_letters,
+            ..flushed
+        })
+    }
+
+    /// Closes the raw table's files while the aggregates' partial files close (each on its
+    /// own task).
+    async fn close_files(&mut self, batch: u64) -> Flush<(Vec<DataFile>, Vec<Vec<DataFile>>)> {
+        let current = self.current.take();
+        let raw_files = async {
+            match current {
+                Some((b, w)) if b == batch => w.close().await,
+                Some((_, w)) => {
+                    w.abort().await;
+                    Ok(Vec::new())
+                }
+                None => Ok(Vec::new()),
+            }
+        };
+        let agg_files = async {
+            match self.aggregation.as_mut() {
+                Some(a) => a.finish().await,
+                None => Ok(Vec::new()),
+            }
+        };
+        let (files, agg_files) = futures::future::join(raw_files, agg_files).await;
+        Ok((files?, agg_files?))
+    }
+
+    /// Commits the batch's rows with the offsets they came from; the table's metadata after.
+    async fn commit_raw(&mut self, job: &FlushJob, files: Vec<DataFile>) -> Flush<TableMetadata> {
+        if job.raw_ranges.is_empty() && files.is_empty() {
+            let (_, metadata) = self.committer.catalog().load_metadata(&self.table).await?;
+            return Ok(metadata);
+        }
+        let started = Instant::now();
+        let mut req =
+            CommitRequest::append(files).written_with(job.metadata.default_partition_spec_id());
+        req.offsets = Some(OffsetsUpdate {
+            group: self.group.clone(),
+            ranges: job.raw_ranges.clone(),
+        });
+        floe_lake::fail::check("before-table-commit")?;
+        let done = self.committer.commit(&self.table, req).await?;
+        telemetry::TableCommitted {
+            table: &self.name,
+            took: started.elapsed(),
+            attempts: done.attempts,
+        }
+        .emit();
+        Ok(done.metadata)
+    }
+
+    /// Reports the table's layout (files per partition) every [`LAYOUT_EVERY`], in the
+    /// background.
+    fn report_layout(&mut self, metadata: &TableMetadata) {
+        if self
+            .layout_reported
+            .is_some_and(|t| t.elapsed() < LAYOUT_EVERY)
+        {
+            return;
+        }
+        self.layout_reported = Some(Instant::now());
+        let file_io = self.committer.catalog().file_io().clone();
+        let (meta, name) = (metadata.clone(), self.name.clone());
+        tokio::spawn(async move { telemetry::report_layout(&file_io, &meta, &name).await });
+    }
+}
+
+/// The largest upper bound, among `files`, of the column the table's time partition derives
+/// from (the event time), in epoch micros.
+fn newest_event_time(metadata: &TableMetadata, files: &[DataFile]) -> Option<i64> {
+    use iceberg::spec::PrimitiveLiteral;
+    let (field_id, _) = floe_lake::partition::event_time_column(metadata)?;
+    files
+        .iter()
+        .filter_map(|f| f.upper_bounds().get(&field_id))
+        .filter_map(|d| match d.literal() {
+            PrimitiveLiteral::Long(us) => Some(*us),
+            PrimitiveLiteral::Int(days) => Some(i64::from(*days) * 86_400_000_000),
+            _ => None,
+        })
+        .max()
+}

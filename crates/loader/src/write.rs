@@ -1,0 +1,270 @@
+//! The write stage: a pipeline's writer task, on the tokio runtime. It encodes the chunks the
+//! pipeline sends into the raw table's Parquet files as they arrive (and feeds them to the
+//! aggregates), and on a flush hands the batch to the commit stage, reporting the outcome
+//! back. One batch at a time; a failed chunk fails its batch.
+
+use std::sync::{Arc, mpsc};
+use std::time::Instant;
+
+use arrow_array::RecordBatch;
+use floe_lake::{Committer, DataWriter};
+use iceberg::TableIdent;
+use iceberg::spec::TableMetadata;
+use rdkafka::producer::FutureProducer;
+
+use crate::aggregates::{Aggregation, RowRouting};
+use crate::batch::{IdleOffsets, Tp};
+use crate::commit::{FlushJob, Flushed};
+use crate::config::PipelineConfig;
+use crate::dead_letters::DeadLetterSinks;
+use crate::error::FlushError;
+use crate::{Error, Result};
+
+/// What a pipeline sends its writer task, in order.
+pub(crate) enum ToWriter {
+    /// Decoded (and transformed) rows of batch `batch`.
+    Chunk {
+        batch: u64,
+        rows: RecordBatch,
+        metadata: Arc<TableMetadata>,
+        routing: Option<Box<RowRouting>>,
+    },
+    /// Commit the batch.
+    Flush(Box<FlushJob>),
+    /// Drop the batch (its files are deleted).
+    Discard { batch: u64 },
+    /// Partitions assigned: rebuild their dedup state below these offsets.
+    Assigned(Vec<(Tp, Option<i64>)>),
+    /// Partitions revoked: forget their dedup state.
+    Revoked(Vec<Tp>),
+}
+
+/// What became of a flushed batch.
+pub(crate) struct Outcome {
+    pub batch: u64,
+    pub result: std::result::Result<Flushed, FlushError>,
+}
+
+/// The writer task of one pipeline: encodes chunks, commits on flush.
+pub(crate) struct Writer {
+    pub(crate) aggregation: Option<Aggregation>,
+    pub(crate) committer: Committer,
+    pub(crate) group: String,
+    pub(crate) table: TableIdent,
+    pub(crate) name: String,
+    /// Where the dead letters go.
+    pub(crate) dead: DeadLetterSinks,
+    /// When the table's layout (files per partition) was last reported.
+    pub(crate) layout_reported: Option<Instant>,
+    /// Partitions whose dedup state is still to be rebuilt (with the offset below which their
+    /// events are aggregated): a rebuild failed, and is tried again before the state is
+    /// next used.
+    rebuild: Vec<(Tp, Option<i64>)>,
+    /// The open batch's files.
+    pub(crate) current: Option<(u64, DataWriter)>,
+    /// A batch whose chunk failed: its later chunks are dropped, its flush fails.
+    failed: Option<(u64, Error)>,
+}
+
+impl Writer {
+    /// The writer of the pipeline `cfg` into `table`.
+    pub fn new(
+        committer: Committer,
+        group: &str,
+        table: &TableIdent,
+        dlq: Option<TableIdent>,
+        cfg: &PipelineConfig,
+        producer: Option<FutureProducer>,
+        aggregation: Option<Aggregation>,
+    ) -> Self {
+        Self {
+            aggregation,
+            committer,
+            group: group.to_string(),
+            table: table.clone(),
+            name: table.to_string(),
+            dead: DeadLetterSinks {
+                table: dlq,
+                topic: cfg.dead_letter_topic(),
+                producer,
+                idle_offsets: IdleOffsets::new(cfg.flush.idle_offsets_interval),
+            },
+            layout_reported: None,
+            rebuild: Vec::new(),
+            current: None,
+            failed: None,
+        }
+    }
+
+    /// Handles the pipeline's messages until it closes the channel.
+    pub async fn run(
+        mut self,
+        mut rx: tokio::sync::mpsc::Receiver<ToWriter>,
+        outcomes: mpsc::Sender<Outcome>,
+    ) {
+        while let Some(msg) = rx.recv().await {
+            match msg {
+                ToWriter::Chunk {
+                    batch,
+                    rows,
+                    metadata,
+                    routing,
+                } => {
+                    self.on_chunk(batch, &rows, &metadata, routing.as_deref())
+                        .await
+                }
+                ToWriter::Assigned(parts) => {
+                    if self.aggregation.is_some() {
+                        self.rebuild
+                            .retain(|(tp, _)| !parts.iter().any(|(p, _)| p == tp));
+                        self.rebuild.extend(parts);
+                        // A failure is retried by the next chunk or flush.
+                        let _ = self.rebuilt().await;
+                    }
+                }
+                ToWriter::Revoked(parts) => {
+                    if let Some(a) = self.aggregation.as_mut() {
+                        a.forget(&parts);
+                    }
+                    self.rebuild.retain(|(tp, _)| !parts.contains(tp));
+                    self.dead.idle_offsets.forget_partitions(&parts);
+                }
+                ToWriter::Discard { batch } => self.discard(batch).await,
+                ToWriter::Flush(job) => {
+                    let batch = job.batch;
+                    let result = self.on_flush(*job).await;
+                    let _ = outcomes.send(Outcome { batch, result });
+                }
+            }
+        }
+    }
+
+    async fn on_chunk(
+        &mut self,
+        batch: u64,
+        rows: &RecordBatch,
+        metadata: &TableMetadata,
+        routing: Option<&RowRouting>,
+    ) {
+        if self.failed.as_ref().is_some_and(|f| f.0 == batch) {
+            return;
+        }
+        let done = match self.rebuilt().await {
+            Ok(()) => self.chunk(batch, rows, metadata, routing).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = done {
+            self.failed = Some((batch, e));
+        }
+    }
+
+    async fn discard(&mut self, batch: u64) {
+        if let Some(a) = self.aggregation.as_mut() {
+            a.discard();
+        }
+        if let Some((b, w)) = self.current.take() {
+            if b == batch {
+                w.abort().await;
+            } else {
+                self.current = Some((b, w));
+            }
+        }
+    }
+
+    async fn on_flush(&mut self, job: FlushJob) -> std::result::Result<Flushed, FlushError> {
+        let failure = match self.failed.take() {
+            Some((b, e)) if b == job.batch => Some(e),
+            _ => self.rebuilt().await.err(),
+        };
+        let result = match failure {
+            Some(e) => {
+                self.abort_current().await;
+                Err(FlushError::Failed(e))
+            }
+            None => self.flush(job).await,
+        };
+        if result.is_err() {
+            self.dead.idle_offsets.forget();
+            if let Some(a) = self.aggregation.as_mut() {
+                a.discard();
+            }
+        }
+        result
+    }
+
+    /// Deletes the open batch's files.
+    pub(crate) async fn abort_current(&mut self) {
+        if let Some((_, w)) = self.current.take() {
+            w.abort().await;
+        }
+    }
+
+    /// A chunk of decoded rows: the raw table's share to Parquet, all of it to the aggregates.
+    pub(crate) async fn chunk(
+        &mut self,
+        batch: u64,
+        rows: &RecordBatch,
+        metadata: &TableMetadata,
+        routing: Option<&RowRouting>,
+    ) -> Result<()> {
+        let raw = match routing.and_then(|r| r.raw.as_ref()) {
+            None => None,
+            Some(mask) => Some(
+                arrow_select::filter::filter_record_batch(
+                    rows,
+                    &arrow_array::BooleanArray::from(mask.clone()),
+                )
+                .map_err(|e| Error::Internal(format!("routing rows to the raw table: {e}")))?,
+            ),
+        };
+        self.write(batch, raw.as_ref().unwrap_or(rows), metadata)
+            .await?;
+        if let (Some(a), Some(r)) = (self.aggregation.as_mut(), routing) {
+            a.add(rows, r).await?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the dedup state of the partitions still waiting for it (the aggregates would
+    /// count their events again without it). A failure fails the batch at hand; the next one
+    /// tries again.
+    async fn rebuilt(&mut self) -> Result<()> {
+        if self.rebuild.is_empty() {
+            return Ok(());
+        }
+        let Some(a) = self.aggregation.as_mut() else {
+            self.rebuild.clear();
+            return Ok(());
+        };
+        match a.rebuild(&self.committer, &self.table, &self.rebuild).await {
+            Ok(()) => {
+                self.rebuild.clear();
+                Ok(())
+            }
+            Err(e) => {
+                let f = Error::during("rebuilding the dedup state", e);
+                tracing::error!(table = %self.name, error = %f, class = f.retry().as_str(), "rebuilding the dedup state failed; nothing is committed until a later batch rebuilds it");
+                Err(f)
+            }
+        }
+    }
+
+    async fn write(
+        &mut self,
+        batch: u64,
+        rows: &RecordBatch,
+        metadata: &TableMetadata,
+    ) -> floe_lake::Result<()> {
+        if self.current.as_ref().is_some_and(|(b, _)| *b != batch) {
+            self.abort_current().await;
+        }
+        if self.current.is_none() {
+            self.current = Some((
+                batch,
+                DataWriter::new(self.committer.catalog().file_io(), metadata)?,
+            ));
+        }
+        let (_, w) = self.current.as_mut().expect("just set");
+        w.write(rows).await
+    }
+}
