@@ -146,6 +146,15 @@ def test_compose_file_is_valid_and_starts_in_order(config):
     assert "build" in floe and (ROOT / "Dockerfile").exists()
 
 
+def test_the_loader_service_is_given_its_pipeline(config):
+    """The image has no floe.toml and [[pipelines]] cannot come from FLOE__ variables:
+    `floe run` without --topic and --table would refuse to start ("nothing to load")."""
+    cmd = config["services"]["floe"]["command"]
+    assert cmd[0] == "run", cmd
+    assert cmd[cmd.index("--topic") + 1] == "events", cmd
+    assert cmd[cmd.index("--table") + 1] == "lake.events", cmd
+
+
 def test_trino_reads_the_catalog_and_warehouse_floe_writes(config):
     cfg = config
     env = cfg["services"]["floe"]["environment"]
