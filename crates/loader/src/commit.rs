@@ -7,15 +7,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
+use floe_lake::Committer;
 use floe_lake::OffsetRange;
 use floe_lake::commit::{CommitRequest, OffsetsUpdate};
 use floe_schema::dead_letter::DeadLetter;
+use iceberg::TableIdent;
 use iceberg::spec::{DataFile, TableMetadata};
 
+use crate::aggregates::Aggregation;
 use crate::aggregates::RowRouting;
+use crate::dead_letters::DeadLetterSinks;
 use crate::error::FlushError;
 use crate::telemetry::{self, Event};
-use crate::write::Writer;
 
 /// A batch to commit, as the pipeline hands it over.
 pub(crate) struct FlushJob {
@@ -52,44 +55,74 @@ const LAYOUT_EVERY: Duration = Duration::from_secs(60);
 
 type Flush<T> = std::result::Result<T, FlushError>;
 
-impl Writer {
-    /// Commits a batch: closes its files, commits the raw table, then the dead letters and
-    /// the aggregates.
-    pub(crate) async fn flush(&mut self, mut job: FlushJob) -> Flush<Flushed> {
-        if let Some(last) = job.last.take() {
-            let routing = job.last_routing.take();
-            if let Err(e) = self
-                .chunk(job.batch, &last, &job.metadata, routing.as_deref())
-                .await
-            {
-                self.abort_current().await;
-                return Err(FlushError::Failed(e));
-            }
+/// Where a pipeline's batches are committed: its table, its dead letters' sinks and its
+/// consumer group.
+pub(crate) struct BatchCommitter {
+    pub committer: Committer,
+    pub group: String,
+    pub table: TableIdent,
+    /// `table` as text, for logs and metrics.
+    pub name: String,
+    /// Where the dead letters go.
+    pub dead: DeadLetterSinks,
+    /// When the table's layout (files per partition) was last reported.
+    layout_reported: Option<Instant>,
+}
+
+impl BatchCommitter {
+    /// Commits the batches of the pipeline `cfg` into `table` for consumer group `group`.
+    pub fn new(
+        committer: Committer,
+        group: &str,
+        table: &TableIdent,
+        dead: DeadLetterSinks,
+    ) -> Self {
+        Self {
+            committer,
+            group: group.to_string(),
+            table: table.clone(),
+            name: table.to_string(),
+            dead,
+            layout_reported: None,
         }
-        let (files, agg_files) = self.close_files(job.batch).await?;
-        floe_lake::fail::point("after-data-files");
+    }
+
+    /// Commits a batch whose files are closed: the raw table's `files`, then the dead
+    /// letters and the aggregates' `agg_files`, side by side.
+    pub async fn commit(
+        &mut self,
+        job: &FlushJob,
+        files: Vec<DataFile>,
+        aggregation: Option<&mut Aggregation>,
+        agg_files: Vec<Vec<DataFile>>,
+    ) -> Flush<Flushed> {
         let flushed = Flushed {
             rows: files.iter().map(|f| f.record_count()).sum(),
             bytes: files.iter().map(|f| f.file_size_in_bytes()).sum(),
             files: files.len(),
             newest_event_us: newest_event_time(&job.metadata, &files),
             dead_letters: 0,
-            metadata: self.commit_raw(&job, files).await?,
+            metadata: self.commit_raw(job, files).await?,
         };
         floe_lake::fail::point("after-table-commit");
         self.report_layout(&flushed.metadata);
-        let dead_letters = self.dead.commit(&self.committer, &self.group, &job);
+        let (committer, group, name) = (&self.committer, &self.group, &self.name);
+        let dead_letters = self.dead.commit(
+            committer,
+            group,
+            &job.dead,
+            &job.dlq_ranges,
+            job.last_before_stop,
+        );
         let aggregates = async {
-            match self.aggregation.as_mut() {
-                Some(a) => {
-                    let rows = a
-                        .commit(&self.committer, &self.group, &job.agg_ranges, agg_files)
-                        .await?;
-                    tracing::debug!(table = %self.name, rows = ?rows, "aggregates committed");
-                    Ok(())
-                }
-                None => Ok::<_, FlushError>(()),
-            }
+            let Some(a) = aggregation else {
+                return Ok::<_, FlushError>(());
+            };
+            let rows = a
+                .commit(committer, group, &job.agg_ranges, agg_files)
+                .await?;
+            tracing::debug!(table = %name, rows = ?rows, "aggregates committed");
+            Ok(())
         };
         let (dead_letters, aggregated) = futures::future::join(dead_letters, aggregates).await;
         let (dead_letters, ()) = (dead_letters?, aggregated?);
@@ -98,30 +131,6 @@ impl Writer {
             dead_letters,
             ..flushed
         })
-    }
-
-    /// Closes the raw table's files while the aggregates' partial files close (each on its
-    /// own task).
-    async fn close_files(&mut self, batch: u64) -> Flush<(Vec<DataFile>, Vec<Vec<DataFile>>)> {
-        let current = self.current.take();
-        let raw_files = async {
-            match current {
-                Some((b, w)) if b == batch => w.close().await,
-                Some((_, w)) => {
-                    w.abort().await;
-                    Ok(Vec::new())
-                }
-                None => Ok(Vec::new()),
-            }
-        };
-        let agg_files = async {
-            match self.aggregation.as_mut() {
-                Some(a) => a.finish().await,
-                None => Ok(Vec::new()),
-            }
-        };
-        let (files, agg_files) = futures::future::join(raw_files, agg_files).await;
-        Ok((files?, agg_files?))
     }
 
     /// Commits the batch's rows with the offsets they came from; the table's metadata after.

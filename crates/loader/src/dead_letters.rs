@@ -8,18 +8,15 @@ use std::time::Duration;
 
 use floe_lake::commit::{CommitRequest, OffsetsUpdate};
 use floe_lake::loads::LoadUpdate;
-use floe_lake::{Committed, Committer, DataWriter, Retry};
+use floe_lake::{Committed, Committer, DataWriter, OffsetRange};
 use floe_schema::dead_letter::{DeadLetter, dead_letter_batch};
 use floe_schema::{DecodeError, RecordMeta};
 use iceberg::TableIdent;
 use iceberg::spec::TableMetadata;
-use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::types::RDKafkaErrorCode;
 
 use crate::batch::IdleOffsets;
-use crate::commit::FlushJob;
 use crate::error::FlushError;
 use crate::transform::Rejected;
 use crate::{Error, Result};
@@ -191,32 +188,36 @@ pub(crate) struct DeadLetterSinks {
 impl DeadLetterSinks {
     /// Commits a batch's dead letters: to the topic (at least once), then to the table
     /// (exactly once, with the offsets they cover); the number committed.
+    /// `ranges` are the offsets the batch read for the dead-letter table; with
+    /// `last_before_stop` every pending offset is recorded.
     pub async fn commit(
         &mut self,
         committer: &Committer,
         group: &str,
-        job: &FlushJob,
+        dead: &[DeadLetter],
+        ranges: &[OffsetRange],
+        last_before_stop: bool,
     ) -> std::result::Result<u64, FlushError> {
         let Some(dlq) = &self.table else {
             return Ok(0);
         };
-        let Some(ranges) =
-            self.idle_offsets
-                .take(&job.dlq_ranges, !job.dead.is_empty(), job.last_before_stop)
+        let Some(ranges) = self
+            .idle_offsets
+            .take(ranges, !dead.is_empty(), last_before_stop)
         else {
             return Ok(0);
         };
         if let (Some(topic), Some(producer)) = (&self.topic, &self.producer) {
-            produce(topic, producer, &job.dead).await?;
+            produce(topic, producer, dead).await?;
         }
         let (_, meta) = committer.catalog().load_metadata(dlq).await?;
         let offsets = OffsetsUpdate {
             group: group.to_string(),
             ranges,
         };
-        commit(committer, dlq, &meta, &job.dead, Some(offsets), None).await?;
+        commit(committer, dlq, &meta, dead, Some(offsets), None).await?;
         self.idle_offsets.recorded();
-        Ok(job.dead.len() as u64)
+        Ok(dead.len() as u64)
     }
 }
 
@@ -272,36 +273,6 @@ fn headers_of(d: &DeadLetter) -> OwnedHeaders {
             value: Some(value),
         })
     })
-}
-
-/// What retrying a refused send can do: a message the broker refuses for its size or for
-/// authorization is refused again; a broker unreachable, slow or electing a leader may heal;
-/// anything else is of unknown kind.
-pub(crate) fn produce_retry(e: &KafkaError) -> Retry {
-    use RDKafkaErrorCode as C;
-    match e.rdkafka_error_code() {
-        Some(
-            C::MessageSizeTooLarge
-            | C::InvalidMessageSize
-            | C::InvalidMessage
-            | C::TopicAuthorizationFailed
-            | C::ClusterAuthorizationFailed,
-        ) => Retry::Permanent,
-        Some(
-            C::MessageTimedOut
-            | C::RequestTimedOut
-            | C::BrokerTransportFailure
-            | C::AllBrokersDown
-            | C::QueueFull
-            | C::LeaderNotAvailable
-            | C::NotLeaderForPartition
-            | C::BrokerNotAvailable
-            | C::NetworkException
-            | C::NotEnoughReplicas
-            | C::NotEnoughReplicasAfterAppend,
-        ) => Retry::Transient,
-        _ => Retry::Unknown,
-    }
 }
 
 #[cfg(test)]
@@ -365,9 +336,5 @@ mod tests {
             "file:/a.jsonl line 4"
         );
         assert_eq!(describe_source("t", Some(1), Some(2)), "t[1]@2");
-        let dl = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
-        assert_eq!(produce_retry(&dl), Retry::Permanent);
-        let down = KafkaError::MessageProduction(RDKafkaErrorCode::AllBrokersDown);
-        assert_eq!(produce_retry(&down), Retry::Transient);
     }
 }

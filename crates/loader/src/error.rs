@@ -5,6 +5,7 @@
 
 use floe_lake::Retry;
 use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
 
 /// Errors of the loader.
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +115,7 @@ impl Error {
         match self {
             Error::Lake(e) => e.retry(),
             Error::Aggregate(e) if e.retryable() => Retry::Unknown,
-            Error::DeadLetterTopic { source, .. } => crate::dead_letters::produce_retry(source),
+            Error::DeadLetterTopic { source, .. } => produce_retry(source),
             Error::During { source, .. } => source.retry(),
             Error::Io { .. } => Retry::Transient,
             Error::Kafka { .. } | Error::Internal(_) => Retry::Unknown,
@@ -125,6 +126,36 @@ impl Error {
             | Error::Transform(_)
             | Error::Stopped { .. } => Retry::Permanent,
         }
+    }
+}
+
+/// What retrying a refused send can do: a message the broker refuses for its size or for
+/// authorization is refused again; a broker unreachable, slow or electing a leader may heal;
+/// anything else is of unknown kind.
+fn produce_retry(e: &KafkaError) -> Retry {
+    use RDKafkaErrorCode as C;
+    match e.rdkafka_error_code() {
+        Some(
+            C::MessageSizeTooLarge
+            | C::InvalidMessageSize
+            | C::InvalidMessage
+            | C::TopicAuthorizationFailed
+            | C::ClusterAuthorizationFailed,
+        ) => Retry::Permanent,
+        Some(
+            C::MessageTimedOut
+            | C::RequestTimedOut
+            | C::BrokerTransportFailure
+            | C::AllBrokersDown
+            | C::QueueFull
+            | C::LeaderNotAvailable
+            | C::NotLeaderForPartition
+            | C::BrokerNotAvailable
+            | C::NetworkException
+            | C::NotEnoughReplicas
+            | C::NotEnoughReplicasAfterAppend,
+        ) => Retry::Transient,
+        _ => Retry::Unknown,
     }
 }
 
@@ -166,8 +197,6 @@ impl From<floe_aggregate::Error> for FlushError {
 
 #[cfg(test)]
 mod tests {
-    use rdkafka::types::RDKafkaErrorCode;
-
     use super::*;
 
     #[test]

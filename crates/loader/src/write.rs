@@ -4,17 +4,16 @@
 //! back. One batch at a time; a failed chunk fails its batch.
 
 use std::sync::{Arc, mpsc};
-use std::time::Instant;
 
 use arrow_array::RecordBatch;
 use floe_lake::{Committer, DataWriter};
 use iceberg::TableIdent;
-use iceberg::spec::TableMetadata;
+use iceberg::spec::{DataFile, TableMetadata};
 use rdkafka::producer::FutureProducer;
 
 use crate::aggregates::{Aggregation, RowRouting};
 use crate::batch::{IdleOffsets, Tp};
-use crate::commit::{FlushJob, Flushed};
+use crate::commit::{BatchCommitter, FlushJob, Flushed};
 use crate::config::PipelineConfig;
 use crate::dead_letters::DeadLetterSinks;
 use crate::error::FlushError;
@@ -47,21 +46,15 @@ pub(crate) struct Outcome {
 
 /// The writer task of one pipeline: encodes chunks, commits on flush.
 pub(crate) struct Writer {
-    pub(crate) aggregation: Option<Aggregation>,
-    pub(crate) committer: Committer,
-    pub(crate) group: String,
-    pub(crate) table: TableIdent,
-    pub(crate) name: String,
-    /// Where the dead letters go.
-    pub(crate) dead: DeadLetterSinks,
-    /// When the table's layout (files per partition) was last reported.
-    pub(crate) layout_reported: Option<Instant>,
+    aggregation: Option<Aggregation>,
+    /// Where the batches are committed.
+    batches: BatchCommitter,
     /// Partitions whose dedup state is still to be rebuilt (with the offset below which their
     /// events are aggregated): a rebuild failed, and is tried again before the state is
     /// next used.
     rebuild: Vec<(Tp, Option<i64>)>,
     /// The open batch's files.
-    pub(crate) current: Option<(u64, DataWriter)>,
+    current: Option<(u64, DataWriter)>,
     /// A batch whose chunk failed: its later chunks are dropped, its flush fails.
     failed: Option<(u64, Error)>,
 }
@@ -77,19 +70,15 @@ impl Writer {
         producer: Option<FutureProducer>,
         aggregation: Option<Aggregation>,
     ) -> Self {
+        let dead = DeadLetterSinks {
+            table: dlq,
+            topic: cfg.dead_letter_topic(),
+            producer,
+            idle_offsets: IdleOffsets::new(cfg.flush.idle_offsets_interval),
+        };
         Self {
             aggregation,
-            committer,
-            group: group.to_string(),
-            table: table.clone(),
-            name: table.to_string(),
-            dead: DeadLetterSinks {
-                table: dlq,
-                topic: cfg.dead_letter_topic(),
-                producer,
-                idle_offsets: IdleOffsets::new(cfg.flush.idle_offsets_interval),
-            },
-            layout_reported: None,
+            batches: BatchCommitter::new(committer, group, table, dead),
             rebuild: Vec::new(),
             current: None,
             failed: None,
@@ -127,7 +116,7 @@ impl Writer {
                         a.forget(&parts);
                     }
                     self.rebuild.retain(|(tp, _)| !parts.contains(tp));
-                    self.dead.idle_offsets.forget_partitions(&parts);
+                    self.batches.dead.idle_offsets.forget_partitions(&parts);
                 }
                 ToWriter::Discard { batch } => self.discard(batch).await,
                 ToWriter::Flush(job) => {
@@ -184,7 +173,7 @@ impl Writer {
             None => self.flush(job).await,
         };
         if result.is_err() {
-            self.dead.idle_offsets.forget();
+            self.batches.dead.idle_offsets.forget();
             if let Some(a) = self.aggregation.as_mut() {
                 a.discard();
             }
@@ -193,14 +182,14 @@ impl Writer {
     }
 
     /// Deletes the open batch's files.
-    pub(crate) async fn abort_current(&mut self) {
+    async fn abort_current(&mut self) {
         if let Some((_, w)) = self.current.take() {
             w.abort().await;
         }
     }
 
     /// A chunk of decoded rows: the raw table's share to Parquet, all of it to the aggregates.
-    pub(crate) async fn chunk(
+    async fn chunk(
         &mut self,
         batch: u64,
         rows: &RecordBatch,
@@ -236,14 +225,17 @@ impl Writer {
             self.rebuild.clear();
             return Ok(());
         };
-        match a.rebuild(&self.committer, &self.table, &self.rebuild).await {
+        match a
+            .rebuild(&self.batches.committer, &self.batches.table, &self.rebuild)
+            .await
+        {
             Ok(()) => {
                 self.rebuild.clear();
                 Ok(())
             }
             Err(e) => {
                 let f = Error::during("rebuilding the dedup state", e);
-                tracing::error!(table = %self.name, error = %f, class = f.retry().as_str(), "rebuilding the dedup state failed; nothing is committed until a later batch rebuilds it");
+                tracing::error!(table = %self.batches.name, error = %f, class = f.retry().as_str(), "rebuilding the dedup state failed; nothing is committed until a later batch rebuilds it");
                 Err(f)
             }
         }
@@ -261,10 +253,57 @@ impl Writer {
         if self.current.is_none() {
             self.current = Some((
                 batch,
-                DataWriter::new(self.committer.catalog().file_io(), metadata)?,
+                DataWriter::new(self.batches.committer.catalog().file_io(), metadata)?,
             ));
         }
         let (_, w) = self.current.as_mut().expect("just set");
         w.write(rows).await
+    }
+
+    /// Commits a batch: its last chunk written, its files closed, then committed
+    /// ([`BatchCommitter::commit`]).
+    async fn flush(&mut self, mut job: FlushJob) -> std::result::Result<Flushed, FlushError> {
+        if let Some(last) = job.last.take() {
+            let routing = job.last_routing.take();
+            if let Err(e) = self
+                .chunk(job.batch, &last, &job.metadata, routing.as_deref())
+                .await
+            {
+                self.abort_current().await;
+                return Err(FlushError::Failed(e));
+            }
+        }
+        let (files, agg_files) = self.close_files(job.batch).await?;
+        floe_lake::fail::point("after-data-files");
+        self.batches
+            .commit(&job, files, self.aggregation.as_mut(), agg_files)
+            .await
+    }
+
+    /// Closes the raw table's files while the aggregates' partial files close (each on its
+    /// own task).
+    async fn close_files(
+        &mut self,
+        batch: u64,
+    ) -> std::result::Result<(Vec<DataFile>, Vec<Vec<DataFile>>), FlushError> {
+        let current = self.current.take();
+        let raw_files = async {
+            match current {
+                Some((b, w)) if b == batch => w.close().await,
+                Some((_, w)) => {
+                    w.abort().await;
+                    Ok(Vec::new())
+                }
+                None => Ok(Vec::new()),
+            }
+        };
+        let agg_files = async {
+            match self.aggregation.as_mut() {
+                Some(a) => a.finish().await,
+                None => Ok(Vec::new()),
+            }
+        };
+        let (files, agg_files) = futures::future::join(raw_files, agg_files).await;
+        Ok((files?, agg_files?))
     }
 }
