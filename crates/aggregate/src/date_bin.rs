@@ -306,11 +306,10 @@ mod tests {
         }
     }
 
-    /// Every case through both functions: the same values, nulls, type and errors.
-    #[test]
-    fn bins_as_datafusion_does() {
-        let mut rng = Lcg(7);
-        let strides = [
+    /// Strides of every kind: fixed (hours, minutes, days, with nanoseconds, below a
+    /// millisecond), months, zero, negative, and day-time intervals.
+    fn strides() -> [ScalarValue; 11] {
+        [
             ScalarValue::IntervalMonthDayNano(Some(IntervalMonthDayNano::new(
                 0,
                 0,
@@ -332,14 +331,128 @@ mod tests {
                 0, 3_600_000,
             ))),
             ScalarValue::IntervalDayTime(Some(arrow_array::types::IntervalDayTime::new(2, 30))),
+        ]
+    }
+
+    /// Origins (nanoseconds): none, the epoch, and ones off whole seconds and milliseconds.
+    const ORIGINS: [Option<i64>; 5] = [
+        None,
+        Some(0),
+        Some(978_307_500_000_000_000),
+        Some(-1_234_567_890_123),
+        Some(7),
+    ];
+
+    /// Some 2,000 values within `span` around the epoch, then the epoch and the span's edges.
+    fn sample_values(rng: &mut Lcg, span: i64) -> Vec<Option<i64>> {
+        let anywhere =
+            |rng: &mut Lcg| ((i128::from(rng.next()) * i128::from(span)) >> 53) as i64 - span / 2;
+        // Runs in time order (as a partition's events), jumps, negatives, nulls.
+        let mut values = Vec::new();
+        let mut t = anywhere(rng);
+        for _ in 0..2_000 {
+            match rng.next() % 20 {
+                0 => values.push(None),
+                1 => t = anywhere(rng),
+                _ => t = t.saturating_add((rng.next() % 1_000_000) as i64),
+            }
+            values.push(Some(t));
+        }
+        values.extend([Some(0), Some(-1), Some(1), Some(span / 2), Some(-span / 2)]);
+        values
+    }
+
+    /// One array of sample values, as the cases bin it.
+    struct Sample<'a> {
+        unit: TimeUnit,
+        tz: Option<&'a str>,
+        /// The values as timestamps.
+        array: &'a ArrayRef,
+        /// The same values as numbers.
+        plain: &'a [Option<i64>],
+        /// Whether DataFusion reaches every value (else only the fast path bins them).
+        near: bool,
+    }
+
+    /// Bins `sample` by `stride` from `origin` through both functions: near, the same values,
+    /// nulls, type and errors; beyond, see [`check_beyond`]. Whether the fast path took it.
+    fn check_case(
+        ours: &DateBin,
+        theirs: &DateBinFunc,
+        sample: &Sample<'_>,
+        stride: &ScalarValue,
+        origin: Option<i64>,
+    ) -> bool {
+        let (unit, tz) = (sample.unit, sample.tz);
+        let mut args = vec![
+            ColumnarValue::Scalar(stride.clone()),
+            ColumnarValue::Array(sample.array.clone()),
         ];
-        let origins = [
-            None,
-            Some(0),
-            Some(978_307_500_000_000_000),
-            Some(-1_234_567_890_123),
-            Some(7),
-        ];
+        if let Some(o) = origin {
+            args.push(ColumnarValue::Scalar(ScalarValue::TimestampNanosecond(
+                Some(o),
+                Some("+00:00".into()),
+            )));
+        }
+        let n = sample.array.len();
+        let case = format!("{unit:?} {tz:?} {stride:?} origin {origin:?}");
+        let fast_taken = matches!(fast(&args), Ok(Some(_)));
+        let a = call(ours, args.clone(), n);
+        if sample.near {
+            match (a, call(theirs, args, n)) {
+                (Ok(a), Ok(b)) => assert_eq!(a.as_ref(), b.as_ref(), "{case}"),
+                (Err(a), Err(b)) => {
+                    assert_eq!(a.to_string(), b.to_string(), "{case}")
+                }
+                (a, b) => panic!("{case}: {a:?} vs {b:?}"),
+            }
+        } else {
+            check_beyond(a, sample.plain, stride, origin, nanos_per(unit), &case);
+        }
+        fast_taken
+    }
+
+    /// Beyond DataFusion's reach: a fixed stride and origin in whole units are binned (checked
+    /// against the arithmetic in i128), anything else is an error naming the range.
+    fn check_beyond(
+        a: Result<ArrayRef>,
+        plain: &[Option<i64>],
+        stride: &ScalarValue,
+        origin: Option<i64>,
+        scale: i64,
+        case: &str,
+    ) {
+        let stride_ns = stride_nanos(&ColumnarValue::Scalar(stride.clone()));
+        let origin_ns = i128::from(origin.unwrap_or(0));
+        let scale = i128::from(scale);
+        match stride_ns {
+            Some(st) if st % scale == 0 && origin_ns % scale == 0 => {
+                let (st, o) = (st / scale, origin_ns / scale);
+                let got = a.unwrap_or_else(|e| panic!("{case}: {e}"));
+                let got = arrow::compute::cast(&got, &DataType::Int64).unwrap();
+                let got = got.as_primitive::<arrow_array::types::Int64Type>();
+                for (i, v) in plain.iter().enumerate() {
+                    match v {
+                        None => assert!(got.is_null(i), "{case}"),
+                        Some(v) => {
+                            let want = o + (i128::from(*v) - o).div_euclid(st) * st;
+                            assert_eq!(i128::from(got.value(i)), want, "{case}: {v}");
+                        }
+                    }
+                }
+            }
+            _ => {
+                let e = a.expect_err(case).to_string();
+                assert!(e.contains("outside the years 1677-2262"), "{case}: {e}");
+            }
+        }
+    }
+
+    /// Every case through both functions: the same values, nulls, type and errors.
+    #[test]
+    fn bins_as_datafusion_does() {
+        let mut rng = Lcg(7);
+        let strides = strides();
         let units = [
             TimeUnit::Second,
             TimeUnit::Millisecond,
@@ -360,84 +473,20 @@ mod tests {
                     continue;
                 }
                 for tz in [None, Some("+00:00"), Some("Europe/Berlin")] {
-                    let anywhere = |rng: &mut Lcg| {
-                        ((i128::from(rng.next()) * i128::from(span)) >> 53) as i64 - span / 2
-                    };
-                    // Runs in time order (as a partition's events), jumps, negatives, nulls.
-                    let mut values = Vec::new();
-                    let mut t = anywhere(&mut rng);
-                    for _ in 0..2_000 {
-                        match rng.next() % 20 {
-                            0 => values.push(None),
-                            1 => t = anywhere(&mut rng),
-                            _ => t = t.saturating_add((rng.next() % 1_000_000) as i64),
-                        }
-                        values.push(Some(t));
-                    }
-                    values.extend([Some(0), Some(-1), Some(1), Some(span / 2), Some(-span / 2)]);
+                    let values = sample_values(&mut rng, span);
                     let plain = values.clone();
                     let array = timestamps(unit, tz, values);
+                    let sample = Sample {
+                        unit,
+                        tz,
+                        array: &array,
+                        plain: &plain,
+                        near: is_near,
+                    };
                     for stride in &strides {
-                        for origin in origins {
-                            let mut args = vec![
-                                ColumnarValue::Scalar(stride.clone()),
-                                ColumnarValue::Array(array.clone()),
-                            ];
-                            if let Some(o) = origin {
-                                args.push(ColumnarValue::Scalar(ScalarValue::TimestampNanosecond(
-                                    Some(o),
-                                    Some("+00:00".into()),
-                                )));
-                            }
-                            let n = array.len();
-                            let case = format!("{unit:?} {tz:?} {stride:?} origin {origin:?}");
-                            fast_cases += usize::from(matches!(fast(&args), Ok(Some(_))));
-                            let a = call(&ours, args.clone(), n);
-                            if is_near {
-                                match (a, call(&theirs, args, n)) {
-                                    (Ok(a), Ok(b)) => assert_eq!(a.as_ref(), b.as_ref(), "{case}"),
-                                    (Err(a), Err(b)) => {
-                                        assert_eq!(a.to_string(), b.to_string(), "{case}")
-                                    }
-                                    (a, b) => panic!("{case}: {a:?} vs {b:?}"),
-                                }
-                                continue;
-                            }
-                            // Beyond DataFusion's reach: a fixed stride and origin in whole
-                            // units are binned (checked against the arithmetic in i128),
-                            // anything else is an error naming the range.
-                            let stride_ns = stride_nanos(&ColumnarValue::Scalar(stride.clone()));
-                            let origin_ns = i128::from(origin.unwrap_or(0));
-                            let scale = i128::from(scale);
-                            match stride_ns {
-                                Some(st) if st % scale == 0 && origin_ns % scale == 0 => {
-                                    let (st, o) = (st / scale, origin_ns / scale);
-                                    let got = a.unwrap_or_else(|e| panic!("{case}: {e}"));
-                                    let got = arrow::compute::cast(&got, &DataType::Int64).unwrap();
-                                    let got = got.as_primitive::<arrow_array::types::Int64Type>();
-                                    for (i, v) in plain.iter().enumerate() {
-                                        match v {
-                                            None => assert!(got.is_null(i), "{case}"),
-                                            Some(v) => {
-                                                let want =
-                                                    o + (i128::from(*v) - o).div_euclid(st) * st;
-                                                assert_eq!(
-                                                    i128::from(got.value(i)),
-                                                    want,
-                                                    "{case}: {v}"
-                                                );
-                                            }
-                                        }
-                                    }
-                                }
-                                _ => {
-                                    let e = a.expect_err(&case).to_string();
-                                    assert!(
-                                        e.contains("outside the years 1677-2262"),
-                                        "{case}: {e}"
-                                    );
-                                }
-                            }
+                        for origin in ORIGINS {
+                            let fast = check_case(&ours, &theirs, &sample, stride, origin);
+                            fast_cases += usize::from(fast);
                         }
                     }
                 }

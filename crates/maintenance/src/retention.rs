@@ -21,9 +21,10 @@ use arrow_array::{TimestampMicrosecondArray, TimestampNanosecondArray};
 use arrow_schema::DataType;
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 use floe_lake::commit::{Change, CommitRequest};
-use floe_lake::scan::{FileReader, live_data_files, live_delete_files};
+use floe_lake::scan::{FileReader, LiveFile, live_data_files, live_delete_files};
 use floe_lake::{Committer, DataWriter, parse_table_ident};
 use futures::TryStreamExt;
+use iceberg::io::FileIO;
 use iceberg::spec::{
     DataFile, Literal, PrimitiveLiteral, PrimitiveType, TableMetadata, Transform, Type,
 };
@@ -114,6 +115,8 @@ impl Retention {
         }
     }
 
+    /// One run on the table's current state: removes or rewrites the files holding old rows
+    /// in one snapshot (or, dry, only counts).
     async fn attempt(&self, committer: &Committer) -> Result<RetentionReport> {
         let catalog = committer.catalog();
         let ident = parse_table_ident(&self.table)?;
@@ -132,20 +135,7 @@ impl Retention {
         };
         report.bytes_after = report.bytes_before;
         let cutoff_us = self.cutoff.timestamp_micros();
-        let mut deleted: Vec<DataFile> = Vec::new();
-        let mut rewrite: Vec<DataFile> = Vec::new();
-        for f in live {
-            let verdict = if f.partition_spec_id == metadata.default_partition_spec_id() {
-                verdict(&f.data_file, &part, cutoff_us)
-            } else {
-                bounds_verdict(&f.data_file, &part, cutoff_us)
-            };
-            match verdict {
-                Verdict::Keep => {}
-                Verdict::Delete => deleted.push(f.data_file),
-                Verdict::Rewrite => rewrite.push(f.data_file),
-            }
-        }
+        let (deleted, rewrite) = sort_files(live, metadata, &part, cutoff_us);
         report.files_deleted = deleted.len();
         report.files_rewritten = rewrite.len();
         report.rows_deleted = deleted.iter().map(|f| f.record_count()).sum();
@@ -160,13 +150,7 @@ impl Retention {
         if self.dry_run {
             // Counting the rows a rewrite would drop needs the data: read, don't write.
             let reader = FileReader::new(&table).await?;
-            for f in &rewrite {
-                let mut stream = reader.read(f.file_path())?;
-                while let Some(b) = stream.try_next().await.map_err(floe_lake::Error::from)? {
-                    let keep = keep_mask(&b, &part.column, cutoff_us)?;
-                    report.rows_deleted += (b.num_rows() - keep.true_count()) as u64;
-                }
-            }
+            report.rows_deleted += rows_before(&reader, &rewrite, &part.column, cutoff_us).await?;
             return Ok(report);
         }
 
@@ -175,33 +159,11 @@ impl Retention {
             .map(|s| s.sequence_number())
             .unwrap_or(0);
         let reader = FileReader::new(&table).await?;
-        let applied: std::collections::BTreeSet<String> = deleted
-            .iter()
-            .chain(&rewrite)
-            .flat_map(|f| reader.deletes_of(f.file_path()))
-            .collect();
-        let delete_files: Vec<DataFile> = live_delete_files(catalog.file_io(), metadata)
-            .await?
-            .into_iter()
-            .map(|f| f.data_file)
-            .filter(|f| applied.contains(f.file_path()))
-            .collect();
+        let delete_files =
+            applied_deletes(catalog.file_io(), metadata, &reader, &deleted, &rewrite).await?;
         let mut writer = DataWriter::with_schema(catalog.file_io(), metadata, reader.schema())?;
-        let rewritten: Result<u64> = async {
-            let mut dropped = 0u64;
-            for f in &rewrite {
-                let mut stream = reader.read(f.file_path())?;
-                while let Some(b) = stream.try_next().await.map_err(floe_lake::Error::from)? {
-                    let keep = keep_mask(&b, &part.column, cutoff_us)?;
-                    dropped += (b.num_rows() - keep.true_count()) as u64;
-                    let kept = arrow_select::filter::filter_record_batch(&b, &keep)?;
-                    writer.write(&kept).await?;
-                }
-            }
-            Ok(dropped)
-        }
-        .await;
-        let dropped = match rewritten {
+        let rewritten = write_kept_rows(&mut writer, &reader, &rewrite, &part.column, cutoff_us);
+        let dropped = match rewritten.await {
             Ok(d) => d,
             Err(e) => {
                 writer.abort().await;
@@ -230,6 +192,92 @@ impl Retention {
         tracing::info!(table = %self.table, cutoff = %self.cutoff, files_deleted = report.files_deleted, files_rewritten = report.files_rewritten, rows_deleted = report.rows_deleted, "retention applied");
         Ok(report)
     }
+}
+
+/// Sorts the live data files by verdict: those removed whole, and those rewritten.
+fn sort_files(
+    live: Vec<LiveFile>,
+    metadata: &TableMetadata,
+    part: &TimePartition,
+    cutoff_us: i64,
+) -> (Vec<DataFile>, Vec<DataFile>) {
+    let mut deleted: Vec<DataFile> = Vec::new();
+    let mut rewrite: Vec<DataFile> = Vec::new();
+    for f in live {
+        let verdict = if f.partition_spec_id == metadata.default_partition_spec_id() {
+            verdict(&f.data_file, part, cutoff_us)
+        } else {
+            bounds_verdict(&f.data_file, part, cutoff_us)
+        };
+        match verdict {
+            Verdict::Keep => {}
+            Verdict::Delete => deleted.push(f.data_file),
+            Verdict::Rewrite => rewrite.push(f.data_file),
+        }
+    }
+    (deleted, rewrite)
+}
+
+/// The rows of the `rewrite` files older than the cutoff (what their rewrite drops).
+async fn rows_before(
+    reader: &FileReader,
+    rewrite: &[DataFile],
+    column: &str,
+    cutoff_us: i64,
+) -> Result<u64> {
+    let mut rows = 0u64;
+    for f in rewrite {
+        let mut stream = reader.read(f.file_path())?;
+        while let Some(b) = stream.try_next().await.map_err(floe_lake::Error::from)? {
+            let keep = keep_mask(&b, column, cutoff_us)?;
+            rows += (b.num_rows() - keep.true_count()) as u64;
+        }
+    }
+    Ok(rows)
+}
+
+/// The live delete files that apply to the `deleted` or `rewrite` files: they leave the table
+/// with them.
+async fn applied_deletes(
+    file_io: &FileIO,
+    metadata: &TableMetadata,
+    reader: &FileReader,
+    deleted: &[DataFile],
+    rewrite: &[DataFile],
+) -> Result<Vec<DataFile>> {
+    let applied: std::collections::BTreeSet<String> = deleted
+        .iter()
+        .chain(rewrite)
+        .flat_map(|f| reader.deletes_of(f.file_path()))
+        .collect();
+    Ok(live_delete_files(file_io, metadata)
+        .await?
+        .into_iter()
+        .map(|f| f.data_file)
+        .filter(|f| applied.contains(f.file_path()))
+        .collect())
+}
+
+/// Writes the rows of the `rewrite` files at or after the cutoff (or NULL) to `writer`; the
+/// rows dropped. On error the caller aborts the writer.
+async fn write_kept_rows(
+    writer: &mut DataWriter,
+    reader: &FileReader,
+    rewrite: &[DataFile],
+    column: &str,
+    cutoff_us: i64,
+) -> Result<u64> {
+    let mut dropped = 0u64;
+    for f in rewrite {
+        let mut stream = reader.read(f.file_path())?;
+        while let Some(b) = stream.try_next().await.map_err(floe_lake::Error::from)? {
+            let keep = keep_mask(&b, column, cutoff_us)?;
+            dropped += (b.num_rows() - keep.true_count()) as u64;
+            let kept = arrow_select::filter::filter_record_batch(&b, &keep)?;
+            writer.write(&kept).await?;
+        }
+    }
+    Ok(dropped)
 }
 
 /// The default spec's time partition field.

@@ -282,16 +282,7 @@ impl Transform {
             return Ok(None);
         }
         mapping.check_decoding(schema)?;
-        let output = iceberg::arrow::schema_to_arrow_schema(schema).map_err(|e| MappingError {
-            setting: mapping
-                .entries()
-                .into_iter()
-                .map(|(s, _)| s)
-                .next()
-                .unwrap_or(Setting::Unnest),
-            message: format!("the table schema has no Arrow form: {e}"),
-        })?;
-        let output = Arc::new(output);
+        let output = Arc::new(arrow_output(schema, mapping)?);
         // The decoder's schema: computed columns may be NULL until computed.
         let decoded: Vec<Field> = mapping
             .decoded_schema(&output)
@@ -299,91 +290,12 @@ impl Transform {
             .iter()
             .map(|f| f.as_ref().clone())
             .collect();
-        let exprs: Vec<(Setting, &str)> = mapping
-            .computed
-            .iter()
-            .map(|(c, e)| (Setting::Computed(c.clone()), e.as_str()))
-            .chain(
-                mapping
-                    .rules
-                    .iter()
-                    .map(|(r, e)| (Setting::Rule(r.clone()), e.as_str())),
-            )
-            .collect();
         let state = SessionContext::new().state();
-        // First pass against every metadata column: which ones do the expressions read?
-        let available: Vec<Meta> = Meta::ALL
-            .into_iter()
-            .filter(|m| output.field_with_name(m.name()).is_err())
-            .collect();
-        let all = input_schema(&decoded, &available);
-        let mut read = BTreeSet::new();
-        let mut time_dependent = false;
-        for (setting, sql) in &exprs {
-            let expr = parse(&state, sql, &all, setting)?;
-            read.extend(expr.column_refs().into_iter().map(|c| c.name.clone()));
-            time_dependent |= expr
-                .exists(|e| {
-                    Ok(matches!(e, Expr::ScalarFunction(f)
-                        if CLOCK_FUNCTIONS.contains(&f.name())))
-                })
-                .unwrap_or(true);
-        }
-        let metas: Vec<Meta> = available
-            .into_iter()
-            .filter(|m| read.contains(m.name()))
-            .collect();
+        let (metas, time_dependent) = metas_read(&state, mapping, &output, &decoded)?;
         let input = input_schema(&decoded, &metas);
         let simplifier = simplifier(&input);
-        let mut computed = Vec::new();
-        for (c, sql) in &mapping.computed {
-            let setting = Setting::Computed(c.clone());
-            let (column, field) = output.column_with_name(c).expect("check_decoding found it");
-            let (expr, found) = typed(&state, &simplifier, sql, &input, &setting)?;
-            let target = field.data_type();
-            if found != *target && !datafusion::arrow::compute::can_cast_types(&found, target) {
-                return Err(MappingError {
-                    setting,
-                    message: format!(
-                        "{sql} yields {found}, which does not convert to column {c}'s type {target}"
-                    ),
-                });
-            }
-            let expr = if found == *target {
-                expr
-            } else {
-                expr.cast_to(target, input.as_ref())
-                    .map_err(|e| MappingError {
-                        setting: setting.clone(),
-                        message: format!("{sql}: {e}"),
-                    })?
-            };
-            computed.push(Computed {
-                setting,
-                column,
-                required: !field.is_nullable(),
-                expr,
-            });
-        }
-        let mut rules = Vec::new();
-        for (name, sql) in &mapping.rules {
-            let setting = Setting::Rule(name.clone());
-            let (expr, found) = typed(&state, &simplifier, sql, &input, &setting)?;
-            if !matches!(found, DataType::Boolean | DataType::Null) {
-                return Err(MappingError {
-                    setting,
-                    message: format!(
-                        "{sql} yields {found}; a rule must be a boolean expression (e.g. value >= 0)"
-                    ),
-                });
-            }
-            rules.push(Rule {
-                setting,
-                name: name.clone(),
-                sql: sql.to_string(),
-                expr,
-            });
-        }
+        let computed = plan_computed(&state, &simplifier, mapping, &output, &input)?;
+        let rules = plan_rules(&state, &simplifier, mapping, &input)?;
         let mut t = Self {
             output,
             input,
@@ -436,6 +348,29 @@ impl Transform {
     /// Computes the columns and checks the rules on `batch` (the decoder's output) with the
     /// metadata pushed to `meta` for its rows (which is emptied).
     pub fn apply(&self, batch: RecordBatch, meta: &mut MetaRows) -> Result<Applied, String> {
+        let input = self.input_batch(batch, meta)?;
+        let planned = if self.time_dependent {
+            self.plan().map_err(|e| e.to_string())?
+        } else {
+            self.planned.clone()
+        };
+        let mut failures = Failures::new();
+        let mut counts = Vec::new();
+        let input = self.compute(&planned, input, &mut failures, &mut counts)?;
+        self.check_rules(&planned, &input, &mut failures, &mut counts)?;
+        let rejected = rejections(failures);
+        let (rows, kept) = self.stored_rows(&input, &rejected)?;
+        Ok(Applied {
+            rows,
+            kept,
+            rejected,
+            counts,
+        })
+    }
+
+    /// The expressions' input: `batch`'s columns, then the metadata columns from `meta`
+    /// (which must hold a row per decoded row).
+    fn input_batch(&self, batch: RecordBatch, meta: &mut MetaRows) -> Result<RecordBatch, String> {
         let n = batch.num_rows();
         let mut columns = batch.columns().to_vec();
         let metas = meta.finish();
@@ -447,18 +382,23 @@ impl Transform {
         }
         columns.extend(metas);
         let input_schema = self.input.inner().clone();
-        let mut input = RecordBatch::try_new(input_schema.clone(), columns)
-            .map_err(|e| format!("transform input: {e}"))?;
-        let planned = if self.time_dependent {
-            self.plan().map_err(|e| e.to_string())?
-        } else {
-            self.planned.clone()
-        };
-        let mut failures: BTreeMap<usize, Vec<(&'static str, String, String)>> = BTreeMap::new();
-        let mut counts = Vec::new();
+        RecordBatch::try_new(input_schema, columns).map_err(|e| format!("transform input: {e}"))
+    }
+
+    /// `input` with the computed columns replaced by their values; the rows an expression
+    /// failed on (or left NULL in a required column) go to `failures`, and each computed
+    /// column's counts to `counts`.
+    fn compute(
+        &self,
+        planned: &[Arc<dyn PhysicalExpr>],
+        input: RecordBatch,
+        failures: &mut Failures,
+        counts: &mut Vec<(Setting, u64, u64)>,
+    ) -> Result<RecordBatch, String> {
+        let n = input.num_rows();
         // Computed columns: every expression over the decoded row.
         let mut replaced: Vec<(usize, ArrayRef)> = Vec::new();
-        for (c, phys) in self.computed.iter().zip(&planned) {
+        for (c, phys) in self.computed.iter().zip(planned) {
             let (values, errors) = evaluate(phys, &input)?;
             let mut failed = 0u64;
             for (row, e) in errors {
@@ -488,17 +428,30 @@ impl Transform {
             counts.push((c.setting.clone(), n as u64 - failed, failed));
             replaced.push((c.column, values));
         }
-        if !replaced.is_empty() {
-            let mut columns = input.columns().to_vec();
-            for (i, values) in replaced {
-                columns[i] = values;
-            }
-            input = RecordBatch::try_new(input_schema, columns)
-                .map_err(|e| format!("transform: computed columns: {e}"))?;
+        if replaced.is_empty() {
+            return Ok(input);
         }
+        let mut columns = input.columns().to_vec();
+        for (i, values) in replaced {
+            columns[i] = values;
+        }
+        RecordBatch::try_new(self.input.inner().clone(), columns)
+            .map_err(|e| format!("transform: computed columns: {e}"))
+    }
+
+    /// Checks every rule on `input`: the rows a rule is not true for go to `failures`, and each
+    /// rule's counts to `counts`.
+    fn check_rules(
+        &self,
+        planned: &[Arc<dyn PhysicalExpr>],
+        input: &RecordBatch,
+        failures: &mut Failures,
+        counts: &mut Vec<(Setting, u64, u64)>,
+    ) -> Result<(), String> {
+        let n = input.num_rows();
         // Rules: over the row as it will be stored.
         for (r, phys) in self.rules.iter().zip(&planned[self.computed.len()..]) {
-            let (values, errors) = evaluate(phys, &input)?;
+            let (values, errors) = evaluate(phys, input)?;
             let errors: BTreeMap<usize, String> = errors.into_iter().collect();
             let mut failed = 0u64;
             let verdicts = values.as_boolean_opt();
@@ -521,19 +474,17 @@ impl Transform {
             }
             counts.push((r.setting.clone(), n as u64 - failed, failed));
         }
-        let rejected: Vec<Rejection> = failures
-            .into_iter()
-            .map(|(row, f)| Rejection {
-                row,
-                kind: f[0].0,
-                field: f[0].1.clone(),
-                message: f
-                    .iter()
-                    .map(|(_, _, m)| m.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            })
-            .collect();
+        Ok(())
+    }
+
+    /// The rows to store, in the table's Arrow schema, without the `rejected` ones; with which
+    /// input rows they are (`None` when all).
+    fn stored_rows(
+        &self,
+        input: &RecordBatch,
+        rejected: &[Rejection],
+    ) -> Result<(RecordBatch, Option<BooleanArray>), String> {
+        let n = input.num_rows();
         let stored = input
             .project(&(0..self.output.fields().len()).collect::<Vec<_>>())
             .map_err(|e| format!("transform: {e}"))?;
@@ -541,7 +492,7 @@ impl Transform {
             (stored, None)
         } else {
             let mut keep = vec![true; n];
-            for r in &rejected {
+            for r in rejected {
                 keep[r.row] = false;
             }
             let keep = BooleanArray::from(keep);
@@ -551,13 +502,156 @@ impl Transform {
         };
         let rows = RecordBatch::try_new(self.output.clone(), stored.columns().to_vec())
             .map_err(|e| format!("transform output: {e}"))?;
-        Ok(Applied {
-            rows,
-            kept,
-            rejected,
-            counts,
-        })
+        Ok((rows, kept))
     }
+}
+
+/// Per failing row, what failed on it: (kind, rule or column, message), in evaluation order.
+type Failures = BTreeMap<usize, Vec<(&'static str, String, String)>>;
+
+/// One rejection per failing row, in row order, naming its first failure and listing all.
+fn rejections(failures: Failures) -> Vec<Rejection> {
+    failures
+        .into_iter()
+        .map(|(row, f)| Rejection {
+            row,
+            kind: f[0].0,
+            field: f[0].1.clone(),
+            message: f
+                .iter()
+                .map(|(_, _, m)| m.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+        })
+        .collect()
+}
+
+/// The table schema's Arrow form; an error names the mapping's first setting.
+fn arrow_output(schema: &iceberg::spec::Schema, mapping: &Mapping) -> Result<Schema, MappingError> {
+    iceberg::arrow::schema_to_arrow_schema(schema).map_err(|e| MappingError {
+        setting: mapping
+            .entries()
+            .into_iter()
+            .map(|(s, _)| s)
+            .next()
+            .unwrap_or(Setting::Unnest),
+        message: format!("the table schema has no Arrow form: {e}"),
+    })
+}
+
+/// Parses every computed and rule expression against all metadata columns the table does
+/// not shadow: the metadata columns they read, and whether any reads the clock.
+fn metas_read(
+    state: &SessionState,
+    mapping: &Mapping,
+    output: &Schema,
+    decoded: &[Field],
+) -> Result<(Vec<Meta>, bool), MappingError> {
+    let exprs: Vec<(Setting, &str)> = mapping
+        .computed
+        .iter()
+        .map(|(c, e)| (Setting::Computed(c.clone()), e.as_str()))
+        .chain(
+            mapping
+                .rules
+                .iter()
+                .map(|(r, e)| (Setting::Rule(r.clone()), e.as_str())),
+        )
+        .collect();
+    // First pass against every metadata column: which ones do the expressions read?
+    let available: Vec<Meta> = Meta::ALL
+        .into_iter()
+        .filter(|m| output.field_with_name(m.name()).is_err())
+        .collect();
+    let all = input_schema(decoded, &available);
+    let mut read = BTreeSet::new();
+    let mut time_dependent = false;
+    for (setting, sql) in &exprs {
+        let expr = parse(state, sql, &all, setting)?;
+        read.extend(expr.column_refs().into_iter().map(|c| c.name.clone()));
+        time_dependent |= expr
+            .exists(|e| {
+                Ok(matches!(e, Expr::ScalarFunction(f)
+                    if CLOCK_FUNCTIONS.contains(&f.name())))
+            })
+            .unwrap_or(true);
+    }
+    let metas: Vec<Meta> = available
+        .into_iter()
+        .filter(|m| read.contains(m.name()))
+        .collect();
+    Ok((metas, time_dependent))
+}
+
+/// The computed columns, each typed against `input` and cast to its column's type (an error
+/// when its type does not convert).
+fn plan_computed(
+    state: &SessionState,
+    simplifier: &ExprSimplifier,
+    mapping: &Mapping,
+    output: &Schema,
+    input: &DFSchemaRef,
+) -> Result<Vec<Computed>, MappingError> {
+    let mut computed = Vec::new();
+    for (c, sql) in &mapping.computed {
+        let setting = Setting::Computed(c.clone());
+        let (column, field) = output.column_with_name(c).expect("check_decoding found it");
+        let (expr, found) = typed(state, simplifier, sql, input, &setting)?;
+        let target = field.data_type();
+        if found != *target && !datafusion::arrow::compute::can_cast_types(&found, target) {
+            return Err(MappingError {
+                setting,
+                message: format!(
+                    "{sql} yields {found}, which does not convert to column {c}'s type {target}"
+                ),
+            });
+        }
+        let expr = if found == *target {
+            expr
+        } else {
+            expr.cast_to(target, input.as_ref())
+                .map_err(|e| MappingError {
+                    setting: setting.clone(),
+                    message: format!("{sql}: {e}"),
+                })?
+        };
+        computed.push(Computed {
+            setting,
+            column,
+            required: !field.is_nullable(),
+            expr,
+        });
+    }
+    Ok(computed)
+}
+
+/// The rules, each typed against `input` (an error unless it yields a boolean).
+fn plan_rules(
+    state: &SessionState,
+    simplifier: &ExprSimplifier,
+    mapping: &Mapping,
+    input: &DFSchemaRef,
+) -> Result<Vec<Rule>, MappingError> {
+    let mut rules = Vec::new();
+    for (name, sql) in &mapping.rules {
+        let setting = Setting::Rule(name.clone());
+        let (expr, found) = typed(state, simplifier, sql, input, &setting)?;
+        if !matches!(found, DataType::Boolean | DataType::Null) {
+            return Err(MappingError {
+                setting,
+                message: format!(
+                    "{sql} yields {found}; a rule must be a boolean expression (e.g. value >= 0)"
+                ),
+            });
+        }
+        rules.push(Rule {
+            setting,
+            name: name.clone(),
+            sql: sql.to_string(),
+            expr,
+        });
+    }
+    Ok(rules)
 }
 
 fn column_name(setting: &Setting) -> String {

@@ -173,64 +173,8 @@ impl Column {
         };
         let (kind, store) = match (ice.field_type.as_ref(), field.data_type()) {
             (Type::Primitive(p), dt) => {
-                let kind = match p {
-                    PrimitiveType::Boolean => Kind::Bool,
-                    PrimitiveType::Int => Kind::Int,
-                    PrimitiveType::Long => Kind::Long,
-                    PrimitiveType::Float => Kind::Float,
-                    PrimitiveType::Double => Kind::Double,
-                    PrimitiveType::Decimal { precision, scale } => Kind::Decimal {
-                        precision: u8::try_from(*precision).map_err(|_| unsupported())?,
-                        scale: i8::try_from(*scale).map_err(|_| unsupported())?,
-                    },
-                    PrimitiveType::Date => Kind::Date,
-                    PrimitiveType::Time => Kind::Time,
-                    PrimitiveType::Timestamp => Kind::Timestamp {
-                        tz: false,
-                        nanos: false,
-                    },
-                    PrimitiveType::Timestamptz => Kind::Timestamp {
-                        tz: true,
-                        nanos: false,
-                    },
-                    PrimitiveType::TimestampNs => Kind::Timestamp {
-                        tz: false,
-                        nanos: true,
-                    },
-                    PrimitiveType::TimestamptzNs => Kind::Timestamp {
-                        tz: true,
-                        nanos: true,
-                    },
-                    PrimitiveType::String => Kind::String,
-                    PrimitiveType::Uuid => Kind::Uuid,
-                    PrimitiveType::Fixed(n) => Kind::Fixed(*n as usize),
-                    PrimitiveType::Binary => Kind::Binary,
-                };
-                let store = match (kind, dt) {
-                    (Kind::Bool, DataType::Boolean) => Store::Bool(BooleanBufferBuilder::new(0)),
-                    (Kind::Int | Kind::Date, DataType::Int32 | DataType::Date32) => {
-                        Store::I32(Vec::new())
-                    }
-                    (
-                        Kind::Long | Kind::Time | Kind::Timestamp { .. },
-                        DataType::Int64 | DataType::Time64(_) | DataType::Timestamp(..),
-                    ) => Store::I64(Vec::new()),
-                    (Kind::Float, DataType::Float32) => Store::F32(Vec::new()),
-                    (Kind::Double, DataType::Float64) => Store::F64(Vec::new()),
-                    (Kind::Decimal { .. }, DataType::Decimal128(..)) => Store::I128(Vec::new()),
-                    (Kind::String, DataType::Utf8) | (Kind::Binary, DataType::LargeBinary) => {
-                        Store::Bytes {
-                            offsets: vec![0],
-                            data: Vec::new(),
-                        }
-                    }
-                    (Kind::Uuid | Kind::Fixed(_), DataType::FixedSizeBinary(w)) => Store::Fixed {
-                        width: *w as usize,
-                        data: Vec::new(),
-                    },
-                    _ => return Err(unsupported()),
-                };
-                (kind, store)
+                let kind = primitive_kind(p).ok_or_else(unsupported)?;
+                (kind, primitive_store(kind, dt).ok_or_else(unsupported)?)
             }
             (Type::Struct(st), DataType::Struct(fields)) => (
                 Kind::Struct,
@@ -388,23 +332,12 @@ impl Column {
                     _ => Arc::new(PrimitiveArray::<Int32Type>::new(values, nulls)),
                 }
             }
-            Store::I64(v) => {
-                let values = ScalarBuffer::from(std::mem::take(v));
-                match (self.kind, field.data_type()) {
-                    (Kind::Time, _) => {
-                        Arc::new(PrimitiveArray::<Time64MicrosecondType>::new(values, nulls))
-                    }
-                    (Kind::Timestamp { nanos: false, .. }, DataType::Timestamp(_, tz)) => Arc::new(
-                        PrimitiveArray::<TimestampMicrosecondType>::new(values, nulls)
-                            .with_timezone_opt(tz.clone()),
-                    ),
-                    (Kind::Timestamp { nanos: true, .. }, DataType::Timestamp(_, tz)) => Arc::new(
-                        PrimitiveArray::<TimestampNanosecondType>::new(values, nulls)
-                            .with_timezone_opt(tz.clone()),
-                    ),
-                    _ => Arc::new(PrimitiveArray::<Int64Type>::new(values, nulls)),
-                }
-            }
+            Store::I64(v) => finish_i64(
+                ScalarBuffer::from(std::mem::take(v)),
+                self.kind,
+                &field,
+                nulls,
+            ),
             Store::F32(v) => Arc::new(PrimitiveArray::<Float32Type>::new(
                 ScalarBuffer::from(std::mem::take(v)),
                 nulls,
@@ -423,27 +356,7 @@ impl Column {
                         .expect("precision validated at decoder set-up"),
                 )
             }
-            Store::Bytes { offsets, data } => {
-                let offsets = std::mem::replace(offsets, vec![0]);
-                let data = Buffer::from(std::mem::take(data));
-                if self.kind == Kind::String {
-                    let offsets: Vec<i32> = offsets.into_iter().map(|o| o as i32).collect();
-                    // SAFETY-equivalent check is skipped: every value appended was a `&str`.
-                    Arc::new(unsafe {
-                        StringArray::new_unchecked(
-                            OffsetBuffer::new_unchecked(ScalarBuffer::from(offsets)),
-                            data,
-                            nulls,
-                        )
-                    })
-                } else {
-                    Arc::new(LargeBinaryArray::new(
-                        OffsetBuffer::new(ScalarBuffer::from(offsets)),
-                        data,
-                        nulls,
-                    ))
-                }
-            }
+            Store::Bytes { offsets, data } => finish_bytes(self.kind, offsets, data, nulls),
             Store::Fixed { width, data } => Arc::new(FixedSizeBinaryArray::new(
                 *width as i32,
                 Buffer::from(std::mem::take(data)),
@@ -460,44 +373,170 @@ impl Column {
                     Arc::new(StructArray::new(fields.clone(), children, nulls))
                 }
             }
-            Store::List { offsets, child } => {
-                let DataType::List(child_field) = field.data_type() else {
-                    unreachable!("list store has a list field")
-                };
-                let offsets =
-                    OffsetBuffer::new(ScalarBuffer::from(std::mem::replace(offsets, vec![0])));
-                Arc::new(ListArray::new(
-                    child_field.clone(),
-                    offsets,
-                    child.finish(),
-                    nulls,
-                ))
-            }
+            Store::List { offsets, child } => finish_list(&field, offsets, child, nulls),
             Store::Map {
                 offsets,
                 key,
                 value,
-            } => {
-                let DataType::Map(entries_field, ordered) = field.data_type() else {
-                    unreachable!("map store has a map field")
-                };
-                let DataType::Struct(kv_fields) = entries_field.data_type() else {
-                    unreachable!("map entries are a struct")
-                };
-                let offsets =
-                    OffsetBuffer::new(ScalarBuffer::from(std::mem::replace(offsets, vec![0])));
-                let entries =
-                    StructArray::new(kv_fields.clone(), vec![key.finish(), value.finish()], None);
-                Arc::new(MapArray::new(
-                    entries_field.clone(),
-                    offsets,
-                    entries,
-                    nulls,
-                    *ordered,
-                ))
-            }
+            } => finish_map(&field, offsets, key, value, nulls),
         }
     }
+}
+
+/// The Iceberg primitive type's [`Kind`]; `None` for a decimal whose precision or scale the
+/// decoder cannot hold.
+fn primitive_kind(p: &PrimitiveType) -> Option<Kind> {
+    Some(match p {
+        PrimitiveType::Boolean => Kind::Bool,
+        PrimitiveType::Int => Kind::Int,
+        PrimitiveType::Long => Kind::Long,
+        PrimitiveType::Float => Kind::Float,
+        PrimitiveType::Double => Kind::Double,
+        PrimitiveType::Decimal { precision, scale } => Kind::Decimal {
+            precision: u8::try_from(*precision).ok()?,
+            scale: i8::try_from(*scale).ok()?,
+        },
+        PrimitiveType::Date => Kind::Date,
+        PrimitiveType::Time => Kind::Time,
+        PrimitiveType::Timestamp => Kind::Timestamp {
+            tz: false,
+            nanos: false,
+        },
+        PrimitiveType::Timestamptz => Kind::Timestamp {
+            tz: true,
+            nanos: false,
+        },
+        PrimitiveType::TimestampNs => Kind::Timestamp {
+            tz: false,
+            nanos: true,
+        },
+        PrimitiveType::TimestamptzNs => Kind::Timestamp {
+            tz: true,
+            nanos: true,
+        },
+        PrimitiveType::String => Kind::String,
+        PrimitiveType::Uuid => Kind::Uuid,
+        PrimitiveType::Fixed(n) => Kind::Fixed(*n as usize),
+        PrimitiveType::Binary => Kind::Binary,
+    })
+}
+
+/// An empty store for a primitive `kind` held in Arrow type `dt`; `None` when the Arrow type is
+/// not the one the decoder builds for that kind.
+fn primitive_store(kind: Kind, dt: &DataType) -> Option<Store> {
+    Some(match (kind, dt) {
+        (Kind::Bool, DataType::Boolean) => Store::Bool(BooleanBufferBuilder::new(0)),
+        (Kind::Int | Kind::Date, DataType::Int32 | DataType::Date32) => Store::I32(Vec::new()),
+        (
+            Kind::Long | Kind::Time | Kind::Timestamp { .. },
+            DataType::Int64 | DataType::Time64(_) | DataType::Timestamp(..),
+        ) => Store::I64(Vec::new()),
+        (Kind::Float, DataType::Float32) => Store::F32(Vec::new()),
+        (Kind::Double, DataType::Float64) => Store::F64(Vec::new()),
+        (Kind::Decimal { .. }, DataType::Decimal128(..)) => Store::I128(Vec::new()),
+        (Kind::String, DataType::Utf8) | (Kind::Binary, DataType::LargeBinary) => Store::Bytes {
+            offsets: vec![0],
+            data: Vec::new(),
+        },
+        (Kind::Uuid | Kind::Fixed(_), DataType::FixedSizeBinary(w)) => Store::Fixed {
+            width: *w as usize,
+            data: Vec::new(),
+        },
+        _ => return None,
+    })
+}
+
+/// The array of a 64-bit store: times, timestamps (in the field's zone) or longs.
+fn finish_i64(
+    values: ScalarBuffer<i64>,
+    kind: Kind,
+    field: &FieldRef,
+    nulls: Option<NullBuffer>,
+) -> ArrayRef {
+    match (kind, field.data_type()) {
+        (Kind::Time, _) => Arc::new(PrimitiveArray::<Time64MicrosecondType>::new(values, nulls)),
+        (Kind::Timestamp { nanos: false, .. }, DataType::Timestamp(_, tz)) => Arc::new(
+            PrimitiveArray::<TimestampMicrosecondType>::new(values, nulls)
+                .with_timezone_opt(tz.clone()),
+        ),
+        (Kind::Timestamp { nanos: true, .. }, DataType::Timestamp(_, tz)) => Arc::new(
+            PrimitiveArray::<TimestampNanosecondType>::new(values, nulls)
+                .with_timezone_opt(tz.clone()),
+        ),
+        _ => Arc::new(PrimitiveArray::<Int64Type>::new(values, nulls)),
+    }
+}
+
+/// The array of a bytes store, emptied: strings (offsets narrowed to i32) or large binary.
+fn finish_bytes(
+    kind: Kind,
+    offsets: &mut Vec<i64>,
+    data: &mut Vec<u8>,
+    nulls: Option<NullBuffer>,
+) -> ArrayRef {
+    let offsets = std::mem::replace(offsets, vec![0]);
+    let data = Buffer::from(std::mem::take(data));
+    if kind == Kind::String {
+        let offsets: Vec<i32> = offsets.into_iter().map(|o| o as i32).collect();
+        // SAFETY-equivalent check is skipped: every value appended was a `&str`.
+        Arc::new(unsafe {
+            StringArray::new_unchecked(
+                OffsetBuffer::new_unchecked(ScalarBuffer::from(offsets)),
+                data,
+                nulls,
+            )
+        })
+    } else {
+        Arc::new(LargeBinaryArray::new(
+            OffsetBuffer::new(ScalarBuffer::from(offsets)),
+            data,
+            nulls,
+        ))
+    }
+}
+
+/// The array of a list store (of list `field`), emptied with its child.
+fn finish_list(
+    field: &FieldRef,
+    offsets: &mut Vec<i32>,
+    child: &mut Column,
+    nulls: Option<NullBuffer>,
+) -> ArrayRef {
+    let DataType::List(child_field) = field.data_type() else {
+        unreachable!("list store has a list field")
+    };
+    let offsets = OffsetBuffer::new(ScalarBuffer::from(std::mem::replace(offsets, vec![0])));
+    Arc::new(ListArray::new(
+        child_field.clone(),
+        offsets,
+        child.finish(),
+        nulls,
+    ))
+}
+
+/// The array of a map store (of map `field`), emptied with its keys and values.
+fn finish_map(
+    field: &FieldRef,
+    offsets: &mut Vec<i32>,
+    key: &mut Column,
+    value: &mut Column,
+    nulls: Option<NullBuffer>,
+) -> ArrayRef {
+    let DataType::Map(entries_field, ordered) = field.data_type() else {
+        unreachable!("map store has a map field")
+    };
+    let DataType::Struct(kv_fields) = entries_field.data_type() else {
+        unreachable!("map entries are a struct")
+    };
+    let offsets = OffsetBuffer::new(ScalarBuffer::from(std::mem::replace(offsets, vec![0])));
+    let entries = StructArray::new(kv_fields.clone(), vec![key.finish(), value.finish()], None);
+    Arc::new(MapArray::new(
+        entries_field.clone(),
+        offsets,
+        entries,
+        nulls,
+        *ordered,
+    ))
 }
 
 fn take_nulls(validity: &mut BooleanBufferBuilder) -> Option<NullBuffer> {
