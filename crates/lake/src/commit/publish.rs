@@ -327,9 +327,8 @@ mod tests {
       "properties": {"write.metadata.previous-versions-max": "2"}
     }"#;
 
-    /// A table with three commits; returns the committer, the metadata locations in order
-    /// and the snapshot ids.
-    async fn history(dir: &std::path::Path) -> (Committer, Vec<String>, Vec<i64>) {
+    /// A SQLite lake in `dir` with table `lake.t` (schema `DEF`).
+    async fn lake(dir: &std::path::Path) -> (Catalog, iceberg::TableIdent) {
         let catalog = Catalog::connect(&CatalogConfig {
             uri: format!("sqlite://{}/c.db", dir.display()),
             warehouse: format!("{}/wh", dir.display()),
@@ -340,8 +339,14 @@ mod tests {
         .unwrap();
         let def = floe_schema::TableDefinition::from_json(DEF, Some("lake.t"), "test").unwrap();
         catalog.create_table(&def).await.unwrap();
+        (catalog, parse_table_ident("lake.t").unwrap())
+    }
+
+    /// A table with three commits; returns the committer, the metadata locations in order
+    /// and the snapshot ids.
+    async fn history(dir: &std::path::Path) -> (Committer, Vec<String>, Vec<i64>) {
+        let (catalog, ident) = lake(dir).await;
         let committer = Committer::new(catalog);
-        let ident = parse_table_ident("lake.t").unwrap();
         let mut locations = vec![committer.catalog().load_metadata(&ident).await.unwrap().0];
         let mut ids = Vec::new();
         for i in 0..3 {
@@ -391,17 +396,7 @@ mod tests {
     #[tokio::test]
     async fn a_snapshot_in_the_table_tells_a_swap_landed() {
         let dir = tempfile::tempdir().unwrap();
-        let catalog = Catalog::connect(&CatalogConfig {
-            uri: format!("sqlite://{}/c.db", dir.path().display()),
-            warehouse: format!("{}/wh", dir.path().display()),
-            name: "floe".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        let def = floe_schema::TableDefinition::from_json(DEF, Some("lake.t"), "test").unwrap();
-        catalog.create_table(&def).await.unwrap();
-        let ident = parse_table_ident("lake.t").unwrap();
+        let (catalog, ident) = lake(dir.path()).await;
         let committer = Committer::new(catalog.clone());
         let (l0, base) = catalog.load_metadata(&ident).await.unwrap();
         let mut w = crate::DataWriter::new(catalog.file_io(), &base).unwrap();
