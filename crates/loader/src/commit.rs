@@ -70,7 +70,7 @@ pub(crate) struct BatchCommitter {
 }
 
 impl BatchCommitter {
-    /// Commits the batches of the pipeline `cfg` into `table` for consumer group `group`.
+    /// Commits batches into `table` for consumer group `group`, dead letters to `dead`.
     pub fn new(
         committer: Committer,
         group: &str,

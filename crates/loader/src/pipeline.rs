@@ -285,8 +285,8 @@ impl Pipe {
         self.meters.pending.received += 1;
         self.totals.received += 1;
         floe_lake::fail::point("decode");
-        let (to_raw, to_dlq, to_aggs) = self.needed_by(tp, offset);
-        if !to_raw && !to_dlq && to_aggs == 0 {
+        let needs = self.needed_by(tp, offset);
+        if !needs.raw && !needs.dlq && needs.aggs == 0 {
             self.totals.already_committed += 1;
             self.meters.pending.skipped += 1;
             return Ok(());
@@ -299,31 +299,26 @@ impl Pipe {
                 self.meters.pending.tombstones += 1;
                 None
             }
-            Some(bytes) => {
-                let needs = Needs {
-                    raw: to_raw,
-                    dlq: to_dlq,
-                    aggs: to_aggs,
-                };
-                self.decode(tp, bytes, meta, &headers, needs, max_message_bytes)
-                    .err()
-            }
+            Some(bytes) => self
+                .decode(tp, bytes, meta, &headers, needs, max_message_bytes)
+                .err(),
         };
         if let Some(err) = rejected {
             let bytes = payload.unwrap_or_default();
             if let Err(e) = self
                 .rejects
-                .decode_failed(&err, meta, bytes, &headers, to_dlq)
+                .decode_failed(&err, meta, bytes, &headers, needs.dlq)
             {
                 self.batch.messages -= 1;
                 return Err(e);
             }
             self.meters.dead_lettered(err.kind.as_str());
-        } else if payload.is_some() && to_raw && self.decoding.stage.is_none() {
+        } else if payload.is_some() && needs.raw && self.decoding.stage.is_none() {
             // (With a transform stage, rows are counted once their chunk passed it.)
             self.meters.pending.accepted += 1;
         }
-        self.batch.record(tp, offset, to_raw, to_dlq, to_aggs);
+        self.batch
+            .record(tp, offset, needs.raw, needs.dlq, needs.aggs);
         // Chunks of the next batch may go while a flush is in flight: the writer handles them
         // in order, and a rewind discards them by batch id.
         if self.decoding.decoder.len() >= self.chunk_rows {
@@ -337,7 +332,7 @@ impl Pipe {
 
     /// Which tables still need the message at `offset` of `tp`: the raw table, the
     /// dead-letter table, and the aggregates (bit k: aggregate table k).
-    fn needed_by(&self, tp: &Tp, offset: i64) -> (bool, bool, u64) {
+    fn needed_by(&self, tp: &Tp, offset: i64) -> Needs {
         let raw_from = self.raw_from.get(tp).copied().unwrap_or(i64::MIN);
         let dlq_from = self.dlq_from.get(tp).copied().unwrap_or(i64::MAX);
         let mut to_aggs: u64 = 0;
@@ -346,11 +341,11 @@ impl Pipe {
                 to_aggs |= 1 << k;
             }
         }
-        (
-            offset >= raw_from,
-            self.dlq.is_some() && offset >= dlq_from,
-            to_aggs,
-        )
+        Needs {
+            raw: offset >= raw_from,
+            dlq: self.dlq.is_some() && offset >= dlq_from,
+            aggs: to_aggs,
+        }
     }
 
     /// Decodes a message into the batch (or only checks it when no table takes its row).
