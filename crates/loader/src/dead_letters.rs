@@ -185,38 +185,59 @@ pub(crate) struct DeadLetterSinks {
     pub idle_offsets: IdleOffsets,
 }
 
+/// What the dead-letter table's commit of a batch records beside its dead letters.
+pub(crate) enum Record<'a> {
+    /// The offsets the batch read for the dead-letter table (`floe run`); with
+    /// `last_before_stop` every pending offset is recorded.
+    Offsets {
+        group: &'a str,
+        ranges: &'a [OffsetRange],
+        last_before_stop: bool,
+    },
+    /// How far the load got (`floe load`); `None`: the table's mark does not move.
+    Load(Option<LoadUpdate>),
+}
+
 impl DeadLetterSinks {
     /// Commits a batch's dead letters: to the topic (at least once), then to the table
-    /// (exactly once, with the offsets they cover); the number committed.
-    /// `ranges` are the offsets the batch read for the dead-letter table; with
-    /// `last_before_stop` every pending offset is recorded.
+    /// (exactly once, with what `record` says they cover); the number committed.
     pub async fn commit(
         &mut self,
         committer: &Committer,
-        group: &str,
         dead: &[DeadLetter],
-        ranges: &[OffsetRange],
-        last_before_stop: bool,
+        record: Record<'_>,
     ) -> std::result::Result<u64, FlushError> {
         let Some(dlq) = &self.table else {
             return Ok(0);
         };
-        let Some(ranges) = self
-            .idle_offsets
-            .take(ranges, !dead.is_empty(), last_before_stop)
-        else {
-            return Ok(0);
+        let (offsets, load) = match record {
+            Record::Offsets {
+                group,
+                ranges,
+                last_before_stop,
+            } => {
+                let Some(ranges) =
+                    self.idle_offsets
+                        .take(ranges, !dead.is_empty(), last_before_stop)
+                else {
+                    return Ok(0);
+                };
+                let group = group.to_string();
+                (Some(OffsetsUpdate { group, ranges }), None)
+            }
+            // Dead letters always move the mark: none, and nothing to record.
+            Record::Load(None) => return Ok(0),
+            Record::Load(Some(update)) => (None, Some(update)),
         };
         if let (Some(topic), Some(producer)) = (&self.topic, &self.producer) {
             produce(topic, producer, dead).await?;
         }
         let (_, meta) = committer.catalog().load_metadata(dlq).await?;
-        let offsets = OffsetsUpdate {
-            group: group.to_string(),
-            ranges,
-        };
-        commit(committer, dlq, &meta, dead, Some(offsets), None).await?;
-        self.idle_offsets.recorded();
+        let recorded_offsets = offsets.is_some();
+        commit(committer, dlq, &meta, dead, offsets, load).await?;
+        if recorded_offsets {
+            self.idle_offsets.recorded();
+        }
         Ok(dead.len() as u64)
     }
 }

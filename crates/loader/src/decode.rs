@@ -79,11 +79,6 @@ impl Decoding {
         self.change_pending
     }
 
-    /// Whether messages decode differently under `meta` than now.
-    pub fn differs_for(&self, meta: &TableMetadata) -> bool {
-        self.decoder.differs_for(meta)
-    }
-
     /// Takes metadata newer than what the stage has (after a commit or a reload). A change of
     /// how messages decode is adopted at once when `batch_empty`, else it waits for
     /// [`Self::next_batch`].

@@ -10,8 +10,6 @@
 //! - `commit`: the raw table, then the dead letters and the [`aggregates`];
 //! - [`dead_letters`]: one builder, the stop rule, the table and topic sinks;
 //! - [`telemetry`]: typed events that log and count.
-//!
-//! [`sink::TableSink`] is `floe load`'s driver of the same stages.
 #![deny(missing_docs)]
 
 pub mod aggregates;
@@ -24,7 +22,6 @@ mod error;
 mod pipeline;
 pub mod replay;
 mod retry;
-pub mod sink;
 pub mod source;
 pub mod telemetry;
 pub mod transform;
@@ -33,4 +30,3 @@ mod write;
 pub use error::{Error, Result};
 pub use floe_lake::Retry;
 pub use pipeline::PipelineTotals;
-pub use sink::{FlushReport, SinkOptions, TableSink};

@@ -1,8 +1,8 @@
-//! A pipeline: one table (with its dead-letter and aggregate tables) fed by a source. The
-//! source hands it one message at a time ([`Pipe::process`]); it skips what its tables hold,
-//! decodes the rest (the decode stage), passes full chunks through the transform stage to its
-//! writer task (write, then commit on flush), and keeps the batch: offset ranges per table and
-//! the dead letters.
+//! A pipeline: one table (with its dead-letter and aggregate tables) fed by a source, Kafka or
+//! the lines of a load. The source hands it one message at a time ([`Pipe::process`]); it
+//! skips what its tables hold, decodes the rest (the decode stage), passes full chunks through
+//! the transform stage to its writer task (write, then commit on flush), and keeps the batch:
+//! offset ranges per table and the dead letters.
 
 use std::collections::BTreeMap;
 use std::sync::mpsc;
@@ -21,7 +21,7 @@ use crate::aggregates::{Aggregation, RowRouting};
 use crate::batch::{
     Batch, FastMap, Tp, offset_ranges, retain_rows, take_raw_routing, take_routing,
 };
-use crate::commit::FlushJob;
+use crate::commit::{FlushJob, Flushed, LoadProgress, Mark, Marks};
 use crate::config::PipelineConfig;
 use crate::dead_letters::{Headers, Rejects};
 use crate::decode::Decoding;
@@ -50,13 +50,21 @@ pub struct PipelineTotals {
     pub commits: u64,
     /// Flushes that failed and were rewound.
     pub rewinds: u64,
+    /// Messages the raw table held, read again only for their dead letters, that decoded.
+    pub rechecked: u64,
+    /// Rejected messages by error kind (dead letters, or not kept when the dead-letter table
+    /// held them already).
+    pub rejected: BTreeMap<&'static str, u64>,
 }
 
 /// What a pipeline is opened with beside its own configuration.
 pub(crate) struct Setup<'a> {
     pub committer: &'a Committer,
     pub rt: &'a Handle,
-    pub group: &'a str,
+    /// What the commits record beside the rows.
+    pub marks: &'a Marks,
+    /// A larger message is a dead letter `too_large`.
+    pub max_message_bytes: usize,
     pub aggregates: &'a [floe_aggregate::AggregateDef],
     pub table_definitions: &'a [TableDefinition],
     /// The dead-letter producer, when some pipeline has a dead-letter topic.
@@ -100,17 +108,46 @@ pub(crate) struct Pipe {
     pub meters: Meters,
     /// Decoded rows handed to the writer at a time.
     chunk_rows: usize,
+    /// A larger message is a dead letter `too_large`.
+    max_message_bytes: usize,
+}
+
+/// A message's value as the source read it.
+#[derive(Clone, Copy)]
+pub(crate) struct Payload<'a> {
+    pub bytes: &'a [u8],
+    /// The whole value's size: more than `bytes` when the source kept only its start (a line
+    /// over the size limit, read through without being held).
+    pub size: u64,
+}
+
+impl<'a> From<&'a [u8]> for Payload<'a> {
+    fn from(bytes: &'a [u8]) -> Self {
+        Self {
+            bytes,
+            size: bytes.len() as u64,
+        }
+    }
 }
 
 impl Pipe {
-    /// Opens pipeline `index`: checks its table, creates its dead-letter and aggregate tables
-    /// when missing, builds its decoder, and starts its writer task.
+    /// Opens pipeline `index` of the config (see [`Pipe::start`]).
     pub fn open(
         index: usize,
         cfg: &PipelineConfig,
         s: &Setup<'_>,
     ) -> Result<(Self, JoinHandle<()>)> {
         cfg.validate(index).map_err(Error::Config)?;
+        Self::start(cfg, &format!("pipelines[{index}]"), s)
+    }
+
+    /// Opens a pipeline configured in `section`: checks its table, creates its dead-letter
+    /// and aggregate tables when missing, builds its decoder, and starts its writer task.
+    pub fn start(
+        cfg: &PipelineConfig,
+        section: &str,
+        s: &Setup<'_>,
+    ) -> Result<(Self, JoinHandle<()>)> {
         let raw = parse_table_ident(&cfg.table)?;
         let catalog = s.committer.catalog().clone();
         let (_, metadata) = s.rt.block_on(catalog.load_metadata(&raw))?;
@@ -123,10 +160,9 @@ impl Pipe {
             }
             None => None,
         };
-        let section = format!("pipelines[{index}]");
         let name = raw.to_string();
-        let aggregation = Self::aggregation(index, cfg, &metadata, s)?;
-        let decoding = Decoding::new(&name, metadata, cfg.mapping(), &section)?;
+        let aggregation = Self::aggregation(section, cfg, &metadata, s)?;
+        let decoding = Decoding::new(&name, metadata, cfg.mapping(), section)?;
         let aggs: Vec<TableIdent> = aggregation
             .as_ref()
             .map(|a| a.tables().iter().map(|t| t.ident.clone()).collect())
@@ -135,7 +171,7 @@ impl Pipe {
         let (outcome_tx, outcomes) = mpsc::channel();
         let writer = Writer::new(
             s.committer.clone(),
-            s.group,
+            s.marks.clone(),
             &raw,
             dlq.clone(),
             cfg,
@@ -167,13 +203,15 @@ impl Pipe {
             rewind_at: None,
             totals: PipelineTotals::default(),
             chunk_rows: cfg.flush.chunk_rows.max(1),
+            max_message_bytes: s.max_message_bytes.max(1),
         };
         Ok((pipe, task))
     }
 
-    /// The aggregates pipeline `index` runs, their tables created when missing.
+    /// The aggregates the pipeline configured in `section` runs, their tables created when
+    /// missing.
     fn aggregation(
-        index: usize,
+        section: &str,
         cfg: &PipelineConfig,
         metadata: &TableMetadata,
         s: &Setup<'_>,
@@ -189,7 +227,7 @@ impl Pipe {
             &cfg.dedup_column,
             cfg.topics.len(),
         )
-        .map_err(|e| Error::Config(format!("pipelines[{index}]: {e}")))?;
+        .map_err(|e| Error::Config(format!("{section}: {e}")))?;
         let tables = s.rt.block_on(crate::aggregates::ensure_tables(
             s.committer,
             &selected,
@@ -233,7 +271,21 @@ impl Pipe {
         // With nothing new, a last flush still goes when a table may hold offsets it has not
         // recorded yet (the dead-letter table's, `flush.idle_offsets_interval`).
         let records_idle_offsets = last_before_stop && self.dlq.is_some();
-        if self.in_flight.is_some() || (self.batch.messages == 0 && !records_idle_offsets) {
+        if self.batch.messages == 0 && !records_idle_offsets {
+            return false;
+        }
+        self.send_flush(last_before_stop, None)
+    }
+
+    /// Sends a load's batch to be committed, recording that the load read every line before
+    /// `to.next` (`to.done`: its whole input); also with nothing new, so the end of a load
+    /// is recorded. `false` when a flush is in flight or the pipeline must stop.
+    pub fn start_load_flush(&mut self, to: Mark) -> bool {
+        self.send_flush(true, Some(to))
+    }
+
+    fn send_flush(&mut self, last_before_stop: bool, load_to: Option<Mark>) -> bool {
+        if self.in_flight.is_some() {
             return false;
         }
         let (last, last_routing) = if self.stop.is_some() || self.decoding.decoder.is_empty() {
@@ -259,6 +311,7 @@ impl Pipe {
             dlq_ranges: offset_ranges(&b.dlq_ranges),
             agg_ranges: b.agg_ranges.iter().map(offset_ranges).collect(),
             last_before_stop,
+            load_to,
         };
         self.in_flight = Some((b.id, b.positions()));
         self.tell_writer(ToWriter::Flush(Box::new(job)));
@@ -277,10 +330,9 @@ impl Pipe {
         &mut self,
         tp: &Tp,
         offset: i64,
-        payload: Option<&[u8]>,
+        payload: Option<Payload<'_>>,
         meta: &RecordMeta<'_>,
         headers: impl Fn() -> Headers,
-        max_message_bytes: usize,
     ) -> Result<()> {
         self.meters.pending.received += 1;
         self.totals.received += 1;
@@ -299,12 +351,10 @@ impl Pipe {
                 self.meters.pending.tombstones += 1;
                 None
             }
-            Some(bytes) => self
-                .decode(tp, bytes, meta, &headers, needs, max_message_bytes)
-                .err(),
+            Some(p) => self.decode(tp, p, meta, &headers, needs).err(),
         };
         if let Some(err) = rejected {
-            let bytes = payload.unwrap_or_default();
+            let bytes = payload.map_or(&[][..], |p| p.bytes);
             if let Err(e) = self
                 .rejects
                 .decode_failed(&err, meta, bytes, &headers, needs.dlq)
@@ -312,7 +362,9 @@ impl Pipe {
                 self.batch.messages -= 1;
                 return Err(e);
             }
-            self.meters.dead_lettered(err.kind.as_str());
+            self.rejected(err.kind.as_str());
+        } else if payload.is_some() && !needs.raw && needs.aggs == 0 {
+            self.totals.rechecked += 1;
         } else if payload.is_some() && needs.raw && self.decoding.stage.is_none() {
             // (With a transform stage, rows are counted once their chunk passed it.)
             self.meters.pending.accepted += 1;
@@ -352,15 +404,15 @@ impl Pipe {
     fn decode(
         &mut self,
         tp: &Tp,
-        bytes: &[u8],
+        payload: Payload<'_>,
         meta: &RecordMeta<'_>,
         headers: &impl Fn() -> Headers,
         needs: Needs,
-        max_message_bytes: usize,
     ) -> std::result::Result<(), DecodeError> {
+        let bytes = payload.bytes;
         self.batch.bytes += bytes.len() as u64;
         self.meters.pending.bytes += bytes.len() as u64;
-        crate::decode::check_size(bytes.len() as u64, max_message_bytes)?;
+        crate::decode::check_size(payload.size, self.max_message_bytes)?;
         // With a transform stage, a message only the dead-letter table still needs is
         // decoded too: its rules decide whether it is a dead letter.
         let keep = needs.raw || needs.aggs != 0 || (needs.dlq && self.decoding.stage.is_some());
@@ -460,7 +512,7 @@ impl Pipe {
         for r in staged.rejected {
             let (kind, to_dlq) = (r.why.kind, r.source.to_dlq());
             self.rejects.transform_rejected(r, to_dlq)?;
-            self.meters.dead_lettered(kind);
+            self.rejected(kind);
         }
         // `staged.rows` holds the passed rows; keep those that go on.
         let of_passed: Vec<bool> = (0..goes_on.len())
@@ -486,11 +538,60 @@ impl Pipe {
         Ok((rows.num_rows() > 0).then_some((rows, routing)))
     }
 
+    /// Counts a rejected message of error kind `kind`.
+    fn rejected(&mut self, kind: &'static str) {
+        self.meters.dead_lettered(kind);
+        *self.totals.rejected.entry(kind).or_default() += 1;
+    }
+
     /// Drops the batch and records why the pipeline must stop.
     fn halt(&mut self, e: Error) {
         tracing::error!(table = %self.name, error = %e, "stopping: the batch is not committed");
         self.discard();
         self.stop.get_or_insert(e);
+    }
+
+    /// Adopts what a committed batch did: counts it, and takes the table's metadata after
+    /// the commit.
+    pub fn committed(&mut self, f: Flushed) {
+        self.failures = 0;
+        self.unknown_failures = 0;
+        self.totals.accepted += f.rows;
+        self.totals.dead_lettered += f.dead_letters;
+        self.totals.commits += 1;
+        telemetry::BatchCommitted {
+            table: &self.name,
+            rows: f.rows,
+            dead_letters: f.dead_letters,
+            files: f.files,
+            bytes: f.bytes,
+            newest_event_us: f.newest_event_us,
+        }
+        .emit();
+        self.last_refresh = Instant::now();
+        self.offer(f.metadata);
+    }
+
+    /// Resumes a load: lines before the tables' marks are skipped (or, for the dead-letter
+    /// table only, read again just for their dead letters), and dead letters name the load.
+    pub fn resume_load(&mut self, tp: &Tp, load: &LoadProgress) {
+        self.raw_from.insert(tp.clone(), load.target.next);
+        self.dlq_from.insert(tp.clone(), load.dead.next);
+        self.rejects.set_load(Some(load.id.clone()));
+    }
+
+    /// Reloads the raw table's metadata now, between batches (a load's next batch decodes
+    /// against the table as other tools left it).
+    pub fn reload(&mut self, committer: &Committer, rt: &Handle) -> Result<()> {
+        let (_, meta) = rt.block_on(committer.catalog().load_metadata(&self.raw))?;
+        self.last_refresh = Instant::now();
+        self.offer(meta);
+        Ok(())
+    }
+
+    /// Unknown JSON fields skipped since the last call.
+    pub fn take_unknown_fields(&mut self) -> u64 {
+        self.decoding.decoder.take_unknown_fields()
     }
 
     /// Takes metadata newer than what the pipeline has (after a commit or a reload).

@@ -11,26 +11,29 @@ pub(crate) const UNKNOWN_ATTEMPTS: u32 = 5;
 /// How long a pipeline that stops the loader is held (longer than the loader lives on).
 pub(crate) const STOPPING: Duration = Duration::from_secs(3600);
 
-/// After `failures` failed flushes in a row, the last of class `retry`: the pause before the
-/// next attempt, or `None` to stop. Transient failures are retried for as long as they last,
-/// unknown ones [`UNKNOWN_ATTEMPTS`] times, permanent ones never.
-pub(crate) fn retry_after(retry: Retry, failures: u32) -> Option<Duration> {
-    match retry {
-        Retry::Transient => Some(backoff(failures)),
-        Retry::Unknown if failures < UNKNOWN_ATTEMPTS => Some(backoff(failures)),
-        Retry::Unknown | Retry::Permanent => None,
-    }
+/// What follows a failed flush.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Try again after this pause.
+    RetryIn(Duration),
+    /// Stop the loader; why it is not retried (again), for the stop message.
+    Stop(String),
 }
 
-/// Why a failure of class `retry` after `attempts` is not retried (again), for the stop
-/// message.
-pub(crate) fn verdict(retry: Retry, attempts: u32) -> String {
+/// After `failures` failed flushes in a row, the last of class `retry`: retry after a pause,
+/// or stop. Transient failures are retried for as long as they last, unknown ones
+/// [`UNKNOWN_ATTEMPTS`] times, permanent ones never.
+pub(crate) fn after_failure(retry: Retry, failures: u32) -> Next {
     match retry {
-        Retry::Unknown => {
-            format!("it failed {attempts} times in a row; the batch is read again after a restart")
-        }
-        _ => "retrying cannot mend this; fix the cause and restart (the batch is read again)"
-            .to_string(),
+        Retry::Transient => Next::RetryIn(backoff(failures)),
+        Retry::Unknown if failures < UNKNOWN_ATTEMPTS => Next::RetryIn(backoff(failures)),
+        Retry::Unknown => Next::Stop(format!(
+            "it failed {failures} times in a row; the batch is read again after a restart"
+        )),
+        Retry::Permanent => Next::Stop(
+            "retrying cannot mend this; fix the cause and restart (the batch is read again)"
+                .to_string(),
+        ),
     }
 }
 
@@ -45,20 +48,29 @@ mod tests {
 
     #[test]
     fn transient_failures_retry_for_ever_unknown_ones_a_few_times_permanent_ones_never() {
+        let pause = |failures| match after_failure(Retry::Transient, failures) {
+            Next::RetryIn(pause) => pause,
+            Next::Stop(why) => panic!("transient: retried, not stopped ({why})"),
+        };
         for failures in [1, 5, 50, 10_000] {
-            let pause = retry_after(Retry::Transient, failures).expect("transient: retried");
             assert!(
-                pause <= Duration::from_secs(32),
-                "{pause:?} after {failures}"
+                pause(failures) <= Duration::from_secs(32),
+                "{:?} after {failures}",
+                pause(failures)
             );
         }
-        assert!(retry_after(Retry::Transient, 2) > retry_after(Retry::Transient, 1));
+        assert!(pause(2) > pause(1));
         for failures in 1..UNKNOWN_ATTEMPTS {
-            assert!(retry_after(Retry::Unknown, failures).is_some());
+            assert!(matches!(
+                after_failure(Retry::Unknown, failures),
+                Next::RetryIn(_)
+            ));
         }
-        assert_eq!(retry_after(Retry::Unknown, UNKNOWN_ATTEMPTS), None);
-        assert_eq!(retry_after(Retry::Permanent, 1), None);
-        assert!(verdict(Retry::Unknown, 5).contains("5 times"));
-        assert!(verdict(Retry::Permanent, 1).contains("cannot mend"));
+        let stop = |retry, failures| match after_failure(retry, failures) {
+            Next::Stop(why) => why,
+            Next::RetryIn(pause) => panic!("{retry:?}: stopped, not retried after {pause:?}"),
+        };
+        assert!(stop(Retry::Unknown, UNKNOWN_ATTEMPTS).contains("5 times"));
+        assert!(stop(Retry::Permanent, 1).contains("cannot mend"));
     }
 }

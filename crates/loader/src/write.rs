@@ -13,7 +13,7 @@ use rdkafka::producer::FutureProducer;
 
 use crate::aggregates::{Aggregation, RowRouting};
 use crate::batch::{IdleOffsets, Tp};
-use crate::commit::{BatchCommitter, FlushJob, Flushed};
+use crate::commit::{BatchCommitter, FlushJob, Flushed, Marks};
 use crate::config::PipelineConfig;
 use crate::dead_letters::DeadLetterSinks;
 use crate::error::FlushError;
@@ -60,10 +60,10 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// The writer of the pipeline `cfg` into `table`.
+    /// The writer of the pipeline `cfg` into `table`, its commits recording `marks`.
     pub fn new(
         committer: Committer,
-        group: &str,
+        marks: Marks,
         table: &TableIdent,
         dlq: Option<TableIdent>,
         cfg: &PipelineConfig,
@@ -78,7 +78,7 @@ impl Writer {
         };
         Self {
             aggregation,
-            batches: BatchCommitter::new(committer, group, table, dead),
+            batches: BatchCommitter::new(committer, marks, table, dead),
             rebuild: Vec::new(),
             current: None,
             failed: None,

@@ -12,8 +12,7 @@ use common::{add_column, catalog_with_table, scan};
 use floe_lake::commit::CommitRequest;
 use floe_lake::{Catalog, Committer, DataWriter, PositionSet, parse_table_ident};
 use floe_loader::replay::{ReplayOptions, replay};
-use floe_loader::source::lines::{FlushPolicy, LoadSource, load_lines};
-use floe_loader::{SinkOptions, TableSink};
+use floe_loader::source::lines::{LoadOptions, LoadSource, load_lines};
 use floe_schema::{Decoder, DecoderOptions, RecordMeta};
 
 const DEF: &str = r#"{
@@ -28,17 +27,14 @@ const LOAD: &str = "load-1";
 
 /// Loads `lines` from "input.jsonl" as load `id`; (accepted, dead-lettered).
 async fn load(committer: &Committer, id: &str, lines: &[&str]) -> (u64, u64) {
-    let mut sink = TableSink::open(committer.clone(), &SinkOptions::new("lake.t"))
-        .await
-        .unwrap();
     let report = load_lines(
-        &mut sink,
-        lines.join("\n").as_bytes(),
-        &LoadSource {
+        committer.clone(),
+        LoadOptions::new("lake.t"),
+        std::io::Cursor::new(lines.join("\n").into_bytes()),
+        LoadSource {
             id: id.into(),
             name: "input.jsonl".into(),
         },
-        FlushPolicy::default(),
         |_| {},
     )
     .await

@@ -11,8 +11,7 @@ use arrow_array::types::Int64Type;
 use common::{catalog_with_table, scan};
 use floe_lake::loads::load_mark;
 use floe_lake::{Catalog, Committer, parse_table_ident};
-use floe_loader::source::lines::{FlushPolicy, LoadReport, LoadSource, load_lines};
-use floe_loader::{SinkOptions, TableSink};
+use floe_loader::source::lines::{LoadOptions, LoadReport, LoadSource, load_lines};
 
 const DEF: &str = r#"{
   "schema": {"type": "struct", "schema-id": 0, "fields": [
@@ -49,26 +48,22 @@ impl Read for FailingReader {
     }
 }
 
+fn source() -> LoadSource {
+    LoadSource {
+        id: "sha256:test".into(),
+        name: "/data/in.jsonl".into(),
+    }
+}
+
 async fn run_load(
     committer: &Committer,
-    input: impl BufRead,
+    input: impl BufRead + Send + 'static,
     max_rows: u64,
 ) -> floe_loader::Result<LoadReport> {
-    let mut sink = TableSink::open(committer.clone(), &SinkOptions::new("lake.t")).await?;
-    load_lines(
-        &mut sink,
-        input,
-        &LoadSource {
-            id: "sha256:test".into(),
-            name: "/data/in.jsonl".into(),
-        },
-        FlushPolicy {
-            max_rows,
-            max_bytes: u64::MAX,
-        },
-        |_| {},
-    )
-    .await
+    let mut opts = LoadOptions::new("lake.t");
+    opts.pipeline.flush.max_rows = max_rows;
+    opts.pipeline.flush.max_bytes = bytesize::ByteSize(u64::MAX);
+    load_lines(committer.clone(), opts, input, source(), |_| {}).await
 }
 
 /// id → times loaded, and line → times dead-lettered.
@@ -126,7 +121,9 @@ async fn a_load_that_failed_mid_way_resumes_and_commits_each_line_once() {
         let err = run_load(&committer, failing, 30).await.unwrap_err();
         assert!(err.to_string().contains("injected"), "{err}");
 
-        let report = run_load(&committer, &data[..], 30).await.unwrap();
+        let report = run_load(&committer, std::io::Cursor::new(data.clone()), 30)
+            .await
+            .unwrap();
         let status = report.status.as_ref().unwrap();
         assert!(!status.done);
         assert_eq!(
@@ -170,39 +167,25 @@ async fn a_dead_letter_commit_lost_after_its_rows_is_made_up_on_the_next_run() {
     let catalog = catalog_with_table(dir.path(), DEF).await;
     let committer = Committer::new(catalog.clone());
     {
-        // Only the target table's mark and rows of lines 1..=30.
-        let mut sink = TableSink::open(
-            committer.clone(),
-            &SinkOptions {
-                dead_letter_table: None,
-                ..SinkOptions::new("lake.t")
-            },
-        )
-        .await
-        .unwrap();
-        sink.begin_load("sha256:test", "/data/in.jsonl")
-            .await
-            .unwrap();
-        for (i, line) in std::str::from_utf8(&data)
+        // Only the target table's mark and rows of lines 1..=30: those lines loaded without
+        // a dead-letter table, the dead letters among them left out.
+        let first: Vec<&str> = std::str::from_utf8(&data)
             .unwrap()
             .lines()
-            .enumerate()
             .take(30)
-        {
-            if line.trim().is_empty() || line.contains("bad") {
-                continue;
-            }
-            let meta = floe_schema::RecordMeta {
-                topic: "file:/data/in.jsonl",
-                offset: Some(i as i64 + 1),
-                ..Default::default()
-            };
-            sink.push_line(line.as_bytes(), None, &meta).await.unwrap();
-        }
-        let f = sink.flush_load(31, false).await.unwrap();
-        assert!(f.rows > 0);
+            .map(|line| if line.contains("bad") { "" } else { line })
+            .collect();
+        let mut opts = LoadOptions::new("lake.t");
+        opts.pipeline.dead_letters = false;
+        let input = std::io::Cursor::new(first.join("\n").into_bytes());
+        let f = load_lines(committer.clone(), opts, input, source(), |_| {})
+            .await
+            .unwrap();
+        assert!(f.accepted > 0);
     }
-    let report = run_load(&committer, &data[..], 1000).await.unwrap();
+    let report = run_load(&committer, std::io::Cursor::new(data.clone()), 1000)
+        .await
+        .unwrap();
     assert_eq!(report.status.as_ref().unwrap().resume_at, 1);
     assert_eq!(contents(&catalog).await, expected(LINES));
 }

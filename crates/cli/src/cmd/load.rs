@@ -8,9 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Args;
 use floe_loader::source::lines::{
-    FlushPolicy, LoadReport, LoadSource, file_load_id, load_lines, stream_load_id,
+    LoadOptions, LoadReport, LoadSource, file_load_id, load_lines, stream_load_id,
 };
-use floe_loader::{SinkOptions, TableSink};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::FloeConfig;
@@ -50,8 +49,7 @@ pub struct LoadArgs {
 
 pub async fn run(cfg: &FloeConfig, args: LoadArgs) -> Result<()> {
     let committer = super::committer(cfg).await?;
-    let opts = sink_options(cfg, &args);
-    let mut sink = TableSink::open(committer, &opts).await?;
+    let opts = load_options(cfg, &args);
     let (reader, name, total) = open_input(&args.input)?;
     let source = LoadSource {
         id: load_id(&args, total)?,
@@ -60,11 +58,9 @@ pub async fn run(cfg: &FloeConfig, args: LoadArgs) -> Result<()> {
     let bar = progress_bar(total);
     let started = Instant::now();
     let mut last = Instant::now();
-    let policy = FlushPolicy {
-        max_rows: args.max_rows.max(1),
-        max_bytes: args.max_bytes.as_u64().max(1),
-    };
-    let report = load_lines(&mut sink, reader, &source, policy, |r: &LoadReport| {
+    let shown = bar.clone();
+    let show = move |r: &LoadReport| {
+        let bar = &shown;
         if last.elapsed() >= Duration::from_millis(100) {
             last = Instant::now();
             bar.set_position(r.input_bytes);
@@ -74,26 +70,28 @@ pub async fn run(cfg: &FloeConfig, args: LoadArgs) -> Result<()> {
                 r.dead_letters_by_kind.values().sum::<u64>()
             ));
         }
-    })
-    .await?;
+    };
+    let report = load_lines(committer, opts.clone(), reader, source.clone(), show).await?;
     bar.finish_and_clear();
-    print_report(&sink, &opts, &source, &report, started.elapsed());
+    print_report(&opts, &source, &report, started.elapsed());
     Ok(())
 }
 
-/// The sink's settings: the command's flags over the configured pipeline of the table.
-fn sink_options(cfg: &FloeConfig, args: &LoadArgs) -> SinkOptions {
-    let mut opts = SinkOptions::new(&args.table);
-    if let Some(dl) = &args.dead_letter_table {
-        opts.dead_letter_table = Some(dl.clone());
+/// The load's settings: the table's configured pipeline (its mapping, chunk size) under the
+/// command's flags; dead letters and flush limits are the command's own, and a load sends
+/// no dead letters to a topic.
+fn load_options(cfg: &FloeConfig, args: &LoadArgs) -> LoadOptions {
+    let mut opts = LoadOptions::new(&args.table);
+    if let Some((i, configured)) = cfg.pipeline_for(&args.table) {
+        opts.section = format!("pipelines[{i}]");
+        opts.pipeline = configured.clone();
     }
-    if args.no_dead_letters {
-        opts.dead_letter_table = None;
-    }
-    (opts.mapping, opts.section) = cfg.mapping_for(&args.table);
-    if let Some((_, p)) = cfg.pipeline_for(&args.table) {
-        opts.encode_rows = p.flush.chunk_rows;
-    }
+    let p = &mut opts.pipeline;
+    p.dead_letter_table.clone_from(&args.dead_letter_table);
+    p.dead_letters = !args.no_dead_letters;
+    p.dead_letter_topic = Some(String::new());
+    p.flush.max_rows = args.max_rows.max(1);
+    p.flush.max_bytes = bytesize::ByteSize(args.max_bytes.as_u64().max(1));
     let mut limits = cfg.limits;
     if let Some(size) = args.max_message_size {
         limits.max_message_bytes = size;
@@ -103,7 +101,7 @@ fn sink_options(cfg: &FloeConfig, args: &LoadArgs) -> SinkOptions {
 }
 
 /// The input (`-`: stdin), its name for dead letters and messages, and its size if known.
-fn open_input(input: &std::path::Path) -> Result<(Box<dyn BufRead>, String, Option<u64>)> {
+fn open_input(input: &std::path::Path) -> Result<(Box<dyn BufRead + Send>, String, Option<u64>)> {
     if input.as_os_str() == "-" {
         let stdin = std::io::BufReader::with_capacity(1 << 20, std::io::stdin());
         return Ok((Box::new(stdin), "stdin".into(), None));
@@ -142,13 +140,7 @@ fn load_id(args: &LoadArgs, total: Option<u64>) -> Result<String> {
 }
 
 /// What the load did: skipped, resumed, loaded (with dead letters by kind), and its commits.
-fn print_report(
-    sink: &TableSink,
-    opts: &SinkOptions,
-    source: &LoadSource,
-    report: &LoadReport,
-    took: Duration,
-) {
+fn print_report(opts: &LoadOptions, source: &LoadSource, report: &LoadReport, took: Duration) {
     let name = &source.name;
     if let Some(status) = report.status.as_ref().filter(|s| s.done) {
         let at = status
@@ -159,8 +151,7 @@ fn print_report(
             .unwrap_or_default();
         println!(
             "skipped {name}: {} already holds it (load {}, finished{at}); --force loads it again",
-            sink.table_name(),
-            source.id,
+            opts.pipeline.table, source.id,
         );
         return;
     }
@@ -174,11 +165,11 @@ fn print_report(
     println!(
         "loaded {} into {}: {} lines, {} accepted, {} dead-lettered{}",
         name,
-        sink.table_name(),
+        opts.pipeline.table,
         report.lines,
         report.accepted,
         report.dead_lettered,
-        match &opts.dead_letter_table {
+        match &opts.pipeline.dead_letter_table() {
             Some(t) if report.dead_lettered > 0 => format!(" (into {t})"),
             _ => String::new(),
         }

@@ -149,14 +149,13 @@ impl Event for BatchFenced<'_> {
     }
 }
 
-/// A batch's flush failed: the pipeline rewinds and retries after `retry_in`, or, without
-/// one, stops the loader (`verdict` says why).
+/// A batch's flush failed: the pipeline rewinds and retries after a pause, or stops the
+/// loader, as `next` says.
 pub(crate) struct FlushFailed<'a> {
     pub table: &'a str,
     pub error: &'a crate::Error,
     pub class: Retry,
-    pub retry_in: Option<Duration>,
-    pub verdict: Option<&'a str>,
+    pub next: &'a crate::retry::Next,
 }
 
 impl Event for FlushFailed<'_> {
@@ -165,12 +164,11 @@ impl Event for FlushFailed<'_> {
         ::metrics::counter!(FLUSH_FAILURES, "table" => table.to_string(), "class" => class)
             .increment(1);
         ::metrics::counter!(REWINDS, "table" => table.to_string()).increment(1);
-        match (self.retry_in, self.verdict) {
-            (Some(pause), _) => {
+        match self.next {
+            crate::retry::Next::RetryIn(pause) => {
                 tracing::error!(table = %table, error = %self.error, class, retry_in = ?pause, "commit failed; rewinding to the committed offsets and retrying");
             }
-            (None, verdict) => {
-                let verdict = verdict.unwrap_or_default();
+            crate::retry::Next::Stop(verdict) => {
                 tracing::error!(table = %table, error = %self.error, class, "commit failed; stopping the loader: {verdict}");
             }
         }

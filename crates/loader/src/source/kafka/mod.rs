@@ -45,11 +45,12 @@ use tokio::runtime::Handle;
 pub use connect::{consumer_config, is_secret_key, producer_config, redacted};
 
 use crate::batch::{FastMap, Tp};
+use crate::commit::Marks;
 use crate::config::{KafkaConfig, LimitsConfig, PipelineConfig};
 use crate::dead_letters::Headers as OwnedHeaders;
 use crate::error::FlushError;
-use crate::pipeline::{Pipe, PipelineTotals, Setup};
-use crate::retry::{STOPPING, retry_after, verdict};
+use crate::pipeline::{Payload, Pipe, PipelineTotals, Setup};
+use crate::retry::{Next, STOPPING, after_failure};
 use crate::telemetry::{self as m, Event};
 use crate::write::Outcome;
 use crate::{Error, Result};
@@ -85,7 +86,6 @@ struct State {
     /// Why the loader must stop.
     fatal: Option<Error>,
     ingested_at_us: i64,
-    max_message_bytes: usize,
 }
 
 /// What the consumer thread and its callbacks use.
@@ -112,10 +112,14 @@ pub fn run(
         health,
     });
     let producer = dead_letter_producer(&opts)?;
+    let marks = Marks::Offsets {
+        group: opts.kafka.group_id.clone(),
+    };
     let setup = Setup {
         committer: &committer,
         rt: &rt,
-        group: &opts.kafka.group_id,
+        marks: &marks,
+        max_message_bytes: opts.limits.max_message_bytes(),
         aggregates: &opts.aggregates,
         table_definitions: &opts.table_definitions,
         producer: producer.as_ref(),
@@ -142,7 +146,6 @@ pub fn run(
         next_offset: FastMap::default(),
         fatal: None,
         ingested_at_us: chrono::Utc::now().timestamp_micros(),
-        max_message_bytes: opts.limits.max_message_bytes(),
     }));
     let consumer = connect::connect(&opts, &state, &env)?;
     let result = consume_loop(&consumer, &state, &env, &opts, &shutdown);
@@ -359,15 +362,8 @@ impl State {
             key: msg.key(),
             ingested_at_us: self.ingested_at_us,
         };
-        let limit = self.max_message_bytes;
-        self.pipes[i].process(
-            tp,
-            offset,
-            msg.payload(),
-            &meta,
-            || owned_headers(msg),
-            limit,
-        )?;
+        let payload = msg.payload().map(Payload::from);
+        self.pipes[i].process(tp, offset, payload, &meta, || owned_headers(msg))?;
         if self.pipes[i].full() {
             self.wait_in_flight(i, consumer, env);
             self.pipes[i].start_flush(false);
@@ -467,24 +463,8 @@ impl State {
         debug_assert_eq!(batch, o.batch);
         match o.result {
             Ok(f) => {
-                let pipe = &mut self.pipes[i];
-                pipe.failures = 0;
-                pipe.unknown_failures = 0;
-                pipe.totals.accepted += f.rows;
-                pipe.totals.dead_lettered += f.dead_letters;
-                pipe.totals.commits += 1;
-                m::BatchCommitted {
-                    table: &pipe.name,
-                    rows: f.rows,
-                    dead_letters: f.dead_letters,
-                    files: f.files,
-                    bytes: f.bytes,
-                    newest_event_us: f.newest_event_us,
-                }
-                .emit();
+                self.pipes[i].committed(f);
                 env.health.committed();
-                pipe.last_refresh = Instant::now();
-                pipe.offer(f.metadata);
                 floe_lake::fail::point("before-kafka-commit");
                 // Lag monitoring only: the truth is in the table.
                 let mut tpl = TopicPartitionList::new();
@@ -532,23 +512,21 @@ impl State {
             }
             _ => pipe.failures,
         };
-        let retry_in = retry_after(class, attempts);
-        let verdict = retry_in.is_none().then(|| verdict(class, attempts));
+        let next = after_failure(class, attempts);
         m::FlushFailed {
             table: &pipe.name,
             error: &error,
             class,
-            retry_in,
-            verdict: verdict.as_deref(),
+            next: &next,
         }
         .emit();
-        match (retry_in, verdict) {
-            (Some(pause), _) => pause,
-            (None, verdict) => {
+        match next {
+            Next::RetryIn(pause) => pause,
+            Next::Stop(verdict) => {
                 self.fatal.get_or_insert(Error::Stopped {
                     table: pipe.name.clone(),
                     source: Box::new(error),
-                    verdict: verdict.unwrap_or_default(),
+                    verdict,
                 });
                 // Its messages are ignored until the loader stops (next poll).
                 STOPPING

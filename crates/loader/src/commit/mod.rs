@@ -2,6 +2,11 @@
 //! with the offset ranges they came from; the commit refuses ranges the table already holds),
 //! then the dead letters (topic, then table) and the aggregates side by side. Rebuilding dedup
 //! state reads raw rows below the aggregates' offsets, so the raw table always leads.
+//!
+//! Each commit records its [`Marks`] with the data: the offset ranges of the batch, or how
+//! far a load got.
+
+mod marks;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,9 +21,11 @@ use iceberg::spec::{DataFile, TableMetadata};
 
 use crate::aggregates::Aggregation;
 use crate::aggregates::RowRouting;
-use crate::dead_letters::DeadLetterSinks;
+use crate::dead_letters::{DeadLetterSinks, Record};
 use crate::error::FlushError;
 use crate::telemetry::{self, Event};
+
+pub(crate) use marks::{LoadProgress, Mark, Marks};
 
 /// A batch to commit, as the pipeline hands it over.
 pub(crate) struct FlushJob {
@@ -35,12 +42,16 @@ pub(crate) struct FlushJob {
     /// Revocation, shutdown or drained: every table's offsets are recorded, including those
     /// a table with nothing new would otherwise record later (`flush.idle_offsets_interval`).
     pub last_before_stop: bool,
+    /// A load's batch: the load read every line before `next` (`done`: its whole input).
+    pub load_to: Option<Mark>,
 }
 
 /// What a batch's commit did.
 pub(crate) struct Flushed {
     /// The raw table after the commit.
     pub metadata: TableMetadata,
+    /// The raw table's new snapshot (`None`: no rows, at most marks recorded).
+    pub snapshot_id: Option<i64>,
     /// The newest event time among the committed rows (epoch micros), when the table is
     /// partitioned by time.
     pub newest_event_us: Option<i64>,
@@ -55,11 +66,11 @@ const LAYOUT_EVERY: Duration = Duration::from_secs(60);
 
 type Flush<T> = std::result::Result<T, FlushError>;
 
-/// Where a pipeline's batches are committed: its table, its dead letters' sinks and its
-/// consumer group.
+/// Where a pipeline's batches are committed: its table and its dead letters' sinks, with the
+/// marks each commit records.
 pub(crate) struct BatchCommitter {
     pub committer: Committer,
-    pub group: String,
+    pub marks: Marks,
     pub table: TableIdent,
     /// `table` as text, for logs and metrics.
     pub name: String,
@@ -70,16 +81,16 @@ pub(crate) struct BatchCommitter {
 }
 
 impl BatchCommitter {
-    /// Commits batches into `table` for consumer group `group`, dead letters to `dead`.
+    /// Commits batches into `table` with `marks`, dead letters to `dead`.
     pub fn new(
         committer: Committer,
-        group: &str,
+        marks: Marks,
         table: &TableIdent,
         dead: DeadLetterSinks,
     ) -> Self {
         Self {
             committer,
-            group: group.to_string(),
+            marks,
             table: table.clone(),
             name: table.to_string(),
             dead,
@@ -96,26 +107,32 @@ impl BatchCommitter {
         aggregation: Option<&mut Aggregation>,
         agg_files: Vec<Vec<DataFile>>,
     ) -> Flush<Flushed> {
-        let flushed = Flushed {
-            rows: files.iter().map(|f| f.record_count()).sum(),
-            bytes: files.iter().map(|f| f.file_size_in_bytes()).sum(),
-            files: files.len(),
-            newest_event_us: newest_event_time(&job.metadata, &files),
-            dead_letters: 0,
-            metadata: self.commit_raw(job, files).await?,
-        };
+        let rows = files.iter().map(|f| f.record_count()).sum();
+        let bytes = files.iter().map(|f| f.file_size_in_bytes()).sum();
+        let (file_count, newest_event_us) = (files.len(), newest_event_time(&job.metadata, &files));
+        let (metadata, snapshot_id) = self.commit_raw(job, files).await?;
         floe_lake::fail::point("after-table-commit");
-        self.report_layout(&flushed.metadata);
-        let (committer, group, name) = (&self.committer, &self.group, &self.name);
-        let dead_letters = self.dead.commit(
-            committer,
-            group,
-            &job.dead,
-            &job.dlq_ranges,
-            job.last_before_stop,
-        );
+        self.report_layout(&metadata);
+        let (committer, name) = (&self.committer, &self.name);
+        let (record, dead_update) = match &self.marks {
+            Marks::Offsets { group } => (
+                Record::Offsets {
+                    group,
+                    ranges: &job.dlq_ranges,
+                    last_before_stop: job.last_before_stop,
+                },
+                None,
+            ),
+            Marks::Load(load) => {
+                let update = job
+                    .load_to
+                    .and_then(|to| load.update(to, load.dead, !job.dead.is_empty()));
+                (Record::Load(update.clone()), update)
+            }
+        };
+        let dead_letters = self.dead.commit(committer, &job.dead, record);
         let aggregates = async {
-            let Some(a) = aggregation else {
+            let (Some(a), Marks::Offsets { group }) = (aggregation, &self.marks) else {
                 return Ok::<_, FlushError>(());
             };
             let rows = a
@@ -126,26 +143,56 @@ impl BatchCommitter {
         };
         let (dead_letters, aggregated) = futures::future::join(dead_letters, aggregates).await;
         let (dead_letters, ()) = (dead_letters?, aggregated?);
-        tracing::debug!(table = %self.name, rows = flushed.rows, dead_letters, files = flushed.files, "batch committed");
+        if let (Marks::Load(load), Some(u)) = (&mut self.marks, &dead_update) {
+            load.dead = u.into();
+        }
+        tracing::debug!(table = %self.name, rows, dead_letters, files = file_count, "batch committed");
         Ok(Flushed {
+            metadata,
+            snapshot_id,
+            newest_event_us,
+            rows,
             dead_letters,
-            ..flushed
+            files: file_count,
+            bytes,
         })
     }
 
-    /// Commits the batch's rows with the offsets they came from; the table's metadata after.
-    async fn commit_raw(&mut self, job: &FlushJob, files: Vec<DataFile>) -> Flush<TableMetadata> {
-        if job.raw_ranges.is_empty() && files.is_empty() {
-            let (_, metadata) = self.committer.catalog().load_metadata(&self.table).await?;
-            return Ok(metadata);
-        }
-        let started = Instant::now();
+    /// Commits the batch's rows with their marks: the offsets they came from, or how far the
+    /// load got. The table's metadata after, and its new snapshot.
+    async fn commit_raw(
+        &mut self,
+        job: &FlushJob,
+        files: Vec<DataFile>,
+    ) -> Flush<(TableMetadata, Option<i64>)> {
+        let has_rows = !files.is_empty();
         let mut req =
             CommitRequest::append(files).written_with(job.metadata.default_partition_spec_id());
-        req.offsets = Some(OffsetsUpdate {
-            group: self.group.clone(),
-            ranges: job.raw_ranges.clone(),
-        });
+        match &self.marks {
+            Marks::Offsets { group } if has_rows || !job.raw_ranges.is_empty() => {
+                req.offsets = Some(OffsetsUpdate {
+                    group: group.clone(),
+                    ranges: job.raw_ranges.clone(),
+                });
+            }
+            Marks::Load(load) => {
+                req.load = job
+                    .load_to
+                    .and_then(|to| load.update(to, load.target, has_rows));
+            }
+            Marks::Offsets { .. } => {}
+        }
+        if req.offsets.is_none() && req.load.is_none() {
+            if has_rows {
+                return Err(FlushError::Failed(crate::Error::Internal(
+                    "a load's rows came without the line they got to".into(),
+                )));
+            }
+            let (_, metadata) = self.committer.catalog().load_metadata(&self.table).await?;
+            return Ok((metadata, None));
+        }
+        let started = Instant::now();
+        let load = req.load.clone();
         floe_lake::fail::check("before-table-commit")?;
         let done = self.committer.commit(&self.table, req).await?;
         telemetry::TableCommitted {
@@ -154,7 +201,10 @@ impl BatchCommitter {
             attempts: done.attempts,
         }
         .emit();
-        Ok(done.metadata)
+        if let (Marks::Load(progress), Some(u)) = (&mut self.marks, &load) {
+            progress.target = u.into();
+        }
+        Ok((done.metadata, done.snapshot_id))
     }
 
     /// Reports the table's layout (files per partition) every [`LAYOUT_EVERY`], in the
