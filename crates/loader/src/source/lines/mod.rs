@@ -170,7 +170,7 @@ fn load(
     source: &LoadSource,
     progress: impl FnMut(&LoadReport),
 ) -> Result<LoadReport> {
-    let (status, marks) = rt.block_on(begin(committer, &opts.pipeline, source))?;
+    let (status, load) = rt.block_on(begin(committer, &opts.pipeline, source))?;
     let mut report = LoadReport {
         status: Some(status.clone()),
         ..LoadReport::default()
@@ -178,7 +178,7 @@ fn load(
     if status.done {
         return Ok(report);
     }
-    let marks = Marks::Load(marks);
+    let marks = Marks::Load(load.clone());
     let setup = Setup {
         committer,
         rt,
@@ -190,9 +190,7 @@ fn load(
     };
     let (mut pipe, writer) = Pipe::start(&opts.pipeline, &opts.section, &setup)?;
     let tp: Tp = (format!("file:{}", source.name), 0);
-    if let Marks::Load(load) = &marks {
-        pipe.resume_load(&tp, load);
-    }
+    pipe.resume_load(&tp, &load);
     let mut lines = Lines {
         pipe: &mut pipe,
         committer,
