@@ -96,10 +96,13 @@ fn extend(ranges: &mut Ranges, tp: &Tp, offset: i64) {
     }
 }
 
-/// `ranges` as a table records them, by topic and partition.
-pub(crate) fn offset_ranges(ranges: &Ranges) -> Vec<OffsetRange> {
+/// `ranges` (`[first, next)` per topic-partition) as a table records them, by topic and
+/// partition.
+pub(crate) fn offset_ranges<'a>(
+    ranges: impl IntoIterator<Item = (&'a Tp, &'a (i64, i64))>,
+) -> Vec<OffsetRange> {
     let mut v: Vec<OffsetRange> = ranges
-        .iter()
+        .into_iter()
         .map(|((t, p), (first, next))| OffsetRange {
             topic: t.clone(),
             partition: *p,
@@ -186,17 +189,7 @@ impl IdleOffsets {
         {
             return None;
         }
-        Some(
-            self.pending
-                .iter()
-                .map(|((topic, partition), (first, next))| OffsetRange {
-                    topic: topic.clone(),
-                    partition: *partition,
-                    first: *first,
-                    next: *next,
-                })
-                .collect(),
-        )
+        Some(offset_ranges(&self.pending))
     }
 
     /// The ranges [`Self::take`] returned were recorded.
