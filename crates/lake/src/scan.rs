@@ -13,10 +13,28 @@ use iceberg::Runtime;
 use iceberg::arrow::ArrowReaderBuilder;
 use iceberg::io::FileIO;
 use iceberg::scan::{ArrowRecordBatchStream, FileScanTask};
-use iceberg::spec::{DataFile, ManifestContentType, ManifestList, TableMetadata};
+use iceberg::spec::{DataFile, ManifestContentType, ManifestFile, ManifestList, TableMetadata};
 use iceberg::table::Table;
 
 use crate::Result;
+
+/// The manifests of `metadata`'s current snapshot, from its manifest list (none without a
+/// snapshot).
+pub async fn current_manifests(
+    file_io: &FileIO,
+    metadata: &TableMetadata,
+) -> Result<Vec<ManifestFile>> {
+    let Some(snapshot) = metadata.current_snapshot() else {
+        return Ok(Vec::new());
+    };
+    let bytes = file_io.new_input(snapshot.manifest_list())?.read().await?;
+    Ok(
+        ManifestList::parse_with_version(&bytes, metadata.format_version())?
+            .consume_entries()
+            .into_iter()
+            .collect(),
+    )
+}
 
 /// A data file live in a table's current snapshot.
 #[derive(Debug, Clone)]
@@ -47,13 +65,8 @@ async fn live_files(
     metadata: &TableMetadata,
     content: ManifestContentType,
 ) -> Result<Vec<LiveFile>> {
-    let Some(snapshot) = metadata.current_snapshot() else {
-        return Ok(Vec::new());
-    };
-    let bytes = file_io.new_input(snapshot.manifest_list())?.read().await?;
-    let list = ManifestList::parse_with_version(&bytes, metadata.format_version())?;
     let mut out = Vec::new();
-    for manifest_file in list.entries() {
+    for manifest_file in current_manifests(file_io, metadata).await? {
         if manifest_file.content != content {
             continue;
         }

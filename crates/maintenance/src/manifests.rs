@@ -14,8 +14,9 @@
 use std::collections::HashMap;
 
 use floe_lake::commit::{Change, CommitRequest, ManifestProps};
+use floe_lake::scan::current_manifests;
 use floe_lake::{Committer, parse_table_ident};
-use iceberg::spec::{ManifestContentType, ManifestFile, ManifestList, TableMetadata};
+use iceberg::spec::{ManifestContentType, ManifestFile};
 
 use crate::Result;
 
@@ -63,7 +64,7 @@ impl RewriteManifests {
         let ident = parse_table_ident(&self.table)?;
         let (_, metadata) = committer.catalog().load_metadata(&ident).await?;
         floe_lake::compat::check_format(&self.table, &metadata)?;
-        let manifests = current_manifests(committer, &metadata).await?;
+        let manifests = current_manifests(committer.catalog().file_io(), &metadata).await?;
         let mut report = RewriteManifestsReport {
             table: self.table.clone(),
             manifests_before: manifests.len(),
@@ -88,9 +89,10 @@ impl RewriteManifests {
             .insert("floe.operation".into(), "rewrite-manifests".into());
         let committed = committer.commit(&ident, req).await?;
         floe_lake::metrics::record_commit(&self.table, &committed);
-        report.manifests_after = current_manifests(committer, &committed.metadata)
-            .await?
-            .len();
+        report.manifests_after =
+            current_manifests(committer.catalog().file_io(), &committed.metadata)
+                .await?
+                .len();
         tracing::info!(
             table = %self.table,
             before = report.manifests_before,
@@ -99,27 +101,6 @@ impl RewriteManifests {
         );
         Ok(report)
     }
-}
-
-async fn current_manifests(
-    committer: &Committer,
-    metadata: &TableMetadata,
-) -> Result<Vec<ManifestFile>> {
-    let Some(snapshot) = metadata.current_snapshot() else {
-        return Ok(Vec::new());
-    };
-    let bytes = committer
-        .catalog()
-        .file_io()
-        .new_input(snapshot.manifest_list())?
-        .read()
-        .await?;
-    Ok(
-        ManifestList::parse_with_version(&bytes, metadata.format_version())?
-            .consume_entries()
-            .into_iter()
-            .collect(),
-    )
 }
 
 /// Whether some content type and spec has more manifests than its bytes need, or a manifest

@@ -216,19 +216,9 @@ async fn plan_time(catalog: &Catalog, ident: &iceberg::TableIdent) -> Result<Dur
 }
 
 async fn manifest_count(catalog: &Catalog, meta: &iceberg::spec::TableMetadata) -> Result<usize> {
-    let Some(s) = meta.current_snapshot() else {
-        return Ok(0);
-    };
-    let bytes = catalog
-        .file_io()
-        .new_input(s.manifest_list())?
-        .read()
-        .await?;
-    Ok(
-        iceberg::spec::ManifestList::parse_with_version(&bytes, meta.format_version())?
-            .entries()
-            .len(),
-    )
+    Ok(floe_lake::scan::current_manifests(catalog.file_io(), meta)
+        .await?
+        .len())
 }
 
 fn pct(v: &[Duration], p: usize) -> Duration {

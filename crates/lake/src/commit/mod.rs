@@ -388,17 +388,10 @@ async fn unreferenced(
     let Some(snapshot) = metadata.current_snapshot() else {
         return Vec::new();
     };
-    let Ok(bytes) = async { file_io.new_input(snapshot.manifest_list())?.read().await }.await
-    else {
+    let Ok(manifests) = crate::scan::current_manifests(file_io, metadata).await else {
         return Vec::new();
     };
-    let Ok(list) =
-        iceberg::spec::ManifestList::parse_with_version(&bytes, metadata.format_version())
-    else {
-        return Vec::new();
-    };
-    let used: std::collections::HashSet<&str> = list
-        .entries()
+    let used: std::collections::HashSet<&str> = manifests
         .iter()
         .map(|m| m.manifest_path.as_str())
         .chain(std::iter::once(snapshot.manifest_list()))

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use iceberg::TableIdent;
 use iceberg::spec::{
     DataContentType, DataFile, FormatVersion, MAIN_BRANCH, ManifestContentType, ManifestFile,
-    ManifestList, ManifestListWriter, Snapshot, SnapshotRef, SnapshotSummaryCollector, Summary,
-    TableMetadata, TableMetadataBuildResult, UNASSIGNED_SEQUENCE_NUMBER,
+    ManifestListWriter, Snapshot, SnapshotRef, SnapshotSummaryCollector, Summary, TableMetadata,
+    TableMetadataBuildResult, UNASSIGNED_SEQUENCE_NUMBER,
 };
 use rand::Rng;
 
@@ -150,7 +150,7 @@ pub(crate) async fn stage(
     let snapshot_id = new_snapshot_id(base);
     let sequence_number = base.next_sequence_number();
     let props = ManifestProps::of(base.properties());
-    let parent_manifests = parent_manifests(file_io, base).await?;
+    let parent_manifests = crate::scan::current_manifests(file_io, base).await?;
     let mut reader = Manifests::new(file_io, base);
     let mut out = ManifestOut::new(
         file_io,
@@ -249,23 +249,6 @@ fn check_format_version(table: &str, base: &TableMetadata) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The manifests of `base`'s current snapshot (none without one).
-async fn parent_manifests(
-    file_io: &iceberg::io::FileIO,
-    base: &TableMetadata,
-) -> Result<Vec<ManifestFile>> {
-    Ok(match base.current_snapshot() {
-        Some(p) => {
-            let bytes = file_io.new_input(p.manifest_list())?.read().await?;
-            ManifestList::parse_with_version(&bytes, base.format_version())?
-                .consume_entries()
-                .into_iter()
-                .collect()
-        }
-        None => Vec::new(),
-    })
 }
 
 /// [`Change::RewriteManifests`]: every live entry of the parent's manifests rewritten into
