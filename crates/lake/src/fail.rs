@@ -25,7 +25,7 @@ enum Action {
 /// Armed failpoints: name → (calls left until due, what then).
 type Points = Mutex<HashMap<String, (u64, Action)>>;
 
-static POINTS: OnceLock<Option<Points>> = OnceLock::new();
+static POINTS: OnceLock<Points> = OnceLock::new();
 
 fn action(spec: &str) -> Action {
     if let Some(ms) = spec.strip_prefix("sleep:") {
@@ -56,16 +56,12 @@ pub fn arm(spec: &str) {
             }
         })
         .collect();
-    let _ = POINTS.set(Some(Mutex::new(map)));
-}
-
-fn points() -> &'static Option<Points> {
-    POINTS.get_or_init(|| None)
+    let _ = POINTS.set(Mutex::new(map));
 }
 
 /// The action of failpoint `name` if it is armed and due now.
 fn due(name: &str) -> Option<Action> {
-    let points = points().as_ref()?;
+    let points = POINTS.get()?;
     let mut map = points.lock().expect("failpoints lock");
     let (left, action) = map.get_mut(name)?;
     if *left == 0 {
