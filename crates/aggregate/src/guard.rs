@@ -6,6 +6,13 @@ use std::sync::Arc;
 
 use crate::{AggregateDef, Aggregator, Error, Result};
 
+/// The aggregates of `defs` that read `table`.
+pub fn readers<'a>(defs: &'a [AggregateDef], table: &str) -> Vec<&'a AggregateDef> {
+    defs.iter()
+        .filter(|d| d.source.as_deref() == Some(table))
+        .collect()
+}
+
 /// Checks that every aggregate of `defs` reading `table` still plans against `new_schema`,
 /// the table's schema after a change. The error names the aggregate and what to do.
 pub async fn check_schema_change(
@@ -13,10 +20,7 @@ pub async fn check_schema_change(
     table: &str,
     new_schema: &iceberg::spec::Schema,
 ) -> Result<()> {
-    let readers: Vec<&AggregateDef> = defs
-        .iter()
-        .filter(|d| d.source.as_deref() == Some(table))
-        .collect();
+    let readers = readers(defs, table);
     if readers.is_empty() {
         return Ok(());
     }

@@ -163,9 +163,12 @@ async fn check_aggregates(
     changes: &[Change],
 ) -> Result<()> {
     let table = ident.to_string();
+    let defs = cfg.aggregate_definitions()?;
+    if floe_aggregate::guard::readers(&defs, &table).is_empty() {
+        return Ok(()); // nothing to break: no reading of the table's schema, no plan
+    }
     let (_, meta) = catalog.load_metadata(ident).await?;
     if let Some(schema) = floe_lake::evolve::plan(&table, &meta, changes)?.schema {
-        let defs = cfg.aggregate_definitions()?;
         floe_aggregate::guard::check_schema_change(&defs, &table, &schema).await?;
     }
     Ok(())
