@@ -78,8 +78,7 @@ pub async fn run(cfg: &FloeConfig, args: LoadArgs) -> Result<()> {
 }
 
 /// The load's settings: the table's configured pipeline (its mapping, chunk size) under the
-/// command's flags; dead letters and flush limits are the command's own, and a load sends
-/// no dead letters to a topic.
+/// command's flags; dead letters and flush limits are the command's own.
 fn load_options(cfg: &FloeConfig, args: &LoadArgs) -> LoadOptions {
     let mut opts = LoadOptions::new(&args.table);
     if let Some((i, configured)) = cfg.pipeline_for(&args.table) {
@@ -89,7 +88,6 @@ fn load_options(cfg: &FloeConfig, args: &LoadArgs) -> LoadOptions {
     let p = &mut opts.pipeline;
     p.dead_letter_table.clone_from(&args.dead_letter_table);
     p.dead_letters = !args.no_dead_letters;
-    p.dead_letter_topic = Some(String::new());
     p.flush.max_rows = args.max_rows.max(1);
     p.flush.max_bytes = bytesize::ByteSize(args.max_bytes.as_u64().max(1));
     let mut limits = cfg.limits;
